@@ -1,0 +1,48 @@
+# The two commands a newcomer needs:
+#   make run   release build into build/, then the specification's examples
+#   make test  ASan+UBSan build into build-test/, then the whole suite (ctest)
+# Both install missing Debian packages first (apt-get, only when missing).
+
+BUILD      ?= build
+TEST_BUILD ?= build-test
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+PACKAGES   := cmake make gcc pkg-config libcriterion-dev libssl-dev
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all run test deps build build-test examples clean install
+
+all: build
+
+deps:
+	@missing=""; for p in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing missing packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTPIO_BUILD_TESTS=OFF
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@sh examples/run-examples.sh $(BUILD)/examples
+
+build-test: deps
+	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTPIO_SANITIZE=ON
+	cmake --build $(TEST_BUILD) -j $(JOBS)
+
+# halt_on_error / detect_leaks make any sanitizer report or leak fail the run.
+test: build-test
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=86 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	ctest --test-dir $(TEST_BUILD) --output-on-failure -j 2
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(TEST_BUILD)

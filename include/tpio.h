@@ -1,0 +1,591 @@
+/*
+ * tpio — asyncio's "Transports and Protocols" as a C library.
+ *
+ * One event loop owns transports (how bytes move) and calls protocols that you
+ * write (which bytes to move). This header is the whole public API.
+ *
+ * ---------------------------------------------------------------------------
+ * Conventions
+ * ---------------------------------------------------------------------------
+ * - Errors are negative errno values (-ECONNRESET) and 0 means success/None.
+ *   Resolver failures have codes of their own (TPIO_EAI_*). tpio_strerror()
+ *   and tpio_err_name() describe any code.
+ * - A call that takes a completion callback either returns an error (and the
+ *   callback is never called) or returns 0 (and the callback is called exactly
+ *   once, later, from the loop — never from inside the call).
+ * - A call that the transport's kind does not support returns -ENOTSUP.
+ * - Every pointer argument may be checked: NULL where an object is required
+ *   gives -EINVAL (or a neutral value for pure queries), never a crash.
+ * - The library is single-threaded per loop: every function must be called
+ *   from the loop's thread, except tpio_call_soon_threadsafe().
+ *
+ * ---------------------------------------------------------------------------
+ * Lifetimes (kept everywhere)
+ * ---------------------------------------------------------------------------
+ * - A protocol instance is your struct with a tpio_protocol_t embedded in it
+ *   (use tpio_container_of to get back to your struct). The library never
+ *   allocates or frees it.
+ * - Every transport calls connection_made exactly once, then the callbacks of
+ *   the specification's state machine, then connection_lost exactly once.
+ *   After connection_lost returns the library never touches that protocol
+ *   again: connection_lost is where you free it.
+ * - The transport pointer is valid from connection_made until connection_lost
+ *   returns. Do not use it afterwards.
+ * - No protocol callback runs inside your own call into the library, except
+ *   pause_writing(), which may run inside tpio_write()/tpio_writelines() as
+ *   in asyncio. close() and abort() only schedule connection_lost.
+ * - The library holds a reference on the transport around every callback it
+ *   makes, so closing or aborting from inside any callback is safe.
+ * - Data passed to data_received / datagram_received is borrowed: it is valid
+ *   only until the callback returns.
+ * - tpio_write() copies whatever it cannot send at once: your buffer is yours
+ *   again as soon as tpio_write() returns.
+ */
+#ifndef TPIO_H
+#define TPIO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TPIO_API __attribute__((visibility("default")))
+#else
+#define TPIO_API
+#endif
+
+#define TPIO_VERSION_MAJOR 0
+#define TPIO_VERSION_MINOR 1
+#define TPIO_VERSION_PATCH 0
+
+/** Version of the library actually linked, as "MAJOR.MINOR.PATCH". */
+TPIO_API const char *tpio_version(void);
+
+/* ========================================================================= */
+/* Errors                                                                    */
+/* ========================================================================= */
+
+/*
+ * tpio's own error codes, all negative and far below any errno. One X-macro
+ * table generates the enum, tpio_strerror() and tpio_err_name().
+ */
+#define TPIO_ERRORS(X)                                                        \
+    X(TPIO_EAI_NONAME, -3001, "name or service not known")                    \
+    X(TPIO_EAI_AGAIN, -3002, "temporary failure in name resolution")          \
+    X(TPIO_EAI_FAIL, -3003, "non-recoverable failure in name resolution")     \
+    X(TPIO_EAI_FAMILY, -3004, "address family not supported by the resolver") \
+    X(TPIO_EAI_NODATA, -3005, "no address associated with the name")          \
+    X(TPIO_EAI_SERVICE, -3006, "service not supported for socket type")       \
+    X(TPIO_EAI_MEMORY, -3007, "resolver out of memory")                       \
+    X(TPIO_EAI_OTHER, -3008, "name resolution failed")                        \
+    X(TPIO_EPROTOCOL_BUFFER, -3101, "get_buffer() returned an empty buffer")
+
+enum tpio_error {
+#define TPIO__ERR_ENUM(name, value, text) name = value,
+    TPIO_ERRORS(TPIO__ERR_ENUM)
+#undef TPIO__ERR_ENUM
+};
+
+/** A human-readable message for any code (errno or TPIO_*); never NULL. */
+TPIO_API const char *tpio_strerror(int err);
+/** The symbolic name of a code ("ECONNRESET", "TPIO_EAI_NONAME"); never NULL. */
+TPIO_API const char *tpio_err_name(int err);
+
+/* ========================================================================= */
+/* Opaque types                                                              */
+/* ========================================================================= */
+
+typedef struct tpio_loop tpio_loop_t;
+typedef struct tpio_transport tpio_transport_t;
+typedef struct tpio_server tpio_server_t;
+typedef struct tpio_protocol tpio_protocol_t;
+
+/** container_of: from the embedded tpio_protocol_t back to your struct. */
+#define tpio_container_of(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+/* ========================================================================= */
+/* The event loop                                                            */
+/* ========================================================================= */
+
+/** A loop callback. */
+typedef void (*tpio_callback_t)(tpio_loop_t *loop, void *arg);
+
+/**
+ * A handle names a scheduled callback (call_soon, call_later, call_at) so it
+ * can be cancelled. It is a value, not a pointer: cancelling a handle whose
+ * callback already ran or was already cancelled is harmless (returns -ENOENT).
+ * 0 is never a valid handle.
+ */
+typedef uint64_t tpio_handle_t;
+
+/** Create a loop. Returns 0 and sets *out, or a negative errno. */
+TPIO_API int tpio_loop_new(tpio_loop_t **out);
+
+/**
+ * Close and free the loop. Fails with -EBUSY (and the loop stays usable) while
+ * it is running, or while transports, servers or connection attempts still
+ * exist: close them and run the loop until their connection_lost / wait_closed
+ * callbacks have run. Pending callbacks and timers are discarded.
+ */
+TPIO_API int tpio_loop_close(tpio_loop_t *loop);
+
+/**
+ * Run until tpio_loop_stop() is called (asyncio's run_forever). Returns 0, or
+ * -EBUSY if the loop is already running, or a negative errno from the poller.
+ */
+TPIO_API int tpio_loop_run(tpio_loop_t *loop);
+
+/**
+ * Run one iteration: wait for I/O at most timeout_ms (-1 = until something
+ * happens, 0 = do not block), then run the callbacks that were ready at that
+ * point. For embedding tpio in another program's loop.
+ */
+TPIO_API int tpio_loop_run_once(tpio_loop_t *loop, int timeout_ms);
+
+/**
+ * Ask a running loop to stop: the current iteration completes (callbacks
+ * already scheduled in it still run), then tpio_loop_run() returns. Called
+ * while the loop is not running, the next tpio_loop_run() runs one iteration.
+ */
+TPIO_API void tpio_loop_stop(tpio_loop_t *loop);
+
+/** True while tpio_loop_run() / tpio_loop_run_once() is executing. */
+TPIO_API bool tpio_loop_is_running(const tpio_loop_t *loop);
+
+/** The loop's monotonic clock in seconds (asyncio's loop.time()). */
+TPIO_API double tpio_loop_time(const tpio_loop_t *loop);
+
+/**
+ * Schedule cb(loop, arg) on the next iteration, in FIFO order. *handle (if not
+ * NULL) receives a handle for tpio_cancel(). Returns 0 or -ENOMEM/-EINVAL.
+ */
+TPIO_API int tpio_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg,
+                            tpio_handle_t *handle);
+
+/** Schedule cb after delay seconds (negative = 0). */
+TPIO_API int tpio_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb,
+                             void *arg, tpio_handle_t *handle);
+
+/** Schedule cb at the loop time `when` (see tpio_loop_time()). */
+TPIO_API int tpio_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb,
+                          void *arg, tpio_handle_t *handle);
+
+/**
+ * Cancel a scheduled callback. Returns 0 if it was pending and will not run,
+ * -ENOENT if it already ran, was already cancelled or never existed.
+ */
+TPIO_API int tpio_cancel(tpio_loop_t *loop, tpio_handle_t handle);
+
+/**
+ * The one call that may come from any thread: schedule cb on the loop's thread
+ * and wake the loop (through an eventfd). Safe against a concurrent
+ * tpio_loop_run(); not against tpio_loop_close(). Returns 0 or -ENOMEM.
+ */
+TPIO_API int tpio_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb,
+                                       void *arg);
+
+/**
+ * What the library reports to the error handler when something goes wrong
+ * outside any call the user made (asyncio's exception handler context).
+ * Pointers are NULL when not relevant; all are borrowed for the call.
+ */
+typedef struct tpio_error_context {
+    const char *message;          /**< what happened, never NULL */
+    int error;                    /**< negative code, or 0 */
+    tpio_transport_t *transport;  /**< the transport concerned, or NULL */
+    tpio_protocol_t *protocol;    /**< its protocol, or NULL */
+    tpio_server_t *server;        /**< the server concerned, or NULL */
+    int fd;                       /**< the socket concerned, or -1 */
+} tpio_error_context_t;
+
+typedef void (*tpio_error_handler_t)(tpio_loop_t *loop,
+                                     const tpio_error_context_t *ctx, void *arg);
+
+/** Install an error handler (NULL restores the default, which prints to stderr). */
+TPIO_API void tpio_loop_set_error_handler(tpio_loop_t *loop,
+                                          tpio_error_handler_t handler, void *arg);
+/** The default handler: one line on stderr. Callable from your own handler. */
+TPIO_API void tpio_loop_default_error_handler(tpio_loop_t *loop,
+                                              const tpio_error_context_t *ctx);
+/** Report something to the loop's current error handler. */
+TPIO_API void tpio_loop_call_error_handler(tpio_loop_t *loop,
+                                           const tpio_error_context_t *ctx);
+
+/* ========================================================================= */
+/* Protocols                                                                 */
+/* ========================================================================= */
+
+/**
+ * A protocol class: a table of callbacks, usually `static const`. A NULL
+ * callback means the base class's default (do nothing; eof_received returns
+ * false). A table with get_buffer set is a BufferedProtocol: the transport
+ * reads straight into the buffer it returns and calls buffer_updated instead
+ * of data_received.
+ *
+ * Streaming state machine (Protocol):
+ *   connection_made [data_received]* [eof_received]? connection_lost
+ * BufferedProtocol:
+ *   connection_made [get_buffer [buffer_updated]?]* [eof_received]? connection_lost
+ * pause_writing / resume_writing may come at any point in between.
+ */
+typedef struct tpio_protocol_ops {
+    /* BaseProtocol */
+    /** The connection is up; `t` stays valid until connection_lost returns. */
+    void (*connection_made)(tpio_protocol_t *p, tpio_transport_t *t);
+    /**
+     * The connection is gone: err is 0 for a regular close or EOF, else a
+     * negative code (-ECONNRESET...). Last callback: free the protocol here.
+     */
+    void (*connection_lost)(tpio_protocol_t *p, int err);
+    /** The write buffer went over the high watermark. */
+    void (*pause_writing)(tpio_protocol_t *p);
+    /** The write buffer drained to the low watermark or below. */
+    void (*resume_writing)(tpio_protocol_t *p);
+
+    /* Protocol (streaming) */
+    /** Bytes arrived; `data` (non-empty) is borrowed for the call only. */
+    void (*data_received)(tpio_protocol_t *p, const void *data, size_t len);
+    /**
+     * The peer will send no more. Return false (or leave NULL) and the
+     * transport closes itself; return true to keep the connection half-open
+     * (writing still works; close it yourself later).
+     */
+    bool (*eof_received)(tpio_protocol_t *p);
+
+    /* BufferedProtocol */
+    /**
+     * Return a buffer to receive into and set *len to its size. sizehint is
+     * -1 (any size will do), as asyncio passes. Returning NULL or *len == 0 is
+     * a fatal error for the connection: it is reported to the error handler
+     * and the connection ends with connection_lost(TPIO_EPROTOCOL_BUFFER).
+     */
+    void *(*get_buffer)(tpio_protocol_t *p, ssize_t sizehint, size_t *len);
+    /** nbytes (> 0) were written at the start of the last get_buffer() buffer. */
+    void (*buffer_updated)(tpio_protocol_t *p, size_t nbytes);
+
+    /* DatagramProtocol */
+    void (*datagram_received)(tpio_protocol_t *p, const void *data, size_t len,
+                              const struct sockaddr *addr, socklen_t addrlen);
+    void (*error_received)(tpio_protocol_t *p, int err);
+
+    /* SubprocessProtocol */
+    void (*pipe_data_received)(tpio_protocol_t *p, int fd, const void *data,
+                               size_t len);
+    void (*pipe_connection_lost)(tpio_protocol_t *p, int fd, int err);
+    void (*process_exited)(tpio_protocol_t *p);
+} tpio_protocol_ops_t;
+
+/** Embed this in your protocol struct and point ops at your class table. */
+struct tpio_protocol {
+    const tpio_protocol_ops_t *ops;
+};
+
+/**
+ * protocol_factory: return a new protocol for a new connection, or NULL to
+ * refuse it (the connection is closed; for tpio_create_connection the
+ * completion reports -ECONNABORTED).
+ */
+typedef tpio_protocol_t *(*tpio_protocol_factory_t)(void *arg);
+
+/* ========================================================================= */
+/* Transports                                                                */
+/* ========================================================================= */
+
+/** What kind of transport this is; decides which calls apply. */
+typedef enum tpio_transport_kind {
+    TPIO_TRANSPORT_TCP = 1,
+    TPIO_TRANSPORT_UNIX,
+    TPIO_TRANSPORT_PIPE_READ,
+    TPIO_TRANSPORT_PIPE_WRITE,
+    TPIO_TRANSPORT_STREAM_SOCKET, /**< any other connected stream socket */
+    TPIO_TRANSPORT_DATAGRAM,
+    TPIO_TRANSPORT_SUBPROCESS,
+    TPIO_TRANSPORT_TLS,
+} tpio_transport_kind_t;
+
+TPIO_API tpio_transport_kind_t tpio_transport_kind(const tpio_transport_t *t);
+/** The loop that owns the transport. */
+TPIO_API tpio_loop_t *tpio_transport_loop(const tpio_transport_t *t);
+
+/* --- BaseTransport ------------------------------------------------------- */
+
+/**
+ * Close: stop reading, flush the write buffer asynchronously, then call
+ * connection_lost(0). Idempotent. Returns 0 (or -EINVAL for NULL).
+ */
+TPIO_API int tpio_close(tpio_transport_t *t);
+/** True once close() or abort() was called or the connection is lost. */
+TPIO_API bool tpio_is_closing(const tpio_transport_t *t);
+/** The protocol that currently receives this transport's callbacks. */
+TPIO_API tpio_protocol_t *tpio_get_protocol(const tpio_transport_t *t);
+/**
+ * Switch protocols: later callbacks go to p (asyncio's set_protocol). Switching
+ * between a Protocol and a BufferedProtocol is allowed; p must not be NULL.
+ * The old protocol receives no connection_lost: it is yours to free.
+ */
+TPIO_API int tpio_set_protocol(tpio_transport_t *t, tpio_protocol_t *p);
+
+/** Kinds of value get_extra_info can return. */
+typedef enum tpio_extra_type {
+    TPIO_EXTRA_NONE = 0, /**< not available: use your default */
+    TPIO_EXTRA_FD,       /**< .fd: a descriptor owned by the transport */
+    TPIO_EXTRA_ADDR,     /**< .addr / .addrlen: a socket address */
+    TPIO_EXTRA_PTR,      /**< .ptr: a library object (SSL *, SSL_CTX *, ...) */
+    TPIO_EXTRA_STR,      /**< .str: a NUL-terminated string */
+} tpio_extra_type_t;
+
+/** One get_extra_info() answer. Pointers in it live as long as the transport. */
+typedef struct tpio_extra {
+    tpio_extra_type_t type;
+    int fd;
+    const struct sockaddr *addr;
+    socklen_t addrlen;
+    void *ptr;
+    const char *str;
+} tpio_extra_t;
+
+/**
+ * get_extra_info(name): fills *out and returns 0, or returns -ENOENT (and sets
+ * out->type = TPIO_EXTRA_NONE) when the information is not available — the
+ * specification's "default". Names: "socket" (FD), "peername" and "sockname"
+ * (ADDR; peername is cached when the connection is made, absent on error),
+ * "pipe" (FD), "subprocess" (FD: the pidfd), and for TLS "sslcontext",
+ * "ssl_object", "peercert", "cipher", "compression".
+ */
+TPIO_API int tpio_get_extra_info(const tpio_transport_t *t, const char *name,
+                                 tpio_extra_t *out);
+/** The transport's descriptor ("socket" or "pipe"), or -ENOTSUP/-EBADF. */
+TPIO_API int tpio_transport_fd(const tpio_transport_t *t);
+/**
+ * Copy the peer / own address into *addr (capacity *len, updated to the real
+ * length). Returns 0, -ENOENT if not available, -ENOTSUP for the kind.
+ */
+TPIO_API int tpio_transport_peername(const tpio_transport_t *t,
+                                     struct sockaddr_storage *addr,
+                                     socklen_t *len);
+TPIO_API int tpio_transport_sockname(const tpio_transport_t *t,
+                                     struct sockaddr_storage *addr,
+                                     socklen_t *len);
+
+/* --- ReadTransport ------------------------------------------------------- */
+
+/** True while data is being received (not paused, not closing). */
+TPIO_API bool tpio_is_reading(const tpio_transport_t *t);
+/**
+ * Stop calling data_received until resume_reading. Idempotent (also on a
+ * closing transport). Called inside connection_made, reading never starts
+ * until resume. Returns 0 or -ENOTSUP.
+ */
+TPIO_API int tpio_pause_reading(tpio_transport_t *t);
+/** Resume reading. Idempotent. Returns 0 or -ENOTSUP. */
+TPIO_API int tpio_resume_reading(tpio_transport_t *t);
+
+/* --- WriteTransport ------------------------------------------------------ */
+
+/**
+ * Write len bytes. When nothing is buffered, they are sent at once and only
+ * what the kernel did not take is buffered (copied). Returns 0, or:
+ *  -ESHUTDOWN after write_eof(); -ENOTSUP for read-only kinds; -EINVAL for
+ *  NULL data with len > 0.
+ * After close()/abort() or once the connection is lost, data is silently
+ * dropped and 0 is returned, as asyncio does. May call pause_writing().
+ * Socket errors are not returned here: they end the connection with
+ * connection_lost(-errno) on the loop.
+ */
+TPIO_API int tpio_write(tpio_transport_t *t, const void *data, size_t len);
+/**
+ * write() of several buffers in one go (one writev when nothing is buffered).
+ * Same results as tpio_write(). iovcnt may exceed IOV_MAX.
+ */
+TPIO_API int tpio_writelines(tpio_transport_t *t, const struct iovec *iov,
+                             int iovcnt);
+/**
+ * Close the write side after the buffer is flushed (shutdown(SHUT_WR)); data
+ * may still be received. Idempotent; ignored on a closing transport.
+ * Returns 0, or -ENOTSUP where half-close is not supported.
+ */
+TPIO_API int tpio_write_eof(tpio_transport_t *t);
+/** True if write_eof() is supported. */
+TPIO_API bool tpio_can_write_eof(const tpio_transport_t *t);
+/**
+ * Close at once: buffered data is dropped, no more data is received, and
+ * connection_lost(0) is scheduled. Idempotent. Returns 0 or -ENOTSUP.
+ */
+TPIO_API int tpio_abort(tpio_transport_t *t);
+/** Bytes waiting in the write buffer. */
+TPIO_API size_t tpio_get_write_buffer_size(const tpio_transport_t *t);
+
+/** Pass as high or low to set_write_buffer_limits to mean "None". */
+#define TPIO_LIMIT_DEFAULT ((ssize_t)-1)
+/**
+ * Set the watermarks. pause_writing() is called when the buffer grows strictly
+ * above high; resume_writing() when it drains to low or below. Defaults: high
+ * 64 KiB, low 16 KiB. Only high given: low = high / 4. Only low given:
+ * high = 4 * low. high = 0 forces low = 0 (pause whenever anything is
+ * buffered). Returns -EINVAL (limits unchanged) for low > high or a negative
+ * value other than TPIO_LIMIT_DEFAULT. May call pause_writing() at once.
+ */
+TPIO_API int tpio_set_write_buffer_limits(tpio_transport_t *t, ssize_t high,
+                                          ssize_t low);
+/** The current watermarks (asyncio returns (low, high)). */
+TPIO_API int tpio_get_write_buffer_limits(const tpio_transport_t *t,
+                                          size_t *low, size_t *high);
+
+/* ========================================================================= */
+/* Streams over sockets: create_connection, create_server                    */
+/* ========================================================================= */
+
+/**
+ * Completion of a connection call. On success err is 0 and t/p are the new
+ * transport and its protocol; connection_made has already run (and may even
+ * have closed the transport: check tpio_is_closing). On failure err < 0 and
+ * t/p are NULL.
+ */
+typedef void (*tpio_connect_cb)(tpio_loop_t *loop, tpio_transport_t *t,
+                                tpio_protocol_t *p, int err, void *arg);
+
+/** Options of tpio_create_connection(); zero-initialise, set what you need. */
+typedef struct tpio_connect_opts {
+    const char *host;      /**< name or numeric address (required unless use_sock) */
+    uint16_t port;         /**< port number */
+    int family;            /**< AF_UNSPEC (0), AF_INET or AF_INET6 */
+    int flags;             /**< extra getaddrinfo ai_flags */
+    const char *local_host;/**< bind locally before connecting (NULL: no bind) */
+    uint16_t local_port;   /**< with local_host */
+    /**
+     * Happy eyeballs (RFC 8305): when > 0, start the next address attempt after
+     * this many seconds if the current one has not finished; first success
+     * wins. 0 (default): try each address in turn, each to completion.
+     */
+    double happy_eyeballs_delay;
+    /**
+     * Reorder addresses by family, first-family count first (asyncio's
+     * interleave). 0: default (1 when happy_eyeballs_delay > 0, else none).
+     */
+    int interleave;
+    /** Use an already connected stream socket `sock` instead of host/port. */
+    bool use_sock;
+    int sock;
+} tpio_connect_opts_t;
+
+/**
+ * Open a stream connection (asyncio's create_connection). Names are resolved
+ * on a helper thread; numeric addresses never touch the resolver. Every
+ * resolved address is tried in turn (or raced, with happy eyeballs); on total
+ * failure the completion gets the first attempt's error. TCP sockets get
+ * TCP_NODELAY.
+ *
+ * With use_sock, the socket (TCP, Unix, any connected SOCK_STREAM) is made
+ * non-blocking and owned by the transport from a 0 return on; on an error
+ * return it is left untouched. Returns -EINVAL for missing or bad arguments,
+ * -ENOTSOCK / -EPROTOTYPE for a sock that is not a stream socket.
+ */
+TPIO_API int tpio_create_connection(tpio_loop_t *loop,
+                                    tpio_protocol_factory_t factory,
+                                    void *factory_arg,
+                                    const tpio_connect_opts_t *opts,
+                                    tpio_connect_cb cb, void *cb_arg);
+
+/**
+ * Wrap a socket returned by accept() (or any connected stream socket) in a
+ * transport, as the server side (asyncio's connect_accepted_socket). Same
+ * ownership rule as use_sock above.
+ */
+TPIO_API int tpio_connect_accepted_socket(tpio_loop_t *loop,
+                                          tpio_protocol_factory_t factory,
+                                          void *factory_arg, int sock,
+                                          tpio_connect_cb cb, void *cb_arg);
+
+/** Tri-state option: TPIO_DEFAULT (0) leaves the documented default. */
+enum { TPIO_DEFAULT = 0, TPIO_ON = 1, TPIO_OFF = -1 };
+
+/** Options of tpio_create_server(); zero-initialise, set what you need. */
+typedef struct tpio_server_opts {
+    /** One host to bind (numeric or name); NULL with nhosts 0: all interfaces. */
+    const char *host;
+    /** Or several hosts (overrides host when nhosts > 0). */
+    const char *const *hosts;
+    size_t nhosts;
+    uint16_t port;         /**< 0 picks a free port (see tpio_server_sockname) */
+    int family;            /**< AF_UNSPEC (0), AF_INET or AF_INET6 */
+    int flags;             /**< extra getaddrinfo ai_flags (AI_PASSIVE is implied) */
+    int backlog;           /**< listen() backlog; 0 means 100 */
+    int reuse_address;     /**< SO_REUSEADDR: TPIO_DEFAULT = on */
+    bool reuse_port;       /**< SO_REUSEPORT */
+    int start_serving;     /**< accept at once: TPIO_DEFAULT = on */
+    /** Already bound listening sockets to serve instead of host/port. */
+    const int *socks;
+    size_t nsocks;
+} tpio_server_opts_t;
+
+/**
+ * Create a listening server (asyncio's create_server). Every address the hosts
+ * resolve to gets a socket (IPv6 ones with IPV6_V6ONLY). Binding happens
+ * inside the call, so errors such as -EADDRINUSE come back directly; host
+ * names are resolved synchronously here (a server starts once). Each accepted
+ * connection gets a protocol from factory and a transport with TCP_NODELAY.
+ *
+ * Server lifetime: *out stays valid until you call tpio_server_close(), and
+ * after that until its last connection is lost and its wait_closed callbacks
+ * have returned (at the earliest, the next loop iteration). Sockets passed in
+ * socks are owned by the server from a 0 return on.
+ */
+TPIO_API int tpio_create_server(tpio_loop_t *loop,
+                                tpio_protocol_factory_t factory,
+                                void *factory_arg,
+                                const tpio_server_opts_t *opts,
+                                tpio_server_t **out);
+
+/** Stop listening and close the listening sockets; connections stay open. */
+TPIO_API int tpio_server_close(tpio_server_t *s);
+/**
+ * Call cb(loop, arg) once the server is closed and all its connections are
+ * gone (asyncio 3.12+ wait_closed). Called from the loop, never inside this
+ * call; if that is already the case, on the next iteration.
+ */
+TPIO_API int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb,
+                                     void *arg);
+/** True while the server accepts connections. */
+TPIO_API bool tpio_server_is_serving(const tpio_server_t *s);
+/** Start accepting (idempotent); -EBADF once closed. */
+TPIO_API int tpio_server_start_serving(tpio_server_t *s);
+/** close() every connection of the server. */
+TPIO_API int tpio_server_close_clients(tpio_server_t *s);
+/** abort() every connection of the server. */
+TPIO_API int tpio_server_abort_clients(tpio_server_t *s);
+/** Number of listening sockets (0 once closed). */
+TPIO_API size_t tpio_server_socket_count(const tpio_server_t *s);
+/** The i-th listening socket, or -ENOENT. */
+TPIO_API int tpio_server_socket(const tpio_server_t *s, size_t i);
+/** The bound address of the i-th listening socket. */
+TPIO_API int tpio_server_sockname(const tpio_server_t *s, size_t i,
+                                  struct sockaddr_storage *addr, socklen_t *len);
+/** The loop that owns the server. */
+TPIO_API tpio_loop_t *tpio_server_loop(const tpio_server_t *s);
+/** Number of live connections accepted by this server. */
+TPIO_API size_t tpio_server_connection_count(const tpio_server_t *s);
+
+/* ========================================================================= */
+/* Address helper                                                            */
+/* ========================================================================= */
+
+/**
+ * Format a socket address as asyncio prints it: "('127.0.0.1', 8888)" for
+ * IPv4, "('::1', 8888, 0, 0)" for IPv6, the path for Unix sockets. Returns the
+ * length written (truncated to buflen - 1), or a negative errno.
+ */
+TPIO_API int tpio_format_addr(const struct sockaddr *addr, socklen_t len,
+                              char *buf, size_t buflen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TPIO_H */
