@@ -1,0 +1,361 @@
+/* create_connection and connect_accepted_socket: resolve, then try each
+ * address in turn (or race them, RFC 8305 happy eyeballs), and wrap the
+ * winner in a stream transport. */
+#include "internal.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+struct attempt {
+    struct tpio__io io;
+    struct conn_req *req;
+    bool active;
+};
+
+struct conn_req {
+    tpio_loop_t *loop;
+    tpio_protocol_factory_t factory;
+    void *factory_arg;
+    tpio_connect_cb cb;
+    void *cb_arg;
+    struct tpio__resolve r;
+    const struct addrinfo **addrs;
+    struct attempt *att;
+    size_t naddrs, next, nactive;
+    double delay;
+    int interleave;
+    tpio_handle_t timer;
+    int first_err;
+};
+
+static void req_free(struct conn_req *q)
+{
+    if (q->r.res)
+        freeaddrinfo(q->r.res);
+    if (q->r.local_res)
+        freeaddrinfo(q->r.local_res);
+    free(q->r.host);
+    free(q->r.local_host);
+    free(q->addrs);
+    free(q->att);
+    q->loop->npending--;
+    free(q);
+}
+
+static void stop_attempt(struct conn_req *q, struct attempt *a)
+{
+    if (!a->active)
+        return;
+    tpio__io_set(q->loop, &a->io, 0);
+    close(a->io.fd);
+    a->io.fd = -1;
+    a->active = false;
+    q->nactive--;
+}
+
+static void fail(struct conn_req *q, int err)
+{
+    tpio_connect_cb cb = q->cb;
+    void *arg = q->cb_arg;
+    tpio_loop_t *loop = q->loop;
+    req_free(q);
+    cb(loop, NULL, NULL, err, arg);
+}
+
+static void record_error(struct conn_req *q, int err)
+{
+    if (!q->first_err)
+        q->first_err = err;
+}
+
+static void win(struct conn_req *q, struct attempt *a)
+{
+    if (q->timer)
+        tpio_cancel(q->loop, q->timer);
+    q->timer = 0;
+    int fd = a->io.fd;
+    tpio__io_set(q->loop, &a->io, 0);
+    a->active = false;
+    q->nactive--;
+    for (size_t i = 0; i < q->naddrs; i++)
+        stop_attempt(q, &q->att[i]);
+    int kind = tpio__stream_socket_prepare(fd);
+    if (kind < 0) {
+        close(fd);
+        fail(q, kind);
+        return;
+    }
+    tpio_protocol_t *p = q->factory(q->factory_arg);
+    if (!p || !p->ops) {
+        close(fd);
+        fail(q, -ECONNABORTED);
+        return;
+    }
+    if (!tpio__stream_new(q->loop, fd, (tpio_transport_kind_t)kind, p, NULL, q->cb, q->cb_arg)) {
+        close(fd);
+        fail(q, -ENOMEM);
+        return;
+    }
+    req_free(q);
+}
+
+static void start_next(struct conn_req *q);
+
+static void attempt_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
+{
+    (void)loop;
+    (void)events;
+    struct attempt *a = tpio_container_of(io, struct attempt, io);
+    struct conn_req *q = a->req;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err == 0) {
+        win(q, a);
+        return;
+    }
+    record_error(q, -err);
+    stop_attempt(q, a);
+    /* A failed attempt starts the next one at once (staggered_race). */
+    if (q->timer)
+        tpio_cancel(q->loop, q->timer);
+    q->timer = 0;
+    start_next(q);
+}
+
+static void delay_expired(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct conn_req *q = arg;
+    q->timer = 0;
+    start_next(q);
+}
+
+static int bind_local(struct conn_req *q, int fd, int family)
+{
+    int err = -EADDRNOTAVAIL; /* no local address of this family */
+    for (struct addrinfo *l = q->r.local_res; l; l = l->ai_next) {
+        if (l->ai_family != family)
+            continue;
+        if (bind(fd, l->ai_addr, l->ai_addrlen) == 0)
+            return 0;
+        err = -errno;
+    }
+    return err;
+}
+
+/* 1: connected at once, 0: in progress, <0: failed. */
+static int start_attempt(struct conn_req *q, struct attempt *a, const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0)
+        return -errno;
+    if (q->r.local_host) {
+        int rc = bind_local(q, fd, ai->ai_family);
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    tpio__io_init(&a->io, fd, attempt_ready);
+    a->req = q;
+    int rc;
+    do
+        rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    while (rc < 0 && errno == EINTR);
+    if (rc == 0) {
+        a->active = true;
+        q->nactive++;
+        return 1;
+    }
+    if (errno != EINPROGRESS) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    rc = tpio__io_set(q->loop, &a->io, TPIO__OUT);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    a->active = true;
+    q->nactive++;
+    return 0;
+}
+
+static void start_next(struct conn_req *q)
+{
+    while (q->next < q->naddrs) {
+        size_t i = q->next++;
+        int rc = start_attempt(q, &q->att[i], q->addrs[i]);
+        if (rc == 1) {
+            win(q, &q->att[i]);
+            return;
+        }
+        if (rc == 0) {
+            if (q->delay > 0 && q->next < q->naddrs &&
+                tpio_call_later(q->loop, q->delay, delay_expired, q, &q->timer) < 0)
+                q->timer = 0; /* no race then: the next address waits for this one */
+            return;
+        }
+        record_error(q, rc);
+    }
+    if (q->nactive == 0)
+        fail(q, q->first_err ? q->first_err : -ECONNREFUSED);
+}
+
+/* asyncio's _interleave_addrinfos: first_count of the first family, then
+ * alternate families. */
+static void order_addresses(struct conn_req *q)
+{
+    size_t n = 0;
+    for (struct addrinfo *ai = q->r.res; ai; ai = ai->ai_next)
+        q->addrs[n++] = ai;
+    q->naddrs = n;
+    if (q->interleave <= 0)
+        return;
+    int fams[8];
+    size_t nf = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t f;
+        for (f = 0; f < nf && fams[f] != q->addrs[i]->ai_family; f++)
+            ;
+        if (f == nf && nf < 8)
+            fams[nf++] = q->addrs[i]->ai_family;
+    }
+    if (nf < 2)
+        return;
+    const struct addrinfo **out = malloc(n * sizeof *out);
+    size_t *pos = calloc(nf, sizeof *pos);
+    if (!out || !pos) {
+        free(out);
+        free(pos);
+        return; /* keep resolver order */
+    }
+    size_t m = 0;
+    /* next address of family f at or after pos[f] */
+#define NEXT_OF(f)                                                                  \
+    ({                                                                              \
+        const struct addrinfo *r_ = NULL;                                           \
+        while (pos[f] < n && q->addrs[pos[f]]->ai_family != fams[f])                \
+            pos[f]++;                                                               \
+        if (pos[f] < n)                                                             \
+            r_ = q->addrs[pos[f]++];                                                \
+        r_;                                                                         \
+    })
+    for (int k = 1; k < q->interleave; k++) {
+        const struct addrinfo *a = NEXT_OF(0);
+        if (!a)
+            break;
+        out[m++] = a;
+    }
+    while (m < n) {
+        for (size_t f = 0; f < nf && m < n; f++) {
+            const struct addrinfo *a = NEXT_OF(f);
+            if (a)
+                out[m++] = a;
+        }
+    }
+#undef NEXT_OF
+    memcpy(q->addrs, out, n * sizeof *out);
+    free(out);
+    free(pos);
+}
+
+static void resolved(struct tpio__resolve *r)
+{
+    struct conn_req *q = tpio_container_of(r, struct conn_req, r);
+    if (r->err) {
+        fail(q, r->err);
+        return;
+    }
+    size_t n = 0;
+    for (struct addrinfo *ai = r->res; ai; ai = ai->ai_next)
+        n++;
+    if (n == 0) {
+        fail(q, TPIO_EAI_NODATA);
+        return;
+    }
+    q->addrs = malloc(n * sizeof *q->addrs);
+    q->att = calloc(n, sizeof *q->att);
+    if (!q->addrs || !q->att) {
+        fail(q, -ENOMEM);
+        return;
+    }
+    order_addresses(q);
+    start_next(q);
+}
+
+static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                       int sock, tpio_connect_cb cb, void *cb_arg)
+{
+    if (sock < 0)
+        return -EBADF;
+    int kind = tpio__stream_socket_prepare(sock);
+    if (kind < 0)
+        return kind;
+    tpio_protocol_t *p = factory(factory_arg);
+    if (!p || !p->ops)
+        return -ECONNABORTED;
+    if (!tpio__stream_new(loop, sock, (tpio_transport_kind_t)kind, p, NULL, cb, cb_arg))
+        return -ENOMEM;
+    return 0;
+}
+
+int tpio_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                           void *factory_arg, const tpio_connect_opts_t *o, tpio_connect_cb cb,
+                           void *cb_arg)
+{
+    if (!loop || !factory || !o || !cb)
+        return -EINVAL;
+    if (o->use_sock) {
+        if (o->host || o->local_host)
+            return -EINVAL; /* asyncio: host/port and sock are exclusive */
+        return wrap_socket(loop, factory, factory_arg, o->sock, cb, cb_arg);
+    }
+    if (!o->host || !*o->host || o->happy_eyeballs_delay < 0 || o->interleave < 0 ||
+        (o->family != AF_UNSPEC && o->family != AF_INET && o->family != AF_INET6))
+        return -EINVAL;
+    struct conn_req *q = calloc(1, sizeof *q);
+    if (!q)
+        return -ENOMEM;
+    q->loop = loop;
+    q->factory = factory;
+    q->factory_arg = factory_arg;
+    q->cb = cb;
+    q->cb_arg = cb_arg;
+    q->delay = o->happy_eyeballs_delay;
+    q->interleave = o->interleave ? o->interleave : (q->delay > 0 ? 1 : 0);
+    q->r.loop = loop;
+    q->r.done = resolved;
+    q->r.host = strdup(o->host);
+    q->r.local_host = o->local_host ? strdup(o->local_host) : NULL;
+    snprintf(q->r.port, sizeof q->r.port, "%u", (unsigned)o->port);
+    snprintf(q->r.local_port, sizeof q->r.local_port, "%u", (unsigned)o->local_port);
+    q->r.hints.ai_family = o->family;
+    q->r.hints.ai_socktype = SOCK_STREAM;
+    q->r.hints.ai_protocol = IPPROTO_TCP;
+    q->r.hints.ai_flags = o->flags;
+    loop->npending++;
+    if (!q->r.host || (o->local_host && !q->r.local_host)) {
+        req_free(q);
+        return -ENOMEM;
+    }
+    int rc = tpio__resolve_start(&q->r);
+    if (rc < 0) {
+        req_free(q);
+        return rc;
+    }
+    return 0;
+}
+
+int tpio_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                 void *factory_arg, int sock, tpio_connect_cb cb, void *cb_arg)
+{
+    if (!loop || !factory || !cb)
+        return -EINVAL;
+    return wrap_socket(loop, factory, factory_arg, sock, cb, cb_arg);
+}

@@ -1,0 +1,93 @@
+/* Name resolution off the loop thread. getaddrinfo blocks, so a name is
+ * looked up on a short-lived helper thread that hands the result back with
+ * call_soon_threadsafe; numeric addresses are parsed inline and never reach
+ * the resolver. */
+#include "internal.h"
+
+#include <string.h>
+
+int tpio__getaddrinfo(const char *host, const char *port, const struct addrinfo *hints,
+                      struct addrinfo **res)
+{
+    *res = NULL;
+    errno = 0;
+    int rc = getaddrinfo(host, port, hints, res);
+    if (rc != 0) {
+        *res = NULL;
+        return tpio__gai_error(rc);
+    }
+    return 0;
+}
+
+/* Numeric host (or none): resolvable without DNS. */
+static int try_numeric(const char *host, const char *port, const struct addrinfo *hints,
+                       struct addrinfo **res, bool *numeric)
+{
+    struct addrinfo h = *hints;
+    h.ai_flags |= AI_NUMERICHOST | AI_NUMERICSERV;
+    int rc = getaddrinfo(host, port, &h, res);
+    if (rc == 0) {
+        *numeric = true;
+        return 0;
+    }
+    *res = NULL;
+    if (rc == EAI_NONAME) {
+        *numeric = false;
+        return 0;
+    }
+    *numeric = true; /* numeric but unusable, e.g. family mismatch */
+    return tpio__gai_error(rc);
+}
+
+static void *resolve_thread(void *arg)
+{
+    struct tpio__resolve *r = arg;
+    int rc = 0;
+    if (!r->res)
+        rc = tpio__getaddrinfo(r->host, r->port, &r->hints, &r->res);
+    if (rc == 0 && r->local_host && !r->local_res)
+        rc = tpio__getaddrinfo(r->local_host, r->local_port, &r->hints, &r->local_res);
+    r->err = rc;
+    tpio__call_soon_threadsafe_node(r->loop, &r->node);
+    return NULL;
+}
+
+static void resolve_done(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct tpio__resolve *r = arg;
+    r->done(r);
+}
+
+int tpio__resolve_start(struct tpio__resolve *r)
+{
+    bool num_host = false, num_local = true;
+    r->res = r->local_res = NULL;
+    r->err = 0;
+    r->node.cb = resolve_done;
+    r->node.arg = r;
+    r->node.owned = false;
+    int rc = try_numeric(r->host, r->port, &r->hints, &r->res, &num_host);
+    if (rc == 0 && r->local_host)
+        rc = try_numeric(r->local_host, r->local_port, &r->hints, &r->local_res, &num_local);
+    if (rc < 0 || (num_host && num_local)) {
+        r->err = rc;
+        return tpio_call_soon(r->loop, resolve_done, r, NULL);
+    }
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    rc = pthread_create(&th, &attr, resolve_thread, r);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        if (r->res)
+            freeaddrinfo(r->res);
+        if (r->local_res)
+            freeaddrinfo(r->local_res);
+        r->res = r->local_res = NULL;
+        return -rc;
+    }
+    return 0;
+}

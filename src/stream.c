@@ -1,0 +1,466 @@
+/* The stream transport: one read path and one write path for every
+ * connected byte stream (TCP, Unix stream sockets, pipes). Modelled on
+ * asyncio's _SelectorSocketTransport: read once per readiness event, send at
+ * once when nothing is buffered, buffer only the rest, flush with one writev
+ * per writability event, and end every connection with exactly one
+ * connection_lost from the ready queue. */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+struct stream {
+    struct tpio_transport base;
+    struct tpio__io io;
+    bool is_socket;
+    bool made;          /* connection_made ran: reading may start */
+    bool paused;        /* pause_reading() */
+    bool read_eof;      /* EOF seen: nothing more to read */
+    bool eof_requested; /* write_eof() called */
+    int lost_err;
+    struct tpio__wbuf wbuf;
+    struct sockaddr_storage peer, self;
+    socklen_t peerlen, selflen;
+    tpio_connect_cb cb;
+    void *cb_arg;
+    tpio_protocol_t *first_proto;
+    struct tpio__ts_node lost_node; /* fallback when call_soon cannot allocate */
+};
+
+#define S(t) ((struct stream *)(t))
+
+static void stream_lost_cb(tpio_loop_t *loop, void *arg);
+
+static bool reading_active(const struct stream *s)
+{
+    return s->made && !s->paused && !s->base.closing && !s->read_eof;
+}
+
+static void update_io(struct stream *s)
+{
+    uint32_t want = 0;
+    if (!s->base.lost_scheduled) {
+        if (reading_active(s))
+            want |= TPIO__IN;
+        if (s->wbuf.size)
+            want |= TPIO__OUT;
+    }
+    int rc = tpio__io_set(s->base.loop, &s->io, want);
+    if (rc < 0 && want) {
+        /* The kernel refused to watch the fd: the connection cannot work. */
+        s->base.closing = true;
+        s->lost_err = rc;
+        s->base.lost_scheduled = true;
+        tpio__io_set(s->base.loop, &s->io, 0);
+        s->lost_node.cb = stream_lost_cb;
+        s->lost_node.arg = s;
+        tpio__call_soon_threadsafe_node(s->base.loop, &s->lost_node);
+    }
+}
+
+/* ---- the end of a connection ----------------------------------------------- */
+
+static void stream_lost_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct stream *s = arg;
+    tpio_transport_t *t = &s->base;
+    tpio__transport_ref(t);
+    tpio__transport_lost(t, s->lost_err);
+    /* asyncio closes the socket after connection_lost returns */
+    tpio__io_set(t->loop, &s->io, 0);
+    if (s->io.fd >= 0) {
+        close(s->io.fd);
+        s->io.fd = -1;
+    }
+    tpio__transport_unref(t);
+}
+
+static void schedule_lost(struct stream *s, int err)
+{
+    if (s->base.lost_scheduled)
+        return;
+    s->base.lost_scheduled = true;
+    s->base.closing = true;
+    s->lost_err = err;
+    update_io(s);
+    if (tpio_call_soon(s->base.loop, stream_lost_cb, s, NULL) < 0) {
+        /* Cannot allocate a slot: the pre-allocated node never fails. */
+        s->lost_node.cb = stream_lost_cb;
+        s->lost_node.arg = s;
+        tpio__call_soon_threadsafe_node(s->base.loop, &s->lost_node);
+    }
+}
+
+/* asyncio's _force_close: drop the buffer, stop everything, connection_lost. */
+static void force_close(struct stream *s, int err)
+{
+    if (s->base.lost_scheduled)
+        return;
+    tpio__wbuf_clear(&s->wbuf);
+    schedule_lost(s, err);
+}
+
+/* asyncio reports only errors that are not OSErrors (its own and the
+ * protocol's); socket errors go to connection_lost alone. */
+static void fatal_error(struct stream *s, int err, const char *msg)
+{
+    if (err <= -4096 || err == -ENOMEM)
+        tpio__report(s->base.loop, msg, err, &s->base, NULL, s->io.fd);
+    force_close(s, err);
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+static void on_eof(struct stream *s)
+{
+    s->read_eof = true;
+    update_io(s);
+    tpio_protocol_t *p = s->base.proto;
+    bool keep_open = p->ops->eof_received ? p->ops->eof_received(p) : false;
+    if (!keep_open)
+        tpio_close(&s->base);
+}
+
+static void do_read(struct stream *s)
+{
+    tpio_protocol_t *p = s->base.proto;
+    void *buf;
+    size_t len;
+    if (p->ops->get_buffer) {
+        len = 0;
+        buf = p->ops->get_buffer(p, -1, &len);
+        if (s->base.closing)
+            return;
+        if (!buf || len == 0) {
+            fatal_error(s, TPIO_EPROTOCOL_BUFFER,
+                        "Fatal error: protocol.get_buffer() call failed.");
+            return;
+        }
+    } else {
+        buf = s->base.loop->rbuf;
+        len = TPIO__READ_SIZE;
+    }
+    ssize_t n = read(s->io.fd, buf, len);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        fatal_error(s, -errno, "Fatal read error on socket transport");
+        return;
+    }
+    if (n == 0) {
+        on_eof(s);
+        return;
+    }
+    p = s->base.proto; /* get_buffer may have switched protocols */
+    if (p->ops->get_buffer) {
+        if (p->ops->buffer_updated)
+            p->ops->buffer_updated(p, (size_t)n);
+    } else if (p->ops->data_received) {
+        p->ops->data_received(p, buf, (size_t)n);
+    }
+}
+
+/* ---- writing ------------------------------------------------------------------ */
+
+static ssize_t do_send(struct stream *s, const struct iovec *iov, int cnt)
+{
+    ssize_t n;
+    do {
+        if (!s->is_socket) {
+            n = writev(s->io.fd, iov, cnt);
+        } else if (cnt == 1) {
+            n = send(s->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        } else {
+            struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
+            n = sendmsg(s->io.fd, &m, MSG_NOSIGNAL);
+        }
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static void after_drain(struct stream *s)
+{
+    update_io(s);
+    if (s->base.closing)
+        schedule_lost(s, 0);
+    else if (s->eof_requested)
+        shutdown(s->io.fd, SHUT_WR);
+}
+
+static void flush(struct stream *s)
+{
+    struct iovec iov[IOV_MAX];
+    int cnt = tpio__wbuf_iov(&s->wbuf, iov, IOV_MAX);
+    ssize_t n = do_send(s, iov, cnt);
+    if (n < 0) {
+        if (errno == EAGAIN)
+            return;
+        fatal_error(s, -errno, "Fatal write error on socket transport");
+        return;
+    }
+    tpio__wbuf_consume(&s->wbuf, (size_t)n);
+    tpio__maybe_resume_protocol(&s->base);
+    if (s->wbuf.size == 0 && !s->base.lost_scheduled)
+        after_drain(s);
+}
+
+static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size_t total)
+{
+    struct stream *s = S(t);
+    if (s->eof_requested)
+        return -ESHUTDOWN;
+    if (total == 0 || t->closing)
+        return 0; /* asyncio drops writes once the connection is going away */
+    size_t sent = 0;
+    if (s->wbuf.size == 0) {
+        ssize_t n = do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
+        if (n < 0) {
+            if (errno != EAGAIN) {
+                fatal_error(s, -errno, "Fatal write error on socket transport");
+                return 0;
+            }
+            n = 0;
+        }
+        sent = (size_t)n;
+        if (sent == total)
+            return 0;
+    }
+    /* Copy what the kernel did not take. */
+    for (int i = 0; i < cnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        if (tpio__wbuf_append(&s->wbuf, (const char *)iov[i].iov_base + sent, len - sent) < 0) {
+            /* Part of the stream is lost: it cannot go on. */
+            fatal_error(s, -ENOMEM, "Out of memory buffering a write");
+            return -ENOMEM;
+        }
+        sent = 0;
+    }
+    update_io(s);
+    tpio__maybe_pause_protocol(t);
+    return 0;
+}
+
+/* ---- readiness -------------------------------------------------------------- */
+
+static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
+{
+    (void)loop;
+    struct stream *s = tpio_container_of(io, struct stream, io);
+    tpio__transport_ref(&s->base);
+    if ((events & (TPIO__IN | TPIO__HUP | TPIO__ERR)) && reading_active(s))
+        do_read(s);
+    if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->wbuf.size &&
+        !s->base.lost_scheduled)
+        flush(s);
+    tpio__transport_unref(&s->base);
+}
+
+static void stream_start(tpio_loop_t *loop, void *arg)
+{
+    struct stream *s = arg;
+    tpio_transport_t *t = &s->base;
+    tpio_protocol_t *p = t->proto;
+    if (p->ops->connection_made)
+        p->ops->connection_made(p, t);
+    s->made = true;
+    update_io(s);
+    if (s->cb)
+        s->cb(loop, t, s->first_proto, 0, s->cb_arg);
+    tpio__transport_unref(t);
+}
+
+/* ---- the kind's table ---------------------------------------------------------- */
+
+static int stream_close(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (t->closing)
+        return 0;
+    t->closing = true;
+    update_io(s);
+    if (s->wbuf.size == 0)
+        schedule_lost(s, 0);
+    return 0;
+}
+
+static int stream_abort(tpio_transport_t *t)
+{
+    force_close(S(t), 0);
+    return 0;
+}
+
+static int stream_write_eof(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (t->closing || s->eof_requested)
+        return 0;
+    s->eof_requested = true;
+    if (s->wbuf.size == 0)
+        shutdown(s->io.fd, SHUT_WR);
+    return 0;
+}
+
+static bool stream_can_write_eof(const tpio_transport_t *t)
+{
+    (void)t;
+    return true;
+}
+
+static int stream_pause_reading(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (t->closing || s->paused)
+        return 0;
+    s->paused = true;
+    update_io(s);
+    return 0;
+}
+
+static int stream_resume_reading(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (t->closing || !s->paused)
+        return 0;
+    s->paused = false;
+    update_io(s);
+    return 0;
+}
+
+static bool stream_is_reading(const tpio_transport_t *t)
+{
+    return !S(t)->paused && !t->closing;
+}
+
+static size_t stream_buffer_size(const tpio_transport_t *t) { return S(t)->wbuf.size; }
+
+static int stream_fd(const tpio_transport_t *t)
+{
+    return S(t)->io.fd >= 0 ? S(t)->io.fd : -EBADF;
+}
+
+static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_t *out)
+{
+    const struct stream *s = S(t);
+    if (s->io.fd < 0)
+        return -ENOENT;
+    if (strcmp(name, s->is_socket ? "socket" : "pipe") == 0) {
+        out->type = TPIO_EXTRA_FD;
+        out->fd = s->io.fd;
+        return 0;
+    }
+    if (s->is_socket && strcmp(name, "peername") == 0 && s->peerlen) {
+        out->type = TPIO_EXTRA_ADDR;
+        out->addr = (const struct sockaddr *)&s->peer;
+        out->addrlen = s->peerlen;
+        return 0;
+    }
+    if (s->is_socket && strcmp(name, "sockname") == 0 && s->selflen) {
+        out->type = TPIO_EXTRA_ADDR;
+        out->addr = (const struct sockaddr *)&s->self;
+        out->addrlen = s->selflen;
+        return 0;
+    }
+    return -ENOENT;
+}
+
+static void stream_destroy(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    tpio__wbuf_clear(&s->wbuf);
+    free(s);
+}
+
+static const struct tpio__transport_vt stream_vt = {
+    .close = stream_close,
+    .abort = stream_abort,
+    .write = stream_write,
+    .write_eof = stream_write_eof,
+    .can_write_eof = stream_can_write_eof,
+    .pause_reading = stream_pause_reading,
+    .resume_reading = stream_resume_reading,
+    .is_reading = stream_is_reading,
+    .write_buffer_size = stream_buffer_size,
+    .extra_info = stream_extra,
+    .fd = stream_fd,
+    .destroy = stream_destroy,
+};
+
+tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                   tpio_protocol_t *p, tpio_server_t *server,
+                                   tpio_connect_cb cb, void *cb_arg)
+{
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    tpio__transport_init(&s->base, loop, &stream_vt, kind, p);
+    tpio__io_init(&s->io, fd, stream_io);
+    s->is_socket = kind == TPIO_TRANSPORT_TCP || kind == TPIO_TRANSPORT_UNIX ||
+                   kind == TPIO_TRANSPORT_STREAM_SOCKET;
+    s->cb = cb;
+    s->cb_arg = cb_arg;
+    s->first_proto = p;
+    if (s->is_socket) {
+        /* Cached once, as asyncio does: peername survives the peer's reset. */
+        s->peerlen = sizeof s->peer;
+        if (getpeername(fd, (struct sockaddr *)&s->peer, &s->peerlen) < 0)
+            s->peerlen = 0;
+        s->selflen = sizeof s->self;
+        if (getsockname(fd, (struct sockaddr *)&s->self, &s->selflen) < 0)
+            s->selflen = 0;
+    }
+    if (server)
+        tpio__server_attach(server, &s->base);
+    tpio__transport_ref(&s->base); /* held by the scheduled start */
+    if (tpio_call_soon(loop, stream_start, s, NULL) < 0) {
+        if (server)
+            tpio__server_detach(server, &s->base);
+        loop->ntransports--;
+        free(s);
+        return NULL;
+    }
+    return &s->base;
+}
+
+int tpio__stream_socket_prepare(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOTSOCK;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno;
+    if (type != SOCK_STREAM)
+        return -EPROTOTYPE;
+    struct sockaddr_storage ss;
+    len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return -errno;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+        return -errno;
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        return TPIO_TRANSPORT_TCP;
+    }
+    if (ss.ss_family == AF_UNIX)
+        return TPIO_TRANSPORT_UNIX;
+    return TPIO_TRANSPORT_STREAM_SOCKET;
+}

@@ -1,0 +1,105 @@
+/* The write buffer: copies of what the kernel did not take, in chunks, sent
+ * with one writev. Small writes share the tail chunk, and one drained chunk is
+ * kept as a spare, so a connection that buffers now and then stops
+ * allocating. */
+#include "internal.h"
+
+#include <string.h>
+
+#define CHUNK_MIN (16 * 1024)
+
+static struct tpio__chunk *chunk_get(struct tpio__wbuf *b, size_t need)
+{
+    struct tpio__chunk *c = b->spare;
+    if (c && c->cap >= need) {
+        b->spare = NULL;
+    } else {
+        size_t cap = need < CHUNK_MIN ? CHUNK_MIN : need;
+        c = malloc(sizeof *c + cap);
+        if (!c)
+            return NULL;
+        c->cap = cap;
+    }
+    c->next = NULL;
+    c->off = c->len = 0;
+    return c;
+}
+
+static void chunk_put(struct tpio__wbuf *b, struct tpio__chunk *c)
+{
+    if (!b->spare && c->cap == CHUNK_MIN) {
+        b->spare = c;
+        return;
+    }
+    free(c);
+}
+
+int tpio__wbuf_append(struct tpio__wbuf *b, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    struct tpio__chunk *t = b->tail;
+    if (t) {
+        size_t room = t->cap - t->off - t->len;
+        if (room >= n) {
+            memcpy(t->data + t->off + t->len, p, n);
+            t->len += n;
+            b->size += n;
+            return 0;
+        }
+    }
+    struct tpio__chunk *c = chunk_get(b, n);
+    if (!c)
+        return -ENOMEM;
+    memcpy(c->data, p, n);
+    c->len = n;
+    if (t)
+        t->next = c;
+    else
+        b->head = c;
+    b->tail = c;
+    b->size += n;
+    return 0;
+}
+
+int tpio__wbuf_iov(const struct tpio__wbuf *b, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (struct tpio__chunk *c = b->head; c && n < max; c = c->next) {
+        iov[n].iov_base = c->data + c->off;
+        iov[n].iov_len = c->len;
+        n++;
+    }
+    return n;
+}
+
+void tpio__wbuf_consume(struct tpio__wbuf *b, size_t n)
+{
+    b->size -= n;
+    while (n) {
+        struct tpio__chunk *c = b->head;
+        if (n < c->len) {
+            c->off += n;
+            c->len -= n;
+            return;
+        }
+        n -= c->len;
+        b->head = c->next;
+        if (!b->head)
+            b->tail = NULL;
+        chunk_put(b, c);
+    }
+}
+
+void tpio__wbuf_clear(struct tpio__wbuf *b)
+{
+    struct tpio__chunk *c = b->head;
+    while (c) {
+        struct tpio__chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    free(b->spare);
+    b->head = b->tail = b->spare = NULL;
+    b->size = 0;
+}
