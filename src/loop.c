@@ -196,7 +196,7 @@ static uint64_t seconds_to_ns(double when)
         return 0;
     if (when > 1.8e10)
         return UINT64_MAX / 2;
-    return (uint64_t)llround(when * 1e9);
+    return (uint64_t)(when * 1e9 + 0.5); /* no libm dependency */
 }
 
 int tpio_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb, void *arg,
