@@ -20,6 +20,8 @@
 #define TPIO__DEFAULT_BACKLOG 100
 /* asyncio's ACCEPT_RETRY_DELAY: pause accepting this long after EMFILE. */
 #define TPIO__ACCEPT_RETRY_DELAY 1.0
+/* tpio's own error codes (TPIO_ERRORS) are all at or below this. */
+#define TPIO__OWN_ERROR_BASE (-3000)
 
 /* ---- intrusive doubly linked list --------------------------------------- */
 struct tpio__list {

@@ -114,7 +114,7 @@ static void force_close(struct stream *s, int err)
  * protocol's); socket errors go to connection_lost alone. */
 static void fatal_error(struct stream *s, int err, const char *msg)
 {
-    if (err <= -4096 || err == -ENOMEM)
+    if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM)
         tpio__report(s->base.loop, msg, err, &s->base, NULL, s->io.fd);
     force_close(s, err);
 }
