@@ -28,11 +28,14 @@ struct conn_req {
     int interleave;
     tpio_handle_t timer;
     int first_err;
+    struct addrinfo *fixed; /* one address given directly (malloc'd), not resolved */
 };
 
 static void req_free(struct conn_req *q)
 {
-    if (q->r.res)
+    if (q->fixed)
+        free(q->fixed);
+    else if (q->r.res)
         freeaddrinfo(q->r.res);
     if (q->r.local_res)
         freeaddrinfo(q->r.local_res);
@@ -358,4 +361,43 @@ int tpio_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t fact
     if (!loop || !factory || !cb)
         return -EINVAL;
     return wrap_socket(loop, factory, factory_arg, sock, cb, cb_arg);
+}
+
+static void start_fixed(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct conn_req *q = arg;
+    resolved(&q->r);
+}
+
+int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                       const struct sockaddr *addr, socklen_t len, tpio_connect_cb cb,
+                       void *cb_arg)
+{
+    struct conn_req *q = calloc(1, sizeof *q);
+    struct addrinfo *ai = malloc(sizeof *ai + sizeof(struct sockaddr_storage));
+    if (!q || !ai) {
+        free(q);
+        free(ai);
+        return -ENOMEM;
+    }
+    memset(ai, 0, sizeof *ai);
+    ai->ai_family = addr->sa_family;
+    ai->ai_socktype = SOCK_STREAM;
+    ai->ai_addr = (struct sockaddr *)(ai + 1);
+    ai->ai_addrlen = len;
+    memcpy(ai->ai_addr, addr, len);
+    q->loop = loop;
+    q->factory = factory;
+    q->factory_arg = factory_arg;
+    q->cb = cb;
+    q->cb_arg = cb_arg;
+    q->fixed = ai;
+    q->r.res = ai;
+    q->r.loop = loop;
+    loop->npending++;
+    int rc = tpio_call_soon(loop, start_fixed, q, NULL);
+    if (rc < 0)
+        req_free(q);
+    return rc;
 }

@@ -194,7 +194,20 @@ TPIO__HIDDEN tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd,
  * for TCP. Returns the kind or -errno (fd untouched on error). */
 TPIO__HIDDEN int tpio__stream_socket_prepare(int fd);
 
+/* Connect to one address known in advance (a Unix path); completion as for
+ * tpio_create_connection. */
+TPIO__HIDDEN int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                    void *factory_arg, const struct sockaddr *addr,
+                                    socklen_t len, tpio_connect_cb cb, void *cb_arg);
+
 /* ---- servers ------------------------------------------------------------ */
+/* Serve already bound sockets (listen() is called here). On success they
+ * belong to the server; `unlink_path` (may be NULL) is removed at close if it
+ * still names the socket file created by bind. */
+TPIO__HIDDEN int tpio__server_new(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                  void *factory_arg, const int *fds, size_t nfds,
+                                  int backlog, bool start, const char *unlink_path,
+                                  tpio_server_t **out);
 TPIO__HIDDEN void tpio__server_attach(tpio_server_t *s, tpio_transport_t *t);
 TPIO__HIDDEN void tpio__server_detach(tpio_server_t *s, tpio_transport_t *t);
 

@@ -36,6 +36,9 @@ struct tpio_server {
     struct tpio__list conns;
     size_t nconns;
     struct waiter *waiters;
+    char *unlink_path; /* Unix socket file to remove at close */
+    dev_t path_dev;
+    ino_t path_ino;
 };
 
 static void server_unref(tpio_server_t *s)
@@ -43,6 +46,7 @@ static void server_unref(tpio_server_t *s)
     if (--s->refs > 0)
         return;
     s->loop->nservers--;
+    free(s->unlink_path);
     free(s->ls);
     free(s);
 }
@@ -233,6 +237,67 @@ static int bind_hosts(const tpio_server_opts_t *o, int **fds, size_t *n)
     return rc;
 }
 
+static int check_stream_socket(int fd)
+{
+    struct stat st;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOTSOCK;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno;
+    return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
+}
+
+int tpio__server_new(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                     const int *fds, size_t nfds, int backlog, bool start,
+                     const char *unlink_path, tpio_server_t **out)
+{
+    for (size_t i = 0; i < nfds; i++)
+        if (listen(fds[i], backlog) < 0)
+            return -errno;
+    tpio_server_t *s = calloc(1, sizeof *s);
+    struct listener *ls = s ? calloc(nfds, sizeof *ls) : NULL;
+    char *path = s && unlink_path ? strdup(unlink_path) : NULL;
+    if (!s || !ls || (unlink_path && !path)) {
+        free(s);
+        free(ls);
+        free(path);
+        return -ENOMEM;
+    }
+    struct stat st;
+    if (path && stat(path, &st) == 0) {
+        s->path_dev = st.st_dev;
+        s->path_ino = st.st_ino;
+        s->unlink_path = path;
+    } else {
+        free(path);
+    }
+    s->loop = loop;
+    s->factory = factory;
+    s->factory_arg = factory_arg;
+    s->backlog = backlog;
+    s->refs = 1;
+    s->ls = ls;
+    s->nls = nfds;
+    tpio__list_init(&s->conns);
+    for (size_t i = 0; i < nfds; i++) {
+        /* Sockets given by the user become ours: non-blocking, like accepted. */
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fl >= 0 && !(fl & O_NONBLOCK))
+            fcntl(fds[i], F_SETFL, fl | O_NONBLOCK);
+        tpio__io_init(&ls[i].io, fds[i], accept_ready);
+        ls[i].server = s;
+    }
+    loop->nservers++;
+    *out = s;
+    if (start)
+        tpio_server_start_serving(s);
+    return 0;
+}
+
 int tpio_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
                        const tpio_server_opts_t *o, tpio_server_t **out)
 {
@@ -242,74 +307,26 @@ int tpio_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     if (o->nsocks && (o->host || o->nhosts))
         return -EINVAL; /* asyncio: host/port and sock are mutually exclusive */
     int backlog = o->backlog ? o->backlog : TPIO__DEFAULT_BACKLOG;
+    bool start = o->start_serving != TPIO_OFF;
+    if (o->nsocks) {
+        for (size_t i = 0; i < o->nsocks; i++) {
+            int rc = check_stream_socket(o->socks[i]);
+            if (rc)
+                return rc;
+        }
+        return tpio__server_new(loop, factory, factory_arg, o->socks, o->nsocks, backlog,
+                                start, NULL, out);
+    }
     int *fds = NULL;
     size_t n = 0;
-    int rc = 0;
-    if (o->nsocks) {
-        for (size_t i = 0; i < o->nsocks && rc == 0; i++) {
-            struct stat st;
-            int type = 0;
-            socklen_t len = sizeof type;
-            if (fstat(o->socks[i], &st) < 0)
-                rc = -errno;
-            else if (!S_ISSOCK(st.st_mode))
-                rc = -ENOTSOCK;
-            else if (getsockopt(o->socks[i], SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-                rc = -errno;
-            else if (type != SOCK_STREAM)
-                rc = -EPROTOTYPE;
-        }
-        if (rc)
-            return rc;
-    } else {
-        rc = bind_hosts(o, &fds, &n);
-        if (rc) {
-            for (size_t i = 0; i < n; i++)
-                close(fds[i]);
-            free(fds);
-            return rc;
-        }
-    }
-    const int *all = o->nsocks ? o->socks : fds;
-    size_t nall = o->nsocks ? o->nsocks : n;
-    for (size_t i = 0; i < nall && rc == 0; i++)
-        if (listen(all[i], backlog) < 0)
-            rc = -errno;
-
-    tpio_server_t *s = rc ? NULL : calloc(1, sizeof *s);
-    struct listener *ls = s ? calloc(nall, sizeof *ls) : NULL;
-    if (rc || !s || !ls) {
-        if (!rc)
-            rc = -ENOMEM;
+    int rc = bind_hosts(o, &fds, &n);
+    if (rc == 0)
+        rc = tpio__server_new(loop, factory, factory_arg, fds, n, backlog, start, NULL, out);
+    if (rc)
         for (size_t i = 0; i < n; i++)
             close(fds[i]);
-        free(fds);
-        free(s);
-        free(ls);
-        return rc;
-    }
-    s->loop = loop;
-    s->factory = factory;
-    s->factory_arg = factory_arg;
-    s->backlog = backlog;
-    s->refs = 1;
-    s->ls = ls;
-    s->nls = nall;
-    tpio__list_init(&s->conns);
-    for (size_t i = 0; i < nall; i++) {
-        /* Sockets given by the user become ours: non-blocking, like accepted. */
-        int fl = fcntl(all[i], F_GETFL);
-        if (fl >= 0 && !(fl & O_NONBLOCK))
-            fcntl(all[i], F_SETFL, fl | O_NONBLOCK);
-        tpio__io_init(&ls[i].io, all[i], accept_ready);
-        ls[i].server = s;
-    }
     free(fds);
-    loop->nservers++;
-    *out = s;
-    if (o->start_serving != TPIO_OFF)
-        tpio_server_start_serving(s);
-    return 0;
+    return rc;
 }
 
 /* ---- the Server object ------------------------------------------------------------ */
@@ -357,6 +374,13 @@ int tpio_server_close(tpio_server_t *s)
         close(s->ls[i].io.fd);
     }
     s->nls = 0;
+    if (s->unlink_path) {
+        /* Only if the path still names our socket (asyncio 3.13 cleanup). */
+        struct stat st;
+        if (stat(s->unlink_path, &st) == 0 && st.st_dev == s->path_dev &&
+            st.st_ino == s->path_ino)
+            unlink(s->unlink_path);
+    }
     if (s->nconns == 0)
         wakeup(s);
     /* The caller may still use s in this iteration (close, then wait_closed). */
