@@ -574,6 +574,87 @@ TPIO_API tpio_loop_t *tpio_server_loop(const tpio_server_t *s);
 TPIO_API size_t tpio_server_connection_count(const tpio_server_t *s);
 
 /* ========================================================================= */
+/* Unix stream sockets                                                       */
+/* ========================================================================= */
+
+/** Options of the Unix socket calls; zero-initialise, set what you need. */
+typedef struct tpio_unix_opts {
+    /** Filesystem path, or the abstract name when `abstract` is set. */
+    const char *path;
+    /** Length of path; 0 means strlen(path). */
+    size_t path_len;
+    /** Linux abstract namespace: no file; `path` is the name without the
+     *  leading NUL byte (Python's "\0name"). */
+    bool abstract;
+    int backlog;       /**< server: listen() backlog; 0 means 100 */
+    int start_serving; /**< server: accept at once; TPIO_DEFAULT = on */
+    /** Use an existing socket instead of path: connected (client) or bound
+     *  (server). Owned by the library from a 0 return on. */
+    bool use_sock;
+    int sock;
+} tpio_unix_opts_t;
+
+/**
+ * Connect to a Unix stream socket (asyncio's create_unix_connection).
+ * Completion as for tpio_create_connection: -ENOENT or -ECONNREFUSED when
+ * nothing listens, -EAGAIN when the listener's backlog is full. Returns
+ * -ENAMETOOLONG for a path that does not fit sockaddr_un, -EINVAL for a
+ * missing path.
+ */
+TPIO_API int tpio_create_unix_connection(tpio_loop_t *loop,
+                                         tpio_protocol_factory_t factory,
+                                         void *factory_arg,
+                                         const tpio_unix_opts_t *opts,
+                                         tpio_connect_cb cb, void *cb_arg);
+
+/**
+ * Listen on a Unix stream socket (asyncio's create_unix_server), with the
+ * same server object as TCP. A stale socket file at the path is removed
+ * before bind (anything else there gives -EADDRINUSE); the server removes its
+ * socket file when it closes, if the path still names that socket. No
+ * TCP_NODELAY, obviously.
+ */
+TPIO_API int tpio_create_unix_server(tpio_loop_t *loop,
+                                     tpio_protocol_factory_t factory,
+                                     void *factory_arg,
+                                     const tpio_unix_opts_t *opts,
+                                     tpio_server_t **out);
+
+/* ========================================================================= */
+/* Pipes                                                                     */
+/* ========================================================================= */
+
+/**
+ * Wrap the read end of a pipe (asyncio's connect_read_pipe): fd must be a
+ * FIFO, a socket or a character device (anything else: -EINVAL, fd untouched)
+ * that epoll can watch (else -EPERM, fd untouched). The transport is a
+ * ReadTransport: data_received or the BufferedProtocol calls, pause/resume
+ * reading; at EOF eof_received (its answer is ignored: a pipe cannot be
+ * half-open) then connection_lost(0). EIO (a terminal whose other side
+ * closed) ends it with connection_lost(-EIO) without reporting; other read
+ * errors are reported to the error handler too. The fd is made non-blocking
+ * and closed by the transport; get_extra_info("pipe") gives it.
+ */
+TPIO_API int tpio_connect_read_pipe(tpio_loop_t *loop,
+                                    tpio_protocol_factory_t factory,
+                                    void *factory_arg, int fd,
+                                    tpio_connect_cb cb, void *cb_arg);
+
+/**
+ * Wrap the write end of a pipe (asyncio's connect_write_pipe); same checks
+ * on fd. A full WriteTransport with flow control. It notices the reader going
+ * away even while idle (FIFOs and sockets): connection_lost(0) if nothing was
+ * buffered, connection_lost(-EPIPE) if data was lost. write_eof() and close()
+ * both flush, then close the pipe. Because writing to a pipe whose reader
+ * left raises SIGPIPE, the first write pipe sets SIGPIPE to SIG_IGN if it was
+ * still SIG_DFL (Python does the same at start-up); errors arrive as -EPIPE.
+ */
+TPIO_API int tpio_connect_write_pipe(tpio_loop_t *loop,
+                                     tpio_protocol_factory_t factory,
+                                     void *factory_arg, int fd,
+                                     tpio_connect_cb cb, void *cb_arg);
+
+/* ========================================================================= */
 /* Address helper                                                            */
 /* ========================================================================= */
 

@@ -18,10 +18,16 @@
 #define IOV_MAX 1024
 #endif
 
+/* What the descriptor is used for: both ways (a socket), or one way (a
+ * pipe end: read pipes never write, write pipes never read). */
+enum { MODE_DUPLEX, MODE_READ_PIPE, MODE_WRITE_PIPE };
+
 struct stream {
     struct tpio_transport base;
     struct tpio__io io;
-    bool is_socket;
+    uint8_t mode;
+    bool is_socket;     /* the fd is a socket: send() with MSG_NOSIGNAL */
+    bool watch_reader;  /* write pipe: poll for readability to see the reader go */
     bool made;          /* connection_made ran: reading may start */
     bool paused;        /* pause_reading() */
     bool read_eof;      /* EOF seen: nothing more to read */
@@ -42,14 +48,15 @@ static void stream_lost_cb(tpio_loop_t *loop, void *arg);
 
 static bool reading_active(const struct stream *s)
 {
-    return s->made && !s->paused && !s->base.closing && !s->read_eof;
+    return s->mode != MODE_WRITE_PIPE && s->made && !s->paused && !s->base.closing &&
+           !s->read_eof;
 }
 
 static void update_io(struct stream *s)
 {
     uint32_t want = 0;
     if (!s->base.lost_scheduled) {
-        if (reading_active(s))
+        if (reading_active(s) || (s->watch_reader && s->made))
             want |= TPIO__IN;
         if (s->wbuf.size)
             want |= TPIO__OUT;
@@ -110,11 +117,13 @@ static void force_close(struct stream *s, int err)
     schedule_lost(s, err);
 }
 
-/* asyncio reports only errors that are not OSErrors (its own and the
- * protocol's); socket errors go to connection_lost alone. */
+/* asyncio reports to the error handler only what is not an OSError (its own
+ * errors and the protocol's), plus read-pipe errors other than EIO (a closed
+ * terminal); anything else reaches connection_lost alone. */
 static void fatal_error(struct stream *s, int err, const char *msg)
 {
-    if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM)
+    if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM ||
+        (s->mode == MODE_READ_PIPE && err != -EIO))
         tpio__report(s->base.loop, msg, err, &s->base, NULL, s->io.fd);
     force_close(s, err);
 }
@@ -124,8 +133,17 @@ static void fatal_error(struct stream *s, int err, const char *msg)
 static void on_eof(struct stream *s)
 {
     s->read_eof = true;
-    update_io(s);
     tpio_protocol_t *p = s->base.proto;
+    if (s->mode == MODE_READ_PIPE) {
+        /* A pipe has no half-close: EOF ends it whatever the protocol says. */
+        s->base.closing = true;
+        update_io(s);
+        if (p->ops->eof_received)
+            p->ops->eof_received(p);
+        schedule_lost(s, 0);
+        return;
+    }
+    update_io(s);
     bool keep_open = p->ops->eof_received ? p->ops->eof_received(p) : false;
     if (!keep_open)
         tpio_close(&s->base);
@@ -154,7 +172,8 @@ static void do_read(struct stream *s)
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
             return;
-        fatal_error(s, -errno, "Fatal read error on socket transport");
+        fatal_error(s, -errno, s->is_socket ? "Fatal read error on socket transport"
+                                            : "Fatal read error on pipe transport");
         return;
     }
     if (n == 0) {
@@ -193,7 +212,7 @@ static void after_drain(struct stream *s)
     update_io(s);
     if (s->base.closing)
         schedule_lost(s, 0);
-    else if (s->eof_requested)
+    else if (s->eof_requested && s->mode == MODE_DUPLEX)
         shutdown(s->io.fd, SHUT_WR);
 }
 
@@ -205,7 +224,7 @@ static void flush(struct stream *s)
     if (n < 0) {
         if (errno == EAGAIN)
             return;
-        fatal_error(s, -errno, "Fatal write error on socket transport");
+        fatal_error(s, -errno, "Fatal write error on transport");
         return;
     }
     tpio__wbuf_consume(&s->wbuf, (size_t)n);
@@ -226,7 +245,7 @@ static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, s
         ssize_t n = do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
         if (n < 0) {
             if (errno != EAGAIN) {
-                fatal_error(s, -errno, "Fatal write error on socket transport");
+                fatal_error(s, -errno, "Fatal write error on transport");
                 return 0;
             }
             n = 0;
@@ -261,6 +280,12 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     (void)loop;
     struct stream *s = tpio_container_of(io, struct stream, io);
     tpio__transport_ref(&s->base);
+    if (s->mode == MODE_WRITE_PIPE && (events & (TPIO__IN | TPIO__HUP | TPIO__ERR))) {
+        /* The reader went away (asyncio's write-pipe _read_ready). */
+        force_close(s, s->wbuf.size ? -EPIPE : 0);
+        tpio__transport_unref(&s->base);
+        return;
+    }
     if ((events & (TPIO__IN | TPIO__HUP | TPIO__ERR)) && reading_active(s))
         do_read(s);
     if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->wbuf.size &&
@@ -309,6 +334,8 @@ static int stream_write_eof(tpio_transport_t *t)
     if (t->closing || s->eof_requested)
         return 0;
     s->eof_requested = true;
+    if (s->mode == MODE_WRITE_PIPE)
+        return stream_close(t); /* a pipe's EOF is its close, after the flush */
     if (s->wbuf.size == 0)
         shutdown(s->io.fd, SHUT_WR);
     return 0;
@@ -357,18 +384,18 @@ static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_
     const struct stream *s = S(t);
     if (s->io.fd < 0)
         return -ENOENT;
-    if (strcmp(name, s->is_socket ? "socket" : "pipe") == 0) {
+    if (strcmp(name, s->mode == MODE_DUPLEX ? "socket" : "pipe") == 0) {
         out->type = TPIO_EXTRA_FD;
         out->fd = s->io.fd;
         return 0;
     }
-    if (s->is_socket && strcmp(name, "peername") == 0 && s->peerlen) {
+    if (s->mode == MODE_DUPLEX && strcmp(name, "peername") == 0 && s->peerlen) {
         out->type = TPIO_EXTRA_ADDR;
         out->addr = (const struct sockaddr *)&s->peer;
         out->addrlen = s->peerlen;
         return 0;
     }
-    if (s->is_socket && strcmp(name, "sockname") == 0 && s->selflen) {
+    if (s->mode == MODE_DUPLEX && strcmp(name, "sockname") == 0 && s->selflen) {
         out->type = TPIO_EXTRA_ADDR;
         out->addr = (const struct sockaddr *)&s->self;
         out->addrlen = s->selflen;
@@ -383,6 +410,29 @@ static void stream_destroy(tpio_transport_t *t)
     tpio__wbuf_clear(&s->wbuf);
     free(s);
 }
+
+/* Pipe ends offer only their half of the interface (-ENOTSUP elsewhere). */
+static const struct tpio__transport_vt read_pipe_vt = {
+    .close = stream_close,
+    .pause_reading = stream_pause_reading,
+    .resume_reading = stream_resume_reading,
+    .is_reading = stream_is_reading,
+    .extra_info = stream_extra,
+    .fd = stream_fd,
+    .destroy = stream_destroy,
+};
+
+static const struct tpio__transport_vt write_pipe_vt = {
+    .close = stream_close,
+    .abort = stream_abort,
+    .write = stream_write,
+    .write_eof = stream_write_eof,
+    .can_write_eof = stream_can_write_eof,
+    .write_buffer_size = stream_buffer_size,
+    .extra_info = stream_extra,
+    .fd = stream_fd,
+    .destroy = stream_destroy,
+};
 
 static const struct tpio__transport_vt stream_vt = {
     .close = stream_close,
@@ -406,14 +456,27 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
     struct stream *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    tpio__transport_init(&s->base, loop, &stream_vt, kind, p);
+    s->mode = kind == TPIO_TRANSPORT_PIPE_READ    ? MODE_READ_PIPE
+              : kind == TPIO_TRANSPORT_PIPE_WRITE ? MODE_WRITE_PIPE
+                                                  : MODE_DUPLEX;
+    const struct tpio__transport_vt *vt = s->mode == MODE_READ_PIPE    ? &read_pipe_vt
+                                          : s->mode == MODE_WRITE_PIPE ? &write_pipe_vt
+                                                                       : &stream_vt;
+    tpio__transport_init(&s->base, loop, vt, kind, p);
     tpio__io_init(&s->io, fd, stream_io);
-    s->is_socket = kind == TPIO_TRANSPORT_TCP || kind == TPIO_TRANSPORT_UNIX ||
-                   kind == TPIO_TRANSPORT_STREAM_SOCKET;
+    s->is_socket = true;
+    if (s->mode != MODE_DUPLEX) {
+        /* A pipe transport may sit on a FIFO, a socket or a character device. */
+        struct stat st;
+        s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+        /* asyncio watches a write pipe's reader only on FIFOs and sockets. */
+        s->watch_reader =
+            s->mode == MODE_WRITE_PIPE && (S_ISFIFO(st.st_mode) || s->is_socket);
+    }
     s->cb = cb;
     s->cb_arg = cb_arg;
     s->first_proto = p;
-    if (s->is_socket) {
+    if (s->mode == MODE_DUPLEX) {
         /* Cached once, as asyncio does: peername survives the peer's reset. */
         s->peerlen = sizeof s->peer;
         if (getpeername(fd, (struct sockaddr *)&s->peer, &s->peerlen) < 0)
