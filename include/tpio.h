@@ -655,6 +655,64 @@ TPIO_API int tpio_connect_write_pipe(tpio_loop_t *loop,
                                      tpio_connect_cb cb, void *cb_arg);
 
 /* ========================================================================= */
+/* Datagrams: UDP and Unix datagram sockets                                  */
+/* ========================================================================= */
+
+/** Options of tpio_create_datagram_endpoint(); zero-initialise. */
+typedef struct tpio_datagram_opts {
+    /** Bind to this address (name or numeric; "0.0.0.0" / "::" for all
+     *  interfaces). NULL: no bind (the kernel picks one at the first send). */
+    const char *local_host;
+    uint16_t local_port;
+    /** Connect to this address: sendto() then takes no address, and only
+     *  this peer's datagrams arrive. NULL: not connected. */
+    const char *remote_host;
+    uint16_t remote_port;
+    /** AF_INET, AF_INET6, AF_UNIX or AF_UNSPEC (0). With neither a local nor
+     *  a remote address it must be given. */
+    int family;
+    int proto;            /**< socket protocol, usually 0 */
+    int flags;            /**< extra getaddrinfo ai_flags */
+    bool reuse_port;      /**< SO_REUSEPORT */
+    bool allow_broadcast; /**< SO_BROADCAST */
+    /** AF_UNIX datagram sockets: local path to bind (a stale socket file is
+     *  removed first) and/or remote path to connect. */
+    const char *local_path;
+    const char *remote_path;
+    /** Use an existing SOCK_DGRAM socket (no other address option allowed). */
+    bool use_sock;
+    int sock;
+} tpio_datagram_opts_t;
+
+/**
+ * Create a datagram endpoint (asyncio's create_datagram_endpoint). Names are
+ * resolved on a helper thread; every (local, remote) pair of matching family
+ * is tried until one works. Completion as for tpio_create_connection; the
+ * protocol uses datagram_received and error_received. Errors found without
+ * resolving (bad arguments, a Unix path that cannot be bound, a bad sock) are
+ * returned directly.
+ */
+TPIO_API int tpio_create_datagram_endpoint(tpio_loop_t *loop,
+                                           tpio_protocol_factory_t factory,
+                                           void *factory_arg,
+                                           const tpio_datagram_opts_t *opts,
+                                           tpio_connect_cb cb, void *cb_arg);
+
+/**
+ * DatagramTransport.sendto: send one datagram (len may be 0: empty datagrams
+ * are sent, as in asyncio 3.13). addr must be NULL or equal to the remote
+ * address on a connected endpoint (else -EINVAL), and is required otherwise
+ * (else -EDESTADDRREQ). Sent at once when nothing is queued, else a copy is
+ * queued (each datagram counts len + 8 bytes in get_write_buffer_size, as
+ * asyncio 3.13) under the same watermark flow control as streams. A send
+ * error reaches error_received (from the loop, never inside this call) and
+ * the transport stays open. After close()/abort(), datagrams are dropped.
+ * Returns -ENOTSUP on other kinds.
+ */
+TPIO_API int tpio_sendto(tpio_transport_t *t, const void *data, size_t len,
+                         const struct sockaddr *addr, socklen_t addrlen);
+
+/* ========================================================================= */
 /* Address helper                                                            */
 /* ========================================================================= */
 

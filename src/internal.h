@@ -132,9 +132,15 @@ struct tpio__transport_vt {
     int (*resume_reading)(tpio_transport_t *t);
     bool (*is_reading)(const tpio_transport_t *t);
     size_t (*write_buffer_size)(const tpio_transport_t *t);
+    int (*sendto)(tpio_transport_t *t, const void *data, size_t len,
+                  const struct sockaddr *addr, socklen_t addrlen);
     int (*extra_info)(const tpio_transport_t *t, const char *name, tpio_extra_t *out);
     int (*fd)(const tpio_transport_t *t);
-    void (*destroy)(tpio_transport_t *t); /* free memory; fd already closed */
+    /* Ending: stop watching the fd (at once), then release it (after
+     * connection_lost), then free the memory (after the last reference). */
+    void (*quiesce)(tpio_transport_t *t);
+    void (*teardown)(tpio_transport_t *t);
+    void (*destroy)(tpio_transport_t *t);
 };
 
 struct tpio_transport {
@@ -146,7 +152,9 @@ struct tpio_transport {
     bool closing;         /* close()/abort() called, or the connection failed */
     bool lost_scheduled;  /* connection_lost is queued or done */
     bool writing_paused;  /* pause_writing() was delivered */
+    int lost_err;
     size_t high, low;
+    struct tpio__ts_node lost_node; /* fallback when call_soon cannot allocate */
     tpio_server_t *server;     /* the server that accepted it, or NULL */
     struct tpio__list server_link;
 };
@@ -157,9 +165,9 @@ TPIO__HIDDEN void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
                                        tpio_protocol_t *p);
 static inline void tpio__transport_ref(tpio_transport_t *t) { t->refs++; }
 TPIO__HIDDEN void tpio__transport_unref(tpio_transport_t *t);
-/* Call connection_lost(err) and release the transport's own reference;
- * `teardown` closes the descriptor after the protocol has been told. */
-TPIO__HIDDEN void tpio__transport_lost(tpio_transport_t *t, int err);
+/* End the connection: closing, stop I/O now, and queue connection_lost(err),
+ * after which the kind's teardown closes the descriptor. Once only. */
+TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
 /* Flow control, shared by every writable kind. */
 TPIO__HIDDEN void tpio__maybe_pause_protocol(tpio_transport_t *t);
 TPIO__HIDDEN void tpio__maybe_resume_protocol(tpio_transport_t *t);

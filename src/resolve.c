@@ -43,7 +43,7 @@ static void *resolve_thread(void *arg)
 {
     struct tpio__resolve *r = arg;
     int rc = 0;
-    if (!r->res)
+    if (!r->res && r->host)
         rc = tpio__getaddrinfo(r->host, r->port, &r->hints, &r->res);
     if (rc == 0 && r->local_host && !r->local_res)
         rc = tpio__getaddrinfo(r->local_host, r->local_port, &r->hints, &r->local_res);
@@ -61,13 +61,13 @@ static void resolve_done(tpio_loop_t *loop, void *arg)
 
 int tpio__resolve_start(struct tpio__resolve *r)
 {
-    bool num_host = false, num_local = true;
+    bool num_host = true, num_local = true;
     r->res = r->local_res = NULL;
     r->err = 0;
     r->node.cb = resolve_done;
     r->node.arg = r;
     r->node.owned = false;
-    int rc = try_numeric(r->host, r->port, &r->hints, &r->res, &num_host);
+    int rc = r->host ? try_numeric(r->host, r->port, &r->hints, &r->res, &num_host) : 0;
     if (rc == 0 && r->local_host)
         rc = try_numeric(r->local_host, r->local_port, &r->hints, &r->local_res, &num_local);
     if (rc < 0 || (num_host && num_local)) {

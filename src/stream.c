@@ -32,19 +32,15 @@ struct stream {
     bool paused;        /* pause_reading() */
     bool read_eof;      /* EOF seen: nothing more to read */
     bool eof_requested; /* write_eof() called */
-    int lost_err;
     struct tpio__wbuf wbuf;
     struct sockaddr_storage peer, self;
     socklen_t peerlen, selflen;
     tpio_connect_cb cb;
     void *cb_arg;
     tpio_protocol_t *first_proto;
-    struct tpio__ts_node lost_node; /* fallback when call_soon cannot allocate */
 };
 
 #define S(t) ((struct stream *)(t))
-
-static void stream_lost_cb(tpio_loop_t *loop, void *arg);
 
 static bool reading_active(const struct stream *s)
 {
@@ -62,50 +58,23 @@ static void update_io(struct stream *s)
             want |= TPIO__OUT;
     }
     int rc = tpio__io_set(s->base.loop, &s->io, want);
-    if (rc < 0 && want) {
-        /* The kernel refused to watch the fd: the connection cannot work. */
-        s->base.closing = true;
-        s->lost_err = rc;
-        s->base.lost_scheduled = true;
-        tpio__io_set(s->base.loop, &s->io, 0);
-        s->lost_node.cb = stream_lost_cb;
-        s->lost_node.arg = s;
-        tpio__call_soon_threadsafe_node(s->base.loop, &s->lost_node);
-    }
+    if (rc < 0 && want) /* the kernel refused to watch the fd: it cannot work */
+        tpio__schedule_lost(&s->base, rc);
 }
 
 /* ---- the end of a connection ----------------------------------------------- */
 
-static void stream_lost_cb(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    struct stream *s = arg;
-    tpio_transport_t *t = &s->base;
-    tpio__transport_ref(t);
-    tpio__transport_lost(t, s->lost_err);
-    /* asyncio closes the socket after connection_lost returns */
-    tpio__io_set(t->loop, &s->io, 0);
-    if (s->io.fd >= 0) {
-        close(s->io.fd);
-        s->io.fd = -1;
-    }
-    tpio__transport_unref(t);
-}
+static void schedule_lost(struct stream *s, int err) { tpio__schedule_lost(&s->base, err); }
 
-static void schedule_lost(struct stream *s, int err)
+static void stream_quiesce(tpio_transport_t *t) { update_io(S(t)); }
+
+static void stream_teardown(tpio_transport_t *t)
 {
-    if (s->base.lost_scheduled)
-        return;
-    s->base.lost_scheduled = true;
-    s->base.closing = true;
-    s->lost_err = err;
-    update_io(s);
-    if (tpio_call_soon(s->base.loop, stream_lost_cb, s, NULL) < 0) {
-        /* Cannot allocate a slot: the pre-allocated node never fails. */
-        s->lost_node.cb = stream_lost_cb;
-        s->lost_node.arg = s;
-        tpio__call_soon_threadsafe_node(s->base.loop, &s->lost_node);
-    }
+    struct stream *s = S(t);
+    tpio__io_set(t->loop, &s->io, 0);
+    if (s->io.fd >= 0)
+        close(s->io.fd);
+    s->io.fd = -1;
 }
 
 /* asyncio's _force_close: drop the buffer, stop everything, connection_lost. */
@@ -419,6 +388,8 @@ static const struct tpio__transport_vt read_pipe_vt = {
     .is_reading = stream_is_reading,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .quiesce = stream_quiesce,
+    .teardown = stream_teardown,
     .destroy = stream_destroy,
 };
 
@@ -431,6 +402,8 @@ static const struct tpio__transport_vt write_pipe_vt = {
     .write_buffer_size = stream_buffer_size,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .quiesce = stream_quiesce,
+    .teardown = stream_teardown,
     .destroy = stream_destroy,
 };
 
@@ -446,6 +419,8 @@ static const struct tpio__transport_vt stream_vt = {
     .write_buffer_size = stream_buffer_size,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .quiesce = stream_quiesce,
+    .teardown = stream_teardown,
     .destroy = stream_destroy,
 };
 

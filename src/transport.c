@@ -29,18 +29,41 @@ void tpio__transport_unref(tpio_transport_t *t)
     loop->ntransports--;
 }
 
-void tpio__transport_lost(tpio_transport_t *t, int err)
+static void lost_cb(tpio_loop_t *loop, void *arg)
 {
+    (void)loop;
+    tpio_transport_t *t = arg;
+    tpio__transport_ref(t);
     tpio_protocol_t *p = t->proto;
     if (p && p->ops && p->ops->connection_lost)
-        p->ops->connection_lost(p, err);
+        p->ops->connection_lost(p, t->lost_err);
     t->proto = NULL; /* never touched again */
+    /* asyncio closes the socket after connection_lost returns */
+    t->vt->teardown(t);
     if (t->server) {
         tpio_server_t *s = t->server;
         t->server = NULL;
         tpio__server_detach(s, t);
     }
+    tpio__transport_unref(t); /* the connection's own reference */
     tpio__transport_unref(t);
+}
+
+void tpio__schedule_lost(tpio_transport_t *t, int err)
+{
+    if (t->lost_scheduled)
+        return;
+    t->lost_scheduled = true;
+    t->closing = true;
+    t->lost_err = err;
+    t->vt->quiesce(t);
+    if (tpio_call_soon(t->loop, lost_cb, t, NULL) < 0) {
+        /* No slot could be allocated: the pre-allocated node cannot fail. */
+        t->lost_node.cb = lost_cb;
+        t->lost_node.arg = t;
+        t->lost_node.owned = false;
+        tpio__call_soon_threadsafe_node(t->loop, &t->lost_node);
+    }
 }
 
 bool tpio__is_disconnect(int err)
@@ -201,6 +224,16 @@ int tpio_writelines(tpio_transport_t *t, const struct iovec *iov, int iovcnt)
         total += iov[i].iov_len;
     }
     return t->vt->write(t, iov, iovcnt, total);
+}
+
+int tpio_sendto(tpio_transport_t *t, const void *data, size_t len, const struct sockaddr *addr,
+                socklen_t addrlen)
+{
+    if (!t || (!data && len) || (addr && addrlen == 0))
+        return -EINVAL;
+    if (!t->vt->sendto)
+        return -ENOTSUP;
+    return t->vt->sendto(t, data, len, addr, addrlen);
 }
 
 int tpio_write_eof(tpio_transport_t *t)
