@@ -61,12 +61,10 @@ static void waiter_fire(tpio_loop_t *loop, void *arg)
 
 static void schedule_waiter(tpio_server_t *s, struct waiter *w)
 {
-    if (tpio_call_soon(s->loop, waiter_fire, w, NULL) < 0) {
-        /* No slot: run it on the next wake-up through the threadsafe queue.
-         * A static node is not possible here, so accept the rare leak-free
-         * fallback of firing synchronously from the loop's own context. */
+    /* Without a slot for it, fire now rather than never (this runs from the
+     * loop or from tpio_server_close, never from wait_closed itself). */
+    if (tpio_call_soon(s->loop, waiter_fire, w, NULL) < 0)
         waiter_fire(s->loop, w);
-    }
 }
 
 static void wakeup(tpio_server_t *s)
@@ -401,10 +399,19 @@ int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb, void *arg)
     w->arg = arg;
     s->refs++;
     if (s->woken) {
-        schedule_waiter(s, w);
+        int rc = tpio_call_soon(s->loop, waiter_fire, w, NULL);
+        if (rc < 0) {
+            s->refs--;
+            free(w);
+            return rc;
+        }
     } else {
-        w->next = s->waiters;
-        s->waiters = w;
+        /* FIFO: waiters are woken in the order they asked, as in asyncio */
+        struct waiter **tail = &s->waiters;
+        while (*tail)
+            tail = &(*tail)->next;
+        w->next = NULL;
+        *tail = w;
     }
     return 0;
 }

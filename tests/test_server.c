@@ -1,0 +1,1464 @@
+/* create_server and the server object: binding, socket options, accepting,
+ * start_serving, close / wait_closed, close_clients / abort_clients, errors,
+ * many concurrent clients and accept() resource exhaustion. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <tpio.h>
+#include "helpers.h"
+
+/* One timeout for every test of the file (Criterion 2.4.1's runner leaks
+ * memory under --jobs when tests with different timeouts overlap). */
+#define TMO 30
+
+/* ------------------------------------------------------------------------- */
+/* helpers                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static tpio_loop_t *new_loop(void)
+{
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop), 0);
+    cr_assert_not_null(loop);
+    return loop;
+}
+
+/* Run the loop for `secs` (to check that something does NOT happen). */
+static void run_for(tpio_loop_t *loop, double secs)
+{
+    double end = mono_now() + secs;
+    while (mono_now() < end)
+        tpio_loop_run_once(loop, 5);
+}
+
+static bool ipv6_loopback_available(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static int count_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+static int getsockopt_int(int fd, int level, int name)
+{
+    int v = -12345;
+    socklen_t l = sizeof v;
+    cr_assert_eq(getsockopt(fd, level, name, &v, &l), 0, "getsockopt: %s", strerror(errno));
+    return v;
+}
+
+/* A server context that records the protocols it hands out. */
+#define MAXACC 64
+typedef struct srv_ctx {
+    th_proto_t tmpl;
+    th_proto_t *acc[MAXACC];
+    size_t nacc;
+    size_t calls;  /* factory calls */
+    size_t refuse; /* refuse this many calls first (return NULL) */
+    size_t lost;   /* connection_lost calls of accepted protocols */
+} srv_ctx_t;
+
+static srv_ctx_t *ctx_new(void)
+{
+    srv_ctx_t *c = calloc(1, sizeof *c);
+    cr_assert_not_null(c);
+    c->tmpl.base.ops = &th_proto_ops;
+    c->tmpl.lost_counter = &c->lost;
+    return c;
+}
+
+static void ctx_free(srv_ctx_t *c)
+{
+    for (size_t i = 0; i < c->nacc; i++)
+        th_proto_free(c->acc[i]);
+    free(c);
+}
+
+static tpio_protocol_t *srv_factory(void *arg)
+{
+    srv_ctx_t *c = arg;
+    c->calls++;
+    if (c->refuse) {
+        c->refuse--;
+        return NULL;
+    }
+    if (c->nacc >= MAXACC)
+        cr_assert_fail("too many accepted connections");
+    tpio_protocol_t *p = th_factory(&c->tmpl);
+    c->acc[c->nacc++] = tpio_container_of(p, th_proto_t, base);
+    return p;
+}
+
+static tpio_server_t *start_server(tpio_loop_t *loop, srv_ctx_t *c,
+                                   const tpio_server_opts_t *opts)
+{
+    tpio_server_t *s = NULL;
+    int r = tpio_create_server(loop, srv_factory, c, opts, &s);
+    cr_assert_eq(r, 0, "tpio_create_server: %s (%s)", tpio_err_name(r), tpio_strerror(r));
+    cr_assert_not_null(s);
+    return s;
+}
+
+static tpio_server_t *start_server_v4(tpio_loop_t *loop, srv_ctx_t *c)
+{
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .port = 0};
+    return start_server(loop, c, &opts);
+}
+
+static uint16_t addr_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return 0;
+}
+
+static int srv_family(tpio_server_t *s, size_t i)
+{
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, i, &ss, &l), 0);
+    return ss.ss_family;
+}
+
+static uint16_t srv_port(tpio_server_t *s, size_t i)
+{
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, i, &ss, &l), 0);
+    uint16_t port = addr_port(&ss);
+    cr_assert_neq(port, 0);
+    return port;
+}
+
+/* Index of the first listening socket of the given family, or -1. */
+static int srv_index_of_family(tpio_server_t *s, int family)
+{
+    for (size_t i = 0; i < tpio_server_socket_count(s); i++)
+        if (srv_family(s, i) == family)
+            return (int)i;
+    return -1;
+}
+
+static void wait_flag_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+/* Close the server and run until wait_closed fires (then s is gone). */
+static void close_server_and_wait(tpio_loop_t *loop, tpio_server_t *s)
+{
+    bool closed = false;
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wait_flag_cb, &closed), 0);
+    cr_assert(th_run_until(loop, &closed, 5.0), "wait_closed never fired");
+}
+
+/* Close every live accepted transport, close the server and wait for all of
+ * it, then free the context. s may be NULL (already gone). */
+static void shutdown_server(tpio_loop_t *loop, tpio_server_t *s, srv_ctx_t *c)
+{
+    for (size_t i = 0; c && i < c->nacc; i++)
+        if (c->acc[i]->made && !c->acc[i]->lost && c->acc[i]->t)
+            tpio_close(c->acc[i]->t);
+    if (s)
+        close_server_and_wait(loop, s);
+    if (c) {
+        cr_assert(th_run_until_count(loop, &c->lost, c->nacc, 5.0),
+                  "accepted connections never lost");
+        ctx_free(c);
+    }
+}
+
+/* shutdown_server(), then close the loop (must succeed). */
+static void finish(tpio_loop_t *loop, tpio_server_t *s, srv_ctx_t *c)
+{
+    shutdown_server(loop, s, c);
+    int r = tpio_loop_close(loop);
+    cr_assert_eq(r, 0, "tpio_loop_close: %s", tpio_err_name(r));
+}
+
+/* Plain blocking client socket connected to the loopback of `family`. */
+static int client_connect_rcvbuf(int family, uint16_t port, int rcvbuf)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    if (rcvbuf > 0)
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    int r;
+    if (family == AF_INET) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        r = connect(fd, (struct sockaddr *)&a, sizeof a);
+    } else {
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port),
+                                 .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        r = connect(fd, (struct sockaddr *)&a, sizeof a);
+    }
+    if (r != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static int client_connect(int family, uint16_t port)
+{
+    return client_connect_rcvbuf(family, port, 0);
+}
+
+static int client_connect_ok(int family, uint16_t port)
+{
+    int fd = client_connect(family, port);
+    cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
+    return fd;
+}
+
+static void client_send(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        cr_assert_gt(n, 0, "send: %s", strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Receive exactly n bytes, running the loop meanwhile. Returns bytes read. */
+static size_t client_recv(tpio_loop_t *loop, int fd, void *buf, size_t n, double timeout)
+{
+    size_t got = 0;
+    double end = mono_now() + timeout;
+    while (got < n && mono_now() < end) {
+        ssize_t r = recv(fd, (char *)buf + got, n - got, MSG_DONTWAIT);
+        if (r > 0) {
+            got += (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            break;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            break;
+        tpio_loop_run_once(loop, 5);
+    }
+    return got;
+}
+
+/* Read until the peer closes. Returns 0 (EOF), -errno (e.g. -ECONNRESET) or
+ * -ETIMEDOUT; *total gets the byte count. If pattern is true, the bytes must
+ * follow the pattern (i & 0xff) from offset 0. */
+static int client_drain(tpio_loop_t *loop, int fd, size_t *total, bool pattern,
+                        size_t *bad, double timeout)
+{
+    static unsigned char buf[262144];
+    double end = mono_now() + timeout;
+    *total = 0;
+    while (mono_now() < end) {
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r > 0) {
+            if (pattern && bad)
+                for (ssize_t i = 0; i < r; i++)
+                    if (buf[i] != (unsigned char)((*total + (size_t)i) & 0xff))
+                        (*bad)++;
+            *total += (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -errno;
+        tpio_loop_run_once(loop, 5);
+    }
+    return -ETIMEDOUT;
+}
+
+/* Run until the first k accepted connections saw connection_made. */
+static bool wait_accepted(tpio_loop_t *loop, srv_ctx_t *c, size_t k, double timeout)
+{
+    double end = mono_now() + timeout;
+    for (;;) {
+        bool ok = c->nacc >= k;
+        for (size_t i = 0; ok && i < k; i++)
+            ok = c->acc[i]->made;
+        if (ok)
+            return true;
+        if (mono_now() >= end)
+            return false;
+        tpio_loop_run_once(loop, 5);
+    }
+}
+
+static bool wait_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double timeout)
+{
+    double end = mono_now() + timeout;
+    while (p->rxlen < n && mono_now() < end)
+        tpio_loop_run_once(loop, 5);
+    return p->rxlen >= n;
+}
+
+static unsigned char *make_pattern(size_t n)
+{
+    unsigned char *b = malloc(n);
+    cr_assert_not_null(b);
+    for (size_t i = 0; i < n; i++)
+        b[i] = (unsigned char)(i & 0xff);
+    return b;
+}
+
+/* A handler that records what it is given and prints nothing. */
+typedef struct eh_rec {
+    size_t calls;
+    int first_error, last_error;
+    char message[256];
+    tpio_server_t *server;
+    int fd;
+} eh_rec_t;
+
+static void rec_handler(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
+{
+    (void)loop;
+    eh_rec_t *e = arg;
+    if (e->calls++ == 0) {
+        e->first_error = ctx->error;
+        snprintf(e->message, sizeof e->message, "%s", ctx->message ? ctx->message : "");
+        e->server = ctx->server;
+        e->fd = ctx->fd;
+    }
+    e->last_error = ctx->error;
+}
+
+/* ------------------------------------------------------------------------- */
+/* binding                                                                   */
+/* ------------------------------------------------------------------------- */
+
+Test(server, port_zero_gives_a_real_port, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    cr_assert_eq(tpio_server_loop(s), loop);
+    cr_assert(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_socket_count(s), 1);
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &l), 0);
+    cr_assert_eq(l, sizeof(struct sockaddr_in));
+    cr_assert_eq(ss.ss_family, AF_INET);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    cr_assert_eq(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    cr_assert_neq(ntohs(sin->sin_port), 0);
+
+    int fd = tpio_server_socket(s, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in real;
+    socklen_t rl = sizeof real;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&real, &rl), 0);
+    cr_assert_eq(real.sin_port, sin->sin_port);
+    cr_assert_eq(getsockopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN), 1);
+    cr_assert_eq(getsockopt_int(fd, SOL_SOCKET, SO_TYPE), SOCK_STREAM);
+    cr_assert(fcntl(fd, F_GETFL) & O_NONBLOCK, "listening socket is blocking");
+
+    cr_assert_eq(tpio_server_socket(s, 1), -ENOENT);
+    l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, 1, &ss, &l), -ENOENT);
+    cr_assert_eq(c->calls, 0);
+    finish(loop, s, c);
+}
+
+Test(server, two_servers_get_different_ports, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c1 = ctx_new(), *c2 = ctx_new();
+    tpio_server_t *s1 = start_server_v4(loop, c1);
+    tpio_server_t *s2 = start_server_v4(loop, c2);
+    cr_assert_neq(s1, s2);
+    cr_assert_neq(srv_port(s1, 0), srv_port(s2, 0));
+    int a = client_connect_ok(AF_INET, srv_port(s2, 0));
+    cr_assert(wait_accepted(loop, c2, 1, 5.0));
+    cr_assert_eq(c1->calls, 0);
+    cr_assert_eq(tpio_server_connection_count(s1), 0);
+    cr_assert_eq(tpio_server_connection_count(s2), 1);
+    close(a);
+    shutdown_server(loop, s2, c2);
+    finish(loop, s1, c1);
+}
+
+Test(server, several_hosts_one_socket_each, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    bool v6 = ipv6_loopback_available();
+    static const char *const both[] = {"127.0.0.1", "::1"};
+    static const char *const v4only[] = {"127.0.0.1"};
+    tpio_server_opts_t opts = {
+        /* hosts overrides host: this bogus name must be ignored */
+        .host = "not a host name at all.invalid",
+        .hosts = v6 ? both : v4only,
+        .nhosts = v6 ? 2 : 1,
+        .port = 0,
+    };
+    if (!v6)
+        cr_log_warn("::1 unavailable: testing the IPv4 host only");
+    tpio_server_t *s = start_server(loop, c, &opts);
+    cr_assert_eq(tpio_server_socket_count(s), v6 ? 2 : 1);
+
+    int i4 = srv_index_of_family(s, AF_INET);
+    cr_assert_geq(i4, 0);
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, (size_t)i4, &ss, &l), 0);
+    cr_assert_eq(ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr), INADDR_LOOPBACK);
+
+    int a = client_connect_ok(AF_INET, srv_port(s, (size_t)i4));
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    cr_assert_eq(tpio_transport_peername(c->acc[0]->t, &peer, &pl), 0);
+    cr_assert_eq(peer.ss_family, AF_INET);
+
+    int b = -1;
+    if (v6) {
+        int i6 = srv_index_of_family(s, AF_INET6);
+        cr_assert_geq(i6, 0);
+        cr_assert_neq(i6, i4);
+        int fd6 = tpio_server_socket(s, (size_t)i6);
+        cr_assert_geq(fd6, 0);
+        cr_assert_eq(getsockopt_int(fd6, IPPROTO_IPV6, IPV6_V6ONLY), 1);
+        l = sizeof ss;
+        cr_assert_eq(tpio_server_sockname(s, (size_t)i6, &ss, &l), 0);
+        cr_assert_eq(l, sizeof(struct sockaddr_in6));
+        cr_assert(IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
+        b = client_connect_ok(AF_INET6, srv_port(s, (size_t)i6));
+        cr_assert(wait_accepted(loop, c, 2, 5.0));
+        pl = sizeof peer;
+        cr_assert_eq(tpio_transport_peername(c->acc[1]->t, &peer, &pl), 0);
+        cr_assert_eq(peer.ss_family, AF_INET6);
+        cr_assert_eq(tpio_server_connection_count(s), 2);
+    }
+    close(a);
+    if (b >= 0)
+        close(b);
+    finish(loop, s, c);
+}
+
+Test(server, ipv6_host_gets_v6only_socket, .timeout = TMO)
+{
+    if (!ipv6_loopback_available()) {
+        cr_log_warn("::1 unavailable: nothing to test");
+        return;
+    }
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_opts_t opts = {.host = "::1", .port = 0};
+    tpio_server_t *s = start_server(loop, c, &opts);
+    cr_assert_eq(tpio_server_socket_count(s), 1);
+    cr_assert_eq(srv_family(s, 0), AF_INET6);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s, 0), IPPROTO_IPV6, IPV6_V6ONLY), 1);
+    int a = client_connect_ok(AF_INET6, srv_port(s, 0));
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    cr_assert_eq(tpio_transport_kind(c->acc[0]->t), TPIO_TRANSPORT_TCP);
+    cr_assert_eq(getsockopt_int(tpio_transport_fd(c->acc[0]->t), IPPROTO_TCP, TCP_NODELAY), 1);
+    close(a);
+    finish(loop, s, c);
+}
+
+Test(server, null_host_binds_all_interfaces, .timeout = TMO)
+{
+    /* what asyncio would bind: every passive address whose family works */
+    struct addrinfo hints = {.ai_flags = AI_PASSIVE, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    cr_assert_eq(getaddrinfo(NULL, "0", &hints, &res), 0);
+    size_t expected = 0;
+    bool has4 = false, has6 = false;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        close(fd);
+        expected++;
+        has4 |= ai->ai_family == AF_INET;
+        has6 |= ai->ai_family == AF_INET6;
+    }
+    freeaddrinfo(res);
+    cr_assert_gt(expected, 0);
+
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_opts_t opts = {.host = NULL, .port = 0};
+    tpio_server_t *s = start_server(loop, c, &opts);
+    cr_assert_eq(tpio_server_socket_count(s), expected);
+    for (size_t i = 0; i < expected; i++) {
+        struct sockaddr_storage ss;
+        socklen_t l = sizeof ss;
+        cr_assert_eq(tpio_server_sockname(s, i, &ss, &l), 0);
+        if (ss.ss_family == AF_INET) {
+            cr_assert_eq(((struct sockaddr_in *)&ss)->sin_addr.s_addr, htonl(INADDR_ANY));
+        } else {
+            cr_assert_eq(ss.ss_family, AF_INET6);
+            cr_assert(IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&ss)->sin6_addr));
+            cr_assert_eq(getsockopt_int(tpio_server_socket(s, i), IPPROTO_IPV6, IPV6_V6ONLY), 1);
+        }
+    }
+    size_t n = 0;
+    int fds[2] = {-1, -1};
+    if (has4) {
+        fds[0] = client_connect_ok(AF_INET, srv_port(s, (size_t)srv_index_of_family(s, AF_INET)));
+        n++;
+        cr_assert(wait_accepted(loop, c, n, 5.0));
+    }
+    if (has6 && ipv6_loopback_available()) {
+        fds[1] = client_connect_ok(AF_INET6, srv_port(s, (size_t)srv_index_of_family(s, AF_INET6)));
+        n++;
+        cr_assert(wait_accepted(loop, c, n, 5.0));
+    }
+    cr_assert_eq(tpio_server_connection_count(s), n);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    finish(loop, s, c);
+}
+
+/* listen() backlog of a listening TCP socket, as the kernel reports it. */
+static unsigned listen_backlog(int fd)
+{
+    struct tcp_info ti;
+    socklen_t l = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l), 0);
+    return ti.tcpi_sacked; /* sk_max_ack_backlog for a listener */
+}
+
+static unsigned somaxconn(void)
+{
+    unsigned v = 4096;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+    if (f) {
+        if (fscanf(f, "%u", &v) != 1)
+            v = 4096;
+        fclose(f);
+    }
+    return v;
+}
+
+Test(server, backlog_default_and_explicit, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c1 = ctx_new(), *c2 = ctx_new();
+    tpio_server_t *s1 = start_server_v4(loop, c1);
+    unsigned max = somaxconn();
+    cr_assert_eq(listen_backlog(tpio_server_socket(s1, 0)), 100 < max ? 100 : max);
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .backlog = 7};
+    tpio_server_t *s2 = start_server(loop, c2, &opts);
+    cr_assert_eq(listen_backlog(tpio_server_socket(s2, 0)), 7);
+    shutdown_server(loop, s2, c2);
+    finish(loop, s1, c1);
+}
+
+Test(server, reuse_address_default_on_and_off, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c1 = ctx_new(), *c2 = ctx_new(), *c3 = ctx_new();
+    tpio_server_t *s1 = start_server_v4(loop, c1);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s1, 0), SOL_SOCKET, SO_REUSEADDR), 1);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s1, 0), SOL_SOCKET, SO_REUSEPORT), 0);
+    tpio_server_opts_t off = {.host = "127.0.0.1", .reuse_address = TPIO_OFF};
+    tpio_server_t *s2 = start_server(loop, c2, &off);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s2, 0), SOL_SOCKET, SO_REUSEADDR), 0);
+    tpio_server_opts_t on = {.host = "127.0.0.1", .reuse_address = TPIO_ON};
+    tpio_server_t *s3 = start_server(loop, c3, &on);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s3, 0), SOL_SOCKET, SO_REUSEADDR), 1);
+    /* a server without SO_REUSEADDR still serves */
+    int a = client_connect_ok(AF_INET, srv_port(s2, 0));
+    cr_assert(wait_accepted(loop, c2, 1, 5.0));
+    close(a);
+    shutdown_server(loop, s3, c3);
+    shutdown_server(loop, s2, c2);
+    finish(loop, s1, c1);
+}
+
+Test(server, reuse_port_shares_a_port, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c1 = ctx_new(), *c2 = ctx_new(), *c3 = ctx_new();
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .reuse_port = true};
+    tpio_server_t *s1 = start_server(loop, c1, &opts);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s1, 0), SOL_SOCKET, SO_REUSEPORT), 1);
+    opts.port = srv_port(s1, 0);
+    tpio_server_t *s2 = start_server(loop, c2, &opts);
+    cr_assert_eq(getsockopt_int(tpio_server_socket(s2, 0), SOL_SOCKET, SO_REUSEPORT), 1);
+    cr_assert_eq(srv_port(s2, 0), opts.port);
+
+    /* without reuse_port the port is taken */
+    tpio_server_opts_t plain = {.host = "127.0.0.1", .port = opts.port};
+    tpio_server_t *s3 = NULL;
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c3, &plain, &s3), -EADDRINUSE);
+    cr_assert_eq(c3->calls, 0);
+    ctx_free(c3);
+
+    /* connections land on one of them */
+    int fds[8];
+    for (int i = 0; i < 8; i++)
+        fds[i] = client_connect_ok(AF_INET, opts.port);
+    double end = mono_now() + 5.0;
+    while (c1->nacc + c2->nacc < 8 && mono_now() < end)
+        tpio_loop_run_once(loop, 5);
+    cr_assert_eq(c1->nacc + c2->nacc, 8);
+    cr_assert_eq(tpio_server_connection_count(s1) + tpio_server_connection_count(s2), 8);
+    for (int i = 0; i < 8; i++)
+        close(fds[i]);
+    shutdown_server(loop, s2, c2);
+    finish(loop, s1, c1);
+}
+
+Test(server, port_in_use_is_eaddrinuse, .timeout = TMO)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 5), 0);
+    socklen_t l = sizeof a;
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &l), 0);
+    uint16_t port = ntohs(a.sin_port);
+
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    int fds_before = count_open_fds();
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .port = port};
+    tpio_server_t *s = NULL;
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &opts, &s), -EADDRINUSE);
+    opts.reuse_address = TPIO_ON;
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &opts, &s), -EADDRINUSE);
+    opts.reuse_port = true; /* the other socket has no SO_REUSEPORT */
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &opts, &s), -EADDRINUSE);
+    if (ipv6_loopback_available()) {
+        /* the second host fails after the first bound: nothing may leak */
+        static const char *const hosts[] = {"::1", "127.0.0.1"};
+        tpio_server_opts_t two = {.hosts = hosts, .nhosts = 2, .port = port};
+        cr_assert_eq(tpio_create_server(loop, srv_factory, c, &two, &s), -EADDRINUSE);
+    }
+    cr_assert_eq(count_open_fds(), fds_before, "a failed create_server leaked descriptors");
+    cr_assert_eq(c->calls, 0);
+    close(lfd);
+    finish(loop, NULL, c);
+}
+
+Test(server, bad_arguments, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    int fds_before = count_open_fds();
+    tpio_server_opts_t opts = {.host = "127.0.0.1"};
+    tpio_server_t *s = NULL;
+    cr_assert_eq(tpio_create_server(NULL, srv_factory, c, &opts, &s), -EINVAL);
+    cr_assert_eq(tpio_create_server(loop, NULL, c, &opts, &s), -EINVAL);
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, NULL, &s), -EINVAL);
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &opts, NULL), -EINVAL);
+    tpio_server_opts_t nohosts = {.nhosts = 2, .hosts = NULL};
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &nohosts, &s), -EINVAL);
+    tpio_server_opts_t nosocks = {.nsocks = 1, .socks = NULL};
+    cr_assert_eq(tpio_create_server(loop, srv_factory, c, &nosocks, &s), -EINVAL);
+
+    tpio_server_opts_t bad = {.host = "not a host name at all.invalid"};
+    int r = tpio_create_server(loop, srv_factory, c, &bad, &s);
+    cr_assert(r <= TPIO_EAI_NONAME && r >= TPIO_EAI_OTHER,
+              "bad host gave %d (%s), not a TPIO_EAI_* code", r, tpio_err_name(r));
+    cr_assert_eq(strncmp(tpio_err_name(r), "TPIO_EAI_", 9), 0);
+
+    tpio_server_opts_t mismatch = {.host = "::1", .family = AF_INET};
+    r = tpio_create_server(loop, srv_factory, c, &mismatch, &s);
+    cr_assert_lt(r, 0, "::1 with AF_INET succeeded");
+    tpio_server_opts_t mismatch2 = {.host = "127.0.0.1", .family = AF_INET6};
+    r = tpio_create_server(loop, srv_factory, c, &mismatch2, &s);
+    cr_assert_lt(r, 0, "127.0.0.1 with AF_INET6 succeeded");
+    cr_assert_eq(count_open_fds(), fds_before, "failed create_server calls leaked descriptors");
+
+    /* the server functions with NULL */
+    cr_assert_eq(tpio_server_close(NULL), -EINVAL);
+    cr_assert_eq(tpio_server_wait_closed(NULL, wait_flag_cb, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_start_serving(NULL), -EINVAL);
+    cr_assert_eq(tpio_server_close_clients(NULL), -EINVAL);
+    cr_assert_eq(tpio_server_abort_clients(NULL), -EINVAL);
+    cr_assert_not(tpio_server_is_serving(NULL));
+    cr_assert_eq(tpio_server_socket_count(NULL), 0);
+    cr_assert_lt(tpio_server_socket(NULL, 0), 0);
+    cr_assert_eq(tpio_server_connection_count(NULL), 0);
+    cr_assert_null(tpio_server_loop(NULL));
+    struct sockaddr_storage ss;
+    socklen_t l = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(NULL, 0, &ss, &l), -EINVAL);
+
+    /* and with a real server */
+    s = start_server_v4(loop, c);
+    cr_assert_eq(tpio_server_wait_closed(s, NULL, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_sockname(s, 0, NULL, &l), -EINVAL);
+    cr_assert_eq(tpio_server_sockname(s, 0, &ss, NULL), -EINVAL);
+    cr_assert_eq(c->calls, 0);
+    finish(loop, s, c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* accepting                                                                 */
+/* ------------------------------------------------------------------------- */
+
+Test(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int a = client_connect_ok(AF_INET, port);
+    /* the kernel completed the handshake; nothing ran yet */
+    cr_assert_eq(c->calls, 0);
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    cr_assert_eq(c->calls, 1);
+    th_proto_t *p = c->acc[0];
+    cr_assert_str_eq(p->events, "made");
+    tpio_transport_t *t = p->t;
+    cr_assert_not_null(t);
+    cr_assert_eq(tpio_get_protocol(t), &p->base);
+    cr_assert_eq(tpio_transport_kind(t), TPIO_TRANSPORT_TCP);
+    cr_assert_eq(tpio_transport_loop(t), loop);
+    cr_assert_not(tpio_is_closing(t));
+    cr_assert(tpio_is_reading(t));
+    cr_assert_eq(tpio_server_connection_count(s), 1);
+
+    int fd = tpio_transport_fd(t);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(getsockopt_int(fd, IPPROTO_TCP, TCP_NODELAY), 1, "no TCP_NODELAY");
+    cr_assert(fcntl(fd, F_GETFL) & O_NONBLOCK);
+
+    /* peername = the client's address, sockname = the server's */
+    struct sockaddr_in cl, pn, sn;
+    socklen_t l = sizeof cl;
+    cr_assert_eq(getsockname(a, (struct sockaddr *)&cl, &l), 0);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_transport_peername(t, &ss, &sl), 0);
+    cr_assert_eq(sl, sizeof(struct sockaddr_in));
+    memcpy(&pn, &ss, sizeof pn);
+    cr_assert_eq(pn.sin_family, AF_INET);
+    cr_assert_eq(pn.sin_port, cl.sin_port);
+    cr_assert_eq(pn.sin_addr.s_addr, cl.sin_addr.s_addr);
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_sockname(t, &ss, &sl), 0);
+    memcpy(&sn, &ss, sizeof sn);
+    cr_assert_eq(ntohs(sn.sin_port), port);
+    tpio_extra_t ex;
+    cr_assert_eq(tpio_get_extra_info(t, "peername", &ex), 0);
+    cr_assert_eq(ex.type, TPIO_EXTRA_ADDR);
+    cr_assert_eq(((const struct sockaddr_in *)ex.addr)->sin_port, cl.sin_port);
+    cr_assert_eq(tpio_get_extra_info(t, "socket", &ex), 0);
+    cr_assert_eq(ex.type, TPIO_EXTRA_FD);
+    cr_assert_eq(ex.fd, fd);
+
+    client_send(a, "hello world", 11);
+    cr_assert(wait_rx(loop, p, 11, 5.0));
+    cr_assert_eq(p->rxlen, 11);
+    cr_assert_eq(memcmp(p->rx, "hello world", 11), 0);
+    cr_assert_str_eq(p->events, "made,data");
+
+    cr_assert_eq(shutdown(a, SHUT_WR), 0);
+    cr_assert(th_run_until(loop, &p->lost, 5.0));
+    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    size_t total = 0;
+    cr_assert_eq(client_drain(loop, a, &total, false, NULL, 5.0), 0);
+    cr_assert_eq(total, 0);
+    close(a);
+    finish(loop, s, c);
+}
+
+Test(server, echo_and_server_side_close, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    c->tmpl.echo = true;
+    tpio_server_t *s = start_server_v4(loop, c);
+    int a = client_connect_ok(AF_INET, srv_port(s, 0));
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    client_send(a, "ping", 4);
+    char buf[16] = {0};
+    cr_assert_eq(client_recv(loop, a, buf, 4, 5.0), 4);
+    cr_assert_eq(memcmp(buf, "ping", 4), 0);
+    th_proto_t *p = c->acc[0];
+    cr_assert_eq(tpio_close(p->t), 0);
+    cr_assert_not(p->lost, "connection_lost ran inside tpio_close");
+    cr_assert(th_run_until(loop, &p->lost, 5.0));
+    cr_assert_str_eq(p->events, "made,data,lost:0");
+    size_t total = 0;
+    cr_assert_eq(client_drain(loop, a, &total, false, NULL, 5.0), 0);
+    cr_assert_eq(total, 0);
+    close(a);
+    finish(loop, s, c);
+}
+
+Test(server, connection_count_tracks_live_connections, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = client_connect_ok(AF_INET, port);
+    cr_assert(wait_accepted(loop, c, 3, 5.0));
+    cr_assert_eq(tpio_server_connection_count(s), 3);
+    close(fds[1]);
+    cr_assert(th_run_until_count(loop, &c->lost, 1, 5.0));
+    cr_assert_eq(tpio_server_connection_count(s), 2);
+    /* a server-side abort counts too */
+    th_proto_t *victim = NULL;
+    for (int i = 0; i < 3; i++)
+        if (!c->acc[i]->lost)
+            victim = c->acc[i];
+    cr_assert_not_null(victim);
+    cr_assert_eq(tpio_abort(victim->t), 0);
+    cr_assert(th_run_until(loop, &victim->lost, 5.0));
+    cr_assert_str_eq(victim->events, "made,lost:0");
+    cr_assert_eq(tpio_server_connection_count(s), 1);
+    for (int i = 0; i < 3; i++)
+        if (i != 1)
+            close(fds[i]);
+    cr_assert(th_run_until_count(loop, &c->lost, 3, 5.0));
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    finish(loop, s, c);
+}
+
+Test(server, factory_returning_null_refuses_the_connection, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    eh_rec_t e = {0};
+    tpio_loop_set_error_handler(loop, rec_handler, &e);
+    srv_ctx_t *c = ctx_new();
+    c->tmpl.echo = true;
+    c->refuse = 1;
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int a = client_connect_ok(AF_INET, port);
+    size_t total = 0;
+    int r = client_drain(loop, a, &total, false, NULL, 5.0);
+    cr_assert(r == 0 || r == -ECONNRESET, "refused client: %s", tpio_err_name(r));
+    cr_assert_eq(total, 0);
+    cr_assert_eq(c->calls, 1);
+    cr_assert_eq(c->nacc, 0);
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    cr_assert(tpio_server_is_serving(s));
+    close(a);
+
+    /* the server keeps serving */
+    int b = client_connect_ok(AF_INET, port);
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    client_send(b, "again", 5);
+    char buf[8] = {0};
+    cr_assert_eq(client_recv(loop, b, buf, 5, 5.0), 5);
+    cr_assert_eq(memcmp(buf, "again", 5), 0);
+    cr_assert_eq(c->calls, 2);
+    cr_assert_eq(tpio_server_connection_count(s), 1);
+    close(b);
+    cr_assert(th_run_until_count(loop, &c->lost, 1, 5.0));
+    cr_assert_str_eq(c->acc[0]->events, "made,data,eof,lost:0");
+    finish(loop, s, c);
+}
+
+Test(server, start_serving_off_then_on, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .start_serving = TPIO_OFF};
+    tpio_server_t *s = start_server(loop, c, &opts);
+    cr_assert_not(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_socket_count(s), 1);
+    uint16_t port = srv_port(s, 0);
+
+    /* the kernel queues the connection; nobody accepts it */
+    int a = client_connect(AF_INET, port);
+    cr_assert_geq(a, 0, "connect before start_serving: %s", strerror(-a));
+    run_for(loop, 0.2);
+    cr_assert_eq(c->calls, 0, "accepted although not serving");
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+
+    cr_assert_eq(tpio_server_start_serving(s), 0);
+    cr_assert(tpio_server_is_serving(s));
+    cr_assert_eq(c->calls, 0, "factory called inside start_serving");
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    cr_assert_str_eq(c->acc[0]->events, "made");
+    cr_assert_eq(tpio_server_start_serving(s), 0); /* idempotent */
+    cr_assert(tpio_server_is_serving(s));
+
+    /* once closed (the connection keeps the server object alive) */
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_not(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_start_serving(s), -EBADF);
+    cr_assert_not(tpio_server_is_serving(s));
+    /* register before the last connection goes (it frees the server) */
+    bool closed = false;
+    cr_assert_eq(tpio_server_wait_closed(s, wait_flag_cb, &closed), 0);
+    close(a);
+    cr_assert(th_run_until_count(loop, &c->lost, 1, 5.0));
+    cr_assert(th_run_until(loop, &closed, 5.0));
+    finish(loop, NULL, c);
+}
+
+Test(server, serves_sockets_passed_in, .timeout = TMO)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 16), 0);
+    socklen_t l = sizeof a;
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &l), 0);
+
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    c->tmpl.echo = true;
+    tpio_server_opts_t opts = {.socks = &lfd, .nsocks = 1};
+    tpio_server_t *s = start_server(loop, c, &opts);
+    cr_assert_eq(tpio_server_socket_count(s), 1);
+    cr_assert_eq(tpio_server_socket(s, 0), lfd);
+    cr_assert_eq(srv_port(s, 0), ntohs(a.sin_port));
+    cr_assert(tpio_server_is_serving(s));
+    int cfd = client_connect_ok(AF_INET, ntohs(a.sin_port));
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    client_send(cfd, "sock", 4);
+    char buf[8] = {0};
+    cr_assert_eq(client_recv(loop, cfd, buf, 4, 5.0), 4);
+    cr_assert_eq(memcmp(buf, "sock", 4), 0);
+    close(cfd);
+    cr_assert(th_run_until_count(loop, &c->lost, 1, 5.0));
+    close_server_and_wait(loop, s);
+    /* the server owned the socket and closed it */
+    cr_assert_eq(fcntl(lfd, F_GETFD), -1, "the passed socket was not closed");
+    cr_assert_eq(errno, EBADF);
+    finish(loop, NULL, c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* close / wait_closed                                                       */
+/* ------------------------------------------------------------------------- */
+
+typedef struct wc_log {
+    char order[64];
+    th_proto_t *watch;   /* must be lost by the time wait_closed fires */
+    bool watch_was_lost[4];
+    size_t fired;
+    bool flags[4];
+} wc_log_t;
+
+typedef struct wc_arg {
+    wc_log_t *log;
+    int id;
+} wc_arg_t;
+
+static void wc_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    wc_arg_t *w = arg;
+    wc_log_t *g = w->log;
+    size_t n = strlen(g->order);
+    snprintf(g->order + n, sizeof g->order - n, "%sw%d", n ? "," : "", w->id);
+    g->watch_was_lost[w->id] = g->watch ? g->watch->lost : true;
+    g->flags[w->id] = true;
+    g->fired++;
+}
+
+Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    c->tmpl.echo = true;
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int a = client_connect_ok(AF_INET, port);
+    cr_assert(wait_accepted(loop, c, 1, 5.0));
+    th_proto_t *p = c->acc[0];
+
+    static wc_log_t log;
+    log.watch = p;
+    wc_arg_t w1 = {&log, 1}, w2 = {&log, 2};
+    /* registered while serving: must wait for close AND the connection */
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1), 0);
+    run_for(loop, 0.1);
+    cr_assert_eq(log.fired, 0, "wait_closed fired while serving");
+
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_not(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_socket_count(s), 0);
+    cr_assert_eq(tpio_server_socket(s, 0), -ENOENT);
+    cr_assert_eq(tpio_server_close(s), 0); /* idempotent */
+    cr_assert_eq(log.fired, 0);
+
+    /* no new connections */
+    int r = client_connect(AF_INET, port);
+    cr_assert_eq(r, -ECONNREFUSED, "connect after close: %d", r);
+
+    /* the existing one still works */
+    cr_assert_eq(tpio_server_connection_count(s), 1);
+    client_send(a, "after-close", 11);
+    char buf[16] = {0};
+    cr_assert_eq(client_recv(loop, a, buf, 11, 5.0), 11);
+    cr_assert_eq(memcmp(buf, "after-close", 11), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2), 0);
+    run_for(loop, 0.1);
+    cr_assert_eq(log.fired, 0, "wait_closed fired while a connection is alive");
+    cr_assert_not(p->lost);
+
+    /* the connection goes: now (and only now) the waiters run, in order */
+    close(a);
+    cr_assert(th_run_until(loop, &log.flags[2], 5.0));
+    cr_assert_str_eq(log.order, "w1,w2");
+    cr_assert(log.watch_was_lost[1], "wait_closed ran before connection_lost");
+    cr_assert(log.watch_was_lost[2], "wait_closed ran before connection_lost");
+    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    run_for(loop, 0.05);
+    cr_assert_eq(log.fired, 2);
+    finish(loop, NULL, c);
+}
+
+Test(server, wait_closed_on_closed_idle_server_fires_next_iteration, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    static wc_log_t log;
+    wc_arg_t w1 = {&log, 1}, w2 = {&log, 2};
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2), 0);
+    cr_assert_eq(log.fired, 0, "wait_closed called back inside the call");
+    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(log.fired, 2, "wait_closed did not fire on the next iteration");
+    cr_assert_str_eq(log.order, "w1,w2");
+    finish(loop, NULL, c);
+}
+
+Test(server, close_without_connections_then_loop_close, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    int lfd = tpio_server_socket(s, 0);
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_server_socket_count(s), 0);
+    bool closed = false;
+    cr_assert_eq(tpio_server_wait_closed(s, wait_flag_cb, &closed), 0);
+    cr_assert(th_run_until(loop, &closed, 5.0));
+    /* the listening socket is gone */
+    cr_assert_eq(fcntl(lfd, F_GETFD), -1);
+    finish(loop, NULL, c);
+}
+
+static void drain_many(tpio_loop_t *loop, const int *fds, int n, size_t *totals,
+                       int *results, size_t *bad, double timeout)
+{
+    static unsigned char buf[262144];
+    bool done[16] = {false};
+    int left = n;
+    double end = mono_now() + timeout;
+    for (int i = 0; i < n; i++) {
+        totals[i] = 0;
+        results[i] = -ETIMEDOUT;
+    }
+    while (left > 0 && mono_now() < end) {
+        bool progress = false;
+        for (int i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            ssize_t r = recv(fds[i], buf, sizeof buf, MSG_DONTWAIT);
+            if (r > 0) {
+                for (ssize_t k = 0; k < r; k++)
+                    if (buf[k] != (unsigned char)((totals[i] + (size_t)k) & 0xff))
+                        (*bad)++;
+                totals[i] += (size_t)r;
+                progress = true;
+            } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                results[i] = r == 0 ? 0 : -errno;
+                done[i] = true;
+                left--;
+            }
+        }
+        tpio_loop_run_once(loop, progress ? 0 : 5);
+    }
+}
+
+#define BIG (16u * 1024 * 1024)
+
+Test(server, close_clients_flushes_then_loses_each_connection, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int fds[2];
+    for (int i = 0; i < 2; i++)
+        fds[i] = client_connect_rcvbuf(AF_INET, port, 65536);
+    cr_assert(wait_accepted(loop, c, 2, 5.0));
+    unsigned char *data = make_pattern(BIG);
+    for (int i = 0; i < 2; i++) {
+        tpio_transport_t *t = c->acc[i]->t;
+        cr_assert_eq(tpio_set_write_buffer_limits(t, 64 * 1024 * 1024, TPIO_LIMIT_DEFAULT), 0);
+        cr_assert_eq(tpio_write(t, data, BIG), 0);
+        cr_assert_gt(tpio_get_write_buffer_size(t), 0, "everything went out at once");
+    }
+    free(data);
+    cr_assert_eq(tpio_server_close_clients(s), 0);
+    for (int i = 0; i < 2; i++) {
+        cr_assert(tpio_is_closing(c->acc[i]->t));
+        cr_assert_not(c->acc[i]->lost, "connection_lost ran inside close_clients");
+    }
+    cr_assert(tpio_server_is_serving(s), "close_clients closed the server");
+
+    size_t totals[2], bad = 0;
+    int results[2];
+    drain_many(loop, fds, 2, totals, results, &bad, 20.0);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(results[i], 0, "client %d: %s", i, tpio_err_name(results[i]));
+        cr_assert_eq(totals[i], BIG, "client %d got %zu bytes", i, totals[i]);
+    }
+    cr_assert_eq(bad, 0, "corrupted bytes");
+    cr_assert(th_run_until_count(loop, &c->lost, 2, 5.0));
+    for (int i = 0; i < 2; i++)
+        cr_assert_str_eq(c->acc[i]->events, "made,lost:0");
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    for (int i = 0; i < 2; i++)
+        close(fds[i]);
+
+    /* still serving */
+    int b = client_connect_ok(AF_INET, port);
+    cr_assert(wait_accepted(loop, c, 3, 5.0));
+    close(b);
+    finish(loop, s, c);
+}
+
+Test(server, abort_clients_loses_connections_at_once, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int fds[2];
+    for (int i = 0; i < 2; i++)
+        fds[i] = client_connect_rcvbuf(AF_INET, port, 65536);
+    cr_assert(wait_accepted(loop, c, 2, 5.0));
+    unsigned char *data = make_pattern(BIG);
+    tpio_transport_t *t0 = c->acc[0]->t;
+    cr_assert_eq(tpio_set_write_buffer_limits(t0, 64 * 1024 * 1024, TPIO_LIMIT_DEFAULT), 0);
+    cr_assert_eq(tpio_write(t0, data, BIG), 0);
+    cr_assert_gt(tpio_get_write_buffer_size(t0), 0);
+    free(data);
+
+    cr_assert_eq(tpio_server_abort_clients(s), 0);
+    for (int i = 0; i < 2; i++) {
+        cr_assert(tpio_is_closing(c->acc[i]->t));
+        cr_assert_not(c->acc[i]->lost, "connection_lost ran inside abort_clients");
+    }
+    /* lost at once: the client does not read, nothing is flushed */
+    cr_assert(th_run_until_count(loop, &c->lost, 2, 1.0));
+    for (int i = 0; i < 2; i++)
+        cr_assert_str_eq(c->acc[i]->events, "made,lost:0");
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    cr_assert(tpio_server_is_serving(s));
+
+    size_t totals[2], bad = 0;
+    int results[2];
+    drain_many(loop, fds, 2, totals, results, &bad, 10.0);
+    for (int i = 0; i < 2; i++)
+        cr_assert(results[i] == 0 || results[i] == -ECONNRESET, "client %d: %s", i,
+                  tpio_err_name(results[i]));
+    cr_assert_lt(totals[0], BIG, "aborted transport flushed its buffer");
+    cr_assert_eq(totals[1], 0);
+    cr_assert_eq(bad, 0);
+    for (int i = 0; i < 2; i++)
+        close(fds[i]);
+    finish(loop, s, c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* many clients                                                              */
+/* ------------------------------------------------------------------------- */
+
+#define NCLIENTS 1000
+
+typedef struct big_ctx {
+    size_t next, made, echoed, bad, client_lost, client_err, connect_err, server_lost;
+    int first_connect_err;
+    struct cli *clis[NCLIENTS];
+} big_ctx_t;
+
+typedef struct cli {
+    tpio_protocol_t base;
+    tpio_transport_t *t;
+    big_ctx_t *ctx;
+    size_t idx;
+    char msg[32];
+    size_t mlen;
+    char rx[64];
+    size_t rxlen;
+} cli_t;
+
+static void cli_made(tpio_protocol_t *bp, tpio_transport_t *t)
+{
+    cli_t *c = tpio_container_of(bp, cli_t, base);
+    c->t = t;
+    c->ctx->made++;
+    if (tpio_write(t, c->msg, c->mlen) != 0)
+        c->ctx->bad++;
+}
+
+static void cli_data(tpio_protocol_t *bp, const void *d, size_t n)
+{
+    cli_t *c = tpio_container_of(bp, cli_t, base);
+    if (c->rxlen + n > c->mlen) {
+        c->ctx->bad++;
+        return;
+    }
+    memcpy(c->rx + c->rxlen, d, n);
+    c->rxlen += n;
+    if (c->rxlen == c->mlen) {
+        if (memcmp(c->rx, c->msg, c->mlen) == 0)
+            c->ctx->echoed++;
+        else
+            c->ctx->bad++;
+    }
+}
+
+static void cli_lost(tpio_protocol_t *bp, int err)
+{
+    cli_t *c = tpio_container_of(bp, cli_t, base);
+    c->ctx->client_lost++;
+    if (err)
+        c->ctx->client_err++;
+    c->ctx->clis[c->idx] = NULL;
+    free(c);
+}
+
+static const tpio_protocol_ops_t cli_ops = {
+    .connection_made = cli_made,
+    .data_received = cli_data,
+    .connection_lost = cli_lost,
+};
+
+static tpio_protocol_t *cli_factory(void *arg)
+{
+    big_ctx_t *b = arg;
+    cli_t *c = calloc(1, sizeof *c);
+    cr_assert_not_null(c);
+    c->base.ops = &cli_ops;
+    c->ctx = b;
+    c->idx = b->next++;
+    cr_assert_lt(c->idx, NCLIENTS);
+    c->mlen = (size_t)snprintf(c->msg, sizeof c->msg, "client-%04zu\n", c->idx);
+    b->clis[c->idx] = c;
+    return &c->base;
+}
+
+static void cli_connected(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
+                          int err, void *arg)
+{
+    (void)loop;
+    (void)t;
+    (void)p;
+    big_ctx_t *b = arg;
+    if (err) {
+        if (b->connect_err++ == 0)
+            b->first_connect_err = err;
+    }
+}
+
+static bool run_until_sz(tpio_loop_t *loop, const size_t *v, size_t target, double timeout)
+{
+    double end = mono_now() + timeout;
+    while (*v < target && mono_now() < end)
+        tpio_loop_run_once(loop, 10);
+    return *v >= target;
+}
+
+Test(server, thousand_concurrent_clients, .timeout = TMO)
+{
+    struct rlimit rl;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    rl.rlim_cur = rl.rlim_max;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    cr_assert_geq(rl.rlim_cur, 2 * NCLIENTS + 100, "RLIMIT_NOFILE hard limit too low");
+
+    tpio_loop_t *loop = new_loop();
+    static big_ctx_t b;
+    th_proto_t *tmpl = th_proto_new(&th_proto_ops);
+    tmpl->echo = true;
+    tmpl->free_on_lost = true;
+    tmpl->lost_counter = &b.server_lost;
+    tpio_server_opts_t opts = {.host = "127.0.0.1", .backlog = 1024};
+    tpio_server_t *s = NULL;
+    cr_assert_eq(tpio_create_server(loop, th_factory, tmpl, &opts, &s), 0);
+    uint16_t port = srv_port(s, 0);
+
+    tpio_connect_opts_t copts = {.host = "127.0.0.1", .port = port};
+    for (int i = 0; i < NCLIENTS; i++) {
+        int r = tpio_create_connection(loop, cli_factory, &b, &copts, cli_connected, &b);
+        if (r != 0)
+            cr_assert_fail("create_connection %d: %s", i, tpio_err_name(r));
+    }
+    run_until_sz(loop, &b.echoed, NCLIENTS, 20.0);
+    cr_assert_eq(b.connect_err, 0, "%zu connects failed, first: %s", b.connect_err,
+                 tpio_err_name(b.first_connect_err));
+    cr_assert_eq(b.bad, 0);
+    cr_assert_eq(b.made, NCLIENTS);
+    cr_assert_eq(b.echoed, NCLIENTS);
+    cr_assert_eq(tpio_server_connection_count(s), NCLIENTS, "all connections live at once");
+    cr_assert_eq(b.server_lost, 0);
+
+    for (int i = 0; i < NCLIENTS; i++)
+        if (b.clis[i])
+            tpio_close(b.clis[i]->t);
+    cr_assert(run_until_sz(loop, &b.client_lost, NCLIENTS, 10.0));
+    cr_assert(run_until_sz(loop, &b.server_lost, NCLIENTS, 10.0));
+    cr_assert_eq(b.client_err, 0);
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    close_server_and_wait(loop, s);
+    th_proto_free(tmpl);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* ------------------------------------------------------------------------- */
+/* accept() out of descriptors                                               */
+/* ------------------------------------------------------------------------- */
+
+static int highest_open_fd(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int self = dirfd(d), hi = -1;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            int fd = atoi(e->d_name);
+            if (fd != self && fd > hi)
+                hi = fd;
+        }
+    closedir(d);
+    return hi;
+}
+
+Test(server, accept_emfile_reports_backs_off_and_recovers, .timeout = TMO)
+{
+    tpio_loop_t *loop = new_loop();
+    static eh_rec_t e;
+    e.fd = -2;
+    tpio_loop_set_error_handler(loop, rec_handler, &e);
+    srv_ctx_t *c = ctx_new();
+    tpio_server_t *s = start_server_v4(loop, c);
+    uint16_t port = srv_port(s, 0);
+    int lfd = tpio_server_socket(s, 0);
+
+    /* the client socket exists before the descriptors run out */
+    int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(cfd, 0);
+
+    struct rlimit saved, low;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = (rlim_t)highest_open_fd() + 1;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    /* fill every free slot below the limit */
+    static int fillers[4096];
+    int nfill = 0;
+    for (;;) {
+        int f = dup(0);
+        if (f < 0) {
+            cr_assert_eq(errno, EMFILE);
+            break;
+        }
+        cr_assert_lt(nfill, 4096);
+        fillers[nfill++] = f;
+    }
+
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&a, sizeof a), 0);
+
+    /* 0.5 s: the error is reported, and the loop does not spin on it */
+    size_t iterations = 0;
+    double end = mono_now() + 0.5;
+    while (mono_now() < end) {
+        tpio_loop_run_once(loop, 10);
+        iterations++;
+    }
+    size_t calls_while_low = e.calls;
+    size_t factory_calls = c->calls;
+
+    for (int i = 0; i < nfill; i++)
+        close(fillers[i]);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+
+    cr_assert_geq(calls_while_low, 1, "EMFILE on accept was not reported");
+    cr_assert_leq(calls_while_low, 3, "EMFILE reported %zu times in 0.5 s (busy loop)",
+                  calls_while_low);
+    cr_assert_eq(e.first_error, -EMFILE, "reported error %s", tpio_err_name(e.first_error));
+    cr_assert_gt(strlen(e.message), 0, "empty message");
+    cr_assert_eq(e.server, s, "context.server is not the server");
+    cr_assert_eq(e.fd, lfd, "context.fd is not the listening socket");
+    cr_assert_leq(iterations, 200, "%zu loop iterations in 0.5 s: busy loop", iterations);
+    cr_assert_eq(factory_calls, 0);
+
+    /* descriptors are back: the pending client is served after the retry delay */
+    double t0 = mono_now();
+    cr_assert(wait_accepted(loop, c, 1, 4.0), "the pending client was never accepted");
+    cr_assert_lt(mono_now() - t0, 4.0);
+    cr_assert_str_eq(c->acc[0]->events, "made");
+    client_send(cfd, "late", 4);
+    cr_assert(wait_rx(loop, c->acc[0], 4, 5.0));
+    cr_assert_eq(memcmp(c->acc[0]->rx, "late", 4), 0);
+    cr_assert(tpio_server_is_serving(s));
+    /* and new clients too */
+    int b = client_connect_ok(AF_INET, port);
+    cr_assert(wait_accepted(loop, c, 2, 5.0));
+    close(b);
+    close(cfd);
+    finish(loop, s, c);
+}
