@@ -222,7 +222,7 @@ static int bind_hosts(const tpio_server_opts_t *o, int **fds, size_t *n)
         for (struct addrinfo *ai = res; ai && rc == 0; ai = ai->ai_next) {
             if (seen_addr(res, ai))
                 continue;
-            int fd;
+            int fd = -1;
             rc = listen_socket(ai, o, &fd);
             if (rc == 0 && (rc = add_fd(fds, n, &cap, fd)) < 0)
                 close(fd);

@@ -1,0 +1,202 @@
+/*
+ * TCP Echo Server — the specification's first example, in C.
+ *
+ *   class EchoServerProtocol(asyncio.Protocol):
+ *       def connection_made(self, transport): ...print('Connection from ...')
+ *       def data_received(self, data): ...echo, then close
+ *
+ * Usage: tcp_echo_server [HOST [PORT]]     (defaults: 127.0.0.1 8888)
+ *
+ * Prints "Serving on (...)" first (the bound address, as asyncio's streams
+ * version of this example does; with PORT 0 the port the kernel picked), then
+ * exactly what the Python example prints for every connection. Serves until
+ * SIGINT or SIGTERM, then closes the server and its connections and exits 0.
+ *
+ * Signals: the public API has no signal support yet, so SIGINT and SIGTERM are
+ * blocked in every thread and one dedicated thread waits for them with
+ * sigwait(); it wakes the loop with tpio_call_soon_threadsafe(), the one call
+ * that may come from any thread (calling it from a signal handler would not
+ * be async-signal-safe). See example_util.h, which also has print_repr().
+ */
+#include <tpio.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "example_util.h"
+
+/* ---- the protocol --------------------------------------------------------- */
+
+typedef struct echo_server_protocol {
+    tpio_protocol_t base; /* must be embedded; ops points at the class */
+    tpio_transport_t *transport;
+} echo_server_protocol_t;
+
+static echo_server_protocol_t *self_of(tpio_protocol_t *p)
+{
+    return tpio_container_of(p, echo_server_protocol_t, base);
+}
+
+static void server_connection_made(tpio_protocol_t *p, tpio_transport_t *t)
+{
+    echo_server_protocol_t *self = self_of(p);
+    tpio_extra_t peer;
+    char name[128] = "None";
+
+    if (tpio_get_extra_info(t, "peername", &peer) == 0)
+        tpio_format_addr(peer.addr, peer.addrlen, name, sizeof name);
+    printf("Connection from %s\n", name);
+    self->transport = t;
+}
+
+static void server_data_received(tpio_protocol_t *p, const void *data, size_t len)
+{
+    echo_server_protocol_t *self = self_of(p);
+
+    fputs("Data received: ", stdout);
+    print_repr(data, len);
+    putchar('\n');
+
+    fputs("Send: ", stdout);
+    print_repr(data, len);
+    putchar('\n');
+    tpio_write(self->transport, data, len); /* copies what it cannot send now */
+
+    printf("Close the client socket\n");
+    tpio_close(self->transport); /* flushes, then connection_lost */
+}
+
+static void server_connection_lost(tpio_protocol_t *p, int err)
+{
+    (void)err;
+    free(self_of(p)); /* the library never touches the protocol again */
+}
+
+static const tpio_protocol_ops_t echo_server_ops = {
+    .connection_made = server_connection_made,
+    .data_received = server_data_received,
+    .connection_lost = server_connection_lost,
+};
+
+/* protocol_factory: lambda: EchoServerProtocol() */
+static tpio_protocol_t *echo_server_factory(void *arg)
+{
+    (void)arg;
+    echo_server_protocol_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL; /* refuses the connection */
+    self->base.ops = &echo_server_ops;
+    return &self->base;
+}
+
+/* ---- shutdown on SIGINT / SIGTERM ---------------------------------------- */
+
+typedef struct app {
+    tpio_loop_t *loop;
+    tpio_server_t *server;
+} app_t;
+
+static void on_server_closed(tpio_loop_t *loop, void *arg)
+{
+    (void)arg;
+    tpio_loop_stop(loop);
+}
+
+/* Runs on the loop's thread when a signal arrives: leaving `async with
+ * server` — close the server (and its connections), wait_closed, stop. */
+static void shutdown_cb(tpio_loop_t *loop, void *arg)
+{
+    app_t *app = arg;
+    int err;
+    tpio_server_close(app->server);
+    tpio_server_close_clients(app->server);
+    err = tpio_server_wait_closed(app->server, on_server_closed, app);
+    if (err < 0) {
+        fprintf(stderr, "tcp_echo_server: wait_closed: %s\n", tpio_strerror(err));
+        tpio_loop_stop(loop);
+    }
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    app_t app = {0};
+    example_signals_t sig;
+    tpio_server_opts_t opts = {0};
+    int err, status = EXIT_FAILURE;
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 3) {
+        fprintf(stderr, "usage: %s [HOST [PORT]]\n", argv[0]);
+        return 2;
+    }
+    opts.host = argc > 1 ? argv[1] : "127.0.0.1";
+    opts.port = 8888;
+    if (argc > 2 && parse_port(argv[2], &opts.port) < 0) {
+        fprintf(stderr, "tcp_echo_server: bad port '%s'\n", argv[2]);
+        return 2;
+    }
+
+    /* Block the signals before any thread exists, so every thread (the
+     * library's included) inherits the mask and only sigwait() sees them. */
+    example_block_signals(&sig);
+
+    err = tpio_loop_new(&app.loop);
+    if (err < 0) {
+        fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));
+        return EXIT_FAILURE;
+    }
+
+    /* server = await loop.create_server(lambda: EchoServerProtocol(), host, port) */
+    err = tpio_create_server(app.loop, echo_server_factory, NULL, &opts, &app.server);
+    if (err < 0) {
+        fprintf(stderr, "tcp_echo_server: cannot serve on %s port %u: %s (%s)\n",
+                opts.host, (unsigned)opts.port, tpio_strerror(err), tpio_err_name(err));
+        tpio_loop_close(app.loop);
+        return EXIT_FAILURE;
+    }
+
+    /* print(f'Serving on {", ".join(str(s.getsockname()) for s in server.sockets)}') */
+    fputs("Serving on ", stdout);
+    for (size_t i = 0; i < tpio_server_socket_count(app.server); i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        char name[128] = "?";
+        if (tpio_server_sockname(app.server, i, &ss, &len) == 0)
+            tpio_format_addr((struct sockaddr *)&ss, len, name, sizeof name);
+        printf("%s%s", i ? ", " : "", name);
+    }
+    putchar('\n');
+
+    err = example_watch_signals(&sig, app.loop, shutdown_cb, &app);
+    if (err != 0) {
+        fprintf(stderr, "tcp_echo_server: thread: %s\n", strerror(err));
+        shutdown_cb(app.loop, &app);
+        tpio_loop_run(app.loop);
+        tpio_loop_close(app.loop);
+        return EXIT_FAILURE;
+    }
+
+    /* await server.serve_forever() — until shutdown_cb has closed the server
+     * and wait_closed has reported that its connections are gone. */
+    err = tpio_loop_run(app.loop);
+    if (err < 0) {
+        fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));
+        /* Without a signal, unwatching makes the thread schedule shutdown_cb:
+         * run the loop once more to shut down as for a signal. */
+        example_unwatch_signals(&sig);
+        tpio_loop_run(app.loop);
+    } else {
+        example_unwatch_signals(&sig);
+        status = EXIT_SUCCESS;
+    }
+
+    err = tpio_loop_close(app.loop);
+    if (err < 0) {
+        fprintf(stderr, "tcp_echo_server: closing the loop: %s\n", tpio_strerror(err));
+        status = EXIT_FAILURE;
+    }
+    return status;
+}

@@ -1,0 +1,124 @@
+#!/bin/sh
+# Packaging check: build the source tree in release mode, install it into a
+# temporary prefix, then build and run two tiny programs against the installed
+# copy only — one with pkg-config, one with CMake's find_package(tpio) (linked
+# to tpio::tpio and to tpio::tpio_static).
+#
+# Usage: sh tests/install_check.sh SOURCE_DIR      (ctest passes it)
+# Exits non-zero on any failure; always removes its temporary directory.
+set -eu
+
+SRC=${1:?usage: $0 SOURCE_DIR}
+SRC=$(cd "$SRC" && pwd)
+CC=${CC:-cc}
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tpio-install.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+PREFIX=$TMP/prefix
+
+# The check builds without sanitizers: do not let the test run's settings leak in.
+unset ASAN_OPTIONS UBSAN_OPTIONS CFLAGS LDFLAGS 2>/dev/null || true
+
+step() { echo "-- install_check: $*"; }
+die() { echo "install_check: FAILED: $*" >&2; exit 1; }
+
+step "configure and build $SRC (release)"
+cmake -S "$SRC" -B "$TMP/b" -DCMAKE_BUILD_TYPE=Release \
+      -DTPIO_BUILD_TESTS=OFF -DTPIO_BUILD_EXAMPLES=OFF -DTPIO_SANITIZE=OFF \
+      -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$TMP/configure.log" 2>&1 \
+    || { cat "$TMP/configure.log"; die "cmake configure"; }
+cmake --build "$TMP/b" -j "$JOBS" >"$TMP/build.log" 2>&1 \
+    || { cat "$TMP/build.log"; die "cmake build"; }
+
+step "install into $PREFIX"
+cmake --install "$TMP/b" >"$TMP/install.log" 2>&1 \
+    || { cat "$TMP/install.log"; die "cmake --install"; }
+
+# GNUInstallDirs picks lib, lib64 or lib/<multiarch>: find where it went.
+PCFILE=$(find "$PREFIX" -name tpio.pc -path '*/pkgconfig/*' | head -n 1)
+[ -n "$PCFILE" ] || die "tpio.pc was not installed"
+PCDIR=$(dirname "$PCFILE")
+LIBDIR=$(dirname "$PCDIR")
+[ -f "$PREFIX/include/tpio.h" ] || die "tpio.h was not installed in $PREFIX/include"
+[ -e "$LIBDIR/libtpio.so" ] || die "libtpio.so was not installed in $LIBDIR"
+[ -f "$LIBDIR/libtpio.a" ] || die "libtpio.a was not installed in $LIBDIR"
+[ -f "$LIBDIR/cmake/tpio/tpioConfig.cmake" ] || die "tpioConfig.cmake was not installed"
+step "installed: $(cd "$PREFIX" && find . -type f -o -type l | sort | tr '\n' ' ')"
+
+# A tiny program: a loop, a callback that stops it, the error table.
+mkdir -p "$TMP/app"
+cat >"$TMP/app/app.c" <<'EOF'
+#include <tpio.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static void stop(tpio_loop_t *loop, void *arg)
+{
+    *(int *)arg = 1;
+    tpio_loop_stop(loop);
+}
+
+int main(void)
+{
+    tpio_loop_t *loop;
+    int ran = 0;
+    if (tpio_loop_new(&loop) != 0)
+        return 1;
+    if (tpio_call_soon(loop, stop, &ran, NULL) != 0 || tpio_loop_run(loop) != 0)
+        return 2;
+    if (tpio_loop_close(loop) != 0 || !ran)
+        return 3;
+    if (strcmp(tpio_err_name(-ECONNRESET), "ECONNRESET") != 0)
+        return 4;
+    printf("tpio %s ok\n", tpio_version());
+    return 0;
+}
+EOF
+
+run() {
+    out=$(LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@") \
+        || die "$* exited with status $?"
+    echo "$out"
+    case $out in
+        "tpio "*" ok") ;;
+        *) die "$*: unexpected output '$out'" ;;
+    esac
+}
+
+step "pkg-config: $(PKG_CONFIG_PATH=$PCDIR pkg-config --cflags --libs tpio)"
+PKG_CONFIG_PATH=$PCDIR pkg-config --exists tpio || die "pkg-config cannot find tpio"
+# shellcheck disable=SC2046  # word splitting of the flags is intended
+"$CC" -Wall -Wextra -Werror -o "$TMP/app/app_pc" "$TMP/app/app.c" \
+    $(PKG_CONFIG_PATH=$PCDIR pkg-config --cflags --libs tpio) \
+    || die "compiling with pkg-config flags"
+run "$TMP/app/app_pc"
+
+step "CMake find_package(tpio)"
+cat >"$TMP/app/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.18)
+project(tpio_install_check LANGUAGES C)
+find_package(tpio 0.1 REQUIRED)
+add_executable(app_cmake app.c)
+target_link_libraries(app_cmake PRIVATE tpio::tpio)
+add_executable(app_cmake_static app.c)
+target_link_libraries(app_cmake_static PRIVATE tpio::tpio_static)
+EOF
+cmake -S "$TMP/app" -B "$TMP/app/b" -DCMAKE_PREFIX_PATH="$PREFIX" \
+      -DCMAKE_BUILD_TYPE=Release >"$TMP/app-configure.log" 2>&1 \
+    || { cat "$TMP/app-configure.log"; die "find_package(tpio) project configure"; }
+cmake --build "$TMP/app/b" >"$TMP/app-build.log" 2>&1 \
+    || { cat "$TMP/app-build.log"; die "find_package(tpio) project build"; }
+run "$TMP/app/b/app_cmake"
+run "$TMP/app/b/app_cmake_static"
+
+# The shared program must really use the installed library, not a build tree.
+if command -v ldd >/dev/null 2>&1; then
+    LD_LIBRARY_PATH="$LIBDIR" ldd "$TMP/app/app_pc" | grep -q "$LIBDIR/libtpio.so" \
+        || die "app_pc is not linked to $LIBDIR/libtpio.so"
+fi
+
+step "passed"
