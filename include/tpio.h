@@ -290,8 +290,11 @@ struct tpio_protocol {
 
 /**
  * protocol_factory: return a new protocol for a new connection, or NULL to
- * refuse it (the connection is closed; for tpio_create_connection the
- * completion reports -ECONNABORTED).
+ * refuse it. The factory always runs from the loop, never inside the call
+ * that asked for the connection. A refused connection is closed (for calls
+ * that were given a socket or pipe, that descriptor too: it was the
+ * library's from the call's 0 return on) and the completion reports
+ * -ECONNABORTED; a server just drops the accepted connection.
  */
 typedef tpio_protocol_t *(*tpio_protocol_factory_t)(void *arg);
 

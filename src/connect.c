@@ -300,12 +300,7 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     int kind = tpio__stream_socket_prepare(sock);
     if (kind < 0)
         return kind;
-    tpio_protocol_t *p = factory(factory_arg);
-    if (!p || !p->ops)
-        return -ECONNABORTED;
-    if (!tpio__stream_new(loop, sock, (tpio_transport_kind_t)kind, p, NULL, cb, cb_arg))
-        return -ENOMEM;
-    return 0;
+    return tpio__adopt(loop, sock, kind, tpio__make_stream, factory, factory_arg, cb, cb_arg);
 }
 
 int tpio_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
@@ -370,28 +365,45 @@ static void start_fixed(tpio_loop_t *loop, void *arg)
     resolved(&q->r);
 }
 
-int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                       const struct sockaddr *addr, socklen_t len, tpio_connect_cb cb,
-                       void *cb_arg)
+int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                        const struct addrinfo *list, double happy_eyeballs_delay,
+                        tpio_connect_cb cb, void *cb_arg)
 {
+    size_t n = 0;
+    for (const struct addrinfo *a = list; a; a = a->ai_next)
+        n++;
+    if (n == 0)
+        return -EINVAL;
     struct conn_req *q = calloc(1, sizeof *q);
-    struct addrinfo *ai = malloc(sizeof *ai + sizeof(struct sockaddr_storage));
+    /* one block: n addrinfo entries, then n address buffers */
+    struct addrinfo *ai = calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
     if (!q || !ai) {
         free(q);
         free(ai);
         return -ENOMEM;
     }
-    memset(ai, 0, sizeof *ai);
-    ai->ai_family = addr->sa_family;
-    ai->ai_socktype = SOCK_STREAM;
-    ai->ai_addr = (struct sockaddr *)(ai + 1);
-    ai->ai_addrlen = len;
-    memcpy(ai->ai_addr, addr, len);
+    struct sockaddr_storage *addrs = (struct sockaddr_storage *)(ai + n);
+    size_t i = 0;
+    for (const struct addrinfo *a = list; a; a = a->ai_next, i++) {
+        if (a->ai_addrlen > sizeof addrs[i]) {
+            free(q);
+            free(ai);
+            return -EINVAL;
+        }
+        ai[i].ai_family = a->ai_family;
+        ai[i].ai_socktype = SOCK_STREAM;
+        ai[i].ai_protocol = a->ai_protocol;
+        ai[i].ai_addr = (struct sockaddr *)&addrs[i];
+        ai[i].ai_addrlen = a->ai_addrlen;
+        memcpy(&addrs[i], a->ai_addr, a->ai_addrlen);
+        ai[i].ai_next = i + 1 < n ? &ai[i + 1] : NULL;
+    }
     q->loop = loop;
     q->factory = factory;
     q->factory_arg = factory_arg;
     q->cb = cb;
     q->cb_arg = cb_arg;
+    q->delay = happy_eyeballs_delay;
     q->fixed = ai;
     q->r.res = ai;
     q->r.loop = loop;
@@ -400,4 +412,17 @@ int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     if (rc < 0)
         req_free(q);
     return rc;
+}
+
+int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                       const struct sockaddr *addr, socklen_t len, tpio_connect_cb cb,
+                       void *cb_arg)
+{
+    struct addrinfo ai = {
+        .ai_family = addr->sa_family,
+        .ai_socktype = SOCK_STREAM,
+        .ai_addr = (struct sockaddr *)addr,
+        .ai_addrlen = len,
+    };
+    return tpio__connect_addrs(loop, factory, factory_arg, &ai, 0, cb, cb_arg);
 }

@@ -168,6 +168,18 @@ TPIO__HIDDEN void tpio__transport_unref(tpio_transport_t *t);
 /* End the connection: closing, stop I/O now, and queue connection_lost(err),
  * after which the kind's teardown closes the descriptor. Once only. */
 TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
+/* Make a transport of `kind` around fd for protocol p (connection_made and
+ * cb scheduled); 0 or -errno with the fd not taken. */
+typedef int (*tpio__make_fn)(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
+                             tpio_connect_cb cb, void *cb_arg);
+/* Adopt a ready fd: the factory runs from the loop (as in asyncio, never
+ * inside the user's call); a refusal closes the fd and the completion gets
+ * -ECONNABORTED. From a 0 return on the fd belongs to the library. */
+TPIO__HIDDEN int tpio__adopt(tpio_loop_t *loop, int fd, int kind, tpio__make_fn make,
+                             tpio_protocol_factory_t factory, void *factory_arg,
+                             tpio_connect_cb cb, void *cb_arg);
+TPIO__HIDDEN int tpio__make_stream(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
+                                   tpio_connect_cb cb, void *cb_arg);
 /* Flow control, shared by every writable kind. */
 TPIO__HIDDEN void tpio__maybe_pause_protocol(tpio_transport_t *t);
 TPIO__HIDDEN void tpio__maybe_resume_protocol(tpio_transport_t *t);
@@ -202,8 +214,12 @@ TPIO__HIDDEN tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd,
  * for TCP. Returns the kind or -errno (fd untouched on error). */
 TPIO__HIDDEN int tpio__stream_socket_prepare(int fd);
 
-/* Connect to one address known in advance (a Unix path); completion as for
- * tpio_create_connection. */
+/* Connect to addresses known in advance (a Unix path; tests use it to try
+ * a list without DNS); completion as for tpio_create_connection. */
+TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                     void *factory_arg, const struct addrinfo *list,
+                                     double happy_eyeballs_delay, tpio_connect_cb cb,
+                                     void *cb_arg);
 TPIO__HIDDEN int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                     void *factory_arg, const struct sockaddr *addr,
                                     socklen_t len, tpio_connect_cb cb, void *cb_arg);

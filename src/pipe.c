@@ -37,11 +37,6 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
         return -errno;
-    tpio_protocol_t *p = factory(factory_arg);
-    if (!p || !p->ops) {
-        fcntl(fd, F_SETFL, fl); /* refused: leave the fd as it was */
-        return -ECONNABORTED;
-    }
     if (kind == TPIO_TRANSPORT_PIPE_WRITE) {
         struct sigaction sa;
         if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
@@ -49,9 +44,7 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
             sigaction(SIGPIPE, &sa, NULL);
         }
     }
-    if (!tpio__stream_new(loop, fd, kind, p, NULL, cb, cb_arg))
-        return -ENOMEM;
-    return 0;
+    return tpio__adopt(loop, fd, kind, tpio__make_stream, factory, factory_arg, cb, cb_arg);
 }
 
 int tpio_connect_read_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory,

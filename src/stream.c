@@ -473,6 +473,14 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
     return &s->base;
 }
 
+int tpio__make_stream(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
+                      tpio_connect_cb cb, void *cb_arg)
+{
+    return tpio__stream_new(loop, fd, (tpio_transport_kind_t)kind, p, NULL, cb, cb_arg)
+               ? 0
+               : -ENOMEM;
+}
+
 int tpio__stream_socket_prepare(int fd)
 {
     struct stat st;

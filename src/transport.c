@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <string.h>
+#include <unistd.h>
 
 void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
                           const struct tpio__transport_vt *vt, tpio_transport_kind_t kind,
@@ -64,6 +65,45 @@ void tpio__schedule_lost(tpio_transport_t *t, int err)
         t->lost_node.owned = false;
         tpio__call_soon_threadsafe_node(t->loop, &t->lost_node);
     }
+}
+
+struct adopt {
+    int fd, kind;
+    tpio__make_fn make;
+    tpio_protocol_factory_t factory;
+    void *factory_arg;
+    tpio_connect_cb cb;
+    void *cb_arg;
+};
+
+static void adopt_run(tpio_loop_t *loop, void *arg)
+{
+    struct adopt a = *(struct adopt *)arg;
+    free(arg);
+    loop->npending--;
+    tpio_protocol_t *p = a.factory(a.factory_arg);
+    int err = !p || !p->ops ? -ECONNABORTED : a.make(loop, a.fd, a.kind, p, a.cb, a.cb_arg);
+    if (err) {
+        close(a.fd);
+        a.cb(loop, NULL, NULL, err, a.cb_arg);
+    }
+}
+
+int tpio__adopt(tpio_loop_t *loop, int fd, int kind, tpio__make_fn make,
+                tpio_protocol_factory_t factory, void *factory_arg, tpio_connect_cb cb,
+                void *cb_arg)
+{
+    struct adopt *a = malloc(sizeof *a);
+    if (!a)
+        return -ENOMEM;
+    *a = (struct adopt){fd, kind, make, factory, factory_arg, cb, cb_arg};
+    int rc = tpio_call_soon(loop, adopt_run, a, NULL);
+    if (rc < 0) {
+        free(a);
+        return rc;
+    }
+    loop->npending++;
+    return 0;
 }
 
 bool tpio__is_disconnect(int err)

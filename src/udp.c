@@ -345,18 +345,14 @@ static void dgram_start(tpio_loop_t *loop, void *arg)
     tpio__transport_unref(t);
 }
 
-/* Wrap a ready SOCK_DGRAM socket; takes the fd on success. */
-static int dgram_new(tpio_loop_t *loop, int fd, tpio_protocol_factory_t factory,
-                     void *factory_arg, tpio_connect_cb cb, void *cb_arg)
+/* Wrap a ready SOCK_DGRAM socket (a tpio__make_fn); takes the fd on success. */
+static int dgram_new(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
+                     tpio_connect_cb cb, void *cb_arg)
 {
+    (void)kind;
     struct dgram *d = calloc(1, sizeof *d);
     if (!d)
         return -ENOMEM;
-    tpio_protocol_t *p = factory(factory_arg);
-    if (!p || !p->ops) {
-        free(d);
-        return -ECONNABORTED;
-    }
     tpio__transport_init(&d->base, loop, &dgram_vt, TPIO_TRANSPORT_DATAGRAM, p);
     tpio__io_init(&d->io, fd, dgram_io);
     d->cb = cb;
@@ -461,7 +457,8 @@ static void dg_resolved(struct tpio__resolve *r)
             }
         }
         if (fd >= 0) {
-            err = dgram_new(q->loop, fd, q->factory, q->factory_arg, q->cb, q->cb_arg);
+            tpio_protocol_t *p = q->factory(q->factory_arg);
+            err = !p || !p->ops ? -ECONNABORTED : dgram_new(q->loop, fd, 0, p, q->cb, q->cb_arg);
             if (err)
                 close(fd);
         }
@@ -491,7 +488,7 @@ static int unix_addr(const char *path, struct sockaddr_un *sun, socklen_t *len)
 static int endpoint_sync(tpio_loop_t *loop, int fd, tpio_protocol_factory_t factory,
                          void *factory_arg, tpio_connect_cb cb, void *cb_arg)
 {
-    int rc = dgram_new(loop, fd, factory, factory_arg, cb, cb_arg);
+    int rc = tpio__adopt(loop, fd, 0, dgram_new, factory, factory_arg, cb, cb_arg);
     if (rc)
         close(fd);
     return rc;
@@ -548,7 +545,7 @@ int tpio_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_t fac
         int fl = fcntl(o->sock, F_GETFL);
         if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(o->sock, F_SETFL, fl | O_NONBLOCK) < 0))
             return -errno;
-        return dgram_new(loop, o->sock, factory, factory_arg, cb, cb_arg);
+        return tpio__adopt(loop, o->sock, 0, dgram_new, factory, factory_arg, cb, cb_arg);
     }
     if (o->family == AF_UNIX || unix_opts) {
         if (inet_opts || (o->family && o->family != AF_UNIX))
