@@ -89,6 +89,9 @@ struct tpio_loop {
     int epfd;
     struct tpio__slot *slots;
     uint32_t nslots, free_head;
+    /* Transports whose connection_lost could not get a slot (out of
+     * memory): run from the next iteration, so it is never lost. */
+    tpio_transport_t *lost_head;
     uint32_t ready_head, ready_tail, nready;
     uint32_t *heap;
     uint32_t heap_len, heap_cap;
@@ -105,12 +108,14 @@ struct tpio_loop {
     void *error_arg;
 
     unsigned char *rbuf; /* shared read buffer for Protocol reads */
+    struct tpio__chunk *spare_chunk; /* one drained write chunk, reused */
 
     /* live objects: the loop refuses to close while any exists */
     size_t ntransports, nservers, npending;
 };
 
 TPIO__HIDDEN uint64_t tpio__now_ns(void);
+TPIO__HIDDEN void tpio__run_lost_list(tpio_loop_t *loop);
 /* Queue a pre-allocated node from any thread (cannot fail). */
 TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop,
                                                   struct tpio__ts_node *n);
@@ -154,7 +159,7 @@ struct tpio_transport {
     bool writing_paused;  /* pause_writing() was delivered */
     int lost_err;
     size_t high, low;
-    struct tpio__ts_node lost_node; /* fallback when call_soon cannot allocate */
+    tpio_transport_t *lost_next; /* on loop->lost_head, rarely */
     tpio_server_t *server;     /* the server that accepted it, or NULL */
     struct tpio__list server_link;
 };
@@ -163,8 +168,15 @@ TPIO__HIDDEN void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
                                        const struct tpio__transport_vt *vt,
                                        tpio_transport_kind_t kind,
                                        tpio_protocol_t *p);
+/* Undo tpio__transport_init for a transport that never started. */
+TPIO__HIDDEN void tpio__transport_abandon(tpio_transport_t *t);
+TPIO__HIDDEN void tpio__transport_free(tpio_transport_t *t);
 static inline void tpio__transport_ref(tpio_transport_t *t) { t->refs++; }
-TPIO__HIDDEN void tpio__transport_unref(tpio_transport_t *t);
+static inline void tpio__transport_unref(tpio_transport_t *t)
+{
+    if (--t->refs == 0)
+        tpio__transport_free(t);
+}
 /* End the connection: closing, stop I/O now, and queue connection_lost(err),
  * after which the kind's teardown closes the descriptor. Once only. */
 TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
@@ -194,12 +206,14 @@ struct tpio__chunk {
     unsigned char data[];
 };
 struct tpio__wbuf {
-    struct tpio__chunk *head, *tail, *spare;
+    struct tpio__chunk *head, *tail;
     size_t size;
 };
-TPIO__HIDDEN int tpio__wbuf_append(struct tpio__wbuf *b, const void *p, size_t n);
+/* `spare` is the loop's one cached chunk, shared by all its connections. */
+TPIO__HIDDEN int tpio__wbuf_append(struct tpio__wbuf *b, struct tpio__chunk **spare,
+                                   const void *p, size_t n);
 TPIO__HIDDEN int tpio__wbuf_iov(const struct tpio__wbuf *b, struct iovec *iov, int max);
-TPIO__HIDDEN void tpio__wbuf_consume(struct tpio__wbuf *b, size_t n);
+TPIO__HIDDEN void tpio__wbuf_consume(struct tpio__wbuf *b, struct tpio__chunk **spare, size_t n);
 TPIO__HIDDEN void tpio__wbuf_clear(struct tpio__wbuf *b);
 
 /* ---- the stream transport (TCP, Unix sockets, pipes) -------------------- */
@@ -210,6 +224,12 @@ TPIO__HIDDEN tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd,
                                                 tpio_protocol_t *p,
                                                 tpio_server_t *server,
                                                 tpio_connect_cb cb, void *cb_arg);
+/* Same, with the peer address already known (from accept4). */
+TPIO__HIDDEN tpio_transport_t *tpio__stream_new_peer(tpio_loop_t *loop, int fd,
+                                                     tpio_transport_kind_t kind,
+                                                     tpio_protocol_t *p, tpio_server_t *server,
+                                                     const struct sockaddr *peer,
+                                                     socklen_t peerlen);
 /* Classify and prepare a connected stream socket: non-blocking, TCP_NODELAY
  * for TCP. Returns the kind or -errno (fd untouched on error). */
 TPIO__HIDDEN int tpio__stream_socket_prepare(int fd);
@@ -254,5 +274,22 @@ TPIO__HIDDEN int tpio__resolve_start(struct tpio__resolve *r);
 TPIO__HIDDEN int tpio__getaddrinfo(const char *host, const char *port,
                                    const struct addrinfo *hints,
                                    struct addrinfo **res);
+
+/* ---- child processes (spawn.c) ------------------------------------------ */
+struct tpio__spawn {
+    const char *const *argv;  /* argv[0] is the program, searched in PATH */
+    const char *const *envp;  /* NULL: the parent's environ */
+    const char *cwd;          /* NULL: the parent's */
+    int fds[3];               /* the child's 0, 1, 2 (-1: inherit); not closed */
+    pid_t pid;                /* out */
+    int pidfd;                /* out: CLOEXEC */
+};
+/* Start the child; an exec failure in the child (-ENOENT, -EACCES, ...) is
+ * returned here, with the child already reaped. Every descriptor other than
+ * 0, 1, 2 is closed in the child. */
+TPIO__HIDDEN int tpio__spawn(struct tpio__spawn *s);
+/* waitid on a pidfd: 1 and *code (exit status, or -signal) once reaped, 0 if
+ * still running (nohang), or -errno. */
+TPIO__HIDDEN int tpio__reap(int pidfd, bool nohang, int *code);
 
 #endif

@@ -161,6 +161,7 @@ int tpio_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg, tpio_handle
     return 0;
 }
 
+
 static int schedule_at_ns(tpio_loop_t *loop, uint64_t when, tpio_callback_t cb, void *arg,
                           tpio_handle_t *handle)
 {
@@ -368,6 +369,7 @@ int tpio_loop_close(tpio_loop_t *loop)
     free(loop->slots);
     free(loop->heap);
     free(loop->rbuf);
+    free(loop->spare_chunk);
     free(loop);
     return 0;
 }
@@ -386,7 +388,7 @@ void tpio_loop_stop(tpio_loop_t *loop)
 static int run_once(tpio_loop_t *loop, int timeout_ms)
 {
     int timeout = timeout_ms;
-    if (loop->nready || loop->stopping) {
+    if (loop->nready || loop->stopping || loop->lost_head) {
         timeout = 0;
     } else if (loop->heap_len) {
         uint64_t now = tpio__now_ns();
@@ -411,6 +413,8 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         }
     }
 
+    if (loop->lost_head)
+        tpio__run_lost_list(loop);
     for (uint32_t n = loop->nready; n > 0; n--) {
         uint32_t i = ready_pop(loop);
         struct tpio__slot *s = &loop->slots[i];

@@ -114,7 +114,9 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
     tpio_server_t *s = l->server;
     s->refs++; /* the factory may close the server */
     for (int i = 0; i < s->backlog && s->serving; i++) {
-        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
             if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
@@ -137,7 +139,8 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
             close(fd);
             continue;
         }
-        if (!tpio__stream_new(loop, fd, (tpio_transport_kind_t)kind, p, s, NULL, NULL)) {
+        if (!tpio__stream_new_peer(loop, fd, (tpio_transport_kind_t)kind, p, s,
+                                   (struct sockaddr *)&peer, plen)) {
             tpio__report(loop, "out of memory accepting a connection", -ENOMEM, NULL, s, fd);
             close(fd);
         }

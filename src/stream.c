@@ -33,14 +33,53 @@ struct stream {
     bool read_eof;      /* EOF seen: nothing more to read */
     bool eof_requested; /* write_eof() called */
     struct tpio__wbuf wbuf;
-    struct sockaddr_storage peer, self;
-    socklen_t peerlen, selflen;
+    /* peername is cached when the connection is made (asyncio: it survives a
+     * reset); IP addresses fit inline, longer ones (Unix paths) and the
+     * sockname, asked for rarely, go to `names`, allocated on demand. */
+    socklen_t peerlen;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in6 in6;
+    } peer;
+    struct stream_names *names;
+    struct start_info *start; /* client connections: the completion to call */
+};
+
+struct start_info {
     tpio_connect_cb cb;
     void *cb_arg;
     tpio_protocol_t *first_proto;
 };
 
+struct stream_names {
+    struct sockaddr_storage peer, self;
+    socklen_t selflen;
+};
+
 #define S(t) ((struct stream *)(t))
+
+static struct stream_names *names_of(struct stream *s)
+{
+    if (!s->names)
+        s->names = calloc(1, sizeof *s->names);
+    return s->names;
+}
+
+static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
+{
+    if (len <= sizeof s->peer) {
+        memcpy(&s->peer, a, len);
+        s->peerlen = len;
+    } else if (len <= sizeof(struct sockaddr_storage) && names_of(s)) {
+        memcpy(&s->names->peer, a, len);
+        s->peerlen = len;
+    }
+}
+
+static const struct sockaddr *peer_addr(const struct stream *s)
+{
+    return s->peerlen <= sizeof s->peer ? &s->peer.sa : (const struct sockaddr *)&s->names->peer;
+}
 
 static bool reading_active(const struct stream *s)
 {
@@ -196,7 +235,7 @@ static void flush(struct stream *s)
         fatal_error(s, -errno, "Fatal write error on transport");
         return;
     }
-    tpio__wbuf_consume(&s->wbuf, (size_t)n);
+    tpio__wbuf_consume(&s->wbuf, &s->base.loop->spare_chunk, (size_t)n);
     tpio__maybe_resume_protocol(&s->base);
     if (s->wbuf.size == 0 && !s->base.lost_scheduled)
         after_drain(s);
@@ -230,7 +269,8 @@ static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, s
             sent -= len;
             continue;
         }
-        if (tpio__wbuf_append(&s->wbuf, (const char *)iov[i].iov_base + sent, len - sent) < 0) {
+        if (tpio__wbuf_append(&s->wbuf, &t->loop->spare_chunk,
+                              (const char *)iov[i].iov_base + sent, len - sent) < 0) {
             /* Part of the stream is lost: it cannot go on. */
             fatal_error(s, -ENOMEM, "Out of memory buffering a write");
             return -ENOMEM;
@@ -272,8 +312,12 @@ static void stream_start(tpio_loop_t *loop, void *arg)
         p->ops->connection_made(p, t);
     s->made = true;
     update_io(s);
-    if (s->cb)
-        s->cb(loop, t, s->first_proto, 0, s->cb_arg);
+    struct start_info *st = s->start;
+    s->start = NULL;
+    if (st) {
+        st->cb(loop, t, st->first_proto, 0, st->cb_arg);
+        free(st);
+    }
     tpio__transport_unref(t);
 }
 
@@ -360,14 +404,24 @@ static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_
     }
     if (s->mode == MODE_DUPLEX && strcmp(name, "peername") == 0 && s->peerlen) {
         out->type = TPIO_EXTRA_ADDR;
-        out->addr = (const struct sockaddr *)&s->peer;
+        out->addr = peer_addr(s);
         out->addrlen = s->peerlen;
         return 0;
     }
-    if (s->mode == MODE_DUPLEX && strcmp(name, "sockname") == 0 && s->selflen) {
+    if (s->mode == MODE_DUPLEX && strcmp(name, "sockname") == 0) {
+        /* The answer must outlive this call: kept in the transport. */
+        struct stream_names *n = names_of((struct stream *)s);
+        if (!n)
+            return -ENOMEM;
+        if (!n->selflen) {
+            socklen_t len = sizeof n->self;
+            if (getsockname(s->io.fd, (struct sockaddr *)&n->self, &len) < 0)
+                return -ENOENT;
+            n->selflen = len;
+        }
         out->type = TPIO_EXTRA_ADDR;
-        out->addr = (const struct sockaddr *)&s->self;
-        out->addrlen = s->selflen;
+        out->addr = (const struct sockaddr *)&n->self;
+        out->addrlen = n->selflen;
         return 0;
     }
     return -ENOENT;
@@ -377,6 +431,8 @@ static void stream_destroy(tpio_transport_t *t)
 {
     struct stream *s = S(t);
     tpio__wbuf_clear(&s->wbuf);
+    free(s->start);
+    free(s->names);
     free(s);
 }
 
@@ -424,9 +480,10 @@ static const struct tpio__transport_vt stream_vt = {
     .destroy = stream_destroy,
 };
 
-tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                                   tpio_protocol_t *p, tpio_server_t *server,
-                                   tpio_connect_cb cb, void *cb_arg)
+static tpio_transport_t *stream_create(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                       tpio_protocol_t *p, tpio_server_t *server,
+                                       tpio_connect_cb cb, void *cb_arg,
+                                       const struct sockaddr *peer, socklen_t peerlen)
 {
     struct stream *s = calloc(1, sizeof *s);
     if (!s)
@@ -448,17 +505,24 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
         s->watch_reader =
             s->mode == MODE_WRITE_PIPE && (S_ISFIFO(st.st_mode) || s->is_socket);
     }
-    s->cb = cb;
-    s->cb_arg = cb_arg;
-    s->first_proto = p;
+    if (cb) {
+        s->start = malloc(sizeof *s->start);
+        if (!s->start) {
+            tpio__transport_abandon(&s->base);
+            free(s);
+            return NULL;
+        }
+        *s->start = (struct start_info){cb, cb_arg, p};
+    }
     if (s->mode == MODE_DUPLEX) {
-        /* Cached once, as asyncio does: peername survives the peer's reset. */
-        s->peerlen = sizeof s->peer;
-        if (getpeername(fd, (struct sockaddr *)&s->peer, &s->peerlen) < 0)
-            s->peerlen = 0;
-        s->selflen = sizeof s->self;
-        if (getsockname(fd, (struct sockaddr *)&s->self, &s->selflen) < 0)
-            s->selflen = 0;
+        struct sockaddr_storage ss;
+        if (!peer) {
+            peerlen = sizeof ss;
+            if (getpeername(fd, (struct sockaddr *)&ss, &peerlen) == 0)
+                peer = (struct sockaddr *)&ss;
+        }
+        if (peer)
+            set_peer(s, peer, peerlen);
     }
     if (server)
         tpio__server_attach(server, &s->base);
@@ -466,11 +530,27 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
     if (tpio_call_soon(loop, stream_start, s, NULL) < 0) {
         if (server)
             tpio__server_detach(server, &s->base);
-        loop->ntransports--;
+        tpio__transport_abandon(&s->base);
+        free(s->start);
+        free(s->names);
         free(s);
         return NULL;
     }
     return &s->base;
+}
+
+tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                   tpio_protocol_t *p, tpio_server_t *server,
+                                   tpio_connect_cb cb, void *cb_arg)
+{
+    return stream_create(loop, fd, kind, p, server, cb, cb_arg, NULL, 0);
+}
+
+tpio_transport_t *tpio__stream_new_peer(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                        tpio_protocol_t *p, tpio_server_t *server,
+                                        const struct sockaddr *peer, socklen_t peerlen)
+{
+    return stream_create(loop, fd, kind, p, server, NULL, NULL, peer, peerlen);
 }
 
 int tpio__make_stream(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,

@@ -21,10 +21,10 @@ void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
     loop->ntransports++;
 }
 
-void tpio__transport_unref(tpio_transport_t *t)
+void tpio__transport_abandon(tpio_transport_t *t) { t->loop->ntransports--; }
+
+void tpio__transport_free(tpio_transport_t *t)
 {
-    if (--t->refs > 0)
-        return;
     tpio_loop_t *loop = t->loop;
     t->vt->destroy(t);
     loop->ntransports--;
@@ -59,11 +59,17 @@ void tpio__schedule_lost(tpio_transport_t *t, int err)
     t->lost_err = err;
     t->vt->quiesce(t);
     if (tpio_call_soon(t->loop, lost_cb, t, NULL) < 0) {
-        /* No slot could be allocated: the pre-allocated node cannot fail. */
-        t->lost_node.cb = lost_cb;
-        t->lost_node.arg = t;
-        t->lost_node.owned = false;
-        tpio__call_soon_threadsafe_node(t->loop, &t->lost_node);
+        t->lost_next = t->loop->lost_head;
+        t->loop->lost_head = t;
+    }
+}
+
+void tpio__run_lost_list(tpio_loop_t *loop)
+{
+    while (loop->lost_head) {
+        tpio_transport_t *t = loop->lost_head;
+        loop->lost_head = t->lost_next;
+        lost_cb(loop, t);
     }
 }
 

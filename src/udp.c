@@ -366,7 +366,7 @@ static int dgram_new(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
         d->selflen = 0;
     tpio__transport_ref(&d->base); /* held by the scheduled start */
     if (tpio_call_soon(loop, dgram_start, d, NULL) < 0) {
-        loop->ntransports--;
+        tpio__transport_abandon(&d->base);
         free(d);
         return -ENOMEM;
     }

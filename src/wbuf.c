@@ -1,18 +1,18 @@
 /* The write buffer: copies of what the kernel did not take, in chunks, sent
- * with one writev. Small writes share the tail chunk, and one drained chunk is
- * kept as a spare, so a connection that buffers now and then stops
- * allocating. */
+ * with one writev. Small writes share the tail chunk, and the loop keeps one
+ * drained chunk as a spare, so connections that buffer now and then stop
+ * allocating without each holding memory while idle. */
 #include "internal.h"
 
 #include <string.h>
 
 #define CHUNK_MIN (16 * 1024)
 
-static struct tpio__chunk *chunk_get(struct tpio__wbuf *b, size_t need)
+static struct tpio__chunk *chunk_get(struct tpio__chunk **spare, size_t need)
 {
-    struct tpio__chunk *c = b->spare;
+    struct tpio__chunk *c = *spare;
     if (c && c->cap >= need) {
-        b->spare = NULL;
+        *spare = NULL;
     } else {
         size_t cap = need < CHUNK_MIN ? CHUNK_MIN : need;
         c = malloc(sizeof *c + cap);
@@ -25,16 +25,16 @@ static struct tpio__chunk *chunk_get(struct tpio__wbuf *b, size_t need)
     return c;
 }
 
-static void chunk_put(struct tpio__wbuf *b, struct tpio__chunk *c)
+static void chunk_put(struct tpio__chunk **spare, struct tpio__chunk *c)
 {
-    if (!b->spare && c->cap == CHUNK_MIN) {
-        b->spare = c;
+    if (!*spare && c->cap == CHUNK_MIN) {
+        *spare = c;
         return;
     }
     free(c);
 }
 
-int tpio__wbuf_append(struct tpio__wbuf *b, const void *p, size_t n)
+int tpio__wbuf_append(struct tpio__wbuf *b, struct tpio__chunk **spare, const void *p, size_t n)
 {
     if (n == 0)
         return 0;
@@ -48,7 +48,7 @@ int tpio__wbuf_append(struct tpio__wbuf *b, const void *p, size_t n)
             return 0;
         }
     }
-    struct tpio__chunk *c = chunk_get(b, n);
+    struct tpio__chunk *c = chunk_get(spare, n);
     if (!c)
         return -ENOMEM;
     memcpy(c->data, p, n);
@@ -73,7 +73,7 @@ int tpio__wbuf_iov(const struct tpio__wbuf *b, struct iovec *iov, int max)
     return n;
 }
 
-void tpio__wbuf_consume(struct tpio__wbuf *b, size_t n)
+void tpio__wbuf_consume(struct tpio__wbuf *b, struct tpio__chunk **spare, size_t n)
 {
     b->size -= n;
     while (n) {
@@ -87,7 +87,7 @@ void tpio__wbuf_consume(struct tpio__wbuf *b, size_t n)
         b->head = c->next;
         if (!b->head)
             b->tail = NULL;
-        chunk_put(b, c);
+        chunk_put(spare, c);
     }
 }
 
@@ -99,7 +99,6 @@ void tpio__wbuf_clear(struct tpio__wbuf *b)
         free(c);
         c = next;
     }
-    free(b->spare);
-    b->head = b->tail = b->spare = NULL;
+    b->head = b->tail = NULL;
     b->size = 0;
 }
