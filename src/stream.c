@@ -224,7 +224,9 @@ static void after_drain(struct stream *s)
         shutdown(s->io.fd, SHUT_WR);
 }
 
-static void flush(struct stream *s)
+/* Out of line: its iovec array would otherwise put a stack-protector check
+ * on the read path it is inlined into. */
+static __attribute__((noinline)) void flush(struct stream *s)
 {
     struct iovec iov[IOV_MAX];
     int cnt = tpio__wbuf_iov(&s->wbuf, iov, IOV_MAX);
@@ -241,27 +243,21 @@ static void flush(struct stream *s)
         after_drain(s);
 }
 
-static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size_t total)
+/* After a direct send of n bytes (or -1 with errno), buffer the rest. */
+static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                      ssize_t n)
 {
-    struct stream *s = S(t);
-    if (s->eof_requested)
-        return -ESHUTDOWN;
-    if (total == 0 || t->closing)
-        return 0; /* asyncio drops writes once the connection is going away */
-    size_t sent = 0;
-    if (s->wbuf.size == 0) {
-        ssize_t n = do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
-        if (n < 0) {
-            if (errno != EAGAIN) {
-                fatal_error(s, -errno, "Fatal write error on transport");
-                return 0;
-            }
-            n = 0;
-        }
-        sent = (size_t)n;
-        if (sent == total)
+    tpio_transport_t *t = &s->base;
+    if (n < 0) {
+        if (errno != EAGAIN) {
+            fatal_error(s, -errno, "Fatal write error on transport");
             return 0;
+        }
+        n = 0;
     }
+    size_t sent = (size_t)n;
+    if (sent == total)
+        return 0;
     /* Copy what the kernel did not take. */
     for (int i = 0; i < cnt; i++) {
         size_t len = iov[i].iov_len;
@@ -282,6 +278,36 @@ static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, s
     return 0;
 }
 
+static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size_t total)
+{
+    struct stream *s = S(t);
+    if (s->eof_requested)
+        return -ESHUTDOWN;
+    if (total == 0 || t->closing)
+        return 0; /* asyncio drops writes once the connection is going away */
+    if (s->wbuf.size)
+        return write_rest(s, iov, cnt, total, 0);
+    return write_rest(s, iov, cnt, total, do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX));
+}
+
+/* tpio_write's path: an echo or a response is one send() and nothing else. */
+static int stream_write1(tpio_transport_t *t, const void *data, size_t len)
+{
+    struct stream *s = S(t);
+    if (__builtin_expect(s->wbuf.size == 0 && len && !t->closing && !s->eof_requested &&
+                             s->is_socket, 1)) {
+        ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL);
+        if (__builtin_expect(n == (ssize_t)len, 1))
+            return 0;
+        if (n < 0 && errno == EINTR)
+            n = 0;
+        struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+        return write_rest(s, &iov, 1, len, n);
+    }
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    return stream_write(t, &iov, 1, len);
+}
+
 /* ---- readiness -------------------------------------------------------------- */
 
 static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
@@ -289,14 +315,17 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     (void)loop;
     struct stream *s = tpio_container_of(io, struct stream, io);
     tpio__transport_ref(&s->base);
-    if (s->mode == MODE_WRITE_PIPE && (events & (TPIO__IN | TPIO__HUP | TPIO__ERR))) {
-        /* The reader went away (asyncio's write-pipe _read_ready). */
-        force_close(s, s->wbuf.size ? -EPIPE : 0);
-        tpio__transport_unref(&s->base);
-        return;
-    }
-    if ((events & (TPIO__IN | TPIO__HUP | TPIO__ERR)) && reading_active(s))
+    /* IN is in the interest set exactly when reading is active (update_io
+     * keeps it so), or on a write pipe watching for its reader to leave. */
+    if ((events & (TPIO__IN | TPIO__HUP | TPIO__ERR)) && (io->registered & TPIO__IN)) {
+        if (__builtin_expect(s->mode == MODE_WRITE_PIPE, 0)) {
+            /* The reader went away (asyncio's write-pipe _read_ready). */
+            force_close(s, s->wbuf.size ? -EPIPE : 0);
+            tpio__transport_unref(&s->base);
+            return;
+        }
         do_read(s);
+    }
     if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->wbuf.size &&
         !s->base.lost_scheduled)
         flush(s);
@@ -453,6 +482,7 @@ static const struct tpio__transport_vt write_pipe_vt = {
     .close = stream_close,
     .abort = stream_abort,
     .write = stream_write,
+    .write1 = stream_write1,
     .write_eof = stream_write_eof,
     .can_write_eof = stream_can_write_eof,
     .write_buffer_size = stream_buffer_size,
@@ -467,6 +497,7 @@ static const struct tpio__transport_vt stream_vt = {
     .close = stream_close,
     .abort = stream_abort,
     .write = stream_write,
+    .write1 = stream_write1,
     .write_eof = stream_write_eof,
     .can_write_eof = stream_can_write_eof,
     .pause_reading = stream_pause_reading,

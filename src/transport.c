@@ -251,6 +251,8 @@ int tpio_write(tpio_transport_t *t, const void *data, size_t len)
 {
     if (!t || (!data && len))
         return -EINVAL;
+    if (t->vt->write1)
+        return t->vt->write1(t, data, len);
     if (!t->vt->write)
         return -ENOTSUP;
     struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
