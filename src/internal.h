@@ -131,6 +131,8 @@ struct tpio__transport_vt {
     int (*abort)(tpio_transport_t *t);
     int (*write)(tpio_transport_t *t, const struct iovec *iov, int iovcnt,
                  size_t total);
+    /* Optional fast path for one buffer (tpio_write), same semantics. */
+    int (*write1)(tpio_transport_t *t, const void *data, size_t len);
     int (*write_eof)(tpio_transport_t *t);
     bool (*can_write_eof)(const tpio_transport_t *t);
     int (*pause_reading)(tpio_transport_t *t);
