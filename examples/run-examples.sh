@@ -118,7 +118,7 @@ stop_server() {
 }
 
 for prog in tcp_echo_server tcp_echo_client udp_echo_server udp_echo_client \
-            existing_socket unix_echo; do
+            existing_socket unix_echo subprocess_date; do
     if [ ! -x "$DIR/$prog" ]; then
         echo "FAILED: $DIR/$prog not found (build the examples first)" >&2
         exit 1
@@ -142,6 +142,9 @@ run_example existing_socket
 
 # The TCP echo server and client over a Unix socket, in one program
 run_example unix_echo
+
+# loop.subprocess_exec() and SubprocessProtocol
+run_example subprocess_date
 
 if [ "$FAILED" -ne 0 ]; then
     echo "Some examples FAILED" >&2

@@ -716,6 +716,121 @@ TPIO_API int tpio_sendto(tpio_transport_t *t, const void *data, size_t len,
                          const struct sockaddr *addr, socklen_t addrlen);
 
 /* ========================================================================= */
+/* Subprocesses                                                              */
+/* ========================================================================= */
+
+/** Where one of the child's standard streams goes. */
+typedef enum tpio_stdio {
+    TPIO_STDIO_PIPE = 0, /**< a pipe to a pipe transport (default, asyncio's PIPE) */
+    TPIO_STDIO_INHERIT,  /**< the parent's own descriptor (asyncio's None) */
+    TPIO_STDIO_DEVNULL,  /**< /dev/null (DEVNULL) */
+    TPIO_STDIO_FD,       /**< the descriptor in .fd (duplicated; it stays yours) */
+    TPIO_STDIO_STDOUT,   /**< stderr only: wherever stdout goes (STDOUT) */
+} tpio_stdio_t;
+
+/** One standard stream of the child: a mode, and the fd for TPIO_STDIO_FD. */
+typedef struct tpio_stdio_opt {
+    tpio_stdio_t mode;
+    int fd;
+} tpio_stdio_opt_t;
+
+/** Options of the subprocess calls; zero-initialise (three pipes, the
+ *  parent's environment and directory), set what you need. */
+typedef struct tpio_subprocess_opts {
+    /** [0] stdin, [1] stdout, [2] stderr. */
+    tpio_stdio_opt_t stdio[3];
+    /** The child's environment, "NAME=value" strings ending with NULL; NULL
+     *  inherits the parent's. PATH is searched in this environment. */
+    const char *const *env;
+    /** The child's working directory; NULL: the parent's. */
+    const char *cwd;
+} tpio_subprocess_opts_t;
+
+/**
+ * Start argv[0] with arguments argv (NULL-terminated) as a child process
+ * (asyncio's subprocess_exec). argv[0] without a '/' is searched in PATH.
+ * In the child, every descriptor other than 0, 1, 2 is closed, signal
+ * handlers are reset to SIG_DFL (SIGPIPE too; other ignored signals stay
+ * ignored) and no signal is blocked. opts may be NULL.
+ *
+ * A program that cannot be started fails the call itself with the exec
+ * error (-ENOENT, -EACCES, -ENOEXEC; a bad cwd gives chdir's error): no
+ * child is left behind and cb is never called. Also -EINVAL (NULL loop,
+ * factory, cb or argv, argv[0] NULL, a bad stdio mode), -EBADF (a
+ * TPIO_STDIO_FD that is not open), -ECONNABORTED (the factory returned
+ * NULL: the child is killed and reaped first).
+ *
+ * On success the completion runs from the loop with the transport (kind
+ * TPIO_TRANSPORT_SUBPROCESS) and the protocol, whose callbacks come in
+ * asyncio's order: connection_made once every pipe transport is connected;
+ * pipe_data_received(fd 1 or 2) as output arrives; pipe_connection_lost(fd,
+ * err) as each pipe closes; pause_writing/resume_writing for the stdin pipe;
+ * process_exited when the child exits (even if a grandchild still holds its
+ * stdout open); and connection_lost(0) last, once the child has exited and
+ * every pipe has closed. Exits are watched with a pidfd (Linux 5.4+), not a
+ * SIGCHLD handler. Reaping the child elsewhere (waitpid(-1), SIGCHLD set to
+ * SIG_IGN) loses its status: it is then reported to the error handler and
+ * the returncode is 255, as asyncio does.
+ */
+TPIO_API int tpio_subprocess_exec(tpio_loop_t *loop,
+                                  tpio_protocol_factory_t factory,
+                                  void *factory_arg, const char *const argv[],
+                                  const tpio_subprocess_opts_t *opts,
+                                  tpio_connect_cb cb, void *cb_arg);
+
+/**
+ * Run `command` with /bin/sh -c (asyncio's subprocess_shell); otherwise as
+ * tpio_subprocess_exec(). command NULL gives -EINVAL. A command the shell
+ * cannot find is the shell's business: exit status 127.
+ */
+TPIO_API int tpio_subprocess_shell(tpio_loop_t *loop,
+                                   tpio_protocol_factory_t factory,
+                                   void *factory_arg, const char *command,
+                                   const tpio_subprocess_opts_t *opts,
+                                   tpio_connect_cb cb, void *cb_arg);
+
+/** SubprocessTransport.get_pid(): the child's PID, or -EINVAL / -ENOTSUP. */
+TPIO_API pid_t tpio_get_pid(const tpio_transport_t *t);
+
+/**
+ * SubprocessTransport.get_pipe_transport(fd): the pipe transport of the
+ * child's stdin (0, a write pipe), stdout (1) or stderr (2, read pipes), or
+ * NULL when that stream is not a pipe (or t is not a subprocess). Use it to
+ * write to stdin, close it (the child sees EOF), pause reading stdout...; do
+ * not set its protocol. The pointer stays valid as long as the subprocess
+ * transport, even after that pipe closed.
+ */
+TPIO_API tpio_transport_t *tpio_get_pipe_transport(const tpio_transport_t *t,
+                                                   int fd);
+
+/**
+ * SubprocessTransport.get_returncode(): 0 and *code = the exit status, or
+ * minus the signal number when a signal killed the child (-SIGKILL...).
+ * -EAGAIN while the exit has not been seen yet (Python's None), -EINVAL,
+ * -ENOTSUP for other kinds.
+ */
+TPIO_API int tpio_get_returncode(const tpio_transport_t *t, int *code);
+
+/**
+ * SubprocessTransport.send_signal(sig), through the pidfd: a signal can never
+ * reach another process that reused the PID. Returns 0, -ESRCH once the exit
+ * has been seen, -EINVAL for a bad signal, -ENOTSUP for other kinds.
+ */
+TPIO_API int tpio_send_signal(tpio_transport_t *t, int sig);
+/** SubprocessTransport.terminate(): send_signal(SIGTERM). */
+TPIO_API int tpio_terminate(tpio_transport_t *t);
+/** SubprocessTransport.kill(): send_signal(SIGKILL). */
+TPIO_API int tpio_kill(tpio_transport_t *t);
+
+/*
+ * SubprocessTransport.close() is tpio_close(): it closes the pipe transports
+ * (stdin is flushed first) and kills the child with SIGKILL if it has not
+ * exited; process_exited, the pipe_connection_lost calls and connection_lost
+ * still follow. get_extra_info("subprocess") gives the pidfd (FD); the loop
+ * refuses to close while a subprocess transport exists.
+ */
+
+/* ========================================================================= */
 /* Address helper                                                            */
 /* ========================================================================= */
 
