@@ -25,9 +25,15 @@ static struct tpio__chunk *chunk_get(struct tpio__chunk **spare, size_t need)
     return c;
 }
 
+/* Keep the larger of the two as the loop's spare (bounded), so that a bulk
+ * stream whose reads outrun the socket reuses one buffer instead of
+ * allocating one per read. */
+#define SPARE_MAX (1024 * 1024)
+
 static void chunk_put(struct tpio__chunk **spare, struct tpio__chunk *c)
 {
-    if (!*spare && c->cap == CHUNK_MIN) {
+    if (c->cap <= SPARE_MAX && (!*spare || (*spare)->cap < c->cap)) {
+        free(*spare);
         *spare = c;
         return;
     }
