@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 
 #define TPIO__HIDDEN __attribute__((visibility("hidden")))
 
@@ -87,6 +88,10 @@ struct tpio__ts_node { /* call_soon_threadsafe request */
 
 struct tpio_loop {
     int epfd;
+    /* The epoll batch being dispatched: a watcher removed during dispatch
+     * has its later entries cleared, so its owner may be freed at once. */
+    struct epoll_event *batch;
+    int batch_n, batch_i;
     struct tpio__slot *slots;
     uint32_t nslots, free_head;
     /* Transports whose connection_lost could not get a slot (out of

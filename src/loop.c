@@ -256,8 +256,9 @@ void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__ts_node *n)
     else
         loop->ts_head = n;
     loop->ts_tail = n;
-    pthread_mutex_unlock(&loop->ts_lock);
-    /* One eventfd write per wake-up, not per call. */
+    /* One eventfd write per wake-up, not per call. Done under the lock: once
+     * the loop can have run this node (and its owner closed the loop), the
+     * caller must not touch the loop any more. */
     if (!atomic_exchange(&loop->ts_signalled, true)) {
         uint64_t one = 1;
         ssize_t r;
@@ -265,6 +266,7 @@ void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__ts_node *n)
             r = write(loop->efd, &one, sizeof one);
         while (r < 0 && errno == EINTR);
     }
+    pthread_mutex_unlock(&loop->ts_lock);
 }
 
 int tpio_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb, void *arg)
@@ -413,8 +415,6 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         }
     }
 
-    if (loop->lost_head)
-        tpio__run_lost_list(loop);
     for (uint32_t n = loop->nready; n > 0; n--) {
         uint32_t i = ready_pop(loop);
         struct tpio__slot *s = &loop->slots[i];
@@ -425,6 +425,10 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         if (!cancelled)
             cb(loop, arg);
     }
+    /* After the queue: anything it held for these transports (their
+     * connection_made) has run first. */
+    if (loop->lost_head)
+        tpio__run_lost_list(loop);
     return 0;
 }
 
@@ -437,6 +441,7 @@ int tpio_loop_run_once(tpio_loop_t *loop, int timeout_ms)
     loop->running = true;
     int rc = run_once(loop, timeout_ms);
     loop->running = false;
+    loop->stopping = false; /* a stop() asked during this iteration is done */
     return rc;
 }
 

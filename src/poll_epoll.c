@@ -28,6 +28,13 @@ int tpio__io_set(tpio_loop_t *loop, struct tpio__io *io, uint32_t want)
         op = EPOLL_CTL_ADD;
     else
         op = EPOLL_CTL_MOD;
+    if (op == EPOLL_CTL_DEL) {
+        /* Later events of this batch for io must not be dispatched: its
+         * owner may be freed as soon as this returns. */
+        for (int i = loop->batch_i + 1; i < loop->batch_n; i++)
+            if (loop->batch[i].data.ptr == io)
+                loop->batch[i].data.ptr = NULL;
+    }
     if (epoll_ctl(loop->epfd, op, io->fd, &ev) < 0) {
         /* DEL of an fd the kernel already forgot (closed elsewhere) is fine. */
         if (op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF)) {
@@ -59,13 +66,14 @@ int tpio__poll_run(tpio_loop_t *loop, int timeout_ms)
     int n = epoll_wait(loop->epfd, evs, TPIO__MAX_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
-    for (int i = 0; i < n; i++) {
-        struct tpio__io *io = evs[i].data.ptr;
-        /* A watcher removed earlier in this batch is skipped: its owner
-         * stays allocated until the ready queue runs, after this loop. */
-        if (io->registered == 0)
-            continue;
-        io->cb(loop, io, evs[i].events);
+    loop->batch = evs;
+    loop->batch_n = n;
+    for (loop->batch_i = 0; loop->batch_i < n; loop->batch_i++) {
+        struct tpio__io *io = evs[loop->batch_i].data.ptr;
+        if (io) /* NULL: removed by an earlier callback of this batch */
+            io->cb(loop, io, evs[loop->batch_i].events);
     }
+    loop->batch = NULL;
+    loop->batch_n = loop->batch_i = 0;
     return n;
 }

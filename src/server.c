@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@ struct listener {
     struct tpio__io io;
     tpio_server_t *server;
     tpio_handle_t retry; /* pending accept retry after EMFILE, or 0 */
+    int kind;            /* of the accepted sockets: known once, not per accept */
 };
 
 struct waiter {
@@ -133,8 +135,13 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
             }
             break;
         }
-        int kind = tpio__stream_socket_prepare(fd);
-        tpio_protocol_t *p = kind < 0 ? NULL : s->factory(s->factory_arg);
+        /* accept4 made it non-blocking; only TCP needs one more option */
+        if (l->kind == TPIO_TRANSPORT_TCP) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        int kind = l->kind;
+        tpio_protocol_t *p = s->factory(s->factory_arg);
         if (!p || !p->ops) {
             close(fd);
             continue;
@@ -291,6 +298,15 @@ int tpio__server_new(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *f
             fcntl(fds[i], F_SETFL, fl | O_NONBLOCK);
         tpio__io_init(&ls[i].io, fds[i], accept_ready);
         ls[i].server = s;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        ls[i].kind = TPIO_TRANSPORT_STREAM_SOCKET;
+        if (getsockname(fds[i], (struct sockaddr *)&ss, &len) == 0) {
+            if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+                ls[i].kind = TPIO_TRANSPORT_TCP;
+            else if (ss.ss_family == AF_UNIX)
+                ls[i].kind = TPIO_TRANSPORT_UNIX;
+        }
     }
     loop->nservers++;
     *out = s;

@@ -173,10 +173,39 @@ static void dgram_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     tpio__transport_unref(&d->base);
 }
 
+/* Equal as asyncio compares address tuples: by content, whatever length the
+ * caller passed for its sockaddr buffer. */
 static bool same_addr(const struct sockaddr *a, socklen_t alen, const struct sockaddr_storage *b,
                       socklen_t blen)
 {
-    return alen == blen && memcmp(a, b, alen) == 0;
+    if (alen < sizeof(sa_family_t) || a->sa_family != b->ss_family)
+        return false;
+    switch (a->sa_family) {
+    case AF_INET: {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return alen >= sizeof *x && x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return alen >= sizeof *x && x->sin6_port == y->sin6_port &&
+               x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    case AF_UNIX: {
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        const char *x = ((const struct sockaddr_un *)a)->sun_path;
+        const char *y = ((const struct sockaddr_un *)b)->sun_path;
+        size_t xl = alen > off ? alen - off : 0, yl = blen > off ? blen - off : 0;
+        if (xl && x[0]) /* a path: up to its NUL */
+            xl = strnlen(x, xl);
+        if (yl && y[0])
+            yl = strnlen(y, yl);
+        return xl == yl && memcmp(x, y, xl) == 0;
+    }
+    default:
+        return alen == blen && memcmp(a, b, alen) == 0;
+    }
 }
 
 static int dgram_sendto(tpio_transport_t *t, const void *data, size_t len,
