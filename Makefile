@@ -46,3 +46,34 @@ install: build
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)
+
+# ---- benchmarks (bench/, docs/performance.md) -------------------------------
+#   make bench        the whole matrix, counts and memory (< 10 min); writes
+#                     bench/results/ and the generated part of docs/performance.md
+#   make bench-quick  smoke check (< 1 min); writes build-bench/results-quick/
+BENCH_BUILD    ?= build-bench
+BENCH_PACKAGES := cmake make gcc pkg-config python3 libuv1-dev libevent-dev \
+                  valgrind strace gnuplot-nox util-linux
+
+.PHONY: bench bench-quick bench-build bench-deps
+
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing missing packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+bench-build: bench-deps
+	cmake -S bench -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BENCH_BUILD) -j $(JOBS)
+
+bench: bench-build
+	python3 bench/run.py --build $(BENCH_BUILD) --out bench/results --doc docs/performance.md
+
+bench-quick: bench-build
+	python3 bench/run.py --quick --build $(BENCH_BUILD) --out $(BENCH_BUILD)/results-quick

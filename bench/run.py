@@ -1,0 +1,829 @@
+#!/usr/bin/env python3
+"""Benchmark driver: echo servers on tpio (Protocol, BufferedProtocol), libuv,
+libevent and a bare epoll loop, measured by bench/loadgen.
+
+    python3 bench/run.py [--quick] [--build build-bench] [--out bench/results]
+                         [--doc docs/performance.md]
+
+What it does, in order (see docs/performance.md for the method):
+ 1. throughput: every server is started once, pinned to one core; the load
+    generator, pinned to another, runs the matrix message size x connections
+    (ping-pong) plus bulk streaming. Runs are interleaved (each configuration
+    runs every server in turn, the order rotating), the whole matrix is
+    repeated and the median kept.
+ 2. costs that do not depend on a noisy machine, each as the difference of two
+    run lengths so that start-up and teardown cancel out:
+    user-space instructions per round trip (valgrind --tool=callgrind) and
+    syscalls per round trip (strace -c -f) in the server process.
+ 3. resident memory per idle connection: VmRSS of a fresh server before and
+    after N idle connections are opened, divided by N.
+ 4. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
+    --doc replaces the generated part of docs/performance.md.
+
+Only the Python standard library; taskset, valgrind, strace, gnuplot from
+Debian. Every subprocess has a timeout; servers are stopped by their pid.
+"""
+import argparse
+import csv
+import datetime
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SERVERS = [  # (name, binary)
+    ("epoll", "echo_epoll"),
+    ("tpio", "echo_tpio"),
+    ("tpio-buffered", "echo_tpio_buffered"),
+    ("libuv", "echo_libuv"),
+    ("libevent", "echo_libevent"),
+]
+TPIO_SERVERS = ("tpio", "tpio-buffered")
+YARDSTICK, REFERENCE = "epoll", "libuv"
+
+FULL = dict(
+    reps=11, warmup=0.15, seconds=0.5, bulk_warmup=0.3, bulk_seconds=1.0,
+    sizes=[64, 1024, 16384], conns=[1, 10, 100],
+    count_cfgs=[(1024, 10), (1024, 1)], count_rounds=(2000, 12000),
+    idle_conns=10000,
+)
+QUICK = dict(
+    reps=1, warmup=0.1, seconds=0.3, bulk_warmup=0.1, bulk_seconds=0.3,
+    sizes=None, conns=None,  # explicit list below
+    count_cfgs=[(1024, 10)], count_rounds=(500, 2500),
+    idle_conns=1000,
+)
+QUICK_MATRIX = [(64, 1), (1024, 10), (16384, 100)]
+BAR_CFG = (1024, 10)  # where the instruction, syscall and 0.97x-epoll bars apply
+
+START = time.monotonic()
+
+
+def log(*a):
+    print("[%6.1fs]" % (time.monotonic() - START), *a, flush=True)
+
+
+def cfg_name(size, conns):
+    s = "%d B" % size if size < 1024 else "%d KiB" % (size // 1024)
+    return "%s x %d" % (s, conns)
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+
+class Pinning:
+    def __init__(self):
+        cpus = sorted(os.sched_getaffinity(0))
+        self.ok = len(cpus) >= 2 and shutil.which("taskset") is not None
+        self.server_cpu = cpus[-1]
+        self.client_cpu = cpus[0]
+
+    def server(self):
+        return ["taskset", "-c", str(self.server_cpu)] if self.ok else []
+
+    def client(self):
+        return ["taskset", "-c", str(self.client_cpu)] if self.ok else []
+
+
+class Server:
+    """A server process; its first stdout line is the port."""
+
+    def __init__(self, argv, errlog, timeout=30):
+        self.errlog = open(errlog, "ab")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.errlog,
+                                     stdin=subprocess.DEVNULL)
+        self.port = None
+        line = b""
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("server %s did not print its port" % argv)
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if r:
+                c = os.read(self.proc.stdout.fileno(), 1)
+                if not c:
+                    continue
+                line += c
+        self.port = int(line.strip())
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError("server did not exit within %ss" % timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.errlog.close()
+
+
+def cpu_ns(pid):
+    """Time the process has run on a CPU (user + kernel), in ns."""
+    with open("/proc/%d/schedstat" % pid) as f:
+        return int(f.read().split()[0])
+
+
+def parse_kv(text):
+    out = {}
+    for tok in text.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def loadgen(a, pin, port, *args, timeout):
+    argv = pin.client() + [os.path.join(a.build, "loadgen"), "-p", str(port),
+                           "-T", str(timeout)] + [str(x) for x in args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 15)
+    if r.returncode != 0:
+        raise RuntimeError("loadgen %s failed (%d): %s" % (args, r.returncode, r.stderr.strip()))
+    return parse_kv(r.stdout)
+
+
+# ---------------------------------------------------------------------------
+# 1. throughput matrix
+
+
+def run_matrix(a, P, pin, tmp):
+    if a.quick:
+        cfgs = [("pingpong", s, c) for s, c in QUICK_MATRIX]
+    else:
+        cfgs = [("pingpong", s, c) for s in P["sizes"] for c in P["conns"]]
+    cfgs.append(("bulk", 65536, 1))
+    servers = {}
+    for name, binary in SERVERS:
+        servers[name] = Server(pin.server() + [os.path.join(a.build, binary)],
+                               os.path.join(tmp, "server-%s.log" % name))
+    rows = []
+    names = [n for n, _ in SERVERS]
+    try:
+        for rep in range(P["reps"]):
+            for ci, (mode, size, conns) in enumerate(cfgs):
+                k = (rep + ci) % len(names)
+                for name in names[k:] + names[:k]:
+                    srv = servers[name]
+                    c0 = cpu_ns(srv.pid)
+                    if mode == "bulk":
+                        r = loadgen(a, pin, srv.port, "-m", "bulk", "-s", size,
+                                    "-w", P["bulk_warmup"], "-t", P["bulk_seconds"], timeout=30)
+                        row = dict(server=name, config="bulk", size=size, conns=1, rep=rep,
+                                   value=r["mbps"], unit="MB/s", p50_us="", p99_us="",
+                                   cpu_ns=(cpu_ns(srv.pid) - c0) / (r["total"] / 1e6))
+                    else:
+                        r = loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size,
+                                    "-w", P["warmup"], "-t", P["seconds"], timeout=30)
+                        row = dict(server=name, config=cfg_name(size, conns), size=size,
+                                   conns=conns, rep=rep, value=r["rtps"], unit="rt/s",
+                                   p50_us=r["p50_us"], p99_us=r["p99_us"],
+                                   cpu_ns=(cpu_ns(srv.pid) - c0) / r["total"])
+                    if not srv.alive():
+                        raise RuntimeError("server %s died" % name)
+                    rows.append(row)
+                log("rep %d/%d  %-16s done" % (rep + 1, P["reps"], rows[-1]["config"]))
+    finally:
+        for s in servers.values():
+            s.stop()
+    return rows, [("bulk" if m == "bulk" else cfg_name(s, c)) for m, s, c in cfgs]
+
+
+def medians(rows, configs):
+    med = {}
+    for cfg in configs:
+        for name, _ in SERVERS:
+            rs = [r for r in rows if r["config"] == cfg and r["server"] == name]
+            if not rs:
+                continue
+            m = dict(value=statistics.median(r["value"] for r in rs), unit=rs[0]["unit"],
+                     n=len(rs), cpu_ns=statistics.median(r["cpu_ns"] for r in rs),
+                     by_rep={r["rep"]: r["value"] for r in rs})
+            if rs[0]["p50_us"] != "":
+                m["p50_us"] = statistics.median(r["p50_us"] for r in rs)
+                m["p99_us"] = statistics.median(r["p99_us"] for r in rs)
+            med[(cfg, name)] = m
+    return med
+
+
+# ---------------------------------------------------------------------------
+# 2. instructions and syscalls per round trip
+
+
+def callgrind_total(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError("no totals in " + path)
+
+
+ANNOT_RE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
+
+
+def callgrind_functions(path):
+    """Self instructions per function, from callgrind_annotate."""
+    r = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", "--auto=no",
+                        path], capture_output=True, text=True, timeout=120)
+    funcs = {}
+    started = False
+    for line in r.stdout.splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        if not started or line.startswith("--"):
+            continue
+        if not line.strip():
+            if funcs:
+                break  # end of the function table
+            continue
+        m = ANNOT_RE.match(line)
+        if m:
+            # "file:function [/path/to/object]" -> "file:function [object]"
+            name = re.sub(r" \[(?:.*/)?([^/\]]+)\]$", r" [\1]", m.group(2).strip())
+            funcs[name] = funcs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return funcs
+
+
+def strace_counts(path):
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            t = line.split()
+            if len(t) >= 5 and t[0][0].isdigit() and t[-1] != "total":
+                try:
+                    counts[t[-1]] = int(t[3])
+                except ValueError:
+                    pass
+    return counts
+
+
+def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag):
+    out = os.path.join(tmp, "%s-%s.out" % (tag, rounds))
+    if tool == "callgrind":
+        prefix = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+    else:
+        prefix = ["strace", "-f", "-c", "-o", out, "--"]
+    # The server exits once the `conns` connections are closed, so the tool
+    # writes its report.
+    srv = Server(pin.server() + prefix + [os.path.join(a.build, binary), "0", str(conns)],
+                 os.path.join(tmp, "%s.log" % tag), timeout=60)
+    try:
+        loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size, "-n", rounds,
+                timeout=300)
+        srv.wait(120)
+    finally:
+        srv.stop()
+    return out
+
+
+def run_counts(a, P, pin, tmp):
+    r1, r2 = P["count_rounds"]
+    counts = []  # dicts
+    profiles = {}
+    for size, conns in P["count_cfgs"]:
+        cfg = cfg_name(size, conns)
+        for name, binary in SERVERS:
+            tag = "cg-%s-%d-%d" % (name, size, conns)
+            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag)
+            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag)
+            ir = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
+            if (size, conns) == BAR_CFG:
+                ffa, ffb = callgrind_functions(fa), callgrind_functions(fb)
+                diff = {k: (ffb.get(k, 0) - ffa.get(k, 0)) / (r2 - r1)
+                        for k in set(ffa) | set(ffb)}
+                profiles[name] = sorted(diff.items(), key=lambda kv: -kv[1])
+                shutil.copy(fb, os.path.join(a.out, "callgrind-%s.out" % name))
+            tag = "st-%s-%d-%d" % (name, size, conns)
+            sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag))
+            sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag))
+            per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
+            per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
+            counts.append(dict(server=name, config=cfg, size=size, conns=conns,
+                               instructions=ir, syscalls=sum(per.values()), breakdown=per))
+            log("counts %-8s %-14s %8.0f instr/rt  %.3f syscalls/rt  %s" % (
+                cfg, name, ir, sum(per.values()),
+                " ".join("%s=%.3f" % kv for kv in sorted(per.items()))))
+    return counts, profiles
+
+
+# ---------------------------------------------------------------------------
+# 3. memory per idle connection
+
+
+def vmrss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def run_memory(a, P, pin, tmp):
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    n = P["idle_conns"]
+    if hard != resource.RLIM_INFINITY and hard < n + 100:
+        n = hard - 100
+        log("RLIMIT_NOFILE hard limit %d: measuring %d idle connections" % (hard, n))
+    res = []
+    for name, binary in SERVERS:
+        srv = Server(pin.server() + [os.path.join(a.build, binary)],
+                     os.path.join(tmp, "mem-%s.log" % name))
+        try:
+            time.sleep(0.2)
+            before = vmrss_kib(srv.pid)
+            lg = subprocess.Popen(pin.client() + [os.path.join(a.build, "loadgen"), "-p",
+                                                  str(srv.port), "-m", "idle", "-c", str(n),
+                                                  "-T", "120"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+            try:
+                r, _, _ = select.select([lg.stdout], [], [], 120)
+                line = lg.stdout.readline() if r else ""
+                if not line.startswith("ready"):
+                    raise RuntimeError("idle loadgen failed: %s" % lg.stderr.read())
+                time.sleep(0.3)
+                after = vmrss_kib(srv.pid)
+                lg.stdin.write("\n")
+                lg.stdin.close()
+                lg.wait(timeout=60)
+            finally:
+                if lg.poll() is None:
+                    lg.kill()
+                    lg.wait()
+        finally:
+            srv.stop()
+        per = (after - before) * 1024 / n
+        res.append(dict(server=name, conns=n, rss_before_kib=before, rss_after_kib=after,
+                        bytes_per_conn=per))
+        log("memory %-14s %6d KiB -> %6d KiB : %7.0f B per idle connection" % (
+            name, before, after, per))
+    return res
+
+
+# ---------------------------------------------------------------------------
+# 4. reporting
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+    except Exception:
+        return ""
+
+
+def cpu_times():
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def machine_info():
+    model = sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1") or platform.processor()
+    hyp = sh("lscpu | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -1")
+    return dict(
+        cpu=model + (" (virtual machine, %s)" % hyp if hyp else ""),
+        cores=str(os.cpu_count()),
+        kernel=platform.release(),
+        mem=sh("free -g | awk '/^Mem:/{print $2\" GiB\"}'"),
+        gcc=sh("gcc -dumpfullversion"),
+        libuv=sh("pkg-config --modversion libuv"),
+        libevent=sh("pkg-config --modversion libevent"),
+        valgrind=sh("valgrind --version"),
+        strace=sh("strace -V | head -1"),
+        tpio=sh("git -C %s describe --always --dirty 2>/dev/null" % os.path.dirname(
+            os.path.dirname(os.path.abspath(__file__)))),
+        date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def fmt_val(v, unit):
+    if unit == "MB/s":
+        return "%.0f MB/s" % v
+    return "%.1fk" % (v / 1000) if v >= 1000 else "%.0f" % v
+
+
+def paired_ratios(med, cfg, name, ref):
+    """Per repetition ratios: both runs of a pair come from the same pass over
+    the matrix, minutes apart at most, so slow drifts of the machine cancel."""
+    a, b = med.get((cfg, name)), med.get((cfg, ref))
+    if not a or not b:
+        return []
+    return [a["by_rep"][k] / b["by_rep"][k] for k in sorted(a["by_rep"])
+            if k in b["by_rep"] and b["by_rep"][k] > 0]
+
+
+def ratio(med, cfg, name, ref):
+    """Median of the paired ratios."""
+    rs = paired_ratios(med, cfg, name, ref)
+    return statistics.median(rs) if rs else None
+
+
+def ratio_range(med, cfg, name, ref, bar):
+    """The spread of the paired ratios, and in how many pairs the bar was
+    missed: a miss in about half of them is noise, in all of them is not."""
+    rs = paired_ratios(med, cfg, name, ref)
+    if len(rs) < 2:
+        return ""
+    return " (runs %.2f-%.2f; under %.2f in %d of %d runs)" % (
+        min(rs), max(rs), bar, sum(r < bar for r in rs), len(rs))
+
+
+def check_bars(med, configs, counts, mem):
+    """Returns a list of (server, bar, measured, ok)."""
+    bars = []
+    cnt = {(c["server"], c["config"]): c for c in counts}
+    bar_cfg = cfg_name(*BAR_CFG)
+    memd = {m["server"]: m for m in mem}
+    pp = [c for c in configs if c != "bulk"]
+    for t in TPIO_SERVERS:
+        worst = min((ratio(med, c, t, REFERENCE), c) for c in pp)
+        below = [c for c in pp if ratio(med, c, t, REFERENCE) < 1.0]
+        bars.append((t, "rt/s >= libuv in every ping-pong configuration",
+                     "worst %.3fx libuv (%s)%s; below 1.000 in %d of %d" % (
+                         worst[0], worst[1], ratio_range(med, worst[1], t, REFERENCE, 1.0),
+                         len(below), len(pp)), worst[0] >= 1.0))
+        if bar_cfg in configs:
+            r = ratio(med, bar_cfg, t, YARDSTICK)
+            bars.append((t, "rt/s >= 0.97x epoll at %s" % bar_cfg,
+                         "%.3fx%s" % (r, ratio_range(med, bar_cfg, t, YARDSTICK, 0.97)), r >= 0.97))
+        ct, cu, ce = cnt.get((t, bar_cfg)), cnt.get((REFERENCE, bar_cfg)), cnt.get((YARDSTICK, bar_cfg))
+        if ct and cu:
+            r = ct["instructions"] / cu["instructions"]
+            bars.append((t, "instructions/rt <= 0.5x libuv at %s" % bar_cfg,
+                         "%.0f vs %.0f = %.2fx" % (ct["instructions"], cu["instructions"], r),
+                         r <= 0.5))
+        for cfgc in sorted({c["config"] for c in counts}):
+            ct, ce = cnt.get((t, cfgc)), cnt.get((YARDSTICK, cfgc))
+            if ct and ce:
+                # Equal to the yardstick: the same total, to the count's noise
+                # (0.02 syscalls per round trip: epoll_wait batching varies
+                # from run to run when several connections are active).
+                ok = abs(ct["syscalls"] - ce["syscalls"]) <= 0.02 + 0.01 * ce["syscalls"]
+                bars.append((t, "syscalls/rt == epoll at %s" % cfgc,
+                             "%.3f vs %.3f" % (ct["syscalls"], ce["syscalls"]), ok))
+        r = ratio(med, "bulk", t, REFERENCE)
+        if r is not None:
+            bars.append((t, "bulk MB/s >= libuv",
+                         "%.3fx%s" % (r, ratio_range(med, "bulk", t, REFERENCE, 1.0)), r >= 1.0))
+        if t in memd and REFERENCE in memd:
+            a, b = memd[t]["bytes_per_conn"], memd[REFERENCE]["bytes_per_conn"]
+            bars.append((t, "memory per idle connection < libuv",
+                         "%.0f B vs %.0f B" % (a, b), a < b))
+    return bars
+
+
+def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names):
+    names = [n for n, _ in SERVERS]
+    L = []
+    L.append("Measured %s on: **%s**, %s cores, Linux %s, %s RAM; gcc %s, libuv %s, "
+             "libevent %s; tpio %s. Server pinned to one core and load generator to the "
+             "other (taskset). Machine: %s." % (info["date"], info["cpu"], info["cores"], info["kernel"],
+                                   info["mem"], info["gcc"], info["libuv"], info["libevent"],
+                                   info["tpio"], info.get("load", "")))
+    L.append("")
+    L.append("Command: `%s` (%d repetitions of the whole matrix, interleaved, median; "
+             "%.2f s measured after %.2f s warm-up per ping-pong run, %.2f s after %.2f s "
+             "for bulk)." % ("make bench-quick" if a.quick else "make bench", P["reps"],
+                             P["seconds"], P["warmup"], P["bulk_seconds"], P["bulk_warmup"]))
+    L.append("")
+    for c in chart_names:
+        L.append("![%s](%s)" % (c[1], c[0]))
+        L.append("")
+    L.append("### Throughput (median round trips per second; bulk: MB/s)")
+    L.append("")
+    L.append("| configuration | " + " | ".join(names) + " |")
+    L.append("|---|" + "---:|" * len(names))
+    for cfg in configs:
+        L.append("| %s | " % cfg + " | ".join(
+            fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med else "-"
+            for n in names) + " |")
+    L.append("")
+    L.append("### Ratios: to the epoll yardstick / to libuv")
+    L.append("")
+    L.append("Median over repetitions of the ratio within each repetition (the runs of one "
+             "repetition are interleaved, so they share the machine's state).")
+    L.append("")
+    L.append("| configuration | " + " | ".join(names) + " |")
+    L.append("|---|" + "---:|" * len(names))
+    for cfg in configs:
+        cells = []
+        for n in names:
+            re_, ru = ratio(med, cfg, n, YARDSTICK), ratio(med, cfg, n, REFERENCE)
+            cells.append("%.2f / %.2f" % (re_, ru) if re_ is not None else "-")
+        L.append("| %s | " % cfg + " | ".join(cells) + " |")
+    L.append("")
+    L.append("### Latency, median of runs: p50 / p99 in microseconds")
+    L.append("")
+    L.append("| configuration | " + " | ".join(names) + " |")
+    L.append("|---|" + "---:|" * len(names))
+    for cfg in configs:
+        if cfg == "bulk":
+            continue
+        L.append("| %s | " % cfg + " | ".join(
+            "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
+            if (cfg, n) in med else "-" for n in names) + " |")
+    L.append("")
+    L.append("### Server CPU time per round trip (user + kernel, ns; bulk: per MB echoed)")
+    L.append("")
+    L.append("From /proc/PID/schedstat around each run, divided by every round trip of the run "
+             "(warm-up included); median of runs. Less sensitive to other load than "
+             "throughput, though cache and steal effects remain.")
+    L.append("")
+    L.append("| configuration | " + " | ".join(names) + " |")
+    L.append("|---|" + "---:|" * len(names))
+    for cfg in configs:
+        L.append("| %s | " % cfg + " | ".join(
+            "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-" for n in names) + " |")
+    L.append("")
+    r1, r2 = P["count_rounds"]
+    L.append("### Costs per round trip in the server (deterministic counts)")
+    L.append("")
+    L.append("Difference of a %d- and a %d-round-trip run, divided by %d: start-up, "
+             "accepting and teardown cancel out. Instructions: `valgrind --tool=callgrind` "
+             "(user space, all code in the process: program, library, libc). Syscalls: "
+             "`strace -f -c`." % (r1, r2, r2 - r1))
+    L.append("")
+    L.append("| configuration | server | instructions / rt | syscalls / rt | syscalls by name |")
+    L.append("|---|---|---:|---:|---|")
+    for c in counts:
+        L.append("| %s | %s | %.0f | %.3f | %s |" % (
+            c["config"], c["server"], c["instructions"], c["syscalls"],
+            ", ".join("%s %.3f" % kv for kv in sorted(c["breakdown"].items(),
+                                                      key=lambda kv: -kv[1]))))
+    L.append("")
+    if mem:
+        L.append("### Resident memory per idle connection")
+        L.append("")
+        L.append("VmRSS of a fresh server before and after %d idle connections (each has "
+                 "echoed one byte), difference / %d." % (mem[0]["conns"], mem[0]["conns"]))
+        L.append("")
+        L.append("| server | VmRSS before | VmRSS after | bytes per connection |")
+        L.append("|---|---:|---:|---:|")
+        for m in mem:
+            L.append("| %s | %d KiB | %d KiB | %.0f |" % (m["server"], m["rss_before_kib"],
+                                                        m["rss_after_kib"],
+                                                        m["bytes_per_conn"]))
+        L.append("")
+    L.append("### The bars tpio must clear")
+    L.append("")
+    L.append("| server | bar | measured | met |")
+    L.append("|---|---|---|---|")
+    for s, b, v, ok in bars:
+        L.append("| %s | %s | %s | %s |" % (s, b, v, "yes" if ok else "**no**"))
+    L.append("")
+    if profiles:
+        L.append("### Where the instructions go at %s (self instructions per round trip, "
+                 "top functions)" % cfg_name(*BAR_CFG))
+        L.append("")
+        for n in names:
+            if n not in profiles:
+                continue
+            L.append("<details><summary>%s</summary>" % n)
+            L.append("")
+            L.append("| instr / rt | function |")
+            L.append("|---:|---|")
+            for fn, v in profiles[n][:15]:
+                if v < 0.5:
+                    break
+                L.append("| %.1f | `%s` |" % (v, fn))
+            L.append("")
+            L.append("</details>")
+            L.append("")
+    return "\n".join(L)
+
+
+def write_csv(path, rows, fields):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def gnuplot_charts(a, med, configs, counts, mem, info, tmp):
+    if not shutil.which("gnuplot"):
+        log("gnuplot not found: no chart")
+        return []
+    names = [n for n, _ in SERVERS]
+    colors = ["#7f7f7f", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"]
+    dat = os.path.join(tmp, "ratio.dat")
+    with open(dat, "w") as f:
+        for cfg in configs:
+            f.write('"%s" ' % cfg.replace(" x ", " x") + " ".join(
+                "%.4f" % (ratio(med, cfg, n, YARDSTICK) or 0) for n in names) + "\n")
+    title = "Echo throughput relative to a bare epoll loop (= 1.0), median of runs"
+    sub = "%s, %s cores, Linux %s" % (info["cpu"], info["cores"], info["kernel"])
+    plots = ", ".join(
+        "'%s' using %d:xtic(1) title '%s' lc rgb '%s'" % (dat if i == 0 else "", i + 2, n,
+                                                         colors[i])
+        for i, n in enumerate(names))
+    script = """
+set terminal pngcairo size 1300,560 font 'DejaVu Sans,10'
+set output '{out}'
+set title "{title}\\n{{/*0.85 {sub}}}"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.9 border -1
+set boxwidth 0.9
+set key outside right top
+set ylabel 'round trips/s (bulk: MB/s) / epoll'
+set yrange [0:*]
+set grid ytics
+set xtics rotate by -25 scale 0
+set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb '#444444'
+plot {plots}
+""".format(out=os.path.join(a.out, "throughput.png"), title=title, sub=sub, plots=plots)
+    charts = [("throughput.png", "throughput relative to epoll")]
+    # costs chart: instructions/rt, syscalls/rt at the bar configuration, memory
+    bar_cfg = cfg_name(*BAR_CFG)
+    cnt = {c["server"]: c for c in counts if c["config"] == bar_cfg}
+    memd = {m["server"]: m for m in mem}
+    cdat = os.path.join(tmp, "costs.dat")
+    with open(cdat, "w") as f:
+        for i, n in enumerate(names):
+            f.write('%d "%s" %.1f %.4f %.1f\n' % (
+                i, n, cnt[n]["instructions"] if n in cnt else 0,
+                cnt[n]["syscalls"] if n in cnt else 0,
+                memd[n]["bytes_per_conn"] if n in memd else 0))
+    if cnt:
+        script += """
+set terminal pngcairo size 1300,420 font 'DejaVu Sans,10'
+set output '{out}'
+unset arrow
+unset key
+set style data boxes
+set style fill solid 0.9 border -1
+set boxwidth 0.7
+set xtics rotate by -25 scale 0
+set yrange [0:*]
+set multiplot layout 1,3 title "Costs in the server (deterministic): {cfg}; memory with idle connections\\n{{/*0.85 {sub}}}"
+set title 'user-space instructions per round trip'
+set ylabel ''
+plot '{dat}' using 1:3:($1+1):xtic(2) lc variable, '' using 1:3:(sprintf('%.0f',$3)) with labels offset 0,0.7
+set title 'syscalls per round trip'
+plot '{dat}' using 1:4:($1+1):xtic(2) lc variable, '' using 1:4:(sprintf('%.2f',$4)) with labels offset 0,0.7
+set title 'resident bytes per idle connection'
+plot '{dat}' using 1:5:($1+1):xtic(2) lc variable, '' using 1:5:(sprintf('%.0f',$5)) with labels offset 0,0.7
+unset multiplot
+""".format(out=os.path.join(a.out, "costs.png"), dat=cdat, cfg=bar_cfg, sub=sub)
+        # lc variable indexes the default palette; map it to ours
+        script = "".join("set linetype %d lc rgb '%s'\n" % (i + 1, c)
+                         for i, c in enumerate(colors)) + script
+        charts.append(("costs.png", "instructions, syscalls and memory"))
+    sp = os.path.join(tmp, "charts.gp")
+    with open(sp, "w") as f:
+        f.write(script)
+    r = subprocess.run(["gnuplot", sp], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        log("gnuplot failed: " + r.stderr.strip())
+        return []
+    return charts
+
+
+def update_doc(doc, summary, out_rel):
+    begin, end = "<!-- BEGIN GENERATED by bench/run.py -->", "<!-- END GENERATED -->"
+    block = summary.replace("](throughput.png)", "](%s/throughput.png)" % out_rel).replace(
+        "](costs.png)", "](%s/costs.png)" % out_rel)
+    text = open(doc).read() if os.path.exists(doc) else "# Performance\n\n%s\n%s\n" % (begin, end)
+    if begin not in text or end not in text:
+        text += "\n%s\n%s\n" % (begin, end)
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    with open(doc, "w") as f:
+        f.write(pre + begin + "\n" + block + "\n" + end + post)
+
+
+# ---------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke check, under a minute")
+    ap.add_argument("--build", default="build-bench")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--doc", default=None, help="markdown file whose generated part to update")
+    ap.add_argument("--reps", type=int, help="repetitions of the matrix (default 3 / 1)")
+    ap.add_argument("--skip", default="", help="comma list of: matrix,counts,memory")
+    a = ap.parse_args()
+    P = dict(QUICK if a.quick else FULL)
+    if a.reps:
+        P["reps"] = a.reps
+    skip = set(filter(None, a.skip.split(",")))
+    a.build = os.path.abspath(a.build)
+    os.makedirs(a.out, exist_ok=True)
+    for name, binary in SERVERS + [("loadgen", "loadgen")]:
+        if not os.access(os.path.join(a.build, binary), os.X_OK):
+            sys.exit("missing %s in %s: build with `make bench-build`" % (binary, a.build))
+    pin = Pinning()
+    if not pin.ok:
+        log("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
+    info = machine_info()
+    load0, cpu0 = loadavg(), cpu_times()
+    log("machine: %s, %s cores, Linux %s" % (info["cpu"], info["cores"], info["kernel"]))
+    tmp = tempfile.mkdtemp(prefix="tpio-bench-")
+    try:
+        rows, configs, med = [], [], {}
+        if "matrix" not in skip:
+            rows, configs = run_matrix(a, P, pin, tmp)
+            med = medians(rows, configs)
+        counts, profiles = ([], {}) if "counts" in skip else run_counts(a, P, pin, tmp)
+        mem = [] if "memory" in skip else run_memory(a, P, pin, tmp)
+        bars = check_bars(med, configs, counts, mem) if med else []
+        cpu1 = cpu_times()
+        d = [b - a for a, b in zip(cpu0, cpu1)]
+        # user nice system idle iowait irq softirq steal ...
+        info["load"] = ("load average %.2f at the start, %.2f at the end; CPU time over the run: "
+                        "%.0f%% busy, %.0f%% stolen by the hypervisor" % (
+                            load0, loadavg(), 100.0 * (sum(d) - d[3] - d[4]) / max(sum(d), 1),
+                            100.0 * (d[7] if len(d) > 7 else 0) / max(sum(d), 1)))
+
+        write_csv(os.path.join(a.out, "runs.csv"), rows,
+                  ["server", "config", "size", "conns", "rep", "value", "unit", "p50_us",
+                   "p99_us", "cpu_ns"])
+        summ = []
+        for cfg in configs:
+            for n, _ in SERVERS:
+                m = med.get((cfg, n))
+                if m:
+                    summ.append(dict(config=cfg, server=n, median=round(m["value"], 1),
+                                     unit=m["unit"], runs=m["n"],
+                                     ratio_epoll=round(ratio(med, cfg, n, YARDSTICK), 4),
+                                     ratio_libuv=round(ratio(med, cfg, n, REFERENCE), 4),
+                                     p50_us=m.get("p50_us", ""), p99_us=m.get("p99_us", ""),
+                                     server_cpu_ns=round(m["cpu_ns"])))
+        write_csv(os.path.join(a.out, "results.csv"), summ,
+                  ["config", "server", "median", "unit", "runs", "ratio_epoll", "ratio_libuv",
+                   "p50_us", "p99_us", "server_cpu_ns"])
+        crow = []
+        for c in counts:
+            d = dict(c)
+            d["breakdown"] = " ".join("%s=%.4f" % kv for kv in sorted(c["breakdown"].items()))
+            crow.append(d)
+        write_csv(os.path.join(a.out, "counts.csv"), crow,
+                  ["config", "server", "instructions", "syscalls", "breakdown"])
+        write_csv(os.path.join(a.out, "memory.csv"), mem,
+                  ["server", "conns", "rss_before_kib", "rss_after_kib", "bytes_per_conn"])
+        if profiles:
+            with open(os.path.join(a.out, "profiles.txt"), "w") as f:
+                for n, prof in profiles.items():
+                    f.write("== %s: self instructions per round trip at %s ==\n" % (
+                        n, cfg_name(*BAR_CFG)))
+                    for fn, v in prof:
+                        if abs(v) >= 0.5:
+                            f.write("%10.1f  %s\n" % (v, fn))
+                    f.write("\n")
+        charts = gnuplot_charts(a, med, configs, counts, mem, info, tmp) if med else []
+        md = summary_md(a, P, info, med, configs, counts, profiles, mem, bars, charts)
+        with open(os.path.join(a.out, "summary.md"), "w") as f:
+            f.write(md + "\n")
+        if a.doc:
+            rel = os.path.relpath(os.path.abspath(a.out), os.path.dirname(os.path.abspath(a.doc)))
+            update_doc(a.doc, md, rel)
+        print()
+        if med:
+            print("### Throughput" + md.split("### Throughput", 1)[1].split("### Latency")[0])
+        for s, b, v, ok in bars:
+            print("%-4s %-14s %-50s %s" % ("PASS" if ok else "FAIL", s, b, v))
+        if a.quick:
+            print("(quick: one short run per configuration; the timed bars are indicative only, "
+                  "the counts are exact)")
+        log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s)" % (
+            a.out, ", " + ", ".join(c[0] for c in charts) if charts else ""))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+/* tpio echo server. Built twice (see bench/CMakeLists.txt):
+ *   echo_tpio          a Protocol: data_received -> tpio_write
+ *   echo_tpio_buffered a BufferedProtocol (-DBUFFERED): get_buffer hands out
+ *                      one fixed 64 KiB buffer, buffer_updated -> tpio_write
+ * Both pause reading on pause_writing and resume on resume_writing (tpio's
+ * default watermarks, 64 KiB / 16 KiB, are the ones every server uses). */
+#include "../bench_common.h"
+
+#include <string.h>
+#include <tpio.h>
+
+struct echo {
+    tpio_protocol_t base; /* first: container_of is a cast */
+    tpio_transport_t *t;
+};
+
+static struct bench_args args;
+
+static void made(tpio_protocol_t *p, tpio_transport_t *t)
+{
+    tpio_container_of(p, struct echo, base)->t = t;
+}
+
+static void lost(tpio_protocol_t *p, int err)
+{
+    (void)err;
+    free(tpio_container_of(p, struct echo, base));
+    bench_conn_closed(&args);
+}
+
+static void pause_w(tpio_protocol_t *p) { tpio_pause_reading(tpio_container_of(p, struct echo, base)->t); }
+static void resume_w(tpio_protocol_t *p) { tpio_resume_reading(tpio_container_of(p, struct echo, base)->t); }
+
+#ifndef BUFFERED
+static void data(tpio_protocol_t *p, const void *d, size_t n)
+{
+    tpio_write(tpio_container_of(p, struct echo, base)->t, d, n);
+}
+
+static const tpio_protocol_ops_t ops = {
+    .connection_made = made,
+    .connection_lost = lost,
+    .pause_writing = pause_w,
+    .resume_writing = resume_w,
+    .data_received = data,
+};
+#else
+/* One buffer for every connection: the data is echoed (sent or copied by
+ * tpio_write) before buffer_updated returns, so it is free again at once. */
+static char rbuf[BENCH_READ];
+
+static void *get_buf(tpio_protocol_t *p, ssize_t hint, size_t *len)
+{
+    (void)p;
+    (void)hint;
+    *len = sizeof rbuf;
+    return rbuf;
+}
+
+static void updated(tpio_protocol_t *p, size_t n)
+{
+    tpio_write(tpio_container_of(p, struct echo, base)->t, rbuf, n);
+}
+
+static const tpio_protocol_ops_t ops = {
+    .connection_made = made,
+    .connection_lost = lost,
+    .pause_writing = pause_w,
+    .resume_writing = resume_w,
+    .get_buffer = get_buf,
+    .buffer_updated = updated,
+};
+#endif
+
+static tpio_protocol_t *factory(void *arg)
+{
+    (void)arg;
+    struct echo *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->base.ops = &ops;
+    return &e->base;
+}
+
+int main(int argc, char **argv)
+{
+    args = bench_setup(argc, argv);
+    tpio_loop_t *loop;
+    int rc = tpio_loop_new(&loop);
+    if (rc) {
+        fprintf(stderr, "tpio_loop_new: %s\n", tpio_strerror(rc));
+        return 1;
+    }
+    tpio_server_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.host = "127.0.0.1";
+    o.port = (uint16_t)args.port;
+    o.family = AF_INET;
+    o.backlog = BENCH_BACKLOG;
+    tpio_server_t *srv;
+    rc = tpio_create_server(loop, factory, NULL, &o, &srv);
+    if (rc) {
+        fprintf(stderr, "tpio_create_server: %s\n", tpio_strerror(rc));
+        return 1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    tpio_server_sockname(srv, 0, &ss, &len);
+    bench_print_port(ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    rc = tpio_loop_run(loop);
+    fprintf(stderr, "tpio_loop_run: %s\n", tpio_strerror(rc));
+    return 1;
+}
