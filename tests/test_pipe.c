@@ -1,0 +1,916 @@
+/*
+ * Pipe transports: connect_read_pipe / connect_write_pipe over pipe2(),
+ * FIFOs and socketpairs. Exact callback sequences, bytes, EOF, pause/resume
+ * reading, BufferedProtocol, write flushing on write_eof/close, flow control
+ * against a reader that does not read, the reader going away (with and
+ * without buffered data), fd checks and the calls a pipe end does not have.
+ *
+ * Pipe capacities are set to 64 KiB with F_SETPIPE_SZ so that the amounts
+ * buffered are known. Nothing sleeps: the loop runs until a condition holds
+ * or a loop timer fires.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include "helpers.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TMO 10.0
+#define PIPE_CAP 65536
+
+static th_proto_t *TP(tpio_protocol_t *p) { return tpio_container_of(p, th_proto_t, base); }
+
+static unsigned char pat(size_t k)
+{
+    return (unsigned char)(((k ^ (k >> 8) ^ (k >> 16)) * 13u + 7u) & 0xff);
+}
+
+/* ---- a recording protocol that also notes the buffer size at pause/resume --- */
+
+typedef struct wp {
+    th_proto_t th; /* first: th_proto_free() frees the whole struct */
+    size_t size_at_pause, size_at_resume;
+} wp_t;
+
+static tpio_protocol_ops_t wp_ops;
+
+static void wp_pause(tpio_protocol_t *p)
+{
+    wp_t *w = tpio_container_of(p, wp_t, th.base);
+    th_proto_ops.pause_writing(p);
+    w->size_at_pause = tpio_get_write_buffer_size(w->th.t);
+}
+
+static void wp_resume(tpio_protocol_t *p)
+{
+    wp_t *w = tpio_container_of(p, wp_t, th.base);
+    th_proto_ops.resume_writing(p);
+    w->size_at_resume = tpio_get_write_buffer_size(w->th.t);
+}
+
+/* ---- fixture ------------------------------------------------------------------ */
+
+typedef struct fx {
+    tpio_loop_t *loop;
+    size_t reports;        /* error handler calls: none expected */
+    char last_report[256];
+    th_proto_t tmpl;
+    size_t factory_calls;
+    bool use_wp;
+} fx_t;
+
+static tpio_protocol_t *factory(void *arg)
+{
+    fx_t *f = arg;
+    f->factory_calls++;
+    if (f->use_wp) {
+        wp_ops = th_proto_ops;
+        wp_ops.pause_writing = wp_pause;
+        wp_ops.resume_writing = wp_resume;
+        wp_t *w = calloc(1, sizeof *w);
+        cr_assert_not_null(w);
+        w->th.base.ops = &wp_ops;
+        return &w->th.base;
+    }
+    return th_factory(&f->tmpl);
+}
+
+typedef struct conn {
+    bool done;
+    int err;
+    size_t calls;
+    tpio_transport_t *t;
+    th_proto_t *p;
+} conn_t;
+
+static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
+                    void *arg)
+{
+    (void)loop;
+    conn_t *c = arg;
+    c->calls++;
+    c->done = true;
+    c->err = err;
+    c->t = t;
+    c->p = p ? TP(p) : NULL;
+}
+
+static void count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
+{
+    (void)loop;
+    fx_t *f = arg;
+    f->reports++;
+    snprintf(f->last_report, sizeof f->last_report, "%s (%s)", ctx->message,
+             tpio_err_name(ctx->error));
+}
+
+static void fx_init(fx_t *f)
+{
+    memset(f, 0, sizeof *f);
+    cr_assert_eq(tpio_loop_new(&f->loop), 0);
+    tpio_loop_set_error_handler(f->loop, count_reports, f);
+    f->tmpl.base.ops = &th_proto_ops;
+    /* The tests close read ends themselves: a write to them must give EPIPE
+     * rather than kill the test. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static void fx_fini(fx_t *f)
+{
+    cr_assert_eq(f->reports, 0, "unexpected error report: %s", f->last_report);
+    cr_assert_eq(tpio_loop_close(f->loop), 0);
+}
+
+static void open_read(fx_t *f, int fd, conn_t *c)
+{
+    memset(c, 0, sizeof *c);
+    cr_assert_eq(tpio_connect_read_pipe(f->loop, factory, f, fd, on_conn, c), 0);
+    cr_assert_eq(c->calls, 0, "completion ran inside the call");
+    cr_assert(th_run_until(f->loop, &c->done, TMO));
+    cr_assert_eq(c->calls, 1);
+    cr_assert_eq(c->err, 0);
+    cr_assert_str_eq(c->p->events, "made");
+    cr_assert_eq(tpio_transport_kind(c->t), TPIO_TRANSPORT_PIPE_READ);
+}
+
+static void open_write(fx_t *f, int fd, conn_t *c)
+{
+    memset(c, 0, sizeof *c);
+    cr_assert_eq(tpio_connect_write_pipe(f->loop, factory, f, fd, on_conn, c), 0);
+    cr_assert_eq(c->calls, 0, "completion ran inside the call");
+    cr_assert(th_run_until(f->loop, &c->done, TMO));
+    cr_assert_eq(c->calls, 1);
+    cr_assert_eq(c->err, 0);
+    cr_assert_str_eq(c->p->events, "made");
+    cr_assert_eq(tpio_transport_kind(c->t), TPIO_TRANSPORT_PIPE_WRITE);
+}
+
+static void make_pipe(int fds[2])
+{
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    cr_assert_eq(fcntl(fds[1], F_SETPIPE_SZ, PIPE_CAP), PIPE_CAP);
+}
+
+static void timer_flag(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+/* Run the loop for `secs` of loop time (a timer, not a sleep). */
+static void run_for(tpio_loop_t *loop, double secs)
+{
+    bool fired = false;
+    cr_assert_eq(tpio_call_later(loop, secs, timer_flag, &fired, NULL), 0);
+    cr_assert(th_run_until(loop, &fired, TMO));
+}
+
+static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n)
+{
+    double end = tpio_loop_time(loop) + TMO;
+    while (p->rxlen < n && tpio_loop_time(loop) < end)
+        tpio_loop_run_once(loop, 10);
+    return p->rxlen >= n;
+}
+
+/* A plain reader draining a non-blocking fd while the loop runs. */
+typedef struct drain {
+    int fd;
+    size_t got;
+    bool eof;
+    bool bad; /* a byte differed from the pattern */
+} drain_t;
+
+static void drain_some(drain_t *d)
+{
+    unsigned char buf[16384];
+    for (;;) {
+        ssize_t n = read(d->fd, buf, sizeof buf);
+        if (n > 0) {
+            for (ssize_t i = 0; i < n; i++)
+                if (buf[i] != pat(d->got + (size_t)i))
+                    d->bad = true;
+            d->got += (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            d->eof = true;
+        return;
+    }
+}
+
+/* Drain until EOF, running the loop in between. */
+static void drain_to_eof(tpio_loop_t *loop, drain_t *d)
+{
+    double end = tpio_loop_time(loop) + TMO;
+    while (!d->eof && tpio_loop_time(loop) < end) {
+        drain_some(d);
+        if (!d->eof)
+            tpio_loop_run_once(loop, 10);
+    }
+    cr_assert(d->eof, "no EOF after %zu bytes", d->got);
+    cr_assert_not(d->bad, "corrupted bytes");
+}
+
+static unsigned char *pattern(size_t off, size_t n)
+{
+    unsigned char *b = malloc(n ? n : 1);
+    cr_assert_not_null(b);
+    for (size_t i = 0; i < n; i++)
+        b[i] = pat(off + i);
+    return b;
+}
+
+static void set_nonblock(int fd)
+{
+    cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+}
+
+/* ---- read pipes ---------------------------------------------------------------- */
+
+Test(pipe, read_data_then_eof, .timeout = 20)
+{
+    for (int eof_ret = 0; eof_ret < 2; eof_ret++) {
+        fx_t f;
+        fx_init(&f);
+        f.tmpl.eof_ret = eof_ret; /* ignored for pipes: lost follows anyway */
+        int fds[2];
+        make_pipe(fds);
+        conn_t c;
+        open_read(&f, fds[0], &c);
+        cr_assert(tpio_is_reading(c.t));
+        cr_assert_not(tpio_is_closing(c.t));
+        const char msg[] = "bytes through a pipe";
+        cr_assert_eq(write(fds[1], msg, sizeof msg - 1), (ssize_t)sizeof msg - 1);
+        cr_assert(run_until_rx(f.loop, c.p, sizeof msg - 1));
+        cr_assert_eq(c.p->rxlen, sizeof msg - 1);
+        cr_assert_eq(memcmp(c.p->rx, msg, sizeof msg - 1), 0);
+        cr_assert_str_eq(c.p->events, "made,data");
+        close(fds[1]);
+        cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+        cr_assert_str_eq(c.p->events, "made,data,eof,lost:0", "eof_ret=%d: %s", eof_ret,
+                         c.p->events);
+        th_proto_free(c.p);
+        fx_fini(&f);
+    }
+}
+
+Test(pipe, read_close_closes_the_fd, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_read(&f, fds[0], &c);
+    cr_assert(fcntl(fds[0], F_GETFL) & O_NONBLOCK, "read pipe not made non-blocking");
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(tpio_is_closing(c.t));
+    cr_assert_not(tpio_is_reading(c.t));
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    /* The transport closed the read end: writing gives EPIPE. */
+    errno = 0;
+    cr_assert_eq(write(fds[1], "x", 1), -1);
+    cr_assert_eq(errno, EPIPE);
+    close(fds[1]);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, read_pause_resume_hold, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    f.tmpl.pause_in_made = true;
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_read(&f, fds[0], &c);
+    cr_assert_not(tpio_is_reading(c.t));
+    cr_assert_eq(write(fds[1], "first", 5), 5);
+    run_for(f.loop, 0.1);
+    cr_assert_str_eq(c.p->events, "made");
+    cr_assert_eq(c.p->rxlen, 0);
+    cr_assert_eq(tpio_resume_reading(c.t), 0);
+    cr_assert_eq(tpio_resume_reading(c.t), 0); /* idempotent */
+    cr_assert(tpio_is_reading(c.t));
+    cr_assert(run_until_rx(f.loop, c.p, 5));
+    cr_assert_eq(tpio_pause_reading(c.t), 0);
+    cr_assert_eq(tpio_pause_reading(c.t), 0);
+    cr_assert_not(tpio_is_reading(c.t));
+    cr_assert_eq(write(fds[1], "second", 6), 6);
+    close(fds[1]); /* EOF is held too */
+    run_for(f.loop, 0.1);
+    cr_assert_str_eq(c.p->events, "made,data");
+    cr_assert_eq(c.p->rxlen, 5);
+    cr_assert_eq(tpio_resume_reading(c.t), 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_eq(c.p->rxlen, 11);
+    cr_assert_eq(memcmp(c.p->rx, "firstsecond", 11), 0);
+    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, read_buffered_protocol, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    f.tmpl.base.ops = &th_buffered_proto_ops;
+    f.tmpl.bufsize = 7;
+    int fds[2];
+    make_pipe(fds);
+    unsigned char *data = pattern(0, 20);
+    cr_assert_eq(write(fds[1], data, 20), 20);
+    close(fds[1]);
+    conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fds[0], on_conn, &c), 0);
+    cr_assert(th_run_until(f.loop, &c.done, TMO));
+    cr_assert_eq(c.err, 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    /* 7 + 7 + 6 bytes, then a get_buffer whose read finds EOF. */
+    cr_assert_str_eq(c.p->events,
+                     "made,getbuf,updated,getbuf,updated,getbuf,updated,getbuf,eof,lost:0");
+    cr_assert_eq(c.p->rxlen, 20);
+    cr_assert_eq(memcmp(c.p->rx, data, 20), 0);
+    free(data);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, socketpair_as_read_pipe, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    conn_t c;
+    open_read(&f, sv[0], &c);
+    tpio_extra_t e;
+    cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_FD);
+    cr_assert_eq(e.fd, sv[0]);
+    cr_assert_eq(write(sv[1], "over a socket", 13), 13);
+    cr_assert(run_until_rx(f.loop, c.p, 13));
+    close(sv[1]);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
+    cr_assert_eq(memcmp(c.p->rx, "over a socket", 13), 0);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+/* ---- write pipes ------------------------------------------------------------------ */
+
+Test(pipe, write_then_reader_sees_bytes, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    cr_assert(fcntl(fds[1], F_GETFL) & O_NONBLOCK, "write pipe not made non-blocking");
+    cr_assert(tpio_can_write_eof(c.t));
+    unsigned char *data = pattern(0, 1000);
+    cr_assert_eq(tpio_write(c.t, data, 1000), 0);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), 0);
+    struct iovec iov[2] = {{data, 0}, {data, 0}};
+    unsigned char *more = pattern(1000, 24);
+    iov[0].iov_base = more;
+    iov[0].iov_len = 10;
+    iov[1].iov_base = more + 10;
+    iov[1].iov_len = 14;
+    cr_assert_eq(tpio_writelines(c.t, iov, 2), 0);
+    drain_t d = {.fd = fds[0]};
+    drain_some(&d);
+    cr_assert_eq(d.got, 1024);
+    cr_assert_not(d.bad);
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    drain_to_eof(f.loop, &d);
+    cr_assert_eq(d.got, 1024);
+    close(fds[0]);
+    free(data);
+    free(more);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, write_eof_flushes_then_lost, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    const size_t total = 200 * 1024;
+    unsigned char *data = pattern(0, total);
+    cr_assert_eq(tpio_write(c.t, data, total), 0);
+    /* The kernel took the pipe's capacity; the rest is buffered (pause). */
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), total - PIPE_CAP);
+    cr_assert_str_eq(c.p->events, "made,pause");
+    cr_assert_eq(tpio_write_eof(c.t), 0);
+    cr_assert_eq(tpio_write_eof(c.t), 0); /* idempotent */
+    cr_assert(tpio_is_closing(c.t));
+    cr_assert_eq(tpio_write(c.t, "more", 4), -ESHUTDOWN);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), total - PIPE_CAP);
+    /* Not lost while data is buffered. */
+    run_for(f.loop, 0.05);
+    cr_assert_not(c.p->lost);
+    drain_t d = {.fd = fds[0]};
+    drain_to_eof(f.loop, &d);
+    cr_assert_eq(d.got, total);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
+    close(fds[0]);
+    free(data);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, close_flushes_then_lost, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    const size_t total = 100 * 1024; /* 36 KiB buffered: below high, no pause */
+    unsigned char *data = pattern(0, total);
+    cr_assert_eq(tpio_write(c.t, data, total), 0);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), total - PIPE_CAP);
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(tpio_is_closing(c.t));
+    /* After close() (not write_eof) writes are dropped silently. */
+    cr_assert_eq(tpio_write(c.t, "dropped", 7), 0);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), total - PIPE_CAP);
+    drain_t d = {.fd = fds[0]};
+    drain_to_eof(f.loop, &d);
+    cr_assert_eq(d.got, total);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    close(fds[0]);
+    free(data);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, abort_drops_buffer, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    unsigned char *data = pattern(0, 100 * 1024);
+    cr_assert_eq(tpio_write(c.t, data, 100 * 1024), 0);
+    cr_assert_eq(tpio_abort(c.t), 0);
+    cr_assert(tpio_is_closing(c.t));
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    drain_t d = {.fd = fds[0]};
+    drain_to_eof(f.loop, &d);
+    cr_assert_eq(d.got, PIPE_CAP);
+    close(fds[0]);
+    free(data);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, write_flow_control, .timeout = 30)
+{
+    fx_t f;
+    fx_init(&f);
+    f.use_wp = true;
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    wp_t *w = tpio_container_of(c.p, wp_t, th);
+    size_t low = 0, high = 0;
+    cr_assert_eq(tpio_get_write_buffer_limits(c.t, &low, &high), 0);
+    cr_assert_eq(high, 65536);
+    cr_assert_eq(low, 16384);
+
+    const size_t chunk = 4096;
+    size_t written = 0;
+    unsigned char *buf = malloc(chunk);
+    cr_assert_not_null(buf);
+    /* Nobody reads: the pipe fills, then the transport buffers. */
+    while (c.p->pauses == 0) {
+        cr_assert_lt(written, 4 * 1024 * 1024, "pause_writing never came");
+        size_t before = tpio_get_write_buffer_size(c.t);
+        cr_assert_leq(before, high);
+        for (size_t i = 0; i < chunk; i++)
+            buf[i] = pat(written + i);
+        cr_assert_eq(tpio_write(c.t, buf, chunk), 0);
+        written += chunk;
+    }
+    /* pause_writing ran inside the write that crossed the high watermark. */
+    cr_assert_str_eq(c.p->events, "made,pause");
+    cr_assert_gt(w->size_at_pause, high);
+    cr_assert_leq(w->size_at_pause, high + chunk);
+    cr_assert_eq(written, PIPE_CAP + w->size_at_pause);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), w->size_at_pause);
+    /* Still paused without a reader, and nothing lost. */
+    run_for(f.loop, 0.05);
+    cr_assert_eq(c.p->resumes, 0);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), w->size_at_pause);
+
+    /* Drain: resume_writing once the buffer is at low or below. */
+    drain_t d = {.fd = fds[0]};
+    double end = tpio_loop_time(f.loop) + TMO;
+    while (c.p->resumes == 0 && tpio_loop_time(f.loop) < end) {
+        drain_some(&d);
+        tpio_loop_run_once(f.loop, 10);
+    }
+    cr_assert_eq(c.p->resumes, 1);
+    cr_assert_leq(w->size_at_resume, low);
+    cr_assert_str_eq(c.p->events, "made,pause,resume");
+    cr_assert_not(d.bad);
+
+    cr_assert_eq(tpio_write_eof(c.t), 0);
+    drain_to_eof(f.loop, &d);
+    cr_assert_eq(d.got, written);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
+    close(fds[0]);
+    free(buf);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, reader_closes_with_buffered_data, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    unsigned char *data = pattern(0, 100 * 1024);
+    cr_assert_eq(tpio_write(c.t, data, 100 * 1024), 0);
+    cr_assert_gt(tpio_get_write_buffer_size(c.t), 0);
+    close(fds[0]);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
+    free(data);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, reader_closes_while_idle, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    /* Nothing is written: the transport notices on its own. */
+    close(fds[0]);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, write_to_a_gone_reader_is_epipe, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    close(fds[0]);
+    /* Before the loop noticed: the write itself meets EPIPE, reported through
+     * connection_lost, not as the write's result. */
+    cr_assert_eq(tpio_write(c.t, "lost", 4), 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, sigpipe_ignored_by_first_write_pipe, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    struct sigaction sa = {.sa_handler = SIG_DFL};
+    sigemptyset(&sa.sa_mask);
+    cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    struct sigaction now;
+    cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
+    cr_assert_eq(now.sa_handler, SIG_IGN);
+    close(fds[0]);
+    cr_assert_eq(tpio_write(c.t, "x", 1), 0); /* would kill us under SIG_DFL */
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+static void dummy_handler(int sig) { (void)sig; }
+
+Test(pipe, sigpipe_user_handler_kept, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    struct sigaction sa = {.sa_handler = dummy_handler};
+    sigemptyset(&sa.sa_mask);
+    cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    struct sigaction now;
+    cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
+    cr_assert_eq(now.sa_handler, dummy_handler);
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    close(fds[0]);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, write_pipe_into_read_pipe_1mib, .timeout = 30)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t r, w;
+    open_read(&f, fds[0], &r);
+    open_write(&f, fds[1], &w);
+    const size_t total = 1 << 20;
+    unsigned char *data = pattern(0, total);
+    cr_assert_eq(tpio_write(w.t, data, total), 0);
+    cr_assert_eq(tpio_write_eof(w.t), 0);
+    cr_assert(th_run_until(f.loop, &r.p->lost, TMO));
+    cr_assert(th_run_until(f.loop, &w.p->lost, TMO));
+    cr_assert_eq(r.p->rxlen, total);
+    cr_assert_eq(memcmp(r.p->rx, data, total), 0);
+    cr_assert_str_eq(r.p->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(w.p->events, "made,pause,resume,lost:0");
+    free(data);
+    th_proto_free(r.p);
+    th_proto_free(w.p);
+    fx_fini(&f);
+}
+
+/* ---- FIFOs ------------------------------------------------------------------------- */
+
+typedef struct fifo {
+    char dir[64];
+    char path[128];
+    int rd, wr;
+} fifo_t;
+
+static void fifo_open(fifo_t *ff)
+{
+    snprintf(ff->dir, sizeof ff->dir, "/tmp/tpio-fifo-XXXXXX");
+    cr_assert_not_null(mkdtemp(ff->dir));
+    snprintf(ff->path, sizeof ff->path, "%s/fifo", ff->dir);
+    cr_assert_eq(mkfifo(ff->path, 0600), 0);
+    ff->rd = open(ff->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    cr_assert_geq(ff->rd, 0);
+    ff->wr = open(ff->path, O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(ff->wr, 0);
+    cr_assert_eq(fcntl(ff->wr, F_SETPIPE_SZ, PIPE_CAP), PIPE_CAP);
+}
+
+static void fifo_cleanup(fifo_t *ff)
+{
+    cr_assert_eq(unlink(ff->path), 0);
+    cr_assert_eq(rmdir(ff->dir), 0);
+}
+
+Test(pipe, fifo_write_pipe_to_read_pipe, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    fifo_t ff;
+    fifo_open(&ff);
+    conn_t r, w;
+    open_read(&f, ff.rd, &r);
+    open_write(&f, ff.wr, &w);
+    const size_t total = 300 * 1000;
+    unsigned char *data = pattern(0, total);
+    cr_assert_eq(tpio_write(w.t, data, 1000), 0);
+    cr_assert_eq(tpio_write(w.t, data + 1000, total - 1000), 0);
+    cr_assert_eq(tpio_write_eof(w.t), 0);
+    cr_assert(th_run_until(f.loop, &r.p->lost, TMO));
+    cr_assert(th_run_until(f.loop, &w.p->lost, TMO));
+    cr_assert_eq(r.p->rxlen, total);
+    cr_assert_eq(memcmp(r.p->rx, data, total), 0);
+    cr_assert_str_eq(r.p->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(w.p->events, "made,pause,resume,lost:0");
+    free(data);
+    th_proto_free(r.p);
+    th_proto_free(w.p);
+    fifo_cleanup(&ff);
+    fx_fini(&f);
+}
+
+Test(pipe, fifo_reader_closes_while_idle, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    fifo_t ff;
+    fifo_open(&ff);
+    conn_t w;
+    open_write(&f, ff.wr, &w);
+    close(ff.rd);
+    cr_assert(th_run_until(f.loop, &w.p->lost, TMO));
+    cr_assert_str_eq(w.p->events, "made,lost:0");
+    th_proto_free(w.p);
+    fifo_cleanup(&ff);
+    fx_fini(&f);
+}
+
+Test(pipe, fifo_reader_closes_with_buffered_data, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    fifo_t ff;
+    fifo_open(&ff);
+    conn_t w;
+    open_write(&f, ff.wr, &w);
+    unsigned char *data = pattern(0, 100 * 1024);
+    cr_assert_eq(tpio_write(w.t, data, 100 * 1024), 0);
+    cr_assert_eq(tpio_get_write_buffer_size(w.t), 100 * 1024 - PIPE_CAP);
+    close(ff.rd);
+    cr_assert(th_run_until(f.loop, &w.p->lost, TMO));
+    cr_assert_str_eq(w.p->events, "made,lost:EPIPE");
+    free(data);
+    th_proto_free(w.p);
+    fifo_cleanup(&ff);
+    fx_fini(&f);
+}
+
+/* ---- fd checks ---------------------------------------------------------------------- */
+
+Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    char path[] = "/tmp/tpio-pipe-file-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "content", 7), 7);
+    int fl = fcntl(fd, F_GETFL);
+    int fdfl = fcntl(fd, F_GETFD);
+    off_t pos = lseek(fd, 0, SEEK_CUR);
+    conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, on_conn, &c), -EINVAL);
+    cr_assert_eq(fcntl(fd, F_GETFL), fl);
+    cr_assert_eq(fcntl(fd, F_GETFD), fdfl);
+    cr_assert_eq(lseek(fd, 0, SEEK_CUR), pos);
+    /* A directory is not a pipe either. */
+    int dfd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(dfd, 0);
+    int dfl = fcntl(dfd, F_GETFL);
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, dfd, on_conn, &c), -EINVAL);
+    cr_assert_eq(fcntl(dfd, F_GETFL), dfl);
+    /* Bad descriptors and arguments. */
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, -1, on_conn, &c), -EBADF);
+    int fds[2];
+    make_pipe(fds);
+    cr_assert_eq(tpio_connect_read_pipe(NULL, factory, &f, fds[0], on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, NULL, &f, fds[0], on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fds[1], NULL, &c), -EINVAL);
+    cr_assert_eq(fcntl(fds[0], F_GETFL) & O_NONBLOCK, 0);
+    cr_assert_eq(fcntl(fds[1], F_GETFL) & O_NONBLOCK, 0);
+    run_for(f.loop, 0.01);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_eq(f.factory_calls, 0);
+    close(fds[0]);
+    close(fds[1]);
+    close(dfd);
+    close(fd);
+    unlink(path);
+    fx_fini(&f);
+}
+
+Test(pipe, unpollable_char_device_is_eperm, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    int fl = fcntl(fd, F_GETFL);
+    conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, on_conn, &c), -EPERM);
+    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, on_conn, &c), -EPERM);
+    cr_assert_eq(fcntl(fd, F_GETFL), fl);
+    run_for(f.loop, 0.01);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_eq(f.factory_calls, 0);
+    close(fd);
+    fx_fini(&f);
+}
+
+/* ---- what each end does not have, extra info ------------------------------------------- */
+
+Test(pipe, read_pipe_has_no_write_side, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    conn_t c;
+    open_read(&f, fds[0], &c);
+    struct iovec iov = {.iov_base = "x", .iov_len = 1};
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_write(c.t, "x", 1), -ENOTSUP);
+    cr_assert_eq(tpio_writelines(c.t, &iov, 1), -ENOTSUP);
+    cr_assert_eq(tpio_write_eof(c.t), -ENOTSUP);
+    cr_assert_not(tpio_can_write_eof(c.t));
+    cr_assert_eq(tpio_sendto(c.t, "x", 1, NULL, 0), -ENOTSUP);
+    cr_assert_eq(tpio_set_write_buffer_limits(c.t, 100, 10), -ENOTSUP);
+    cr_assert_eq(tpio_get_write_buffer_size(c.t), 0);
+
+    tpio_extra_t e;
+    cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_FD);
+    cr_assert_eq(e.fd, fds[0]);
+    cr_assert_eq(tpio_transport_fd(c.t), fds[0]);
+    cr_assert_eq(tpio_get_extra_info(c.t, "socket", &e), -ENOENT);
+    cr_assert_eq(e.type, TPIO_EXTRA_NONE);
+    cr_assert_eq(tpio_get_extra_info(c.t, "peername", &e), -ENOENT);
+    cr_assert_eq(tpio_get_extra_info(c.t, "sockname", &e), -ENOENT);
+    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), -ENOENT);
+    cr_assert_eq(tpio_get_protocol(c.t), &c.p->base);
+    cr_assert_eq(tpio_transport_loop(c.t), f.loop);
+
+    /* Nothing of that disturbed the transport. */
+    cr_assert_eq(write(fds[1], "ok", 2), 2);
+    close(fds[1]);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
+    th_proto_free(c.p);
+    fx_fini(&f);
+}
+
+Test(pipe, write_pipe_has_no_read_side, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int fds[2];
+    make_pipe(fds);
+    set_nonblock(fds[0]);
+    conn_t c;
+    open_write(&f, fds[1], &c);
+    cr_assert_eq(tpio_pause_reading(c.t), -ENOTSUP);
+    cr_assert_eq(tpio_resume_reading(c.t), -ENOTSUP);
+    cr_assert_eq(tpio_sendto(c.t, "x", 1, NULL, 0), -ENOTSUP);
+    tpio_extra_t e;
+    cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_FD);
+    cr_assert_eq(e.fd, fds[1]);
+    cr_assert_eq(tpio_transport_fd(c.t), fds[1]);
+    cr_assert_eq(tpio_get_extra_info(c.t, "socket", &e), -ENOENT);
+    cr_assert_eq(tpio_get_extra_info(c.t, "peername", &e), -ENOENT);
+    cr_assert_eq(tpio_set_write_buffer_limits(c.t, 1000, TPIO_LIMIT_DEFAULT), 0);
+    size_t low = 0, high = 0;
+    cr_assert_eq(tpio_get_write_buffer_limits(c.t, &low, &high), 0);
+    cr_assert_eq(high, 1000);
+    cr_assert_eq(low, 250);
+    cr_assert_eq(tpio_write(c.t, "still works", 11), 0);
+    char buf[16];
+    cr_assert_eq(read(fds[0], buf, sizeof buf), 11);
+    cr_assert_eq(memcmp(buf, "still works", 11), 0);
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    close(fds[0]);
+    th_proto_free(c.p);
+    fx_fini(&f);
+}

@@ -1,0 +1,904 @@
+/*
+ * Unix stream sockets: create_unix_server / create_unix_connection on a path
+ * and in the abstract namespace, the socket file's life (stale removal,
+ * -EADDRINUSE, removal at close), connection errors, argument checks,
+ * use_sock, connect_accepted_socket, half-close both ways, and the server's
+ * close_clients / wait_closed ordering.
+ *
+ * Every socket path lives in a fresh mkdtemp() directory that must be empty
+ * (rmdir succeeds) at the end. Nothing sleeps to wait for an event.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include "helpers.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define TMO 10.0
+
+static th_proto_t *TP(tpio_protocol_t *p) { return tpio_container_of(p, th_proto_t, base); }
+
+/* ---- fixtures --------------------------------------------------------------- */
+
+typedef struct fx {
+    tpio_loop_t *loop;
+    size_t reports;        /* error handler calls: none expected */
+    char last_report[256];
+    char dir[128];
+    char path[256];
+    /* server side */
+    th_proto_t stmpl;
+    th_proto_t *sp[8];
+    size_t ns;
+    size_t slost;
+    /* client side */
+    th_proto_t ctmpl;
+    size_t cfactory_calls;
+} fx_t;
+
+static tpio_protocol_t *srv_factory(void *arg)
+{
+    fx_t *f = arg;
+    cr_assert_lt(f->ns, 8);
+    tpio_protocol_t *bp = th_factory(&f->stmpl);
+    f->sp[f->ns++] = TP(bp);
+    return bp;
+}
+
+static tpio_protocol_t *cli_factory(void *arg)
+{
+    fx_t *f = arg;
+    f->cfactory_calls++;
+    return th_factory(&f->ctmpl);
+}
+
+static void count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
+{
+    (void)loop;
+    fx_t *f = arg;
+    f->reports++;
+    snprintf(f->last_report, sizeof f->last_report, "%s (%s)", ctx->message,
+             tpio_err_name(ctx->error));
+}
+
+static void fx_init(fx_t *f)
+{
+    memset(f, 0, sizeof *f);
+    cr_assert_eq(tpio_loop_new(&f->loop), 0);
+    tpio_loop_set_error_handler(f->loop, count_reports, f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/tpio-unix-XXXXXX");
+    cr_assert_not_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/s.sock", f->dir);
+    f->stmpl.base.ops = &th_proto_ops;
+    f->stmpl.lost_counter = &f->slost;
+    f->ctmpl.base.ops = &th_proto_ops;
+}
+
+/* Frees the server-side protocols, closes the loop and checks the directory
+ * was left empty. */
+static void fx_fini(fx_t *f)
+{
+    for (size_t i = 0; i < f->ns; i++)
+        th_proto_free(f->sp[i]);
+    cr_assert_eq(f->reports, 0, "unexpected error report: %s", f->last_report);
+    cr_assert_eq(tpio_loop_close(f->loop), 0);
+    cr_assert_eq(rmdir(f->dir), 0, "directory %s not empty: %s", f->dir, strerror(errno));
+}
+
+typedef struct conn {
+    bool done;
+    int err;
+    size_t calls;
+    tpio_transport_t *t;
+    th_proto_t *p;
+    bool in_loop;
+} conn_t;
+
+static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
+                    void *arg)
+{
+    conn_t *c = arg;
+    c->calls++;
+    c->done = true;
+    c->err = err;
+    c->t = t;
+    c->p = p ? TP(p) : NULL;
+    c->in_loop = tpio_loop_is_running(loop);
+}
+
+static void on_wait_closed(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double timeout)
+{
+    double end = tpio_loop_time(loop) + timeout;
+    while (p->rxlen < n && tpio_loop_time(loop) < end)
+        tpio_loop_run_once(loop, 10);
+    return p->rxlen >= n;
+}
+
+static void close_server(fx_t *f, tpio_server_t *s)
+{
+    bool wc = false;
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, on_wait_closed, &wc), 0);
+    cr_assert(th_run_until(f->loop, &wc, TMO));
+}
+
+static void timer_flag(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+/* Run the loop for `secs` of loop time (a timer, not a sleep). */
+static void run_for(tpio_loop_t *loop, double secs)
+{
+    bool fired = false;
+    cr_assert_eq(tpio_call_later(loop, secs, timer_flag, &fired, NULL), 0);
+    cr_assert(th_run_until(loop, &fired, TMO));
+}
+
+static bool is_unnamed(const struct sockaddr_storage *ss, socklen_t len)
+{
+    return ss->ss_family == AF_UNIX && len == offsetof(struct sockaddr_un, sun_path);
+}
+
+static void assert_path_addr(const struct sockaddr_storage *ss, socklen_t len, const char *path)
+{
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)ss;
+    cr_assert_eq(sun->sun_family, AF_UNIX);
+    cr_assert_eq(len, offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1,
+                 "addrlen %u", (unsigned)len);
+    cr_assert_str_eq(sun->sun_path, path);
+}
+
+static void assert_abstract_addr(const struct sockaddr_storage *ss, socklen_t len,
+                                 const char *name)
+{
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)ss;
+    size_t n = strlen(name);
+    cr_assert_eq(sun->sun_family, AF_UNIX);
+    cr_assert_eq(len, offsetof(struct sockaddr_un, sun_path) + 1 + n, "addrlen %u",
+                 (unsigned)len);
+    cr_assert_eq(sun->sun_path[0], '\0');
+    cr_assert_eq(memcmp(sun->sun_path + 1, name, n), 0);
+}
+
+/* A plain AF_UNIX socket bound to path and closed without unlink: the
+ * socket file stays behind with nobody listening. */
+static void make_stale_socket(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    close(fd);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+}
+
+/* Connect a client to f->path (or an abstract name), wait for completion. */
+static void connect_client(fx_t *f, const tpio_unix_opts_t *o, conn_t *c)
+{
+    memset(c, 0, sizeof *c);
+    cr_assert_eq(tpio_create_unix_connection(f->loop, cli_factory, f, o, on_conn, c), 0);
+    cr_assert_eq(c->calls, 0, "completion ran inside the call");
+    cr_assert(th_run_until(f->loop, &c->done, TMO));
+    cr_assert_eq(c->calls, 1);
+    cr_assert(c->in_loop);
+}
+
+/* ---- a server and a client on a path ---------------------------------------- */
+
+Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
+{
+    fx_t f;
+    fx_init(&f);
+    f.stmpl.echo = true;
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_socket_count(s), 1);
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    assert_path_addr(&ss, sl, f.path);
+
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(f.cfactory_calls, 1);
+    cr_assert_not_null(c.t);
+    cr_assert_str_eq(c.p->events, "made");
+    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+
+    /* client: peername is the path, sockname unnamed */
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    assert_path_addr(&ss, sl, f.path);
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_sockname(c.t, &ss, &sl), 0);
+    cr_assert(is_unnamed(&ss, sl), "client sockname len %u", (unsigned)sl);
+    tpio_extra_t e;
+    cr_assert_eq(tpio_get_extra_info(c.t, "socket", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_FD);
+    cr_assert_eq(e.fd, tpio_transport_fd(c.t));
+    cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), -ENOENT);
+
+    const char msg[] = "hello over a unix socket";
+    cr_assert_eq(tpio_write(c.t, msg, sizeof msg - 1), 0);
+    cr_assert(run_until_rx(f.loop, c.p, sizeof msg - 1, TMO));
+    cr_assert_eq(c.p->rxlen, sizeof msg - 1);
+    cr_assert_eq(memcmp(c.p->rx, msg, sizeof msg - 1), 0);
+
+    cr_assert_eq(f.ns, 1);
+    th_proto_t *sp = f.sp[0];
+    cr_assert_not_null(sp->t);
+    cr_assert_eq(tpio_transport_kind(sp->t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(tpio_server_connection_count(s), 1);
+    /* server side: sockname is the path, peername unnamed */
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_sockname(sp->t, &ss, &sl), 0);
+    assert_path_addr(&ss, sl, f.path);
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_peername(sp->t, &ss, &sl), 0);
+    cr_assert(is_unnamed(&ss, sl), "server peername len %u", (unsigned)sl);
+    cr_assert_eq(sp->rxlen, sizeof msg - 1);
+    cr_assert_eq(memcmp(sp->rx, msg, sizeof msg - 1), 0);
+
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert_str_eq(c.p->events, "made,data,lost:0");
+    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
+    cr_assert_eq(tpio_server_connection_count(s), 0);
+    th_proto_free(c.p);
+
+    close_server(&f, s);
+    cr_assert_eq(stat(f.path, &st), -1);
+    cr_assert_eq(errno, ENOENT);
+    fx_fini(&f);
+}
+
+Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
+{
+    fx_t f;
+    fx_init(&f);
+    f.stmpl.echo = true;
+    /* The name looks like a path in our empty directory: if it were bound as
+     * a filesystem path, the file would appear there. */
+    char name[200];
+    snprintf(name, sizeof name, "%s/abstract-%d", f.dir, (int)getpid());
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = name, .abstract = true};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    struct stat st;
+    cr_assert_eq(stat(name, &st), -1);
+    cr_assert_eq(errno, ENOENT);
+
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    assert_abstract_addr(&ss, sl, name);
+
+    conn_t c;
+    tpio_unix_opts_t co = {.path = name, .abstract = true};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    assert_abstract_addr(&ss, sl, name);
+
+    cr_assert_eq(tpio_write(c.t, "abc", 3), 0);
+    cr_assert(run_until_rx(f.loop, c.p, 3, TMO));
+    cr_assert_eq(memcmp(c.p->rx, "abc", 3), 0);
+    cr_assert_eq(f.ns, 1);
+    sl = sizeof ss;
+    cr_assert_eq(tpio_transport_sockname(f.sp[0]->t, &ss, &sl), 0);
+    assert_abstract_addr(&ss, sl, name);
+
+    /* A plain connect to a filesystem path of the same name fails. */
+    conn_t c2;
+    tpio_unix_opts_t co2 = {.path = name};
+    connect_client(&f, &co2, &c2);
+    cr_assert_eq(c2.err, -ENOENT);
+    cr_assert_null(c2.t);
+
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    tpio_close(c.t);
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert_str_eq(c.p->events, "made,data,lost:0");
+    cr_assert_str_eq(f.sp[0]->events, "made,data,eof,lost:0");
+    th_proto_free(c.p);
+    cr_assert_eq(f.cfactory_calls, 1);
+
+    close_server(&f, s);
+    /* The name is free again once the server closed. */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    memcpy(sun.sun_path + 1, name, strlen(name));
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sun,
+                      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
+                 0, "%s", strerror(errno));
+    close(fd);
+    fx_fini(&f);
+}
+
+Test(unix_stream, abstract_name_lengths, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    /* 107 bytes + the leading NUL fill sun_path exactly: allowed. */
+    char name[200];
+    int n = snprintf(name, sizeof name, "tpio-abs-%d-", (int)getpid());
+    memset(name + n, 'x', 107 - (size_t)n);
+    name[107] = '\0';
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = name, .abstract = true};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    assert_abstract_addr(&ss, sl, name);
+    close_server(&f, s);
+    /* 108 bytes do not fit. */
+    name[107] = 'y';
+    name[108] = '\0';
+    s = NULL;
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
+    cr_assert_null(s);
+    conn_t c = {0};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &so, on_conn, &c),
+                 -ENAMETOOLONG);
+    run_for(f.loop, 0.01);
+    cr_assert_eq(c.calls, 0);
+    fx_fini(&f);
+}
+
+/* ---- the socket file -------------------------------------------------------------- */
+
+Test(unix_stream, stale_socket_file_is_removed, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    make_stale_socket(f.path);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    tpio_close(c.t);
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    cr_assert_str_eq(f.sp[0]->events, "made,eof,lost:0");
+    th_proto_free(c.p);
+    close_server(&f, s);
+    fx_fini(&f);
+}
+
+Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    FILE *fp = fopen(f.path, "w");
+    cr_assert_not_null(fp);
+    fputs("precious", fp);
+    fclose(fp);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    cr_assert_null(s);
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert(S_ISREG(st.st_mode));
+    cr_assert_eq(st.st_size, 8);
+    char buf[16] = {0};
+    fp = fopen(f.path, "r");
+    cr_assert_not_null(fp);
+    cr_assert_eq(fread(buf, 1, sizeof buf, fp), 8);
+    fclose(fp);
+    cr_assert_str_eq(buf, "precious");
+    /* A directory there too. */
+    unlink(f.path);
+    cr_assert_eq(mkdir(f.path, 0700), 0);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert(S_ISDIR(st.st_mode));
+    cr_assert_eq(rmdir(f.path), 0);
+    cr_assert_eq(f.ns, 0);
+    fx_fini(&f);
+}
+
+Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert_eq(tpio_server_close(s), 0);
+    /* Removed by close itself, not later. */
+    cr_assert_eq(stat(f.path, &st), -1);
+    cr_assert_eq(errno, ENOENT);
+    cr_assert_not(tpio_server_is_serving(s));
+    cr_assert_eq(tpio_server_socket_count(s), 0);
+    bool wc = false;
+    cr_assert_eq(tpio_server_wait_closed(s, on_wait_closed, &wc), 0);
+    cr_assert(th_run_until(f.loop, &wc, TMO));
+    fx_fini(&f);
+}
+
+Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    /* Replaced by a regular file. */
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert_eq(unlink(f.path), 0);
+    FILE *fp = fopen(f.path, "w");
+    cr_assert_not_null(fp);
+    fputs("other", fp);
+    fclose(fp);
+    close_server(&f, s);
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert(S_ISREG(st.st_mode));
+    cr_assert_eq(st.st_size, 5);
+    cr_assert_eq(unlink(f.path), 0);
+
+    /* Replaced by another server's socket: the second server's file stays
+     * when the first closes, and goes when the second closes. */
+    tpio_server_t *s1 = NULL, *s2 = NULL;
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s1), 0);
+    cr_assert_eq(unlink(f.path), 0);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s2), 0);
+    struct stat st2;
+    cr_assert_eq(stat(f.path, &st2), 0);
+    close_server(&f, s1);
+    cr_assert_eq(stat(f.path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_ino, st2.st_ino);
+    /* ... and it still accepts. */
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    tpio_close(c.t);
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    th_proto_free(c.p);
+    close_server(&f, s2);
+    cr_assert_eq(stat(f.path, &st), -1);
+    cr_assert_eq(errno, ENOENT);
+    fx_fini(&f);
+}
+
+/* ---- connection errors and arguments -------------------------------------------- */
+
+Test(unix_stream, connect_without_listener, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_unix_opts_t co = {.path = f.path};
+    conn_t c;
+    /* No file at all. */
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, -ENOENT, "got %s", tpio_err_name(c.err));
+    cr_assert_null(c.t);
+    cr_assert_null(c.p);
+    /* A stale socket file, nobody listening. */
+    make_stale_socket(f.path);
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, -ECONNREFUSED, "got %s", tpio_err_name(c.err));
+    cr_assert_null(c.t);
+    cr_assert_eq(f.cfactory_calls, 0);
+    cr_assert_eq(unlink(f.path), 0);
+    /* Nothing listening on an abstract name. */
+    char name[64];
+    snprintf(name, sizeof name, "tpio-nobody-%d", (int)getpid());
+    tpio_unix_opts_t ca = {.path = name, .abstract = true};
+    connect_client(&f, &ca, &c);
+    cr_assert_eq(c.err, -ECONNREFUSED, "got %s", tpio_err_name(c.err));
+    cr_assert_eq(f.cfactory_calls, 0);
+    fx_fini(&f);
+}
+
+Test(unix_stream, bad_paths, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    conn_t c = {0};
+    tpio_server_t *s = NULL;
+    char longp[200];
+    /* sun_path holds 108 bytes with its NUL: 108 characters are too many. */
+    memset(longp, 'a', 108);
+    longp[0] = '/';
+    longp[108] = '\0';
+    tpio_unix_opts_t o = {.path = longp};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, on_conn, &c),
+                 -ENAMETOOLONG);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
+    /* An explicit path_len beyond the limit too. */
+    memset(longp, 'b', sizeof longp - 1);
+    longp[0] = '/';
+    longp[sizeof longp - 1] = '\0';
+    o.path_len = 150;
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, on_conn, &c),
+                 -ENAMETOOLONG);
+    /* NULL and empty paths. */
+    tpio_unix_opts_t onull = {0};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &onull, on_conn, &c),
+                 -EINVAL);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
+    tpio_unix_opts_t oempty = {.path = ""};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &oempty, on_conn, &c),
+                 -EINVAL);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
+    /* Missing objects. */
+    tpio_unix_opts_t ok = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, NULL, on_conn, &c),
+                 -EINVAL);
+    cr_assert_eq(tpio_create_unix_connection(f.loop, NULL, &f, &ok, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c), -EINVAL);
+    cr_assert_eq(tpio_create_unix_connection(NULL, cli_factory, &f, &ok, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
+    cr_assert_eq(tpio_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
+    cr_assert_null(s);
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), -1, "a failed call created the socket file");
+    run_for(f.loop, 0.01);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_eq(f.cfactory_calls, 0);
+    cr_assert_eq(f.ns, 0);
+    fx_fini(&f);
+}
+
+/* ---- use_sock and accepted sockets ------------------------------------------------ */
+
+/* Read from a non-blocking plain socket while running the loop. */
+static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
+{
+    size_t got = 0;
+    double end = tpio_loop_time(loop) + TMO;
+    while (got < want && tpio_loop_time(loop) < end) {
+        ssize_t n = recv(fd, buf + got, want - got, MSG_DONTWAIT);
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            break;
+        tpio_loop_run_once(loop, 10);
+    }
+    return got;
+}
+
+/* Exchange one message each way with a plain peer, then the peer closes. */
+static void exchange_with_peer(fx_t *f, conn_t *c, int peer)
+{
+    char buf[64];
+    cr_assert_eq(tpio_write(c->t, "ping", 4), 0);
+    cr_assert_eq(peer_read(f->loop, peer, buf, 4), 4);
+    cr_assert_eq(memcmp(buf, "ping", 4), 0);
+    cr_assert_eq(write(peer, "pong!", 5), 5);
+    cr_assert(run_until_rx(f->loop, c->p, 5, TMO));
+    cr_assert_eq(memcmp(c->p->rx, "pong!", 5), 0);
+    bool lost = false;
+    c->p->lost_flag = &lost;
+    close(peer);
+    cr_assert(th_run_until(f->loop, &lost, TMO));
+    cr_assert_str_eq(c->p->events, "made,data,eof,lost:0");
+    th_proto_free(c->p);
+}
+
+Test(unix_stream, use_sock_socketpair, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    /* Through tpio_create_unix_connection. */
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    tpio_unix_opts_t o = {.use_sock = true, .sock = sv[0]};
+    conn_t c;
+    connect_client(&f, &o, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(tpio_transport_fd(c.t), sv[0]);
+    cr_assert(fcntl(sv[0], F_GETFL) & O_NONBLOCK, "use_sock not made non-blocking");
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    cr_assert(is_unnamed(&ss, sl));
+    exchange_with_peer(&f, &c, sv[1]);
+
+    /* Through tpio_create_connection(opts.use_sock). */
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    tpio_connect_opts_t copts = {.use_sock = true, .sock = sv[0]};
+    memset(&c, 0, sizeof c);
+    cr_assert_eq(tpio_create_connection(f.loop, cli_factory, &f, &copts, on_conn, &c), 0);
+    cr_assert(th_run_until(f.loop, &c.done, TMO));
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    exchange_with_peer(&f, &c, sv[1]);
+
+    /* use_sock together with a path: -EINVAL, the socket untouched. */
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    int fl = fcntl(sv[0], F_GETFL);
+    tpio_unix_opts_t bad = {.use_sock = true, .sock = sv[0], .path = f.path};
+    memset(&c, 0, sizeof c);
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad, on_conn, &c),
+                 -EINVAL);
+    /* A datagram socket is not a stream. */
+    int dg[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
+    int dfl = fcntl(dg[0], F_GETFL);
+    tpio_unix_opts_t bad2 = {.use_sock = true, .sock = dg[0]};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad2, on_conn, &c),
+                 -EPROTOTYPE);
+    run_for(f.loop, 0.01);
+    cr_assert_eq(c.calls, 0);
+    cr_assert_eq(fcntl(sv[0], F_GETFL), fl);
+    cr_assert_eq(fcntl(dg[0], F_GETFL), dfl);
+    cr_assert_eq(f.cfactory_calls, 2);
+    close(sv[0]);
+    close(sv[1]);
+    close(dg[0]);
+    close(dg[1]);
+    fx_fini(&f);
+}
+
+Test(unix_stream, connect_accepted_socket, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    strcpy(sun.sun_path, f.path);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sun, sizeof sun), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    int cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&sun, sizeof sun), 0);
+    int afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(afd, 0);
+    close(lfd);
+    unlink(f.path);
+
+    conn_t c = {0};
+    cr_assert_eq(tpio_connect_accepted_socket(f.loop, cli_factory, &f, afd, on_conn, &c), 0);
+    cr_assert_eq(c.calls, 0);
+    cr_assert(th_run_until(f.loop, &c.done, TMO));
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_transport_sockname(c.t, &ss, &sl), 0);
+    assert_path_addr(&ss, sl, f.path);
+    exchange_with_peer(&f, &c, cfd);
+    fx_fini(&f);
+}
+
+/* ---- half-close --------------------------------------------------------------------- */
+
+Test(unix_stream, half_close_client_to_server, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    f.stmpl.eof_ret = true; /* the server keeps its side open after EOF */
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert(tpio_can_write_eof(c.t));
+    cr_assert_eq(tpio_write(c.t, "request", 7), 0);
+    cr_assert_eq(tpio_write_eof(c.t), 0);
+    cr_assert_eq(tpio_write(c.t, "late", 4), -ESHUTDOWN);
+    cr_assert_not(tpio_is_closing(c.t));
+    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
+    th_proto_t *sp = f.sp[0];
+    cr_assert(th_run_until(f.loop, &sp->eof, TMO));
+    cr_assert_str_eq(sp->events, "made,data,eof");
+    cr_assert_eq(sp->rxlen, 7);
+    cr_assert_eq(memcmp(sp->rx, "request", 7), 0);
+    cr_assert_not(tpio_is_closing(sp->t));
+    /* The server still writes after the client's EOF, then closes. */
+    cr_assert_eq(tpio_write(sp->t, "response", 8), 0);
+    cr_assert_eq(tpio_close(sp->t), 0);
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert_eq(c.p->rxlen, 8);
+    cr_assert_eq(memcmp(c.p->rx, "response", 8), 0);
+    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
+    th_proto_free(c.p);
+    close_server(&f, s);
+    fx_fini(&f);
+}
+
+Test(unix_stream, half_close_server_to_client, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    f.ctmpl.eof_ret = true; /* the client keeps its side open after EOF */
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
+    cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
+    th_proto_t *sp = f.sp[0];
+    cr_assert_eq(tpio_write(sp->t, "greeting", 8), 0);
+    cr_assert_eq(tpio_write_eof(sp->t), 0);
+    cr_assert(th_run_until(f.loop, &c.p->eof, TMO));
+    cr_assert_str_eq(c.p->events, "made,data,eof");
+    cr_assert_eq(memcmp(c.p->rx, "greeting", 8), 0);
+    cr_assert_not(tpio_is_closing(c.t));
+    /* The client answers on its still-open side, then closes. */
+    cr_assert_eq(tpio_write(c.t, "answer", 6), 0);
+    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_eq(sp->rxlen, 6);
+    cr_assert_eq(memcmp(sp->rx, "answer", 6), 0);
+    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
+    th_proto_free(c.p);
+    close_server(&f, s);
+    fx_fini(&f);
+}
+
+/* ---- server close / close_clients / wait_closed ----------------------------------------- */
+
+typedef struct order {
+    char log[256];
+    size_t slost_at_wc;
+    size_t conns_at_wc;
+    size_t *slost;
+    tpio_server_t *s;
+    bool wc;
+} order_t;
+
+static void order_wc(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    order_t *o = arg;
+    o->wc = true;
+    o->slost_at_wc = *o->slost;
+    o->conns_at_wc = tpio_server_connection_count(o->s);
+    strcat(o->log, "wc");
+}
+
+Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    order_t o = {.slost = &f.slost, .s = s};
+    /* Registered before close: fires only once closed and empty. */
+    cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o), 0);
+
+    conn_t c[2];
+    tpio_unix_opts_t co = {.path = f.path};
+    bool clost[2] = {false, false};
+    for (int i = 0; i < 2; i++) {
+        connect_client(&f, &co, &c[i]);
+        cr_assert_eq(c[i].err, 0);
+        c[i].p->lost_flag = &clost[i];
+    }
+    cr_assert(th_run_until_count(f.loop, &f.ns, 2, TMO));
+    cr_assert(th_run_until(f.loop, &f.sp[1]->made, TMO));
+    cr_assert_eq(tpio_server_connection_count(s), 2);
+
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_not(tpio_server_is_serving(s));
+    struct stat st;
+    cr_assert_eq(stat(f.path, &st), -1);
+    /* Connections stay open after close; wait_closed does not fire. */
+    run_for(f.loop, 0.1);
+    cr_assert_not(o.wc);
+    cr_assert_eq(tpio_server_connection_count(s), 2);
+    cr_assert_str_eq(f.sp[0]->events, "made");
+    cr_assert_str_eq(c[0].p->events, "made");
+    /* Established connections still work. */
+    cr_assert_eq(tpio_write(c[0].t, "still", 5), 0);
+    cr_assert(run_until_rx(f.loop, f.sp[0], 5, TMO));
+    /* A new client finds nothing at the path. */
+    conn_t late;
+    connect_client(&f, &co, &late);
+    cr_assert_eq(late.err, -ENOENT);
+
+    cr_assert_eq(tpio_server_close_clients(s), 0);
+    cr_assert(th_run_until(f.loop, &o.wc, TMO));
+    cr_assert_eq(o.slost_at_wc, 2, "wait_closed ran before every connection_lost");
+    cr_assert_eq(o.conns_at_wc, 0);
+    cr_assert_str_eq(o.log, "wc");
+    cr_assert_str_eq(f.sp[0]->events, "made,data,lost:0");
+    cr_assert_str_eq(f.sp[1]->events, "made,lost:0");
+    cr_assert(th_run_until(f.loop, &clost[0], TMO));
+    cr_assert(th_run_until(f.loop, &clost[1], TMO));
+    cr_assert_str_eq(c[0].p->events, "made,eof,lost:0");
+    cr_assert_str_eq(c[1].p->events, "made,eof,lost:0");
+    th_proto_free(c[0].p);
+    th_proto_free(c[1].p);
+    /* The server object is gone once its wait_closed callbacks returned. */
+    fx_fini(&f);
+}
+
+Test(unix_stream, abort_clients, .timeout = 20)
+{
+    fx_t f;
+    fx_init(&f);
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.path = f.path};
+    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    conn_t c;
+    tpio_unix_opts_t co = {.path = f.path};
+    connect_client(&f, &co, &c);
+    cr_assert_eq(c.err, 0);
+    bool clost = false;
+    c.p->lost_flag = &clost;
+    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
+    cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
+    /* Buffered server data is dropped by abort. */
+    static char big[1 << 20];
+    cr_assert_eq(tpio_write(f.sp[0]->t, big, sizeof big), 0);
+    cr_assert_gt(tpio_get_write_buffer_size(f.sp[0]->t), 0);
+    cr_assert_eq(tpio_server_abort_clients(s), 0);
+    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    cr_assert(th_run_until(f.loop, &clost, TMO));
+    cr_assert_str_eq(f.sp[0]->events, "made,pause,lost:0");
+    cr_assert_lt(c.p->rxlen, sizeof big);
+    th_proto_free(c.p);
+    close_server(&f, s);
+    fx_fini(&f);
+}
