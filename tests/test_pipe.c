@@ -914,3 +914,32 @@ Test(pipe, write_pipe_has_no_read_side, .timeout = 10)
     th_proto_free(c.p);
     fx_fini(&f);
 }
+
+/* A terminal whose other side closed answers read() with EIO: asyncio ends
+ * the read pipe quietly (no error-handler report) with that error. */
+Test(pipe, read_pipe_on_a_terminal_ends_quietly_on_eio, .timeout = 10)
+{
+    fx_t f;
+    fx_init(&f);
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    cr_assert_geq(master, 0, "posix_openpt: %s", strerror(errno));
+    cr_assert_eq(grantpt(master), 0);
+    cr_assert_eq(unlockpt(master), 0);
+    int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    cr_assert_geq(slave, 0);
+    struct stat st;
+    cr_assert_eq(fstat(master, &st), 0);
+    cr_assert(S_ISCHR(st.st_mode), "a pty master is a character device");
+    conn_t c;
+    open_read(&f, master, &c);
+    const char msg[] = "tty line\n";
+    cr_assert_eq(write(slave, msg, sizeof msg - 1), (ssize_t)sizeof msg - 1);
+    cr_assert(run_until_rx(f.loop, c.p, 1));
+    close(slave); /* the master's next read gets EIO */
+    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
+    cr_assert_eq(c.p->lost_err, -EIO, "lost with %s", tpio_err_name(c.p->lost_err));
+    cr_assert_eq(strncmp(c.p->events, "made,data", 9), 0, "%s", c.p->events);
+    cr_assert_str_eq(c.p->events + strlen(c.p->events) - strlen("lost:EIO"), "lost:EIO");
+    th_proto_free(c.p);
+    fx_fini(&f); /* asserts no error-handler report */
+}
