@@ -146,8 +146,10 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
             close(fd);
             continue;
         }
-        if (!tpio__stream_new_peer(loop, fd, (tpio_transport_kind_t)kind, p, s,
-                                   (struct sockaddr *)&peer, plen)) {
+        /* A factory that closed the server has already released its
+         * wait_closed waiters: the connection then lives on unattached. */
+        if (!tpio__stream_new_peer(loop, fd, (tpio_transport_kind_t)kind, p,
+                                   s->closed ? NULL : s, (struct sockaddr *)&peer, plen)) {
             tpio__report(loop, "out of memory accepting a connection", -ENOMEM, NULL, s, fd);
             close(fd);
         }
