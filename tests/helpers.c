@@ -1,7 +1,17 @@
+#define _GNU_SOURCE
 #include "helpers.h"
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout)
 {
@@ -166,4 +176,344 @@ tpio_protocol_t *th_factory(void *arg)
         p->bufsize = tmpl->bufsize;
     }
     return &p->base;
+}
+
+/* ---- a transport under test plus its plain-socket peer ------------------ */
+
+double th_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+unsigned char th_pat(size_t k)
+{
+    return (unsigned char)(((k ^ (k >> 8) ^ (k >> 16)) * 13u + 7u) & 0xff);
+}
+
+tpio_protocol_t *th_pair_count_factory(void *arg)
+{
+    th_pair_t *pr = arg;
+    pr->factory_calls++;
+    tpio_protocol_t *bp = th_factory(&pr->tmpl);
+    pr->created = tpio_container_of(bp, th_proto_t, base);
+    return bp;
+}
+
+void th_pair_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
+                     int err, void *arg)
+{
+    th_pair_t *pr = arg;
+    pr->cb_calls++;
+    pr->done = true;
+    pr->err = err;
+    pr->t = t;
+    pr->cb_in_loop = tpio_loop_is_running(loop);
+    pr->p = p ? tpio_container_of(p, th_proto_t, base) : NULL;
+    if (pr->p)
+        snprintf(pr->events_at_cb, sizeof pr->events_at_cb, "%.60s", pr->p->events);
+}
+
+th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops)
+{
+    th_pair_t *pr = calloc(1, sizeof *pr);
+    cr_assert_not_null(pr);
+    pr->tmpl.base.ops = ops ? ops : &th_proto_ops;
+    pr->peer = -1;
+    cr_assert_eq(tpio_loop_new(&pr->loop), 0);
+    return pr;
+}
+
+int th_listen_v4(uint16_t *port)
+{
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(l, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(l, 16), 0);
+    socklen_t al = sizeof a;
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    *port = ntohs(a.sin_port);
+    return l;
+}
+
+/* A TCP client transport (tpio_create_connection) and the accepted peer. */
+th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
+{
+    th_pair_t *pr = th_pair_new(ops);
+    if (knobs) {
+        pr->tmpl.eof_ret = knobs->eof_ret;
+        pr->tmpl.echo = knobs->echo;
+        pr->tmpl.close_on_data = knobs->close_on_data;
+        pr->tmpl.pause_in_made = knobs->pause_in_made;
+        pr->tmpl.bufsize = knobs->bufsize;
+    }
+    uint16_t port;
+    int l = th_listen_v4(&port);
+    tpio_connect_opts_t o = {.host = "127.0.0.1", .port = port};
+    cr_assert_eq(tpio_create_connection(pr->loop, th_pair_count_factory, pr, &o,
+                                        th_pair_on_conn, pr), 0);
+    cr_assert(!pr->done, "completion ran inside tpio_create_connection");
+    if (pr->created)
+        cr_assert(!pr->created->made, "connection_made ran inside tpio_create_connection");
+    cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
+    cr_assert_eq(pr->err, 0, "connect failed: %s", tpio_err_name(pr->err));
+    cr_assert_not_null(pr->t);
+    cr_assert_not_null(pr->p);
+    cr_assert_eq(pr->cb_calls, 1);
+    cr_assert_eq(pr->factory_calls, 1);
+    cr_assert_eq(pr->p, pr->created);
+    cr_assert(pr->cb_in_loop);
+    cr_assert_str_eq(pr->events_at_cb, "made");
+    pr->peer = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    cr_assert_geq(pr->peer, 0);
+    close(l);
+    return pr;
+}
+
+/* A Unix socketpair: one end wrapped by tpio_connect_accepted_socket. Whatever
+ * `pre` holds is sent by the peer before the transport exists; pre_eof then
+ * shuts the peer's write side. */
+th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
+                        const void *pre, size_t prelen, bool pre_eof)
+{
+    th_pair_t *pr = th_pair_new(ops);
+    if (knobs) {
+        pr->tmpl.eof_ret = knobs->eof_ret;
+        pr->tmpl.echo = knobs->echo;
+        pr->tmpl.close_on_data = knobs->close_on_data;
+        pr->tmpl.pause_in_made = knobs->pause_in_made;
+        pr->tmpl.bufsize = knobs->bufsize;
+    }
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    if (prelen)
+        cr_assert_eq(send(sv[1], pre, prelen, MSG_NOSIGNAL), (ssize_t)prelen);
+    if (pre_eof)
+        cr_assert_eq(shutdown(sv[1], SHUT_WR), 0);
+    cr_assert_eq(fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK), 0);
+    pr->peer = sv[1];
+    cr_assert_eq(tpio_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
+                                              th_pair_on_conn, pr), 0);
+    cr_assert(!pr->done, "completion ran inside tpio_connect_accepted_socket");
+    if (pr->created)
+        cr_assert(!pr->created->made, "connection_made ran inside the call");
+    cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
+    cr_assert_eq(pr->err, 0, "failed: %s", tpio_err_name(pr->err));
+    cr_assert_not_null(pr->t);
+    cr_assert_not_null(pr->p);
+    cr_assert_eq(pr->cb_calls, 1);
+    cr_assert_eq(pr->factory_calls, 1);
+    cr_assert(pr->cb_in_loop);
+    cr_assert_str_eq(pr->events_at_cb, "made");
+    return pr;
+}
+
+/* Run until the protocol's connection_lost ran, then close everything. */
+void th_pair_finish(th_pair_t *pr)
+{
+    cr_assert(th_run_until(pr->loop, &pr->p->lost, TH_TMO), "no connection_lost; events=%s",
+              pr->p->events);
+    if (pr->peer >= 0)
+        close(pr->peer);
+    pr->peer = -1;
+    /* run a little more so any (erroneous) late callback would show */
+    for (int i = 0; i < 3; i++)
+        tpio_loop_run_once(pr->loop, 0);
+    cr_assert_eq(tpio_loop_close(pr->loop), 0);
+    th_proto_free(pr->p);
+    free(pr);
+}
+
+/* Run a bounded number of loop iterations: used to check that something does
+ * NOT happen. */
+void th_run_iters(tpio_loop_t *loop, int n)
+{
+    for (int i = 0; i < n; i++)
+        tpio_loop_run_once(loop, 5);
+}
+
+bool th_pair_run_until_rx(th_pair_t *pr, th_proto_t *p, size_t n)
+{
+    double end = th_now_s() + TH_TMO;
+    while (p->rxlen < n && th_now_s() < end)
+        tpio_loop_run_once(pr->loop, 10);
+    return p->rxlen >= n;
+}
+
+void th_peer_send(th_pair_t *pr, const void *d, size_t n)
+{
+    cr_assert_eq(send(pr->peer, d, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+/* Peer reads exactly n bytes (running the loop meanwhile). */
+size_t th_peer_recv_exact(th_pair_t *pr, void *buf, size_t n)
+{
+    size_t got = 0;
+    double end = th_now_s() + TH_TMO;
+    while (got < n && th_now_s() < end) {
+        ssize_t r = recv(pr->peer, (char *)buf + got, n - got, 0);
+        if (r > 0)
+            got += (size_t)r;
+        else if (r == 0)
+            break;
+        else if (errno == EAGAIN || errno == EINTR)
+            tpio_loop_run_once(pr->loop, 5);
+        else
+            break;
+    }
+    return got;
+}
+
+/* Peer expects EOF next: returns 0 on EOF, 1 if data came instead, -errno on
+ * error, -ETIMEDOUT if nothing happened. */
+int th_peer_expect_eof(th_pair_t *pr)
+{
+    double end = th_now_s() + TH_TMO;
+    char c;
+    while (th_now_s() < end) {
+        ssize_t r = recv(pr->peer, &c, 1, 0);
+        if (r == 0)
+            return 0;
+        if (r > 0)
+            return 1;
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        tpio_loop_run_once(pr->loop, 5);
+    }
+    return -ETIMEDOUT;
+}
+
+/* Peer reads the pattern stream from offset `off` until EOF (want_eof) or
+ * until `expect` bytes; checks every byte; returns the count read. *end_err
+ * gets 0 for EOF, -errno for an error, 1 when stopped at `expect`. */
+size_t th_peer_drain_pattern(th_pair_t *pr, size_t off, size_t expect, bool want_eof,
+                             int *end_err)
+{
+    static unsigned char buf[65536];
+    size_t got = 0;
+    double end = th_now_s() + 20;
+    *end_err = -ETIMEDOUT;
+    while (th_now_s() < end) {
+        if (!want_eof && got >= expect) {
+            *end_err = 1;
+            break;
+        }
+        ssize_t r = recv(pr->peer, buf, sizeof buf, 0);
+        if (r > 0) {
+            for (ssize_t i = 0; i < r; i++)
+                cr_assert_eq(buf[i], th_pat(off + got + (size_t)i),
+                             "byte %zu differs", off + got + (size_t)i);
+            got += (size_t)r;
+        } else if (r == 0) {
+            *end_err = 0;
+            break;
+        } else if (errno == EAGAIN || errno == EINTR) {
+            tpio_loop_run_once(pr->loop, 2);
+        } else {
+            *end_err = -errno;
+            break;
+        }
+    }
+    return got;
+}
+
+/* Shrink kernel buffers so that the transport's buffer fills quickly. */
+void th_shrink_bufs(th_pair_t *pr)
+{
+    int sz = 4096;
+    cr_assert_eq(setsockopt(tpio_transport_fd(pr->t), SOL_SOCKET, SO_SNDBUF, &sz,
+                            sizeof sz), 0);
+    cr_assert_eq(setsockopt(pr->peer, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz), 0);
+}
+
+/* Write the pattern stream until the transport has to buffer something. The
+ * loop does not run meanwhile, so nothing drains. */
+void th_fill_until_buffered(th_pair_t *pr)
+{
+    static unsigned char chunk[16384];
+    while (tpio_get_write_buffer_size(pr->t) == 0) {
+        cr_assert_lt(pr->wtotal, (size_t)64 << 20, "kernel never pushed back");
+        for (size_t i = 0; i < sizeof chunk; i++)
+            chunk[i] = th_pat(pr->wtotal + i);
+        cr_assert_eq(tpio_write(pr->t, chunk, sizeof chunk), 0);
+        pr->wtotal += sizeof chunk;
+    }
+}
+
+void th_write_pattern(th_pair_t *pr, size_t n)
+{
+    unsigned char *b = malloc(n);
+    cr_assert_not_null(b);
+    for (size_t i = 0; i < n; i++)
+        b[i] = th_pat(pr->wtotal + i);
+    cr_assert_eq(tpio_write(pr->t, b, n), 0);
+    /* the caller's buffer is the caller's again at once */
+    memset(b, 0xAA, n);
+    free(b);
+    pr->wtotal += n;
+}
+
+/* ---- a loop error handler that counts reports --------------------------- */
+
+void th_count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
+{
+    (void)loop;
+    th_reports_t *r = arg;
+    r->count++;
+    snprintf(r->last, sizeof r->last, "%s (%s)", ctx->message,
+             tpio_err_name(ctx->error));
+}
+
+void th_assert_no_reports(const th_reports_t *r)
+{
+    cr_assert_eq(r->count, 0, "unexpected error report: %s", r->last);
+}
+
+/* ---- small shared callbacks --------------------------------------------- */
+
+void th_set_flag(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+}
+
+/* ---- running the loop for a while --------------------------------------- */
+
+tpio_loop_t *th_new_loop(void)
+{
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop), 0);
+    cr_assert_not_null(loop);
+    return loop;
+}
+
+void th_spin_for(tpio_loop_t *loop, double secs)
+{
+    double end = th_now_s() + secs;
+    while (th_now_s() < end)
+        tpio_loop_run_once(loop, 5);
+}
+
+void th_run_timer(tpio_loop_t *loop, double secs, double timeout)
+{
+    bool fired = false;
+    cr_assert_eq(tpio_call_later(loop, secs, th_set_flag, &fired, NULL), 0);
+    cr_assert(th_run_until(loop, &fired, timeout));
+}
+
+/* ---- a connection completion that records its outcome ------------------- */
+
+void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
+                void *arg)
+{
+    th_conn_t *c = arg;
+    c->calls++;
+    c->done = true;
+    c->err = err;
+    c->t = t;
+    c->p = p ? tpio_container_of(p, th_proto_t, base) : NULL;
+    c->in_loop = tpio_loop_is_running(loop);
 }

@@ -5,12 +5,18 @@
 #include <tpio.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Run the loop until *flag is true or `timeout` seconds pass. Returns *flag. */
 bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout);
 /* Same, for a counter reaching `target`. */
 bool th_run_until_count(tpio_loop_t *loop, const size_t *count, size_t target,
                         double timeout);
+
+/* Monotonic clock, in seconds. */
+double th_now_s(void);
+/* The byte at offset k of the test pattern stream. */
+unsigned char th_pat(size_t k);
 
 /* A protocol that records every callback as a comma-separated event list:
  * "made", "data" (consecutive data_received calls coalesce into one),
@@ -45,5 +51,110 @@ th_proto_t *th_proto_new(const tpio_protocol_ops_t *ops);
 void th_proto_free(th_proto_t *p);
 /* Factory: arg is a th_proto_t template whose knobs are copied. */
 tpio_protocol_t *th_factory(void *arg);
+
+/* ---- a transport under test plus its plain-socket peer ------------------ */
+
+/* The deadline (seconds) the pair helpers wait for an event. */
+#define TH_TMO 5.0
+
+typedef struct th_pair {
+    tpio_loop_t *loop;
+    th_proto_t tmpl;          /* knobs copied by the factory */
+    th_proto_t *created;      /* last protocol the factory made */
+    size_t factory_calls;
+    /* completion */
+    bool done;
+    int err;
+    size_t cb_calls;
+    bool cb_in_loop;
+    char events_at_cb[64];
+    tpio_transport_t *t;
+    th_proto_t *p;
+    /* the peer */
+    int peer;
+    size_t wtotal;            /* bytes the transport was asked to write (pattern) */
+} th_pair_t;
+
+/* Factory (arg: th_pair_t) that counts its calls and remembers the protocol. */
+tpio_protocol_t *th_pair_count_factory(void *arg);
+/* Completion callback (arg: th_pair_t) that records its outcome. */
+void th_pair_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
+                     int err, void *arg);
+th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops);
+/* A listening TCP socket on 127.0.0.1; *port gets its port. */
+int th_listen_v4(uint16_t *port);
+/* A TCP client transport (tpio_create_connection) and the accepted peer. */
+th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs);
+/* A Unix socketpair: one end wrapped by tpio_connect_accepted_socket. Whatever
+ * `pre` holds is sent by the peer before the transport exists; pre_eof then
+ * shuts the peer's write side. */
+th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
+                        const void *pre, size_t prelen, bool pre_eof);
+/* Run until the protocol's connection_lost ran, then close everything. */
+void th_pair_finish(th_pair_t *pr);
+/* Run a bounded number of loop iterations: used to check that something does
+ * NOT happen. */
+void th_run_iters(tpio_loop_t *loop, int n);
+bool th_pair_run_until_rx(th_pair_t *pr, th_proto_t *p, size_t n);
+void th_peer_send(th_pair_t *pr, const void *d, size_t n);
+/* Peer reads exactly n bytes (running the loop meanwhile). */
+size_t th_peer_recv_exact(th_pair_t *pr, void *buf, size_t n);
+/* Peer expects EOF next: returns 0 on EOF, 1 if data came instead, -errno on
+ * error, -ETIMEDOUT if nothing happened. */
+int th_peer_expect_eof(th_pair_t *pr);
+/* Peer reads the pattern stream from offset `off` until EOF (want_eof) or
+ * until `expect` bytes; checks every byte; returns the count read. *end_err
+ * gets 0 for EOF, -errno for an error, 1 when stopped at `expect`. */
+size_t th_peer_drain_pattern(th_pair_t *pr, size_t off, size_t expect, bool want_eof,
+                             int *end_err);
+/* Shrink kernel buffers so that the transport's buffer fills quickly. */
+void th_shrink_bufs(th_pair_t *pr);
+/* Write the pattern stream until the transport has to buffer something. The
+ * loop does not run meanwhile, so nothing drains. */
+void th_fill_until_buffered(th_pair_t *pr);
+void th_write_pattern(th_pair_t *pr, size_t n);
+
+/* ---- a loop error handler that counts reports --------------------------- */
+
+typedef struct th_reports {
+    size_t count;          /* error handler calls */
+    char last[256];        /* the last one, as "message (ERRNAME)" */
+} th_reports_t;
+
+/* tpio_loop_set_error_handler callback; arg: a th_reports_t. */
+void th_count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg);
+/* Asserts that no error was reported. */
+void th_assert_no_reports(const th_reports_t *r);
+
+/* ---- small shared callbacks --------------------------------------------- */
+
+/* A loop callback (timer, call_soon, wait_closed...) that sets *(bool *)arg. */
+void th_set_flag(tpio_loop_t *loop, void *arg);
+
+/* ---- running the loop for a while --------------------------------------- */
+
+/* A new loop (asserts that creating it succeeds). */
+tpio_loop_t *th_new_loop(void);
+/* Run iterations until `secs` seconds of wall time have passed (a bounded
+ * wait, used to check that something does NOT happen). */
+void th_spin_for(tpio_loop_t *loop, double secs);
+/* Run the loop for `secs` of loop time (a timer, not a sleep); asserts that
+ * the timer fired within `timeout` seconds. */
+void th_run_timer(tpio_loop_t *loop, double secs, double timeout);
+
+/* ---- a connection completion that records its outcome ------------------- */
+
+typedef struct th_conn {
+    bool done;
+    int err;
+    size_t calls;
+    tpio_transport_t *t;
+    th_proto_t *p;
+    bool in_loop;          /* the completion ran inside the loop */
+} th_conn_t;
+
+/* Completion callback; arg: a th_conn_t. */
+void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
+                void *arg);
 
 #endif

@@ -42,13 +42,6 @@ static uint64_t fnv1a(uint64_t h, const unsigned char *d, size_t n)
 }
 #define FNV_INIT 0xcbf29ce484222325ull
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* ---- the echo server's protocol ----------------------------------------- */
 
 typedef struct echo {
@@ -324,15 +317,9 @@ static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
     d->t = t;
 }
 
-static void on_closed(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
 static void run_bulk(const tpio_protocol_ops_t *server_ops)
 {
-    double t0 = now_s();
+    double t0 = th_now_s();
     unsigned char *payload = malloc(TOTAL);
     cr_assert_not_null(payload);
     uint64_t seed = 0xC0FFEE;
@@ -369,12 +356,12 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
     cr_assert(c->made);
     pump(c);
 
-    double end = now_s() + 50;
-    while (!(c->lost && srv.lost == 1) && now_s() < end) {
+    double end = th_now_s() + 50;
+    while (!(c->lost && srv.lost == 1) && th_now_s() < end) {
         tpio_loop_run_once(loop, 100);
         pump(c);
     }
-    double t1 = now_s();
+    double t1 = th_now_s();
     cr_log_info("64 MiB echoed in %.2f s: %zu writes, %zu writelines, %zu client pauses, "
                 "%zu server pauses, %zu get_buffer calls",
                 t1 - t0, c->writes, c->writelines, c->pauses, srv.pauses, srv.getbufs);
@@ -399,7 +386,7 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
 
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, on_closed, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
     cr_assert(th_run_until(loop, &closed, 5));
     cr_assert_eq(tpio_loop_close(loop), 0);
     free(c);

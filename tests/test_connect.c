@@ -45,13 +45,6 @@ typedef struct conn {
     char events_at_cb[64];
 } conn_t;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static tpio_protocol_t *factory(void *arg)
 {
     conn_t *c = arg;
@@ -224,8 +217,8 @@ static void peer_expect(conn_t *c, int peer, const char *want)
 {
     size_t n = strlen(want), got = 0;
     char buf[256] = {0};
-    double end = now_s() + TMO;
-    while (got < n && now_s() < end) {
+    double end = th_now_s() + TMO;
+    while (got < n && th_now_s() < end) {
         ssize_t r = recv(peer, buf + got, n - got, 0);
         if (r > 0)
             got += (size_t)r;
@@ -243,9 +236,9 @@ static void peer_expect(conn_t *c, int peer, const char *want)
 /* Peer reads EOF next (0), running the loop meanwhile. */
 static int peer_eof(tpio_loop_t *loop, int peer)
 {
-    double end = now_s() + TMO;
+    double end = th_now_s() + TMO;
     char ch;
-    while (now_s() < end) {
+    while (th_now_s() < end) {
         ssize_t r = recv(peer, &ch, 1, 0);
         if (r == 0)
             return 0;
@@ -361,8 +354,8 @@ Test(connect, completion_before_early_data, .timeout = 20)
     tpio_connect_opts_t o = {.host = "127.0.0.1", .port = port};
     start(c, &o);
     int peer = -1;
-    double end = now_s() + TMO;
-    while (peer < 0 && now_s() < end) {
+    double end = th_now_s() + TMO;
+    while (peer < 0 && th_now_s() < end) {
         peer = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (peer < 0) {
             struct pollfd pf = {.fd = l, .events = POLLIN};

@@ -22,33 +22,9 @@
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static tpio_loop_t *new_loop(void)
-{
-    tpio_loop_t *loop = NULL;
-    cr_assert_eq(tpio_loop_new(&loop), 0);
-    cr_assert_not_null(loop);
-    return loop;
-}
-
 static void close_loop(tpio_loop_t *loop)
 {
     cr_assert_eq(tpio_loop_close(loop), 0);
-}
-
-/* Run iterations until `deadline` seconds have passed (a bounded wait, used
- * to check that something does NOT happen). */
-static void run_for(tpio_loop_t *loop, double secs)
-{
-    double end = mono_now() + secs;
-    while (mono_now() < end)
-        tpio_loop_run_once(loop, 5);
 }
 
 /* A recorder of callback ids, in call order. */
@@ -80,12 +56,6 @@ static void count_cb(tpio_loop_t *loop, void *arg)
     (*(size_t *)arg)++;
 }
 
-static void set_flag_cb(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
 static void stop_cb(tpio_loop_t *loop, void *arg)
 {
     (void)arg;
@@ -105,7 +75,7 @@ static void never_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, new_and_close, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     cr_assert_not(tpio_loop_is_running(loop));
     cr_assert_geq(tpio_loop_time(loop), 0.0);
     close_loop(loop);
@@ -113,7 +83,7 @@ Test(loop, new_and_close, .timeout = 30)
 
 Test(loop, several_loops_are_independent, .timeout = 30)
 {
-    tpio_loop_t *a = new_loop(), *b = new_loop();
+    tpio_loop_t *a = th_new_loop(), *b = th_new_loop();
     cr_assert_neq(a, b);
     size_t ca = 0, cb = 0;
     cr_assert_eq(tpio_call_soon(a, count_cb, &ca, NULL), 0);
@@ -130,7 +100,7 @@ Test(loop, several_loops_are_independent, .timeout = 30)
 
 Test(loop, close_discards_pending_callbacks_and_timers, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     for (int i = 0; i < 100; i++)
         cr_assert_eq(tpio_call_soon(loop, never_cb, NULL, NULL), 0);
     for (int i = 0; i < 100; i++)
@@ -147,7 +117,7 @@ Test(loop, close_discards_pending_callbacks_and_timers, .timeout = 30)
 
 Test(loop, call_soon_fifo_order, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     static rec_item_t items[1000];
     rec.loop = loop;
@@ -165,7 +135,7 @@ Test(loop, call_soon_fifo_order, .timeout = 30)
 
 Test(loop, call_soon_handles_are_distinct_and_nonzero, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     size_t n = 0;
     tpio_handle_t h[64];
     for (int i = 0; i < 64; i++) {
@@ -210,7 +180,7 @@ static void nested_a(tpio_loop_t *loop, void *arg)
 
 Test(loop, callbacks_scheduled_in_a_callback_run_next_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     nested_t n = {loop, 0, 0};
     cr_assert_eq(tpio_call_soon(loop, nested_a, &n, NULL), 0);
     cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
@@ -236,14 +206,14 @@ static void resched_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, self_rescheduling_callback_runs_once_per_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     resched_t r = {0, 0};
     cr_assert_eq(tpio_call_soon(loop, resched_cb, &r, &r.last), 0);
     for (size_t i = 1; i <= 5; i++) {
         /* a blocking timeout: ready callbacks mean the loop must not wait */
-        double t0 = mono_now();
+        double t0 = th_now_s();
         cr_assert_geq(tpio_loop_run_once(loop, 1000), 0);
-        cr_assert_lt(mono_now() - t0, 0.5, "run_once blocked with ready callbacks");
+        cr_assert_lt(th_now_s() - t0, 0.5, "run_once blocked with ready callbacks");
         cr_assert_eq(r.runs, i);
     }
     cr_assert_eq(tpio_cancel(loop, r.last), 0);
@@ -258,7 +228,7 @@ Test(loop, self_rescheduling_callback_runs_once_per_iteration, .timeout = 30)
 
 Test(loop, call_later_fires_in_deadline_order, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     rec.loop = loop;
     rec_item_t i3 = {&rec, 3}, i1 = {&rec, 1}, i2 = {&rec, 2};
@@ -267,8 +237,8 @@ Test(loop, call_later_fires_in_deadline_order, .timeout = 30)
     cr_assert_eq(tpio_call_later(loop, 0.01, rec_cb, &i1, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, 0.02, rec_cb, &i2, NULL), 0);
     cr_assert_eq(rec.n, 0);
-    double end = mono_now() + 3.0;
-    while (rec.n < 3 && mono_now() < end)
+    double end = th_now_s() + 3.0;
+    while (rec.n < 3 && th_now_s() < end)
         tpio_loop_run_once(loop, 50);
     cr_assert_eq(rec.n, 3);
     cr_assert_eq(rec.ids[0], 1);
@@ -282,7 +252,7 @@ Test(loop, call_later_fires_in_deadline_order, .timeout = 30)
 
 Test(loop, equal_deadlines_fire_in_fifo_order, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     static rec_item_t items[50];
     rec.loop = loop;
@@ -291,8 +261,8 @@ Test(loop, equal_deadlines_fire_in_fifo_order, .timeout = 30)
         items[i] = (rec_item_t){&rec, i};
         cr_assert_eq(tpio_call_at(loop, when, rec_cb, &items[i], NULL), 0);
     }
-    double end = mono_now() + 3.0;
-    while (rec.n < 50 && mono_now() < end)
+    double end = th_now_s() + 3.0;
+    while (rec.n < 50 && th_now_s() < end)
         tpio_loop_run_once(loop, 50);
     cr_assert_eq(rec.n, 50);
     for (int i = 0; i < 50; i++) {
@@ -304,7 +274,7 @@ Test(loop, equal_deadlines_fire_in_fifo_order, .timeout = 30)
 
 Test(loop, many_timers_fire_sorted_by_deadline_then_fifo, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     enum { N = 3000 };
     static rec_item_t items[N];
@@ -319,8 +289,8 @@ Test(loop, many_timers_fire_sorted_by_deadline_then_fifo, .timeout = 30)
         if (tpio_call_at(loop, whens[i], rec_cb, &items[i], NULL) != 0)
             cr_assert_fail("call_at %d failed", i);
     }
-    double end = mono_now() + 5.0;
-    while (rec.n < N && mono_now() < end)
+    double end = th_now_s() + 5.0;
+    while (rec.n < N && th_now_s() < end)
         tpio_loop_run_once(loop, 50);
     cr_assert_eq(rec.n, N);
     for (int k = 1; k < N; k++) {
@@ -337,14 +307,14 @@ Test(loop, many_timers_fire_sorted_by_deadline_then_fifo, .timeout = 30)
 
 Test(loop, call_at_fires_at_the_given_loop_time, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     rec.loop = loop;
     rec_item_t it = {&rec, 7};
     double when = tpio_loop_time(loop) + 0.04;
     cr_assert_eq(tpio_call_at(loop, when, rec_cb, &it, NULL), 0);
-    double end = mono_now() + 3.0;
-    while (rec.n < 1 && mono_now() < end)
+    double end = th_now_s() + 3.0;
+    while (rec.n < 1 && th_now_s() < end)
         tpio_loop_run_once(loop, 100);
     cr_assert_eq(rec.n, 1);
     cr_assert_eq(rec.ids[0], 7);
@@ -355,32 +325,32 @@ Test(loop, call_at_fires_at_the_given_loop_time, .timeout = 30)
 
 Test(loop, call_at_in_the_past_and_negative_delay_run_next_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     size_t n = 0;
     cr_assert_eq(tpio_call_at(loop, tpio_loop_time(loop) - 10.0, count_cb, &n, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, -5.0, count_cb, &n, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, 0.0, count_cb, &n, NULL), 0);
     cr_assert_eq(n, 0);
-    double t0 = mono_now();
+    double t0 = th_now_s();
     cr_assert_geq(tpio_loop_run_once(loop, 1000), 0);
-    cr_assert_lt(mono_now() - t0, 0.5);
+    cr_assert_lt(th_now_s() - t0, 0.5);
     cr_assert_eq(n, 3);
     close_loop(loop);
 }
 
 Test(loop, call_later_fires_no_earlier_than_delay, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     rec.loop = loop;
     rec_item_t it = {&rec, 1};
     double t0 = tpio_loop_time(loop);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     cr_assert_eq(tpio_call_later(loop, 0.05, rec_cb, &it, NULL), 0);
     double end = m0 + 3.0;
-    while (rec.n < 1 && mono_now() < end)
+    while (rec.n < 1 && th_now_s() < end)
         tpio_loop_run_once(loop, 7);
-    double m1 = mono_now();
+    double m1 = th_now_s();
     cr_assert_eq(rec.n, 1);
     cr_assert_geq(rec.at[0], t0 + 0.05 - 1e-6, "loop time at firing %.6f < %.6f",
                   rec.at[0], t0 + 0.05);
@@ -392,7 +362,7 @@ Test(loop, call_later_fires_no_earlier_than_delay, .timeout = 30)
 
 Test(loop, loop_time_is_monotonic_and_advances, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     double prev = tpio_loop_time(loop);
     for (int i = 0; i < 10000; i++) {
         double t = tpio_loop_time(loop);
@@ -400,9 +370,9 @@ Test(loop, loop_time_is_monotonic_and_advances, .timeout = 30)
         prev = t;
     }
     double t0 = tpio_loop_time(loop);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     tpio_loop_run_once(loop, 30); /* nothing to do: waits ~30 ms */
-    double m1 = mono_now();
+    double m1 = th_now_s();
     double t1 = tpio_loop_time(loop);
     cr_assert_geq(m1 - m0, 0.025, "run_once(30) returned after %.6f s", m1 - m0);
     cr_assert_geq(t1 - t0, 0.025, "loop time advanced only %.6f s", t1 - t0);
@@ -412,32 +382,32 @@ Test(loop, loop_time_is_monotonic_and_advances, .timeout = 30)
 
 Test(loop, run_once_blocking_wakes_for_a_timer, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, 0.02, set_flag_cb, &fired, NULL), 0);
-    double m0 = mono_now();
+    cr_assert_eq(tpio_call_later(loop, 0.02, th_set_flag, &fired, NULL), 0);
+    double m0 = th_now_s();
     /* -1: wait until something happens; the timer is what happens */
     cr_assert_geq(tpio_loop_run_once(loop, -1), 0);
     cr_assert(fired, "run_once(-1) returned before running the due timer");
-    cr_assert_lt(mono_now() - m0, 1.0);
+    cr_assert_lt(th_now_s() - m0, 1.0);
     /* a long timeout is cut short by a nearer timer */
     fired = false;
-    cr_assert_eq(tpio_call_later(loop, 0.02, set_flag_cb, &fired, NULL), 0);
-    m0 = mono_now();
+    cr_assert_eq(tpio_call_later(loop, 0.02, th_set_flag, &fired, NULL), 0);
+    m0 = th_now_s();
     cr_assert_geq(tpio_loop_run_once(loop, 5000), 0);
     cr_assert(fired);
-    cr_assert_lt(mono_now() - m0, 1.0);
+    cr_assert_lt(th_now_s() - m0, 1.0);
     close_loop(loop);
 }
 
 Test(loop, run_once_zero_does_not_block, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     cr_assert_eq(tpio_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     for (int i = 0; i < 100; i++)
         cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
-    cr_assert_lt(mono_now() - m0, 1.0);
+    cr_assert_lt(th_now_s() - m0, 1.0);
     close_loop(loop);
 }
 
@@ -447,23 +417,23 @@ Test(loop, run_once_zero_does_not_block, .timeout = 30)
 
 Test(loop, cancel_timer_before_firing, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     tpio_handle_t h = 0;
     bool other = false;
     cr_assert_eq(tpio_call_later(loop, 0.01, never_cb, NULL, &h), 0);
-    cr_assert_eq(tpio_call_later(loop, 0.03, set_flag_cb, &other, NULL), 0);
+    cr_assert_eq(tpio_call_later(loop, 0.03, th_set_flag, &other, NULL), 0);
     cr_assert_neq(h, 0);
     cr_assert_eq(tpio_cancel(loop, h), 0);
     cr_assert_eq(tpio_cancel(loop, h), -ENOENT, "second cancel");
     cr_assert(th_run_until(loop, &other, 3.0));
-    run_for(loop, 0.03);
+    th_spin_for(loop, 0.03);
     cr_assert_eq(tpio_cancel(loop, h), -ENOENT);
     close_loop(loop);
 }
 
 Test(loop, cancel_after_firing_is_enoent, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     tpio_handle_t h1 = 0, h2 = 0;
     size_t n = 0;
     cr_assert_eq(tpio_call_soon(loop, count_cb, &n, &h1), 0);
@@ -477,7 +447,7 @@ Test(loop, cancel_after_firing_is_enoent, .timeout = 30)
 
 Test(loop, cancel_invalid_handles, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     cr_assert_eq(tpio_cancel(loop, 0), -ENOENT);
     cr_assert_eq(tpio_cancel(loop, (tpio_handle_t)0xdeadbeefcafeULL), -ENOENT);
     cr_assert_eq(tpio_cancel(loop, UINT64_MAX), -ENOENT);
@@ -486,7 +456,7 @@ Test(loop, cancel_invalid_handles, .timeout = 30)
 
 Test(loop, cancel_call_soon_handle, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     rec.loop = loop;
     rec_item_t a = {&rec, 1}, c = {&rec, 3};
@@ -519,7 +489,7 @@ static void canceller_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, cancel_from_a_callback_in_the_same_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     /* both ready in the same iteration: the first cancels the second */
     canceller_t c = {0, 1, false};
     cr_assert_eq(tpio_call_soon(loop, canceller_cb, &c, NULL), 0);
@@ -536,7 +506,7 @@ Test(loop, cancel_from_a_callback_in_the_same_iteration, .timeout = 30)
     cr_assert_eq(tpio_call_at(loop, when, never_cb, NULL, &d.victim), 0);
     cr_assert(th_run_until(loop, &d.ran, 3.0));
     cr_assert_eq(d.result, 0);
-    run_for(loop, 0.02);
+    th_spin_for(loop, 0.02);
     close_loop(loop);
 }
 
@@ -573,7 +543,7 @@ static void after_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, stop_from_callback_finishes_the_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     stopper_t s = {.loop = loop};
     cr_assert_eq(tpio_call_soon(loop, stopping_cb, &s, NULL), 0);
     cr_assert_eq(tpio_call_soon(loop, after_cb, &s, NULL), 0); /* same iteration */
@@ -591,14 +561,14 @@ Test(loop, stop_from_callback_finishes_the_iteration, .timeout = 30)
 
 Test(loop, stop_from_a_timer_ends_run, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     size_t ticks = 0;
     cr_assert_eq(tpio_call_later(loop, 0.02, count_cb, &ticks, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, 0.04, stop_cb, NULL, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     cr_assert_eq(tpio_loop_run(loop), 0);
-    double el = mono_now() - m0;
+    double el = th_now_s() - m0;
     cr_assert_eq(ticks, 1);
     cr_assert_geq(el, 0.035);
     cr_assert_lt(el, 2.0);
@@ -610,7 +580,7 @@ Test(loop, stop_from_a_timer_ends_run, .timeout = 30)
 
 Test(loop, stop_before_run_runs_one_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     stopper_t s = {.loop = loop};
     size_t n = 0;
     nested_t nest = {loop, 0, 0};
@@ -618,9 +588,9 @@ Test(loop, stop_before_run_runs_one_iteration, .timeout = 30)
     cr_assert_eq(tpio_call_soon(loop, nested_a, &nest, NULL), 0);
     cr_assert_eq(tpio_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
     tpio_loop_stop(loop);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     cr_assert_eq(tpio_loop_run(loop), 0);
-    cr_assert_lt(mono_now() - m0, 1.0, "run blocked although stop() was pending");
+    cr_assert_lt(th_now_s() - m0, 1.0, "run blocked although stop() was pending");
     cr_assert_eq(n, 1);
     cr_assert_eq(nest.a, 1);
     cr_assert_eq(nest.b, 0, "run after stop() ran a second iteration");
@@ -650,7 +620,7 @@ static void busy_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, stop_before_run_one_iteration_exactly, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     busy_t b = {0, false};
     cr_assert_eq(tpio_call_soon(loop, busy_cb, &b, NULL), 0);
     tpio_loop_stop(loop);
@@ -672,7 +642,7 @@ static void nested_calls_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, run_while_running_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     stopper_t s = {.loop = loop, .nested_run = 1, .nested_close = 1};
     cr_assert_eq(tpio_call_soon(loop, nested_calls_cb, &s, NULL), 0);
     cr_assert_eq(tpio_loop_run(loop), 0);
@@ -694,7 +664,7 @@ static void is_running_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, is_running_inside_run_once, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     int r = -1;
     cr_assert_not(tpio_loop_is_running(loop));
     cr_assert_eq(tpio_call_soon(loop, is_running_cb, &r, NULL), 0);
@@ -768,7 +738,7 @@ static void ts_go_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, call_soon_threadsafe_many_threads, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static ts_ctx_t ctx;
     g_ts = &ctx;
     ctx.loop = loop;
@@ -840,14 +810,14 @@ static char thread_state(long tid)
 static void *wake_thread(void *arg)
 {
     wake_ctx_t *w = arg;
-    double end = mono_now() + 5.0;
-    while (atomic_load(&w->loop_tid) == 0 && mono_now() < end)
+    double end = th_now_s() + 5.0;
+    while (atomic_load(&w->loop_tid) == 0 && th_now_s() < end)
         sched_yield();
     long tid = atomic_load(&w->loop_tid);
     /* wait (without sleeping) until the loop thread is blocked in the poller;
      * it needs several consecutive observations to rule out a passing futex */
     int seen = 0;
-    while (tid && mono_now() < end) {
+    while (tid && th_now_s() < end) {
         if (thread_state(tid) == 'S') {
             if (++seen >= 20)
                 break;
@@ -863,16 +833,16 @@ static void *wake_thread(void *arg)
 
 Test(loop, call_soon_threadsafe_wakes_a_blocked_loop, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static wake_ctx_t w;
     w.loop = loop;
     cr_assert_eq(tpio_call_soon(loop, wake_record_tid, &w, NULL), 0);
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wake_thread, &w), 0);
     /* nothing else to do: only the thread's call can end this run */
-    double m0 = mono_now();
+    double m0 = th_now_s();
     cr_assert_eq(tpio_loop_run(loop), 0);
-    double el = mono_now() - m0;
+    double el = th_now_s() - m0;
     pthread_join(th, NULL);
     cr_assert(w.stopped);
     cr_assert(atomic_load(&w.saw_sleeping), "the loop never blocked (busy loop?)");
@@ -884,10 +854,10 @@ Test(loop, call_soon_threadsafe_wakes_a_blocked_loop, .timeout = 30)
 static void *wake_run_once_thread(void *arg)
 {
     wake_ctx_t *w = arg;
-    double end = mono_now() + 5.0;
+    double end = th_now_s() + 5.0;
     long tid = atomic_load(&w->loop_tid);
     int seen = 0;
-    while (mono_now() < end) {
+    while (th_now_s() < end) {
         if (thread_state(tid) == 'S') {
             if (++seen >= 20)
                 break;
@@ -897,26 +867,26 @@ static void *wake_run_once_thread(void *arg)
         sched_yield();
     }
     atomic_store(&w->saw_sleeping, seen >= 20);
-    tpio_call_soon_threadsafe(w->loop, set_flag_cb, &w->stopped);
+    tpio_call_soon_threadsafe(w->loop, th_set_flag, &w->stopped);
     return NULL;
 }
 
 Test(loop, call_soon_threadsafe_wakes_run_once_minus_one, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static wake_ctx_t w;
     w.loop = loop;
     atomic_store(&w.loop_tid, (long)syscall(SYS_gettid));
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wake_run_once_thread, &w), 0);
-    double m0 = mono_now();
+    double m0 = th_now_s();
     /* the wakeup itself may take one iteration, the callback at most one more */
     for (int i = 0; i < 2 && !w.stopped; i++)
         cr_assert_geq(tpio_loop_run_once(loop, -1), 0);
     pthread_join(th, NULL);
     cr_assert(w.stopped);
     cr_assert(atomic_load(&w.saw_sleeping));
-    cr_assert_lt(mono_now() - m0, 5.0);
+    cr_assert_lt(th_now_s() - m0, 5.0);
     close_loop(loop);
 }
 
@@ -947,7 +917,7 @@ static void bulk_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, hundred_thousand_call_soon_in_one_batch, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     memset(&g_bulk, 0, sizeof g_bulk);
     g_bulk.scheduled = 100000; /* no rescheduling */
     for (size_t i = 0; i < 100000; i++)
@@ -960,7 +930,7 @@ Test(loop, hundred_thousand_call_soon_in_one_batch, .timeout = 30)
 
 Test(loop, hundred_thousand_call_soon_steady_state, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     memset(&g_bulk, 0, sizeof g_bulk);
     /* 1000 in flight; each callback schedules the next until 100k were scheduled */
     for (size_t i = 0; i < 1000; i++)
@@ -1056,7 +1026,7 @@ static size_t count_char(const char *s, char ch)
 
 Test(loop, custom_error_handler_receives_context, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static eh_t e;
     tpio_loop_set_error_handler(loop, custom_handler, &e);
     tpio_error_context_t ctx = {
@@ -1091,7 +1061,7 @@ Test(loop, custom_error_handler_receives_context, .timeout = 30)
 
 Test(loop, default_error_handler_prints_one_line, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     static eh_t e;
     tpio_error_context_t ctx = {.message = "tpio-test-message-default-7319",
                                 .error = -EPIPE, .fd = -1};
@@ -1167,7 +1137,7 @@ Test(loop, bad_arguments, .timeout = 30)
     tpio_loop_call_error_handler(NULL, &ctx);      /* no crash */
     (void)tpio_loop_time(NULL);                    /* no crash */
 
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     cr_assert_eq(tpio_call_soon(loop, NULL, &n, &h), -EINVAL);
     cr_assert_eq(tpio_call_later(loop, 0.1, NULL, &n, &h), -EINVAL);
     cr_assert_eq(tpio_call_at(loop, 0.1, NULL, &n, &h), -EINVAL);
@@ -1188,15 +1158,9 @@ Test(loop, bad_arguments, .timeout = 30)
 /* close refuses while objects exist                                         */
 /* ------------------------------------------------------------------------- */
 
-static void wait_closed_cb(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
 Test(loop, close_with_a_server_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     th_proto_t tmpl = {0};
     tmpl.base.ops = &th_proto_ops;
     tpio_server_opts_t opts = {.host = "127.0.0.1", .port = 0};
@@ -1214,7 +1178,7 @@ Test(loop, close_with_a_server_is_ebusy, .timeout = 30)
 
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, wait_closed_cb, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
     cr_assert_not(closed);
     cr_assert(th_run_until(loop, &closed, 3.0));
     cr_assert_eq(tpio_loop_close(loop), 0);
@@ -1240,7 +1204,7 @@ static void connect_done(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t
 
 Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = new_loop();
+    tpio_loop_t *loop = th_new_loop();
     size_t server_lost = 0;
     th_proto_t tmpl = {0};
     tmpl.base.ops = &th_proto_ops;
@@ -1284,7 +1248,7 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     cr_assert_eq(tpio_loop_close(loop), -EBUSY);
     cr_assert_eq(tpio_server_close(s), 0);
     bool closed = false;
-    cr_assert_eq(tpio_server_wait_closed(s, wait_closed_cb, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
     cr_assert(th_run_until(loop, &closed, 3.0));
     cr_assert_eq(tpio_loop_close(loop), 0);
 }

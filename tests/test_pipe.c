@@ -27,13 +27,6 @@
 #define TMO 10.0
 #define PIPE_CAP 65536
 
-static th_proto_t *TP(tpio_protocol_t *p) { return tpio_container_of(p, th_proto_t, base); }
-
-static unsigned char pat(size_t k)
-{
-    return (unsigned char)(((k ^ (k >> 8) ^ (k >> 16)) * 13u + 7u) & 0xff);
-}
-
 /* ---- a recording protocol that also notes the buffer size at pause/resume --- */
 
 typedef struct wp {
@@ -61,8 +54,7 @@ static void wp_resume(tpio_protocol_t *p)
 
 typedef struct fx {
     tpio_loop_t *loop;
-    size_t reports;        /* error handler calls: none expected */
-    char last_report[256];
+    th_reports_t rep;      /* error handler calls: none expected */
     th_proto_t tmpl;
     size_t factory_calls;
     bool use_wp;
@@ -84,40 +76,11 @@ static tpio_protocol_t *factory(void *arg)
     return th_factory(&f->tmpl);
 }
 
-typedef struct conn {
-    bool done;
-    int err;
-    size_t calls;
-    tpio_transport_t *t;
-    th_proto_t *p;
-} conn_t;
-
-static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
-                    void *arg)
-{
-    (void)loop;
-    conn_t *c = arg;
-    c->calls++;
-    c->done = true;
-    c->err = err;
-    c->t = t;
-    c->p = p ? TP(p) : NULL;
-}
-
-static void count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
-{
-    (void)loop;
-    fx_t *f = arg;
-    f->reports++;
-    snprintf(f->last_report, sizeof f->last_report, "%s (%s)", ctx->message,
-             tpio_err_name(ctx->error));
-}
-
 static void fx_init(fx_t *f)
 {
     memset(f, 0, sizeof *f);
     cr_assert_eq(tpio_loop_new(&f->loop), 0);
-    tpio_loop_set_error_handler(f->loop, count_reports, f);
+    tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
     f->tmpl.base.ops = &th_proto_ops;
     /* The tests close read ends themselves: a write to them must give EPIPE
      * rather than kill the test. */
@@ -126,14 +89,14 @@ static void fx_init(fx_t *f)
 
 static void fx_fini(fx_t *f)
 {
-    cr_assert_eq(f->reports, 0, "unexpected error report: %s", f->last_report);
+    th_assert_no_reports(&f->rep);
     cr_assert_eq(tpio_loop_close(f->loop), 0);
 }
 
-static void open_read(fx_t *f, int fd, conn_t *c)
+static void open_read(fx_t *f, int fd, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_connect_read_pipe(f->loop, factory, f, fd, on_conn, c), 0);
+    cr_assert_eq(tpio_connect_read_pipe(f->loop, factory, f, fd, th_on_conn, c), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -142,10 +105,10 @@ static void open_read(fx_t *f, int fd, conn_t *c)
     cr_assert_eq(tpio_transport_kind(c->t), TPIO_TRANSPORT_PIPE_READ);
 }
 
-static void open_write(fx_t *f, int fd, conn_t *c)
+static void open_write(fx_t *f, int fd, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_connect_write_pipe(f->loop, factory, f, fd, on_conn, c), 0);
+    cr_assert_eq(tpio_connect_write_pipe(f->loop, factory, f, fd, th_on_conn, c), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -158,20 +121,6 @@ static void make_pipe(int fds[2])
 {
     cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
     cr_assert_eq(fcntl(fds[1], F_SETPIPE_SZ, PIPE_CAP), PIPE_CAP);
-}
-
-static void timer_flag(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
-/* Run the loop for `secs` of loop time (a timer, not a sleep). */
-static void run_for(tpio_loop_t *loop, double secs)
-{
-    bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, secs, timer_flag, &fired, NULL), 0);
-    cr_assert(th_run_until(loop, &fired, TMO));
 }
 
 static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n)
@@ -197,7 +146,7 @@ static void drain_some(drain_t *d)
         ssize_t n = read(d->fd, buf, sizeof buf);
         if (n > 0) {
             for (ssize_t i = 0; i < n; i++)
-                if (buf[i] != pat(d->got + (size_t)i))
+                if (buf[i] != th_pat(d->got + (size_t)i))
                     d->bad = true;
             d->got += (size_t)n;
             continue;
@@ -226,7 +175,7 @@ static unsigned char *pattern(size_t off, size_t n)
     unsigned char *b = malloc(n ? n : 1);
     cr_assert_not_null(b);
     for (size_t i = 0; i < n; i++)
-        b[i] = pat(off + i);
+        b[i] = th_pat(off + i);
     return b;
 }
 
@@ -245,7 +194,7 @@ Test(pipe, read_data_then_eof, .timeout = 20)
         f.tmpl.eof_ret = eof_ret; /* ignored for pipes: lost follows anyway */
         int fds[2];
         make_pipe(fds);
-        conn_t c;
+        th_conn_t c;
         open_read(&f, fds[0], &c);
         cr_assert(tpio_is_reading(c.t));
         cr_assert_not(tpio_is_closing(c.t));
@@ -270,7 +219,7 @@ Test(pipe, read_close_closes_the_fd, .timeout = 10)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_read(&f, fds[0], &c);
     cr_assert(fcntl(fds[0], F_GETFL) & O_NONBLOCK, "read pipe not made non-blocking");
     cr_assert_eq(tpio_close(c.t), 0);
@@ -294,11 +243,11 @@ Test(pipe, read_pause_resume_hold, .timeout = 20)
     f.tmpl.pause_in_made = true;
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_read(&f, fds[0], &c);
     cr_assert_not(tpio_is_reading(c.t));
     cr_assert_eq(write(fds[1], "first", 5), 5);
-    run_for(f.loop, 0.1);
+    th_run_timer(f.loop, 0.1, TMO);
     cr_assert_str_eq(c.p->events, "made");
     cr_assert_eq(c.p->rxlen, 0);
     cr_assert_eq(tpio_resume_reading(c.t), 0);
@@ -310,7 +259,7 @@ Test(pipe, read_pause_resume_hold, .timeout = 20)
     cr_assert_not(tpio_is_reading(c.t));
     cr_assert_eq(write(fds[1], "second", 6), 6);
     close(fds[1]); /* EOF is held too */
-    run_for(f.loop, 0.1);
+    th_run_timer(f.loop, 0.1, TMO);
     cr_assert_str_eq(c.p->events, "made,data");
     cr_assert_eq(c.p->rxlen, 5);
     cr_assert_eq(tpio_resume_reading(c.t), 0);
@@ -333,8 +282,8 @@ Test(pipe, read_buffered_protocol, .timeout = 10)
     unsigned char *data = pattern(0, 20);
     cr_assert_eq(write(fds[1], data, 20), 20);
     close(fds[1]);
-    conn_t c = {0};
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fds[0], on_conn, &c), 0);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fds[0], th_on_conn, &c), 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
@@ -354,7 +303,7 @@ Test(pipe, socketpair_as_read_pipe, .timeout = 10)
     fx_init(&f);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    conn_t c;
+    th_conn_t c;
     open_read(&f, sv[0], &c);
     tpio_extra_t e;
     cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), 0);
@@ -379,7 +328,7 @@ Test(pipe, write_then_reader_sees_bytes, .timeout = 10)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     cr_assert(fcntl(fds[1], F_GETFL) & O_NONBLOCK, "write pipe not made non-blocking");
     cr_assert(tpio_can_write_eof(c.t));
@@ -416,7 +365,7 @@ Test(pipe, write_eof_flushes_then_lost, .timeout = 20)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     const size_t total = 200 * 1024;
     unsigned char *data = pattern(0, total);
@@ -430,7 +379,7 @@ Test(pipe, write_eof_flushes_then_lost, .timeout = 20)
     cr_assert_eq(tpio_write(c.t, "more", 4), -ESHUTDOWN);
     cr_assert_eq(tpio_get_write_buffer_size(c.t), total - PIPE_CAP);
     /* Not lost while data is buffered. */
-    run_for(f.loop, 0.05);
+    th_run_timer(f.loop, 0.05, TMO);
     cr_assert_not(c.p->lost);
     drain_t d = {.fd = fds[0]};
     drain_to_eof(f.loop, &d);
@@ -450,7 +399,7 @@ Test(pipe, close_flushes_then_lost, .timeout = 20)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     const size_t total = 100 * 1024; /* 36 KiB buffered: below high, no pause */
     unsigned char *data = pattern(0, total);
@@ -479,7 +428,7 @@ Test(pipe, abort_drops_buffer, .timeout = 10)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     unsigned char *data = pattern(0, 100 * 1024);
     cr_assert_eq(tpio_write(c.t, data, 100 * 1024), 0);
@@ -504,7 +453,7 @@ Test(pipe, write_flow_control, .timeout = 30)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     wp_t *w = tpio_container_of(c.p, wp_t, th);
     size_t low = 0, high = 0;
@@ -522,7 +471,7 @@ Test(pipe, write_flow_control, .timeout = 30)
         size_t before = tpio_get_write_buffer_size(c.t);
         cr_assert_leq(before, high);
         for (size_t i = 0; i < chunk; i++)
-            buf[i] = pat(written + i);
+            buf[i] = th_pat(written + i);
         cr_assert_eq(tpio_write(c.t, buf, chunk), 0);
         written += chunk;
     }
@@ -533,7 +482,7 @@ Test(pipe, write_flow_control, .timeout = 30)
     cr_assert_eq(written, PIPE_CAP + w->size_at_pause);
     cr_assert_eq(tpio_get_write_buffer_size(c.t), w->size_at_pause);
     /* Still paused without a reader, and nothing lost. */
-    run_for(f.loop, 0.05);
+    th_run_timer(f.loop, 0.05, TMO);
     cr_assert_eq(c.p->resumes, 0);
     cr_assert_eq(tpio_get_write_buffer_size(c.t), w->size_at_pause);
 
@@ -566,7 +515,7 @@ Test(pipe, reader_closes_with_buffered_data, .timeout = 10)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     unsigned char *data = pattern(0, 100 * 1024);
     cr_assert_eq(tpio_write(c.t, data, 100 * 1024), 0);
@@ -585,7 +534,7 @@ Test(pipe, reader_closes_while_idle, .timeout = 10)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     /* Nothing is written: the transport notices on its own. */
     close(fds[0]);
@@ -601,7 +550,7 @@ Test(pipe, write_to_a_gone_reader_is_epipe, .timeout = 10)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     close(fds[0]);
     /* Before the loop noticed: the write itself meets EPIPE, reported through
@@ -622,7 +571,7 @@ Test(pipe, sigpipe_ignored_by_first_write_pipe, .timeout = 10)
     cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     struct sigaction now;
     cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
@@ -646,7 +595,7 @@ Test(pipe, sigpipe_user_handler_kept, .timeout = 10)
     cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     struct sigaction now;
     cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
@@ -664,7 +613,7 @@ Test(pipe, write_pipe_into_read_pipe_1mib, .timeout = 30)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t r, w;
+    th_conn_t r, w;
     open_read(&f, fds[0], &r);
     open_write(&f, fds[1], &w);
     const size_t total = 1 << 20;
@@ -716,7 +665,7 @@ Test(pipe, fifo_write_pipe_to_read_pipe, .timeout = 20)
     fx_init(&f);
     fifo_t ff;
     fifo_open(&ff);
-    conn_t r, w;
+    th_conn_t r, w;
     open_read(&f, ff.rd, &r);
     open_write(&f, ff.wr, &w);
     const size_t total = 300 * 1000;
@@ -743,7 +692,7 @@ Test(pipe, fifo_reader_closes_while_idle, .timeout = 10)
     fx_init(&f);
     fifo_t ff;
     fifo_open(&ff);
-    conn_t w;
+    th_conn_t w;
     open_write(&f, ff.wr, &w);
     close(ff.rd);
     cr_assert(th_run_until(f.loop, &w.p->lost, TMO));
@@ -759,7 +708,7 @@ Test(pipe, fifo_reader_closes_with_buffered_data, .timeout = 10)
     fx_init(&f);
     fifo_t ff;
     fifo_open(&ff);
-    conn_t w;
+    th_conn_t w;
     open_write(&f, ff.wr, &w);
     unsigned char *data = pattern(0, 100 * 1024);
     cr_assert_eq(tpio_write(w.t, data, 100 * 1024), 0);
@@ -786,9 +735,9 @@ Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
     int fl = fcntl(fd, F_GETFL);
     int fdfl = fcntl(fd, F_GETFD);
     off_t pos = lseek(fd, 0, SEEK_CUR);
-    conn_t c = {0};
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, on_conn, &c), -EINVAL);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EINVAL);
     cr_assert_eq(fcntl(fd, F_GETFL), fl);
     cr_assert_eq(fcntl(fd, F_GETFD), fdfl);
     cr_assert_eq(lseek(fd, 0, SEEK_CUR), pos);
@@ -796,18 +745,18 @@ Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
     int dfd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     cr_assert_geq(dfd, 0);
     int dfl = fcntl(dfd, F_GETFL);
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, dfd, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, dfd, th_on_conn, &c), -EINVAL);
     cr_assert_eq(fcntl(dfd, F_GETFL), dfl);
     /* Bad descriptors and arguments. */
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, -1, on_conn, &c), -EBADF);
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, -1, th_on_conn, &c), -EBADF);
     int fds[2];
     make_pipe(fds);
-    cr_assert_eq(tpio_connect_read_pipe(NULL, factory, &f, fds[0], on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, NULL, &f, fds[0], on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_read_pipe(NULL, factory, &f, fds[0], th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, NULL, &f, fds[0], th_on_conn, &c), -EINVAL);
     cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fds[1], NULL, &c), -EINVAL);
     cr_assert_eq(fcntl(fds[0], F_GETFL) & O_NONBLOCK, 0);
     cr_assert_eq(fcntl(fds[1], F_GETFL) & O_NONBLOCK, 0);
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(f.factory_calls, 0);
     close(fds[0]);
@@ -825,11 +774,11 @@ Test(pipe, unpollable_char_device_is_eperm, .timeout = 10)
     int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     cr_assert_geq(fd, 0);
     int fl = fcntl(fd, F_GETFL);
-    conn_t c = {0};
-    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, on_conn, &c), -EPERM);
-    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, on_conn, &c), -EPERM);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EPERM);
+    cr_assert_eq(tpio_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EPERM);
     cr_assert_eq(fcntl(fd, F_GETFL), fl);
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(f.factory_calls, 0);
     close(fd);
@@ -844,7 +793,7 @@ Test(pipe, read_pipe_has_no_write_side, .timeout = 10)
     fx_init(&f);
     int fds[2];
     make_pipe(fds);
-    conn_t c;
+    th_conn_t c;
     open_read(&f, fds[0], &c);
     struct iovec iov = {.iov_base = "x", .iov_len = 1};
     struct sockaddr_storage ss;
@@ -886,7 +835,7 @@ Test(pipe, write_pipe_has_no_read_side, .timeout = 10)
     int fds[2];
     make_pipe(fds);
     set_nonblock(fds[0]);
-    conn_t c;
+    th_conn_t c;
     open_write(&f, fds[1], &c);
     cr_assert_eq(tpio_pause_reading(c.t), -ENOTSUP);
     cr_assert_eq(tpio_resume_reading(c.t), -ENOTSUP);
@@ -930,7 +879,7 @@ Test(pipe, read_pipe_on_a_terminal_ends_quietly_on_eio, .timeout = 10)
     struct stat st;
     cr_assert_eq(fstat(master, &st), 0);
     cr_assert(S_ISCHR(st.st_mode), "a pty master is a character device");
-    conn_t c;
+    th_conn_t c;
     open_read(&f, master, &c);
     const char msg[] = "tty line\n";
     cr_assert_eq(write(slave, msg, sizeof msg - 1), (ssize_t)sizeof msg - 1);

@@ -63,12 +63,6 @@ static void stop_cb(tpio_loop_t *loop, void *arg)
     tpio_loop_stop(loop);
 }
 
-static void set_flag(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
 Test(poll, run_once_blocks_again_after_a_stop, .timeout = 10)
 {
     tpio_loop_t *loop;
@@ -76,7 +70,7 @@ Test(poll, run_once_blocks_again_after_a_stop, .timeout = 10)
     cr_assert_eq(tpio_call_soon(loop, stop_cb, NULL, NULL), 0);
     cr_assert_eq(tpio_loop_run_once(loop, 0), 0); /* runs stop() */
     bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, 0.05, set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_call_later(loop, 0.05, th_set_flag, &fired, NULL), 0);
     /* Nothing is ready: this iteration must wait for the timer, not spin. */
     cr_assert_eq(tpio_loop_run_once(loop, 2000), 0);
     cr_assert(fired, "run_once returned without waiting after an earlier stop()");

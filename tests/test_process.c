@@ -447,12 +447,6 @@ static void seq_data(sp_t *s, int fd, const void *d, size_t n)
     }
 }
 
-static void timer_flag(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
 Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
 {
     /* seq's output is known: more than 32 MiB of it, hashed as it comes */
@@ -474,7 +468,7 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
     size_t target = 1 << 20;
     cr_assert(th_run_until(f.loop, &q.paused, TMO));
     bool fired = false;
-    cr_assert_eq(tpio_call_later(f.loop, 0.2, timer_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_call_later(f.loop, 0.2, th_set_flag, &fired, NULL), 0);
     cr_assert(th_run_until(f.loop, &fired, TMO));
     cr_assert_eq(q.got, q.at_pause);
     cr_assert_geq(q.got, target);
@@ -497,11 +491,6 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
     fx_fini(&f);
 }
 
-static unsigned char pat(size_t k)
-{
-    return (unsigned char)(((k ^ (k >> 8) ^ (k >> 16)) * 13u + 7u) & 0xff);
-}
-
 typedef struct pump {
     size_t written, got;
     bool paused, bad;
@@ -517,7 +506,7 @@ static void pump_write(sp_t *s)
     while (!u->paused && u->written < BIG) {
         size_t n = BIG - u->written < sizeof u->chunk ? BIG - u->written : sizeof u->chunk;
         for (size_t i = 0; i < n; i++)
-            u->chunk[i] = pat(u->written + i);
+            u->chunk[i] = th_pat(u->written + i);
         u->written += n;
         cr_assert_eq(tpio_write(in, u->chunk, n), 0);
         cr_assert_leq(tpio_get_write_buffer_size(in), 64 * 1024 + sizeof u->chunk);
@@ -538,7 +527,7 @@ static void pump_data(sp_t *s, int fd, const void *d, size_t n)
     const unsigned char *b = d;
     cr_assert_eq(fd, 1);
     for (size_t i = 0; i < n; i++)
-        if (b[i] != pat(u->got + i))
+        if (b[i] != th_pat(u->got + i))
             u->bad = true;
     u->got += n;
 }
@@ -661,7 +650,7 @@ Test(process, exit_seen_while_grandchild_holds_stdout, .timeout = 60)
     cr_assert_str_eq(f.sp.out[1], "hi\n");
     /* the transport waits for its pipes */
     bool fired = false;
-    cr_assert_eq(tpio_call_later(f.loop, 0.1, timer_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_call_later(f.loop, 0.1, th_set_flag, &fired, NULL), 0);
     cr_assert(th_run_until(f.loop, &fired, TMO));
     cr_assert(!f.sp.lost && !f.sp.pipe_lost[1]);
     /* EOF on stdin ends the grandchild, which closes the pipes */

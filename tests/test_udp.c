@@ -159,8 +159,7 @@ static const tpio_protocol_ops_t dp_ops = {
 
 typedef struct fx {
     tpio_loop_t *loop;
-    size_t reports;        /* error handler calls: none expected */
-    char last_report[256];
+    th_reports_t rep;      /* error handler calls: none expected */
     dp_t tmpl;
     size_t factory_calls;
 } fx_t;
@@ -199,25 +198,16 @@ static void on_ep(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, in
     e->p = p ? DP(p) : NULL;
 }
 
-static void count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
-{
-    (void)loop;
-    fx_t *f = arg;
-    f->reports++;
-    snprintf(f->last_report, sizeof f->last_report, "%s (%s)", ctx->message,
-             tpio_err_name(ctx->error));
-}
-
 static void fx_init(fx_t *f)
 {
     memset(f, 0, sizeof *f);
     cr_assert_eq(tpio_loop_new(&f->loop), 0);
-    tpio_loop_set_error_handler(f->loop, count_reports, f);
+    tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
 }
 
 static void fx_fini(fx_t *f)
 {
-    cr_assert_eq(f->reports, 0, "unexpected error report: %s", f->last_report);
+    th_assert_no_reports(&f->rep);
     cr_assert_eq(tpio_loop_close(f->loop), 0);
 }
 
@@ -251,19 +241,6 @@ static void close_ep(fx_t *f, ep_t *e)
     cr_assert(tpio_is_closing(e->t));
     cr_assert(th_run_until(f->loop, &e->p->lost, TMO));
     cr_assert_eq(e->p->lost_err, 0);
-}
-
-static void timer_flag(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
-static void run_for(tpio_loop_t *loop, double secs)
-{
-    bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, secs, timer_flag, &fired, NULL), 0);
-    cr_assert(th_run_until(loop, &fired, TMO));
 }
 
 static struct sockaddr_in sin_of(const char *ip, uint16_t port)
@@ -392,7 +369,7 @@ Test(udp, server_client_exchange, .timeout = 20)
     cr_assert_eq(tpio_get_write_buffer_size(cli.t), 0);
 
     /* Nothing stray arrived anywhere. */
-    run_for(f.loop, 0.05);
+    th_run_timer(f.loop, 0.05, TMO);
     cr_assert_str_eq(srv.p->events, "made,dgram:5,dgram:5");
     cr_assert_str_eq(cli.p->events, "made,dgram:6");
 
@@ -458,7 +435,7 @@ Test(udp, icmp_refusal_is_error_received, .timeout = 20)
     /* The transport stays open and usable. */
     cr_assert_not(tpio_is_closing(cli.t));
     cr_assert_not(cli.p->lost);
-    run_for(f.loop, 0.05);
+    th_run_timer(f.loop, 0.05, TMO);
     cr_assert_not(cli.p->lost);
     close_ep(&f, &cli);
     cr_assert_str_eq(cli.p->events, "made,err:ECONNREFUSED,lost:0");
@@ -616,7 +593,7 @@ Test(udp, use_sock_rejections_leave_fd_untouched, .timeout = 10)
                  -EINVAL);
     cr_assert_eq(tpio_create_datagram_endpoint(f.loop, dp_factory, &f, &o7, NULL, &e),
                  -EINVAL);
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(e.calls, 0);
     cr_assert_eq(f.factory_calls, 0);
     close(st);
@@ -962,7 +939,7 @@ Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
     cr_assert_eq(tpio_get_write_buffer_size(e.t), before + 16);
 
     /* Still held while nobody reads. */
-    run_for(f.loop, 0.05);
+    th_run_timer(f.loop, 0.05, TMO);
     cr_assert_eq(tpio_get_write_buffer_size(e.t), before + 16);
     cr_assert_str_eq(e.p->events, "made,pause");
 
@@ -1017,7 +994,7 @@ Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
             /* Dropped after close. */
             cr_assert_eq(tpio_sendto(e.t, buf, FC_LEN, NULL, 0), 0);
             cr_assert_eq(tpio_get_write_buffer_size(e.t), q);
-            run_for(f.loop, 0.05);
+            th_run_timer(f.loop, 0.05, TMO);
             cr_assert_not(e.p->lost, "lost before the queue was flushed");
         }
         uint32_t next = 0;

@@ -31,8 +31,7 @@ static th_proto_t *TP(tpio_protocol_t *p) { return tpio_container_of(p, th_proto
 
 typedef struct fx {
     tpio_loop_t *loop;
-    size_t reports;        /* error handler calls: none expected */
-    char last_report[256];
+    th_reports_t rep;      /* error handler calls: none expected */
     char dir[128];
     char path[256];
     /* server side */
@@ -61,20 +60,11 @@ static tpio_protocol_t *cli_factory(void *arg)
     return th_factory(&f->ctmpl);
 }
 
-static void count_reports(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
-{
-    (void)loop;
-    fx_t *f = arg;
-    f->reports++;
-    snprintf(f->last_report, sizeof f->last_report, "%s (%s)", ctx->message,
-             tpio_err_name(ctx->error));
-}
-
 static void fx_init(fx_t *f)
 {
     memset(f, 0, sizeof *f);
     cr_assert_eq(tpio_loop_new(&f->loop), 0);
-    tpio_loop_set_error_handler(f->loop, count_reports, f);
+    tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
     snprintf(f->dir, sizeof f->dir, "/tmp/tpio-unix-XXXXXX");
     cr_assert_not_null(mkdtemp(f->dir));
     snprintf(f->path, sizeof f->path, "%s/s.sock", f->dir);
@@ -89,36 +79,9 @@ static void fx_fini(fx_t *f)
 {
     for (size_t i = 0; i < f->ns; i++)
         th_proto_free(f->sp[i]);
-    cr_assert_eq(f->reports, 0, "unexpected error report: %s", f->last_report);
+    th_assert_no_reports(&f->rep);
     cr_assert_eq(tpio_loop_close(f->loop), 0);
     cr_assert_eq(rmdir(f->dir), 0, "directory %s not empty: %s", f->dir, strerror(errno));
-}
-
-typedef struct conn {
-    bool done;
-    int err;
-    size_t calls;
-    tpio_transport_t *t;
-    th_proto_t *p;
-    bool in_loop;
-} conn_t;
-
-static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
-                    void *arg)
-{
-    conn_t *c = arg;
-    c->calls++;
-    c->done = true;
-    c->err = err;
-    c->t = t;
-    c->p = p ? TP(p) : NULL;
-    c->in_loop = tpio_loop_is_running(loop);
-}
-
-static void on_wait_closed(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
 }
 
 static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double timeout)
@@ -133,22 +96,8 @@ static void close_server(fx_t *f, tpio_server_t *s)
 {
     bool wc = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, on_wait_closed, &wc), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &wc), 0);
     cr_assert(th_run_until(f->loop, &wc, TMO));
-}
-
-static void timer_flag(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    *(bool *)arg = true;
-}
-
-/* Run the loop for `secs` of loop time (a timer, not a sleep). */
-static void run_for(tpio_loop_t *loop, double secs)
-{
-    bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, secs, timer_flag, &fired, NULL), 0);
-    cr_assert(th_run_until(loop, &fired, TMO));
 }
 
 static bool is_unnamed(const struct sockaddr_storage *ss, socklen_t len)
@@ -193,10 +142,10 @@ static void make_stale_socket(const char *path)
 }
 
 /* Connect a client to f->path (or an abstract name), wait for completion. */
-static void connect_client(fx_t *f, const tpio_unix_opts_t *o, conn_t *c)
+static void connect_client(fx_t *f, const tpio_unix_opts_t *o, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_create_unix_connection(f->loop, cli_factory, f, o, on_conn, c), 0);
+    cr_assert_eq(tpio_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -224,7 +173,7 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
 
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -304,7 +253,7 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
 
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = name, .abstract = true};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -322,7 +271,7 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     assert_abstract_addr(&ss, sl, name);
 
     /* A plain connect to a filesystem path of the same name fails. */
-    conn_t c2;
+    th_conn_t c2;
     tpio_unix_opts_t co2 = {.path = name};
     connect_client(&f, &co2, &c2);
     cr_assert_eq(c2.err, -ENOENT);
@@ -373,10 +322,10 @@ Test(unix_stream, abstract_name_lengths, .timeout = 10)
     s = NULL;
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
     cr_assert_null(s);
-    conn_t c = {0};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &so, on_conn, &c),
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c),
                  -ENAMETOOLONG);
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     fx_fini(&f);
 }
@@ -392,7 +341,7 @@ Test(unix_stream, stale_socket_file_is_removed, .timeout = 20)
     tpio_unix_opts_t so = {.path = f.path};
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
 
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -458,7 +407,7 @@ Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
     cr_assert_not(tpio_server_is_serving(s));
     cr_assert_eq(tpio_server_socket_count(s), 0);
     bool wc = false;
-    cr_assert_eq(tpio_server_wait_closed(s, on_wait_closed, &wc), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &wc), 0);
     cr_assert(th_run_until(f.loop, &wc, TMO));
     fx_fini(&f);
 }
@@ -496,7 +445,7 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     cr_assert(S_ISSOCK(st.st_mode));
     cr_assert_eq(st.st_ino, st2.st_ino);
     /* ... and it still accepts. */
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -520,7 +469,7 @@ Test(unix_stream, connect_without_listener, .timeout = 10)
     fx_t f;
     fx_init(&f);
     tpio_unix_opts_t co = {.path = f.path};
-    conn_t c;
+    th_conn_t c;
     /* No file at all. */
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, -ENOENT, "got %s", tpio_err_name(c.err));
@@ -547,7 +496,7 @@ Test(unix_stream, bad_paths, .timeout = 10)
 {
     fx_t f;
     fx_init(&f);
-    conn_t c = {0};
+    th_conn_t c = {0};
     tpio_server_t *s = NULL;
     char longp[200];
     /* sun_path holds 108 bytes with its NUL: 108 characters are too many. */
@@ -555,7 +504,7 @@ Test(unix_stream, bad_paths, .timeout = 10)
     longp[0] = '/';
     longp[108] = '\0';
     tpio_unix_opts_t o = {.path = longp};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
                  -ENAMETOOLONG);
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
     /* An explicit path_len beyond the limit too. */
@@ -563,31 +512,31 @@ Test(unix_stream, bad_paths, .timeout = 10)
     longp[0] = '/';
     longp[sizeof longp - 1] = '\0';
     o.path_len = 150;
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
                  -ENAMETOOLONG);
     /* NULL and empty paths. */
     tpio_unix_opts_t onull = {0};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &onull, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c),
                  -EINVAL);
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
     tpio_unix_opts_t oempty = {.path = ""};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &oempty, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c),
                  -EINVAL);
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
     /* Missing objects. */
     tpio_unix_opts_t ok = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, NULL, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c),
                  -EINVAL);
-    cr_assert_eq(tpio_create_unix_connection(f.loop, NULL, &f, &ok, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c), -EINVAL);
     cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c), -EINVAL);
-    cr_assert_eq(tpio_create_unix_connection(NULL, cli_factory, &f, &ok, on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c), -EINVAL);
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
     cr_assert_eq(tpio_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
     cr_assert_null(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), -1, "a failed call created the socket file");
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(f.cfactory_calls, 0);
     cr_assert_eq(f.ns, 0);
@@ -615,7 +564,7 @@ static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
 }
 
 /* Exchange one message each way with a plain peer, then the peer closes. */
-static void exchange_with_peer(fx_t *f, conn_t *c, int peer)
+static void exchange_with_peer(fx_t *f, th_conn_t *c, int peer)
 {
     char buf[64];
     cr_assert_eq(tpio_write(c->t, "ping", 4), 0);
@@ -640,7 +589,7 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_unix_opts_t o = {.use_sock = true, .sock = sv[0]};
-    conn_t c;
+    th_conn_t c;
     connect_client(&f, &o, &c);
     cr_assert_eq(c.err, 0);
     cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
@@ -656,7 +605,7 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_connect_opts_t copts = {.use_sock = true, .sock = sv[0]};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_create_connection(f.loop, cli_factory, &f, &copts, on_conn, &c), 0);
+    cr_assert_eq(tpio_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c), 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
@@ -667,16 +616,16 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     int fl = fcntl(sv[0], F_GETFL);
     tpio_unix_opts_t bad = {.use_sock = true, .sock = sv[0], .path = f.path};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c),
                  -EINVAL);
     /* A datagram socket is not a stream. */
     int dg[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
     int dfl = fcntl(dg[0], F_GETFL);
     tpio_unix_opts_t bad2 = {.use_sock = true, .sock = dg[0]};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad2, on_conn, &c),
+    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c),
                  -EPROTOTYPE);
-    run_for(f.loop, 0.01);
+    th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(fcntl(sv[0], F_GETFL), fl);
     cr_assert_eq(fcntl(dg[0], F_GETFL), dfl);
@@ -704,8 +653,8 @@ Test(unix_stream, connect_accepted_socket, .timeout = 20)
     close(lfd);
     unlink(f.path);
 
-    conn_t c = {0};
-    cr_assert_eq(tpio_connect_accepted_socket(f.loop, cli_factory, &f, afd, on_conn, &c), 0);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c), 0);
     cr_assert_eq(c.calls, 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
@@ -728,7 +677,7 @@ Test(unix_stream, half_close_client_to_server, .timeout = 20)
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.path = f.path};
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -768,7 +717,7 @@ Test(unix_stream, half_close_server_to_client, .timeout = 20)
     tpio_unix_opts_t so = {.path = f.path};
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     f.ctmpl.eof_ret = true; /* the client keeps its side open after EOF */
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
@@ -827,7 +776,7 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     /* Registered before close: fires only once closed and empty. */
     cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o), 0);
 
-    conn_t c[2];
+    th_conn_t c[2];
     tpio_unix_opts_t co = {.path = f.path};
     bool clost[2] = {false, false};
     for (int i = 0; i < 2; i++) {
@@ -844,7 +793,7 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     struct stat st;
     cr_assert_eq(stat(f.path, &st), -1);
     /* Connections stay open after close; wait_closed does not fire. */
-    run_for(f.loop, 0.1);
+    th_run_timer(f.loop, 0.1, TMO);
     cr_assert_not(o.wc);
     cr_assert_eq(tpio_server_connection_count(s), 2);
     cr_assert_str_eq(f.sp[0]->events, "made");
@@ -853,7 +802,7 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     cr_assert_eq(tpio_write(c[0].t, "still", 5), 0);
     cr_assert(run_until_rx(f.loop, f.sp[0], 5, TMO));
     /* A new client finds nothing at the path. */
-    conn_t late;
+    th_conn_t late;
     connect_client(&f, &co, &late);
     cr_assert_eq(late.err, -ENOENT);
 
@@ -881,7 +830,7 @@ Test(unix_stream, abort_clients, .timeout = 20)
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.path = f.path};
     cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    conn_t c;
+    th_conn_t c;
     tpio_unix_opts_t co = {.path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
