@@ -202,9 +202,6 @@ TPIO__HIDDEN int tpio__make_stream(tpio_loop_t *loop, int fd, int kind, tpio_pro
 /* Flow control, shared by every writable kind. */
 TPIO__HIDDEN void tpio__maybe_pause_protocol(tpio_transport_t *t);
 TPIO__HIDDEN void tpio__maybe_resume_protocol(tpio_transport_t *t);
-/* An error the user did not cause: report unless it is a plain peer
- * disconnect (asyncio's _FATAL_ERROR_IGNORE). */
-TPIO__HIDDEN bool tpio__is_disconnect(int err);
 
 /* ---- write buffer: chunks of copied bytes, sent with writev ------------- */
 struct tpio__chunk {

@@ -3,7 +3,6 @@
 #include "internal.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 
 static int pipe_check(tpio_loop_t *loop, int fd)
@@ -37,13 +36,6 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
         return -errno;
-    if (kind == TPIO_TRANSPORT_PIPE_WRITE) {
-        struct sigaction sa;
-        if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-            sa.sa_handler = SIG_IGN;
-            sigaction(SIGPIPE, &sa, NULL);
-        }
-    }
     return tpio__adopt(loop, fd, kind, tpio__make_stream, factory, factory_arg, cb, cb_arg);
 }
 

@@ -318,17 +318,6 @@ static void close_all(int fds[3], const bool owned[3])
     }
 }
 
-/* Python ignores SIGPIPE at start-up; tpio does it for its first write pipe
- * (as pipe.c): writing to a child that exited must give EPIPE, not kill us. */
-static void ignore_sigpipe(void)
-{
-    struct sigaction sa;
-    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
-        sa.sa_handler = SIG_IGN;
-        sigaction(SIGPIPE, &sa, NULL);
-    }
-}
-
 int tpio_subprocess_exec(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
                          const char *const argv[], const tpio_subprocess_opts_t *opts,
                          tpio_connect_cb cb, void *cb_arg)
@@ -353,8 +342,6 @@ int tpio_subprocess_exec(tpio_loop_t *loop, tpio_protocol_factory_t factory, voi
         free(P);
         return rc;
     }
-    if (parent[0] >= 0)
-        ignore_sigpipe();
 
     tpio__transport_init(&P->base, loop, &proc_vt, TPIO_TRANSPORT_SUBPROCESS, NULL);
     P->pid = sp.pid;

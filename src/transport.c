@@ -112,11 +112,6 @@ int tpio__adopt(tpio_loop_t *loop, int fd, int kind, tpio__make_fn make,
     return 0;
 }
 
-bool tpio__is_disconnect(int err)
-{
-    return err == -EPIPE || err == -ECONNRESET || err == -ECONNABORTED;
-}
-
 void tpio__maybe_pause_protocol(tpio_transport_t *t)
 {
     if (t->writing_paused || t->vt->write_buffer_size(t) <= t->high)
