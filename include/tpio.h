@@ -290,11 +290,14 @@ struct tpio_protocol {
 
 /**
  * protocol_factory: return a new protocol for a new connection, or NULL to
- * refuse it. The factory always runs from the loop, never inside the call
- * that asked for the connection. A refused connection is closed (for calls
- * that were given a socket or pipe, that descriptor too: it was the
- * library's from the call's 0 return on) and the completion reports
- * -ECONNABORTED; a server just drops the accepted connection.
+ * refuse it. For connections, servers, pipes and datagram endpoints the
+ * factory runs from the loop, never inside the call that asked for the
+ * connection: a refused connection is closed (for calls that were given a
+ * socket or pipe, that descriptor too: it was the library's from the call's
+ * 0 return on) and the completion reports -ECONNABORTED; a server just drops
+ * the accepted connection. The one exception is tpio_subprocess_exec/_shell,
+ * which call it inside the call, once the child has started: a refusal
+ * kills and reaps the child and the call returns -ECONNABORTED.
  */
 typedef tpio_protocol_t *(*tpio_protocol_factory_t)(void *arg);
 
