@@ -1,21 +1,30 @@
 /* Load generator for the echo servers (one thread, epoll, loopback only).
  *
- *   loadgen -p PORT -m pingpong -c CONNS -s SIZE [-w WARMUP] [-t SECONDS]
+ *   loadgen -p PORT[,PORT...] -m pingpong -c CONNS -s SIZE [-w WARMUP] [-t SECONDS] [-q SLICE]
  *   loadgen -p PORT -m pingpong -c CONNS -s SIZE -n ROUNDS      (fixed count)
- *   loadgen -p PORT -m bulk [-s CHUNK] [-w WARMUP] [-t SECONDS]
+ *   loadgen -p PORT[,PORT...] -m bulk [-s CHUNK] [-w WARMUP] [-t SECONDS] [-q SLICE]
  *   loadgen -p PORT -m idle -c CONNS
  *   common: [-H 127.0.0.1] [-T TIMEOUT] (hard limit on the whole run, seconds)
  *
+ * Several ports load several servers in turn: the run is cut into slices of
+ * SLICE seconds, each round gives every server one slice (the order rotates
+ * from round to round), the first rounds (WARMUP seconds) are not counted,
+ * and the next ones (SECONDS per server) are. Without -q: one warm-up slice
+ * of WARMUP seconds and one measured slice of SECONDS. A slice ends by
+ * letting what is under way finish (round trips complete, the echo of every
+ * byte sent comes back), and that time counts as part of the slice.
+ *
  * pingpong: every connection sends SIZE bytes, waits until all SIZE bytes are
- *   back (checked against the pattern sent), and repeats. Timed mode measures
- *   for SECONDS after WARMUP seconds; fixed mode performs exactly ROUNDS round
- *   trips in total (split evenly over the connections) and then closes.
- *   Prints: rtps=… p50_us=… p99_us=… rounds=… secs=… total=… (round trips
- *   including warm-up)
- * bulk: one connection streams CHUNK-sized writes as fast as the server echoes
- *   them, reading and checking the echo at the same time.
- *   Prints: mbps=… (10^6 bytes of echo received per second) bytes=… secs=…
- *   total=… (bytes including warm-up)
+ *   back (checked against the pattern sent), and repeats. Fixed mode performs
+ *   exactly ROUNDS round trips in total (split evenly over the connections)
+ *   and then closes.
+ *   Prints a line per server: port=… rtps=… p50_us=… p99_us=… rounds=… secs=…
+ *   total=… (round trips including warm-up) slices=r1,r2,… (rt/s of each
+ *   measured slice, in round order)
+ * bulk: one connection per server streams CHUNK-sized writes as fast as the
+ *   server echoes them, reading and checking the echo at the same time.
+ *   Prints a line per server: port=… mbps=… (10^6 bytes of echo per second)
+ *   bytes=… secs=… total=… (bytes including warm-up) slices=m1,m2,… (MB/s)
  * idle: opens CONNS connections, completes one 1-byte round trip on each (so
  *   the server has accepted and set up every one of them), prints "ready N",
  *   and holds them until stdin has a line or is closed (or TIMEOUT), then
@@ -47,7 +56,6 @@
 #define BULK_READ (256 * 1024)
 
 static const char *host = "127.0.0.1";
-static unsigned port;
 static const char *mode = "pingpong";
 static int nconns = 1;
 static size_t size = 1024;
@@ -86,7 +94,7 @@ static void raise_nofile(void)
     }
 }
 
-static int connect_one(int nonblock)
+static int connect_one(unsigned port, int nonblock)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -107,6 +115,12 @@ static int connect_one(int nonblock)
     return fd;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void check_deadline(void)
 {
     if (now() > t_deadline) {
@@ -115,8 +129,13 @@ static void check_deadline(void)
     }
 }
 
-/* ---- ping-pong ------------------------------------------------------------ */
+/* ---- targets and slices -------------------------------------------------- */
 
+/* One server under load. With several targets (-p P1,P2,...) the run is cut
+ * into slices of -q seconds; each round gives every target one slice, in an
+ * order that rotates, so a slow spell of the machine (tens of ms to seconds
+ * on a shared VM) falls on every server alike. Between its slices a target's
+ * connections stay open and idle. */
 struct conn {
     int fd;
     size_t sent, recvd;
@@ -127,20 +146,51 @@ struct conn {
     int want_out;
 };
 
-static int ep;
-static uint64_t *samples;
-static size_t nsamples;
+struct target {
+    unsigned port;
+    int ep;                 /* this target's own epoll set */
+    struct conn *cs;        /* ping-pong: nconns connections; bulk: one */
+    uint64_t bsent, brecvd; /* bulk: bytes written and echoed so far */
+    double done;            /* round trips (bulk: bytes) of every slice, warm-up included */
+    double counted;         /* ... of the measured slices */
+    uint64_t meas_ns;       /* time of the measured slices, their drains included */
+    double *rates;          /* per measured slice: round trips (bulk: MB) per second */
+    int nrates;
+    uint64_t *samples;      /* ping-pong latencies of the measured slices, ns */
+    size_t nsamples, capsamples;
+};
 
-static void set_out(struct conn *c, int on)
+static struct target *targets;
+static int ntargets;
+static double slice; /* seconds; 0: one warm-up and one measured slice */
+
+static void add_sample(struct target *g, uint64_t v)
+{
+    if (g->nsamples == g->capsamples) {
+        size_t cap = g->capsamples ? g->capsamples * 2 : 65536;
+        if (cap > MAX_SAMPLES)
+            return;
+        uint64_t *n = realloc(g->samples, cap * sizeof *n);
+        if (!n)
+            return;
+        g->samples = n;
+        g->capsamples = cap;
+    }
+    g->samples[g->nsamples++] = v;
+}
+
+/* ---- ping-pong ------------------------------------------------------------ */
+
+static void set_out(struct target *g, struct conn *c, int on)
 {
     if (c->want_out == on)
         return;
     struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
-    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    epoll_ctl(g->ep, EPOLL_CTL_MOD, c->fd, &ev);
     c->want_out = on;
 }
 
-static void pp_send_more(struct conn *c)
+static void pp_send_more(struct target *g, struct conn *c)
 {
     while (c->sent < size) {
         ssize_t w = write(c->fd, pattern + c->off + c->sent, size - c->sent);
@@ -151,56 +201,51 @@ static void pp_send_more(struct conn *c)
         }
         c->sent += (size_t)w;
     }
-    set_out(c, c->sent < size);
+    set_out(g, c, c->sent < size);
 }
 
-static void pp_start_round(struct conn *c)
+static void pp_start_round(struct target *g, struct conn *c)
 {
     c->off = (c->off + 1) % PATTERN_PERIOD;
     c->sent = c->recvd = 0;
     c->t0 = now_ns();
-    pp_send_more(c);
+    pp_send_more(g, c);
 }
 
-static int cmp_u64(const void *a, const void *b)
+static void pp_open(struct target *g)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static int run_pingpong(void)
-{
-    struct conn *cs = calloc((size_t)nconns, sizeof *cs);
-    static char rbuf[65536];
-    if (!cs)
+    g->cs = calloc((size_t)nconns, sizeof *g->cs);
+    if (!g->cs)
         die(1, "calloc");
-    if (!rounds && !(samples = malloc(MAX_SAMPLES * sizeof *samples)))
-        die(1, "malloc");
-    ep = epoll_create1(EPOLL_CLOEXEC);
     for (int i = 0; i < nconns; i++) {
-        struct conn *c = &cs[i];
-        c->fd = connect_one(1);
+        struct conn *c = &g->cs[i];
+        c->fd = connect_one(g->port, 1);
         c->off = (unsigned)(i * 7) % PATTERN_PERIOD;
-        c->active = 1;
         c->left = rounds ? rounds / nconns + (i < rounds % nconns) : -1;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-        if (c->left == 0)
-            c->active = 0;
+        epoll_ctl(g->ep, EPOLL_CTL_ADD, c->fd, &ev);
     }
-    double t_start = now();
-    uint64_t warm_end = now_ns() + (uint64_t)((rounds ? 0 : warmup) * 1e9);
-    uint64_t meas_end = warm_end + (uint64_t)(seconds * 1e9);
+}
+
+/* Every connection runs round trips until the slice's end (or, in fixed mode,
+ * its round count); the round trips under way then finish, inside the slice. */
+static void pp_slice(struct target *g, double dur, int measured)
+{
+    static char rbuf[65536];
+    uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9);
+    long n_rt = 0;
     int nactive = 0;
-    for (int i = 0; i < nconns; i++)
-        if (cs[i].active) {
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &g->cs[i];
+        c->active = c->left != 0;
+        if (c->active) {
             nactive++;
-            pp_start_round(&cs[i]);
+            pp_start_round(g, c);
         }
-    long done = 0, counted = 0;
+    }
     struct epoll_event evs[256];
     while (nactive > 0) {
-        int n = epoll_wait(ep, evs, 256, 100);
+        int n = epoll_wait(g->ep, evs, 256, 100);
         if (n < 0 && errno != EINTR)
             die(1, "epoll_wait");
         for (int i = 0; i < n; i++) {
@@ -208,7 +253,7 @@ static int run_pingpong(void)
             if (!c->active)
                 continue;
             if (evs[i].events & EPOLLOUT)
-                pp_send_more(c);
+                pp_send_more(g, c);
             if (!(evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
                 continue;
             ssize_t r = read(c->fd, rbuf, sizeof rbuf);
@@ -228,65 +273,65 @@ static int run_pingpong(void)
                 continue;
             /* one round trip complete */
             uint64_t t = now_ns();
-            done++;
-            if (!rounds && t > warm_end && t <= meas_end) {
-                counted++;
-                if (nsamples < MAX_SAMPLES)
-                    samples[nsamples++] = t - c->t0;
-            }
-            if ((rounds && --c->left == 0) || (!rounds && t > meas_end)) {
+            n_rt++;
+            if (measured)
+                add_sample(g, t - c->t0);
+            if ((rounds && --c->left == 0) || (!rounds && t >= end)) {
                 c->active = 0;
                 nactive--;
                 continue;
             }
-            pp_start_round(c);
+            pp_start_round(g, c);
         }
         check_deadline();
     }
-    double elapsed = now() - t_start;
-    for (int i = 0; i < nconns; i++)
-        close(cs[i].fd);
-    if (rounds) {
-        printf("rtps=%.1f p50_us=0 p99_us=0 rounds=%ld secs=%.3f\n", (double)done / elapsed, done,
-               elapsed);
-    } else {
-        double p50 = 0, p99 = 0;
-        if (nsamples) {
-            qsort(samples, nsamples, sizeof *samples, cmp_u64);
-            p50 = (double)samples[(nsamples - 1) / 2] / 1e3;
-            p99 = (double)samples[(size_t)((double)(nsamples - 1) * 0.99)] / 1e3;
-        }
-        printf("rtps=%.1f p50_us=%.2f p99_us=%.2f rounds=%ld secs=%.3f total=%ld\n",
-               (double)counted / seconds, p50, p99, counted, seconds, done);
+    uint64_t el = now_ns() - t_start;
+    g->done += (double)n_rt;
+    if (measured) {
+        g->counted += (double)n_rt;
+        g->meas_ns += el;
+        g->rates[g->nrates++] = (double)n_rt / ((double)el / 1e9);
     }
-    free(cs);
-    free(samples);
-    return 0;
 }
 
 /* ---- bulk ----------------------------------------------------------------- */
 
-static int run_bulk(void)
+static void bulk_open(struct target *g)
 {
-    int fd = connect_one(1);
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.fd = fd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-    char *rbuf = malloc(BULK_READ);
-    if (!rbuf)
+    g->cs = calloc(1, sizeof *g->cs);
+    if (!g->cs)
+        die(1, "calloc");
+    g->cs->fd = -1;
+}
+
+/* Stream SIZE-byte writes as fast as the echo comes back until the slice's
+ * end, then stop writing and take the rest of the echo, inside the slice.
+ * Every slice has a connection of its own: a long-lived loopback connection
+ * settles into a state of its own (autotuned buffers, congestion control),
+ * and with one connection per server that state, not the server, would set
+ * its figure. Connecting is part of the slice's time. */
+static void bulk_slice(struct target *g, double dur, int measured)
+{
+    static char *rbuf;
+    if (!rbuf && !(rbuf = malloc(BULK_READ)))
         die(1, "malloc");
-    uint64_t sent = 0, recvd = 0, counted = 0;
-    double t0 = now(), warm_end = t0 + warmup, meas_end = warm_end + seconds;
-    for (;;) {
+    uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9), got = 0;
+    int fd = g->cs->fd = connect_one(g->port, 1);
+    g->bsent = g->brecvd = 0;
+    int writing = 1;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = g->cs};
+    epoll_ctl(g->ep, EPOLL_CTL_ADD, fd, &ev);
+    while (writing || g->brecvd < g->bsent) {
         struct epoll_event e;
-        int n = epoll_wait(ep, &e, 1, 100);
+        int n = epoll_wait(g->ep, &e, 1, 100);
         if (n < 0 && errno != EINTR)
             die(1, "epoll_wait");
-        double t = now();
-        if (t > meas_end)
-            break;
-        if (t > t_deadline)
-            check_deadline();
+        check_deadline();
+        if (writing && now_ns() >= end) {
+            writing = 0;
+            ev.events = EPOLLIN;
+            epoll_ctl(g->ep, EPOLL_CTL_MOD, fd, &ev);
+        }
         if (n <= 0)
             continue;
         if (e.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
@@ -296,29 +341,100 @@ static int run_bulk(void)
                 die(3, "the server closed the connection");
             }
             if (r > 0) {
-                if (memcmp(rbuf, pattern + recvd % PATTERN_PERIOD, (size_t)r) != 0) {
+                if (g->brecvd + (uint64_t)r > g->bsent ||
+                    memcmp(rbuf, pattern + g->brecvd % PATTERN_PERIOD, (size_t)r) != 0) {
                     errno = 0;
                     die(3, "echo mismatch");
                 }
-                recvd += (uint64_t)r;
-                if (t > warm_end)
-                    counted += (uint64_t)r;
+                g->brecvd += (uint64_t)r;
+                got += (uint64_t)r;
             }
         }
-        if (e.events & EPOLLOUT) {
-            ssize_t w = write(fd, pattern + sent % PATTERN_PERIOD, size);
+        if (writing && (e.events & EPOLLOUT)) {
+            ssize_t w = write(fd, pattern + g->bsent % PATTERN_PERIOD, size);
             if (w < 0 && errno != EAGAIN && errno != EINTR)
                 die(3, "write");
             if (w > 0)
-                sent += (uint64_t)w;
+                g->bsent += (uint64_t)w;
         }
     }
+    uint64_t el = now_ns() - t_start;
+    /* Everything sent has come back: a reset leaves no TIME_WAIT behind. */
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(fd);
-    printf("mbps=%.1f bytes=%llu secs=%.3f total=%llu\n", (double)counted / seconds / 1e6,
-           (unsigned long long)counted, seconds, (unsigned long long)recvd);
-    free(rbuf);
+    g->cs->fd = -1;
+    g->done += (double)got;
+    if (measured) {
+        g->counted += (double)got;
+        g->meas_ns += el;
+        g->rates[g->nrates++] = (double)got / 1e6 / ((double)el / 1e9);
+    }
+}
+
+/* ---- the run --------------------------------------------------------------- */
+
+static int run_load(int bulk)
+{
+    void (*open_fn)(struct target *) = bulk ? bulk_open : pp_open;
+    void (*slice_fn)(struct target *, double, int) = bulk ? bulk_slice : pp_slice;
+    int nwarm, nmeas;
+    double warm_len, meas_len;
+    if (rounds) { /* fixed mode: one unmeasured slice that ends on the count */
+        nwarm = 1, nmeas = 0, warm_len = 0, meas_len = 0;
+    } else if (slice > 0) {
+        nwarm = (int)(warmup / slice + 0.999), nmeas = (int)(seconds / slice + 0.5);
+        warm_len = meas_len = slice;
+        if (nmeas < 1)
+            nmeas = 1;
+    } else {
+        nwarm = warmup > 0, nmeas = 1, warm_len = warmup, meas_len = seconds;
+    }
+    for (int i = 0; i < ntargets; i++) {
+        struct target *g = &targets[i];
+        g->ep = epoll_create1(EPOLL_CLOEXEC);
+        g->rates = calloc((size_t)nmeas + 1, sizeof *g->rates);
+        if (g->ep < 0 || !g->rates)
+            die(1, "setup");
+        open_fn(g);
+    }
+    uint64_t t0 = now_ns();
+    for (int r = 0; r < nwarm + nmeas; r++)
+        for (int i = 0; i < ntargets; i++)
+            slice_fn(&targets[(r + i) % ntargets], r < nwarm ? warm_len : meas_len, r >= nwarm);
+    double elapsed = (double)(now_ns() - t0) / 1e9;
+    for (int i = 0; i < ntargets; i++) {
+        struct target *g = &targets[i];
+        for (int j = 0; j < (bulk ? 0 : nconns); j++)
+            close(g->cs[j].fd);
+        close(g->ep);
+        double secs = (double)g->meas_ns / 1e9;
+        if (rounds) {
+            printf("port=%u rtps=%.1f p50_us=0 p99_us=0 rounds=%.0f secs=%.3f\n", g->port,
+                   g->done / elapsed, g->done, elapsed);
+        } else {
+            printf("port=%u ", g->port);
+            if (bulk) {
+                printf("mbps=%.1f bytes=%.0f", g->counted / 1e6 / secs, g->counted);
+            } else {
+                double p50 = 0, p99 = 0;
+                if (g->nsamples) {
+                    qsort(g->samples, g->nsamples, sizeof *g->samples, cmp_u64);
+                    p50 = (double)g->samples[(g->nsamples - 1) / 2] / 1e3;
+                    p99 = (double)g->samples[(size_t)((double)(g->nsamples - 1) * 0.99)] / 1e3;
+                }
+                printf("rtps=%.1f p50_us=%.2f p99_us=%.2f rounds=%.0f", g->counted / secs, p50,
+                       p99, g->counted);
+            }
+            printf(" secs=%.3f total=%.0f slices=", secs, g->done);
+            for (int k = 0; k < g->nrates; k++)
+                printf("%s%.1f", k ? "," : "", g->rates[k]);
+            printf("\n");
+        }
+        free(g->cs);
+        free(g->rates);
+        free(g->samples);
+    }
     return 0;
 }
 
@@ -333,7 +449,7 @@ static int run_idle(void)
     for (int i = 0; i < nconns; i += batch) {
         int end = i + batch < nconns ? i + batch : nconns;
         for (int j = i; j < end; j++)
-            fds[j] = connect_one(0);
+            fds[j] = connect_one(targets[0].port, 0);
         for (int j = i; j < end; j++)
             if (write(fds[j], "x", 1) != 1)
                 die(3, "write");
@@ -361,8 +477,9 @@ static int run_idle(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen -p PORT [-H HOST] [-m pingpong|bulk|idle] [-c CONNS] [-s SIZE]\n"
-            "               [-w WARMUP_S] [-t SECONDS] [-n ROUNDS] [-T TIMEOUT_S]\n");
+            "usage: loadgen -p PORT[,PORT...] [-H HOST] [-m pingpong|bulk|idle] [-c CONNS]\n"
+            "               [-s SIZE] [-w WARMUP_S] [-t SECONDS] [-q SLICE_S] [-n ROUNDS]\n"
+            "               [-T TIMEOUT_S]\n");
     exit(1);
 }
 
@@ -370,10 +487,12 @@ int main(int argc, char **argv)
 {
     int opt;
     int size_given = 0;
-    while ((opt = getopt(argc, argv, "H:p:m:c:s:w:t:n:T:")) != -1) {
+    const char *ports = NULL;
+    while ((opt = getopt(argc, argv, "H:p:m:c:s:w:t:q:n:T:")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
-        case 'p': port = (unsigned)strtoul(optarg, NULL, 10); break;
+        case 'p': ports = optarg; break;
+        case 'q': slice = atof(optarg); break;
         case 'm': mode = optarg; break;
         case 'c': nconns = atoi(optarg); break;
         case 's': size = strtoul(optarg, NULL, 10); size_given = 1; break;
@@ -384,8 +503,21 @@ int main(int argc, char **argv)
         default: usage();
         }
     }
-    if (!port || nconns < 1 || nconns > 1000000 || timeout <= 0 || seconds <= 0 ||
-        warmup < 0)
+    if (!ports || nconns < 1 || nconns > 1000000 || timeout <= 0 || seconds <= 0 ||
+        warmup < 0 || slice < 0)
+        usage();
+    for (const char *q = ports; q; q = strchr(q, ',') ? strchr(q, ',') + 1 : NULL) {
+        struct target *n = realloc(targets, (size_t)(ntargets + 1) * sizeof *n);
+        if (!n)
+            die(1, "realloc");
+        targets = n;
+        memset(&targets[ntargets], 0, sizeof *targets);
+        targets[ntargets].port = (unsigned)strtoul(q, NULL, 10);
+        if (!targets[ntargets++].port)
+            usage();
+    }
+    /* Fixed counts and idle connections are for one server at a time. */
+    if (ntargets > 1 && (rounds || strcmp(mode, "idle") == 0))
         usage();
     if (strcmp(mode, "bulk") == 0 && !size_given)
         size = 64 * 1024;
@@ -399,10 +531,11 @@ int main(int argc, char **argv)
         die(1, "malloc");
     for (size_t i = 0; i < plen; i++)
         pattern[i] = (char)((i % PATTERN_PERIOD) * 37 + 11);
-    if (strcmp(mode, "pingpong") == 0)
-        return run_pingpong();
-    if (strcmp(mode, "bulk") == 0)
-        return run_bulk();
+    if (strcmp(mode, "pingpong") == 0 || strcmp(mode, "bulk") == 0) {
+        int rc = run_load(strcmp(mode, "bulk") == 0);
+        free(targets);
+        return rc;
+    }
     if (strcmp(mode, "idle") == 0)
         return run_idle();
     usage();

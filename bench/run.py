@@ -8,9 +8,10 @@ libevent and a bare epoll loop, measured by bench/loadgen.
 What it does, in order (see docs/performance.md for the method):
  1. throughput: every server is started once, pinned to one core; the load
     generator, pinned to another, runs the matrix message size x connections
-    (ping-pong) plus bulk streaming. Runs are interleaved (each configuration
-    runs every server in turn, the order rotating), the whole matrix is
-    repeated and the median kept.
+    (ping-pong) plus bulk streaming. Each configuration is one load generator
+    run over all the servers, which take turns in short slices (the order
+    rotating every round); every round is a repetition, and figures and
+    ratios are medians over the rounds.
  2. costs that do not depend on a noisy machine, each as the difference of two
     run lengths so that start-up and teardown cancel out:
     user-space instructions per round trip (valgrind --tool=callgrind) and
@@ -48,14 +49,17 @@ SERVERS = [  # (name, binary)
 TPIO_SERVERS = ("tpio", "tpio-buffered")
 YARDSTICK, REFERENCE = "epoll", "libuv"
 
+# Throughput runs load every server in turn within one load generator run, in
+# slices (see bench/loadgen.c): `seconds` of slices per server and
+# configuration, after `warmup` seconds of uncounted ones.
 FULL = dict(
-    reps=11, warmup=0.15, seconds=0.5, bulk_warmup=0.3, bulk_seconds=1.0,
+    slice=0.05, warmup=0.5, seconds=4.0, bulk_slice=0.1, bulk_warmup=0.4, bulk_seconds=8.0,
     sizes=[64, 1024, 16384], conns=[1, 10, 100],
     count_cfgs=[(1024, 10), (1024, 1)], count_rounds=(2000, 12000),
     idle_conns=10000,
 )
 QUICK = dict(
-    reps=1, warmup=0.1, seconds=0.3, bulk_warmup=0.1, bulk_seconds=0.3,
+    slice=0.05, warmup=0.1, seconds=0.5, bulk_slice=0.2, bulk_warmup=0.2, bulk_seconds=1.0,
     sizes=None, conns=None,  # explicit list below
     count_cfgs=[(1024, 10)], count_rounds=(500, 2500),
     idle_conns=1000,
@@ -160,12 +164,13 @@ def parse_kv(text):
 
 
 def loadgen(a, pin, port, *args, timeout):
+    """One load generator run; returns its output lines as dicts, one per port."""
     argv = pin.client() + [os.path.join(a.build, "loadgen"), "-p", str(port),
                            "-T", str(timeout)] + [str(x) for x in args]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 15)
     if r.returncode != 0:
         raise RuntimeError("loadgen %s failed (%d): %s" % (args, r.returncode, r.stderr.strip()))
-    return parse_kv(r.stdout)
+    return [parse_kv(line) for line in r.stdout.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------
@@ -173,41 +178,53 @@ def loadgen(a, pin, port, *args, timeout):
 
 
 def run_matrix(a, P, pin, tmp):
+    """Every configuration is one load generator run over all the servers,
+    which take turns in short slices (the order rotating every round), so a
+    slow spell of the machine falls on all of them alike. Each round is a
+    repetition: `rep` in the rows is the round, and the ratios are taken
+    within a round."""
     if a.quick:
         cfgs = [("pingpong", s, c) for s, c in QUICK_MATRIX]
     else:
         cfgs = [("pingpong", s, c) for s in P["sizes"] for c in P["conns"]]
     cfgs.append(("bulk", 65536, 1))
+    if a.only:
+        keep = set(x.strip() for x in a.only.split(","))
+        cfgs = [c for c in cfgs if ("bulk" if c[0] == "bulk" else cfg_name(c[1], c[2])) in keep]
     servers = {}
     for name, binary in SERVERS:
         servers[name] = Server(pin.server() + [os.path.join(a.build, binary)],
                                os.path.join(tmp, "server-%s.log" % name))
-    rows = []
     names = [n for n, _ in SERVERS]
+    ports = ",".join(str(servers[n].port) for n in names)
+    rows = []
     try:
-        for rep in range(P["reps"]):
-            for ci, (mode, size, conns) in enumerate(cfgs):
-                k = (rep + ci) % len(names)
-                for name in names[k:] + names[:k]:
-                    srv = servers[name]
-                    c0 = cpu_ns(srv.pid)
-                    if mode == "bulk":
-                        r = loadgen(a, pin, srv.port, "-m", "bulk", "-s", size,
-                                    "-w", P["bulk_warmup"], "-t", P["bulk_seconds"], timeout=30)
-                        row = dict(server=name, config="bulk", size=size, conns=1, rep=rep,
-                                   value=r["mbps"], unit="MB/s", p50_us="", p99_us="",
-                                   cpu_ns=(cpu_ns(srv.pid) - c0) / (r["total"] / 1e6))
-                    else:
-                        r = loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size,
-                                    "-w", P["warmup"], "-t", P["seconds"], timeout=30)
-                        row = dict(server=name, config=cfg_name(size, conns), size=size,
-                                   conns=conns, rep=rep, value=r["rtps"], unit="rt/s",
-                                   p50_us=r["p50_us"], p99_us=r["p99_us"],
-                                   cpu_ns=(cpu_ns(srv.pid) - c0) / r["total"])
-                    if not srv.alive():
-                        raise RuntimeError("server %s died" % name)
-                    rows.append(row)
-                log("rep %d/%d  %-16s done" % (rep + 1, P["reps"], rows[-1]["config"]))
+        for mode, size, conns in cfgs:
+            c0 = {n: cpu_ns(servers[n].pid) for n in names}
+            if mode == "bulk":
+                args = ["-m", "bulk", "-s", size, "-q", P["bulk_slice"], "-w", P["bulk_warmup"],
+                        "-t", P["bulk_seconds"]]
+                budget = len(names) * (P["bulk_warmup"] + P["bulk_seconds"])
+            else:
+                args = ["-m", "pingpong", "-c", conns, "-s", size, "-q", P["slice"],
+                        "-w", P["warmup"], "-t", P["seconds"]]
+                budget = len(names) * (P["warmup"] + P["seconds"])
+            out = loadgen(a, pin, ports, *args, timeout=int(budget * 3) + 30)
+            cfg = "bulk" if mode == "bulk" else cfg_name(size, conns)
+            for name, r in zip(names, out):
+                srv = servers[name]
+                if not srv.alive():
+                    raise RuntimeError("server %s died" % name)
+                # CPU per round trip (bulk: per MB), warm-up slices included.
+                per = r["total"] / 1e6 if mode == "bulk" else r["total"]
+                cpu = (cpu_ns(srv.pid) - c0[name]) / per
+                slices = [float(x) for x in str(r["slices"]).split(",")]
+                for k, v in enumerate(slices):
+                    rows.append(dict(server=name, config=cfg, size=size, conns=conns, rep=k,
+                                     value=v, unit="MB/s" if mode == "bulk" else "rt/s",
+                                     p50_us=r.get("p50_us", ""), p99_us=r.get("p99_us", ""),
+                                     cpu_ns=cpu))
+            log("%-16s done: %d slices per server" % (cfg, len(slices)))
     finally:
         for s in servers.values():
             s.stop()
@@ -435,8 +452,8 @@ def fmt_val(v, unit):
 
 
 def paired_ratios(med, cfg, name, ref):
-    """Per repetition ratios: both runs of a pair come from the same pass over
-    the matrix, minutes apart at most, so slow drifts of the machine cancel."""
+    """Per round ratios: both slices of a pair come from the same round, a
+    fraction of a second apart, so the machine's slow spells cancel."""
     a, b = med.get((cfg, name)), med.get((cfg, ref))
     if not a or not b:
         return []
@@ -450,14 +467,39 @@ def ratio(med, cfg, name, ref):
     return statistics.median(rs) if rs else None
 
 
+def median_ci(values):
+    """Distribution-free 95% confidence interval of the median: the order
+    statistics n/2 -+ 0.98 sqrt(n) (binomial, normal approximation)."""
+    v = sorted(values)
+    n = len(v)
+    if n < 6:
+        return (v[0], v[-1]) if v else (None, None)
+    h = 0.98 * n ** 0.5
+    lo, hi = int(n / 2 - h), int(n / 2 + h + 0.999)
+    return v[max(lo, 0)], v[min(hi, n - 1)]
+
+
+def verdict(med, cfg, name, ref, bar):
+    """'yes' when the median paired ratio reaches the bar; 'tie' when it does
+    not but the bar lies inside its 95% confidence interval (the difference is
+    below what the run can resolve); 'no' when the whole interval is below."""
+    rs = paired_ratios(med, cfg, name, ref)
+    if not rs:
+        return None
+    m = statistics.median(rs)
+    lo, hi = median_ci(rs)
+    return "yes" if m >= bar else ("tie" if hi >= bar else "no")
+
+
 def ratio_range(med, cfg, name, ref, bar):
-    """The spread of the paired ratios, and in how many pairs the bar was
-    missed: a miss in about half of them is noise, in all of them is not."""
+    """The 95% interval of the median ratio, and in how many rounds the bar
+    was missed: in about half of them is noise, in all of them is not."""
     rs = paired_ratios(med, cfg, name, ref)
     if len(rs) < 2:
         return ""
-    return " (runs %.2f-%.2f; under %.2f in %d of %d runs)" % (
-        min(rs), max(rs), bar, sum(r < bar for r in rs), len(rs))
+    lo, hi = median_ci(rs)
+    return " (95%% CI %.3f-%.3f; under %.2f in %d of %d rounds)" % (
+        lo, hi, bar, sum(r < bar for r in rs), len(rs))
 
 
 def check_bars(med, configs, counts, mem):
@@ -468,22 +510,28 @@ def check_bars(med, configs, counts, mem):
     memd = {m["server"]: m for m in mem}
     pp = [c for c in configs if c != "bulk"]
     for t in TPIO_SERVERS:
-        worst = min((ratio(med, c, t, REFERENCE), c) for c in pp)
-        below = [c for c in pp if ratio(med, c, t, REFERENCE) < 1.0]
-        bars.append((t, "rt/s >= libuv in every ping-pong configuration",
-                     "worst %.3fx libuv (%s)%s; below 1.000 in %d of %d" % (
-                         worst[0], worst[1], ratio_range(med, worst[1], t, REFERENCE, 1.0),
-                         len(below), len(pp)), worst[0] >= 1.0))
+        if pp:
+            worst = min((ratio(med, c, t, REFERENCE), c) for c in pp)
+            vs = {c: verdict(med, c, t, REFERENCE, 1.0) for c in pp}
+            below = [c for c in pp if vs[c] != "yes"]
+            nos = [c for c in pp if vs[c] == "no"]
+            bars.append((t, "rt/s >= libuv in every ping-pong configuration",
+                         "worst %.3fx libuv (%s)%s; median below 1.000 in %d of %d (%s), "
+                         "significantly below in %d" % (
+                             worst[0], worst[1], ratio_range(med, worst[1], t, REFERENCE, 1.0),
+                             len(below), len(pp), ", ".join(below) or "none", len(nos)),
+                         "no" if nos else ("tie" if below else "yes")))
         if bar_cfg in configs:
             r = ratio(med, bar_cfg, t, YARDSTICK)
             bars.append((t, "rt/s >= 0.97x epoll at %s" % bar_cfg,
-                         "%.3fx%s" % (r, ratio_range(med, bar_cfg, t, YARDSTICK, 0.97)), r >= 0.97))
+                         "%.3fx%s" % (r, ratio_range(med, bar_cfg, t, YARDSTICK, 0.97)),
+                         verdict(med, bar_cfg, t, YARDSTICK, 0.97)))
         ct, cu, ce = cnt.get((t, bar_cfg)), cnt.get((REFERENCE, bar_cfg)), cnt.get((YARDSTICK, bar_cfg))
         if ct and cu:
             r = ct["instructions"] / cu["instructions"]
             bars.append((t, "instructions/rt <= 0.5x libuv at %s" % bar_cfg,
                          "%.0f vs %.0f = %.2fx" % (ct["instructions"], cu["instructions"], r),
-                         r <= 0.5))
+                         "yes" if r <= 0.5 else "no"))
         for cfgc in sorted({c["config"] for c in counts}):
             ct, ce = cnt.get((t, cfgc)), cnt.get((YARDSTICK, cfgc))
             if ct and ce:
@@ -492,15 +540,17 @@ def check_bars(med, configs, counts, mem):
                 # from run to run when several connections are active).
                 ok = abs(ct["syscalls"] - ce["syscalls"]) <= 0.02 + 0.01 * ce["syscalls"]
                 bars.append((t, "syscalls/rt == epoll at %s" % cfgc,
-                             "%.3f vs %.3f" % (ct["syscalls"], ce["syscalls"]), ok))
+                             "%.3f vs %.3f" % (ct["syscalls"], ce["syscalls"]),
+                             "yes" if ok else "no"))
         r = ratio(med, "bulk", t, REFERENCE)
         if r is not None:
             bars.append((t, "bulk MB/s >= libuv",
-                         "%.3fx%s" % (r, ratio_range(med, "bulk", t, REFERENCE, 1.0)), r >= 1.0))
+                         "%.3fx%s" % (r, ratio_range(med, "bulk", t, REFERENCE, 1.0)),
+                         verdict(med, "bulk", t, REFERENCE, 1.0)))
         if t in memd and REFERENCE in memd:
             a, b = memd[t]["bytes_per_conn"], memd[REFERENCE]["bytes_per_conn"]
             bars.append((t, "memory per idle connection < libuv",
-                         "%.0f B vs %.0f B" % (a, b), a < b))
+                         "%.0f B vs %.0f B" % (a, b), "yes" if a < b else "no"))
     return bars
 
 
@@ -513,10 +563,13 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
                                    info["mem"], info["gcc"], info["libuv"], info["libevent"],
                                    info["tpio"], info.get("load", "")))
     L.append("")
-    L.append("Command: `%s` (%d repetitions of the whole matrix, interleaved, median; "
-             "%.2f s measured after %.2f s warm-up per ping-pong run, %.2f s after %.2f s "
-             "for bulk)." % ("make bench-quick" if a.quick else "make bench", P["reps"],
-                             P["seconds"], P["warmup"], P["bulk_seconds"], P["bulk_warmup"]))
+    L.append("Command: `%s`. One load generator run per configuration loads all the servers "
+             "in turn, in slices of %.2f s (bulk: %.2f s, each on a new connection), the "
+             "order rotating every round: %.1f s measured per server after %.1f s of "
+             "warm-up (bulk: %.1f s after %.1f s). Every round is a repetition; figures "
+             "are medians over the rounds." % (
+                 "make bench-quick" if a.quick else "make bench", P["slice"], P["bulk_slice"],
+                 P["seconds"], P["warmup"], P["bulk_seconds"], P["bulk_warmup"]))
     L.append("")
     for c in chart_names:
         L.append("![%s](%s)" % (c[1], c[0]))
@@ -532,8 +585,8 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
     L.append("")
     L.append("### Ratios: to the epoll yardstick / to libuv")
     L.append("")
-    L.append("Median over repetitions of the ratio within each repetition (the runs of one "
-             "repetition are interleaved, so they share the machine's state).")
+    L.append("Median over the rounds of the ratio within each round (the slices of one "
+             "round are a fraction of a second apart, so they share the machine's state).")
     L.append("")
     L.append("| configuration | " + " | ".join(names) + " |")
     L.append("|---|" + "---:|" * len(names))
@@ -544,7 +597,7 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
             cells.append("%.2f / %.2f" % (re_, ru) if re_ is not None else "-")
         L.append("| %s | " % cfg + " | ".join(cells) + " |")
     L.append("")
-    L.append("### Latency, median of runs: p50 / p99 in microseconds")
+    L.append("### Latency over all measured slices: p50 / p99 in microseconds")
     L.append("")
     L.append("| configuration | " + " | ".join(names) + " |")
     L.append("|---|" + "---:|" * len(names))
@@ -557,8 +610,8 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
     L.append("")
     L.append("### Server CPU time per round trip (user + kernel, ns; bulk: per MB echoed)")
     L.append("")
-    L.append("From /proc/PID/schedstat around each run, divided by every round trip of the run "
-             "(warm-up included); median of runs. Less sensitive to other load than "
+    L.append("From /proc/PID/schedstat around each configuration's run, divided by every "
+             "round trip of the run (warm-up included). Less sensitive to other load than "
              "throughput, though cache and steal effects remain.")
     L.append("")
     L.append("| configuration | " + " | ".join(names) + " |")
@@ -598,10 +651,15 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
         L.append("")
     L.append("### The bars tpio must clear")
     L.append("")
+    L.append("For a timed bar, *met* is `yes` when the median of the paired ratios reaches "
+             "it, `tie` when it does not but the bar lies inside the median's 95% confidence "
+             "interval (the difference is smaller than this run can resolve), and **no** "
+             "when the whole interval is below it.")
+    L.append("")
     L.append("| server | bar | measured | met |")
     L.append("|---|---|---|---|")
     for s, b, v, ok in bars:
-        L.append("| %s | %s | %s | %s |" % (s, b, v, "yes" if ok else "**no**"))
+        L.append("| %s | %s | %s | %s |" % (s, b, v, "**no**" if ok == "no" else ok))
     L.append("")
     if profiles:
         L.append("### Where the instructions go at %s (self instructions per round trip, "
@@ -734,12 +792,16 @@ def main():
     ap.add_argument("--build", default="build-bench")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--doc", default=None, help="markdown file whose generated part to update")
-    ap.add_argument("--reps", type=int, help="repetitions of the matrix (default 3 / 1)")
+    ap.add_argument("--seconds", type=float,
+                    help="measured seconds per server and configuration (default 4 / 0.5)")
     ap.add_argument("--skip", default="", help="comma list of: matrix,counts,memory")
+    ap.add_argument("--only", default="", help="comma list of configurations to run, e.g. "
+                    "'1 KiB x 10,bulk' (default: all)")
     a = ap.parse_args()
     P = dict(QUICK if a.quick else FULL)
-    if a.reps:
-        P["reps"] = a.reps
+    if a.seconds:
+        P["seconds"] = a.seconds
+        P["bulk_seconds"] = 2 * a.seconds
     skip = set(filter(None, a.skip.split(",")))
     a.build = os.path.abspath(a.build)
     os.makedirs(a.out, exist_ok=True)
@@ -815,9 +877,10 @@ def main():
         if med:
             print("### Throughput" + md.split("### Throughput", 1)[1].split("### Latency")[0])
         for s, b, v, ok in bars:
-            print("%-4s %-14s %-50s %s" % ("PASS" if ok else "FAIL", s, b, v))
+            print("%-4s %-14s %-50s %s" % ({"yes": "PASS", "tie": "TIE"}.get(ok, "FAIL"),
+                                          s, b, v))
         if a.quick:
-            print("(quick: one short run per configuration; the timed bars are indicative only, "
+            print("(quick: a short run per configuration; the timed bars are indicative only, "
                   "the counts are exact)")
         log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s)" % (
             a.out, ", " + ", ".join(c[0] for c in charts) if charts else ""))
