@@ -701,7 +701,7 @@ def gnuplot_charts(a, med, configs, counts, mem, info, tmp):
         for cfg in configs:
             f.write('"%s" ' % cfg.replace(" x ", " x") + " ".join(
                 "%.4f" % (ratio(med, cfg, n, YARDSTICK) or 0) for n in names) + "\n")
-    title = "Echo throughput relative to a bare epoll loop (= 1.0), median of runs"
+    title = "Echo throughput relative to a bare epoll loop (= 1.0), median of the per-round ratios"
     sub = "%s, %s cores, Linux %s" % (info["cpu"], info["cores"], info["kernel"])
     plots = ", ".join(
         "'%s' using %d:xtic(1) title '%s' lc rgb '%s'" % (dat if i == 0 else "", i + 2, n,
