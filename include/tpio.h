@@ -266,6 +266,8 @@ typedef struct tpio_protocol_ops {
      * -1 (any size will do), as asyncio passes. Returning NULL or *len == 0 is
      * a fatal error for the connection: it is reported to the error handler
      * and the connection ends with connection_lost(TPIO_EPROTOCOL_BUFFER).
+     * Its size is the read size: while reads fill it, the transport asks for
+     * a buffer and reads again in the same event (up to 32 reads / 1 MiB).
      */
     void *(*get_buffer)(tpio_protocol_t *p, ssize_t sizehint, size_t *len);
     /** nbytes (> 0) were written at the start of the last get_buffer() buffer. */
@@ -386,9 +388,11 @@ TPIO_API int tpio_transport_sockname(const tpio_transport_t *t,
 /** True while data is being received (not paused, not closing). */
 TPIO_API bool tpio_is_reading(const tpio_transport_t *t);
 /**
- * Stop calling data_received until resume_reading. Idempotent (also on a
- * closing transport). Called inside connection_made, reading never starts
- * until resume. Returns 0 or -ENOTSUP.
+ * Stop calling data_received until resume_reading; called from inside
+ * data_received (or buffer_updated), no further call follows it, even when
+ * more data is already waiting. Idempotent (also on a closing transport).
+ * Called inside connection_made, reading never starts until resume. Returns 0
+ * or -ENOTSUP.
  */
 TPIO_API int tpio_pause_reading(tpio_transport_t *t);
 /** Resume reading. Idempotent. Returns 0 or -ENOTSUP. */

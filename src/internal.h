@@ -17,6 +17,11 @@
 
 /* asyncio reads at most 256 KiB per readiness event. */
 #define TPIO__READ_SIZE (256 * 1024)
+/* Reads per readiness event while each one fills the buffer (libuv: 32),
+ * and the bytes after which the event ends anyway, so that one busy
+ * connection holds the loop for a bounded time. */
+#define TPIO__READ_BURST 32
+#define TPIO__READ_BURST_BYTES (1024 * 1024)
 #define TPIO__DEFAULT_HIGH (64 * 1024)
 #define TPIO__DEFAULT_BACKLOG 100
 /* asyncio's ACCEPT_RETRY_DELAY: pause accepting this long after EMFILE. */

@@ -1,9 +1,10 @@
 /* The stream transport: one read path and one write path for every
  * connected byte stream (TCP, Unix stream sockets, pipes). Modelled on
- * asyncio's _SelectorSocketTransport: read once per readiness event, send at
- * once when nothing is buffered, buffer only the rest, flush with one writev
- * per writability event, and end every connection with exactly one
- * connection_lost from the ready queue. */
+ * asyncio's _SelectorSocketTransport: send at once when nothing is buffered,
+ * buffer only the rest, flush with one writev per writability event, and end
+ * every connection with exactly one connection_lost from the ready queue.
+ * Unlike asyncio, a read that fills the buffer is followed by another in the
+ * same readiness event (bounded), as libuv does. */
 #include "internal.h"
 
 #include <fcntl.h>
@@ -158,7 +159,10 @@ static void on_eof(struct stream *s)
         tpio_close(&s->base);
 }
 
-static void do_read(struct stream *s)
+/* Returns the bytes read when they filled the whole buffer and reading may go
+ * on (more is probably waiting), else 0. Inlined into both of its callers:
+ * called, it costs 14 more instructions per round trip (make bench's counts). */
+static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
 {
     tpio_protocol_t *p = s->base.proto;
     void *buf;
@@ -167,11 +171,11 @@ static void do_read(struct stream *s)
         len = 0;
         buf = p->ops->get_buffer(p, -1, &len);
         if (s->base.closing)
-            return;
+            return 0;
         if (!buf || len == 0) {
             fatal_error(s, TPIO_EPROTOCOL_BUFFER,
                         "Fatal error: protocol.get_buffer() call failed.");
-            return;
+            return 0;
         }
     } else {
         buf = s->base.loop->rbuf;
@@ -180,14 +184,14 @@ static void do_read(struct stream *s)
     ssize_t n = read(s->io.fd, buf, len);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
-            return;
+            return 0;
         fatal_error(s, -errno, s->is_socket ? "Fatal read error on socket transport"
                                             : "Fatal read error on pipe transport");
-        return;
+        return 0;
     }
     if (n == 0) {
         on_eof(s);
-        return;
+        return 0;
     }
     p = s->base.proto; /* get_buffer may have switched protocols */
     if (p->ops->get_buffer) {
@@ -195,6 +199,23 @@ static void do_read(struct stream *s)
             p->ops->buffer_updated(p, (size_t)n);
     } else if (p->ops->data_received) {
         p->ops->data_received(p, buf, (size_t)n);
+    }
+    return (size_t)n == len && reading_active(s) && !s->base.lost_scheduled ? len : 0;
+}
+
+/* A read that filled the buffer most likely left more waiting: read again now
+ * instead of after another epoll_wait, as libuv does (asyncio reads once per
+ * event), within bounds so that one busy connection cannot hold the loop.
+ * With a 4 KiB BufferedProtocol buffer: 8-11% more throughput
+ * (docs/performance.md). Out of line, so that the common case, a read that
+ * did not fill the buffer, pays one test for it. */
+static __attribute__((noinline)) void read_more(struct stream *s, size_t got)
+{
+    size_t n;
+    for (int i = 1; i < TPIO__READ_BURST && got < TPIO__READ_BURST_BYTES; i++) {
+        if (!(n = do_read(s)))
+            break;
+        got += n;
     }
 }
 
@@ -330,7 +351,9 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
             tpio__transport_unref(&s->base);
             return;
         }
-        do_read(s);
+        size_t n = do_read(s);
+        if (__builtin_expect(n != 0, 0))
+            read_more(s, n);
     }
     if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->wbuf.size &&
         !s->base.lost_scheduled)

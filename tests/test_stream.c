@@ -892,6 +892,118 @@ Test(stream, buffered_protocol_small_buffer, .timeout = 20)
     th_pair_finish(pr);
 }
 
+/* "made" followed by `reads` x "getbuf,updated", then `tail`. */
+static void expect_reads(const char *events, size_t reads, const char *tail)
+{
+    char want[4096] = "made";
+    for (size_t i = 0; i < reads; i++)
+        strcat(want, ",getbuf,updated");
+    strcat(want, tail);
+    cr_assert_str_eq(events, want);
+}
+
+/* Everything waiting is read in one readiness event while reads fill the
+ * buffer: 10 full reads of 100 bytes, then the 11th finds nothing (EAGAIN). */
+Test(stream, buffered_reads_again_while_buffer_fills, .timeout = 20)
+{
+    enum { N = 1000 };
+    unsigned char payload[N];
+    for (size_t i = 0; i < N; i++)
+        payload[i] = th_pat(i);
+    th_proto_t k = {0};
+    k.bufsize = 100;
+    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_proto_t *p = pr->p;
+    cr_assert(th_run_until(pr->loop, &p->made, TMO));
+    cr_assert_str_eq(p->events, "made");
+    tpio_loop_run_once(pr->loop, 1000);
+    expect_reads(p->events, 10, ",getbuf");
+    cr_assert_eq(p->rxlen, N);
+    cr_assert_eq(memcmp(p->rx, payload, N), 0);
+    tpio_close(pr->t);
+    th_pair_finish(pr);
+}
+
+/* The run of reads in one event is bounded: 32 reads (2048 of 2560 bytes),
+ * and the rest in the next event. */
+Test(stream, buffered_reads_per_event_are_bounded, .timeout = 20)
+{
+    enum { N = 2560 };
+    unsigned char payload[N];
+    for (size_t i = 0; i < N; i++)
+        payload[i] = th_pat(i);
+    th_proto_t k = {0};
+    k.bufsize = 64;
+    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_proto_t *p = pr->p;
+    cr_assert(th_run_until(pr->loop, &p->made, TMO));
+    tpio_loop_run_once(pr->loop, 1000);
+    expect_reads(p->events, 32, "");
+    cr_assert_eq(p->rxlen, 2048);
+    tpio_loop_run_once(pr->loop, 1000);
+    expect_reads(p->events, 40, ",getbuf");
+    cr_assert_eq(p->rxlen, N);
+    cr_assert_eq(memcmp(p->rx, payload, N), 0);
+    tpio_close(pr->t);
+    th_pair_finish(pr);
+}
+
+static void pause_in_updated(tpio_protocol_t *bp, size_t n)
+{
+    th_buffered_proto_ops.buffer_updated(bp, n);
+    th_proto_t *p = tpio_container_of(bp, th_proto_t, base);
+    cr_assert_eq(tpio_pause_reading(p->t), 0);
+}
+
+/* pause_reading() inside buffer_updated ends the run of reads at once; the
+ * data still waiting comes after resume_reading(). */
+Test(stream, pause_inside_buffer_updated_stops_further_reads, .timeout = 20)
+{
+    enum { N = 1000 };
+    unsigned char payload[N];
+    for (size_t i = 0; i < N; i++)
+        payload[i] = th_pat(i);
+    tpio_protocol_ops_t ops = th_buffered_proto_ops;
+    ops.buffer_updated = pause_in_updated;
+    th_proto_t k = {0};
+    k.bufsize = 100;
+    th_pair_t *pr = th_unix_pair(&ops, &k, payload, N, true);
+    th_proto_t *p = pr->p;
+    cr_assert(th_run_until(pr->loop, &p->made, TMO));
+    th_run_iters(pr->loop, 5);
+    expect_reads(p->events, 1, "");
+    cr_assert_eq(p->rxlen, 100);
+    cr_assert_not(tpio_is_reading(pr->t));
+    for (size_t r = 2; r <= 10; r++) {
+        cr_assert_eq(tpio_resume_reading(pr->t), 0);
+        th_run_iters(pr->loop, 3);
+        cr_assert_eq(p->rxlen, 100 * r);
+    }
+    cr_assert_eq(tpio_resume_reading(pr->t), 0);
+    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
+    expect_reads(p->events, 10, ",getbuf,eof,lost:0");
+    cr_assert_eq(memcmp(p->rx, payload, N), 0);
+    th_pair_finish(pr);
+}
+
+/* close() inside buffer_updated: no further read, connection_lost(0). */
+Test(stream, close_inside_buffer_updated_stops_further_reads, .timeout = 20)
+{
+    enum { N = 1000 };
+    unsigned char payload[N];
+    for (size_t i = 0; i < N; i++)
+        payload[i] = th_pat(i);
+    th_proto_t k = {0};
+    k.bufsize = 100;
+    k.close_on_data = true;
+    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_proto_t *p = pr->p;
+    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
+    expect_reads(p->events, 1, ",lost:0");
+    cr_assert_eq(p->rxlen, 100);
+    th_pair_finish(pr);
+}
+
 typedef struct err_rec {
     size_t calls;
     int error;
