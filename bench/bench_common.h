@@ -12,8 +12,10 @@
  *   waiting to be sent on a connection it stops reading from it, and it reads
  *   again once that drops to BENCH_LOW or below (tpio's and asyncio's default
  *   watermarks, used by a well-behaved proxy);
- * - reads are at most BENCH_READ bytes per readiness event where the library
- *   lets the user choose (tpio's Protocol path reads into its own buffer);
+ * - reads go into one shared buffer of BENCH_READ bytes where the library lets
+ *   the user choose (tpio's Protocol path reads into its own buffer, libevent
+ *   into its evbuffers); the environment variable BENCH_BUF=N (1..BENCH_READ)
+ *   makes that buffer N bytes, to compare small-buffer behaviour;
  * - EOF or error from the peer: close the connection;
  * - EXIT_AFTER > 0: exit(0) once that many connections have been closed
  *   (used by the callgrind / strace runs so the tool writes its report);
@@ -43,11 +45,21 @@
 struct bench_args {
     unsigned port;
     long exit_after;
+    size_t read_size; /* BENCH_BUF, else BENCH_READ */
 };
 
 static inline struct bench_args bench_setup(int argc, char **argv)
 {
-    struct bench_args a = {0, 0};
+    struct bench_args a = {0, 0, BENCH_READ};
+    const char *env = getenv("BENCH_BUF");
+    if (env) {
+        unsigned long v = strtoul(env, NULL, 10);
+        if (v < 1 || v > BENCH_READ) {
+            fprintf(stderr, "BENCH_BUF must be 1..%d\n", BENCH_READ);
+            exit(1);
+        }
+        a.read_size = v;
+    }
     if (argc > 1)
         a.port = (unsigned)strtoul(argv[1], NULL, 10);
     if (argc > 2)

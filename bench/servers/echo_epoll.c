@@ -70,7 +70,7 @@ static int append(struct conn *c, const char *p, size_t n)
 /* Returns -1 if the connection was closed. */
 static int on_readable(struct conn *c)
 {
-    ssize_t n = read(c->fd, rbuf, sizeof rbuf);
+    ssize_t n = read(c->fd, rbuf, args.read_size);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return 0;

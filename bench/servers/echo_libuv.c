@@ -21,7 +21,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)h;
     (void)suggested;
     buf->base = rbuf;
-    buf->len = sizeof rbuf;
+    buf->len = args.read_size;
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);

@@ -53,7 +53,7 @@ static void *get_buf(tpio_protocol_t *p, ssize_t hint, size_t *len)
 {
     (void)p;
     (void)hint;
-    *len = sizeof rbuf;
+    *len = args.read_size;
     return rbuf;
 }
 
