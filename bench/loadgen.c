@@ -250,8 +250,13 @@ static void pp_slice(struct target *g, double dur, int measured)
             die(1, "epoll_wait");
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
-            if (!c->active)
-                continue;
+            if (!c->active) {
+                /* Its round trip is complete and it wants nothing: data or a
+                 * hang-up now means the server misbehaves (and level
+                 * triggering would spin on it). */
+                errno = 0;
+                die(3, "data or a hang-up on a connection between round trips");
+            }
             if (evs[i].events & EPOLLOUT)
                 pp_send_more(g, c);
             if (!(evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
@@ -309,14 +314,14 @@ static void bulk_open(struct target *g)
  * Every slice has a connection of its own: a long-lived loopback connection
  * settles into a state of its own (autotuned buffers, congestion control),
  * and with one connection per server that state, not the server, would set
- * its figure. Connecting is part of the slice's time. */
+ * its figure. The slice's time starts once the connection is up. */
 static void bulk_slice(struct target *g, double dur, int measured)
 {
     static char *rbuf;
     if (!rbuf && !(rbuf = malloc(BULK_READ)))
         die(1, "malloc");
-    uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9), got = 0;
     int fd = g->cs->fd = connect_one(g->port, 1);
+    uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9), got = 0;
     g->bsent = g->brecvd = 0;
     int writing = 1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = g->cs};
@@ -504,7 +509,7 @@ int main(int argc, char **argv)
         }
     }
     if (!ports || nconns < 1 || nconns > 1000000 || timeout <= 0 || seconds <= 0 ||
-        warmup < 0 || slice < 0)
+        warmup < 0 || slice < 0 || rounds < 0)
         usage();
     for (const char *q = ports; q; q = strchr(q, ',') ? strchr(q, ',') + 1 : NULL) {
         struct target *n = realloc(targets, (size_t)(ntargets + 1) * sizeof *n);

@@ -469,14 +469,15 @@ def ratio(med, cfg, name, ref):
 
 def median_ci(values):
     """Distribution-free 95% confidence interval of the median: the order
-    statistics n/2 -+ 0.98 sqrt(n) (binomial, normal approximation)."""
+    statistics n/2 -+ 0.98 sqrt(n) (binomial, normal approximation). It takes
+    the rounds as independent; neighbouring rounds share slow drifts of the
+    machine, so the true interval is somewhat wider."""
     v = sorted(values)
     n = len(v)
     if n < 6:
         return (v[0], v[-1]) if v else (None, None)
-    h = 0.98 * n ** 0.5
-    lo, hi = int(n / 2 - h), int(n / 2 + h + 0.999)
-    return v[max(lo, 0)], v[min(hi, n - 1)]
+    lo = max(int(n / 2 - 0.98 * n ** 0.5), 0)
+    return v[lo], v[n - 1 - lo]
 
 
 def verdict(med, cfg, name, ref, bar):
