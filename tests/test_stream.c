@@ -902,17 +902,26 @@ static void expect_reads(const char *events, size_t reads, const char *tail)
     cr_assert_str_eq(events, want);
 }
 
+/* A BufferedProtocol pair whose peer sent n pattern bytes (then EOF if
+ * `eof`) before the transport existed; get_buffer hands out bufsize bytes. */
+static th_pair_t *prefilled_pair(const tpio_protocol_ops_t *ops, unsigned char *payload,
+                                 size_t n, size_t bufsize, bool close_on_data, bool eof)
+{
+    for (size_t i = 0; i < n; i++)
+        payload[i] = th_pat(i);
+    th_proto_t k = {0};
+    k.bufsize = bufsize;
+    k.close_on_data = close_on_data;
+    return th_unix_pair(ops, &k, payload, n, eof);
+}
+
 /* Everything waiting is read in one readiness event while reads fill the
  * buffer: 10 full reads of 100 bytes, then the 11th finds nothing (EAGAIN). */
 Test(stream, buffered_reads_again_while_buffer_fills, .timeout = 20)
 {
     enum { N = 1000 };
     unsigned char payload[N];
-    for (size_t i = 0; i < N; i++)
-        payload[i] = th_pat(i);
-    th_proto_t k = {0};
-    k.bufsize = 100;
-    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_pair_t *pr = prefilled_pair(&th_buffered_proto_ops, payload, N, 100, false, false);
     th_proto_t *p = pr->p;
     cr_assert(th_run_until(pr->loop, &p->made, TMO));
     cr_assert_str_eq(p->events, "made");
@@ -930,11 +939,7 @@ Test(stream, buffered_reads_per_event_are_bounded, .timeout = 20)
 {
     enum { N = 2560 };
     unsigned char payload[N];
-    for (size_t i = 0; i < N; i++)
-        payload[i] = th_pat(i);
-    th_proto_t k = {0};
-    k.bufsize = 64;
-    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_pair_t *pr = prefilled_pair(&th_buffered_proto_ops, payload, N, 64, false, false);
     th_proto_t *p = pr->p;
     cr_assert(th_run_until(pr->loop, &p->made, TMO));
     tpio_loop_run_once(pr->loop, 1000);
@@ -961,13 +966,9 @@ Test(stream, pause_inside_buffer_updated_stops_further_reads, .timeout = 20)
 {
     enum { N = 1000 };
     unsigned char payload[N];
-    for (size_t i = 0; i < N; i++)
-        payload[i] = th_pat(i);
     tpio_protocol_ops_t ops = th_buffered_proto_ops;
     ops.buffer_updated = pause_in_updated;
-    th_proto_t k = {0};
-    k.bufsize = 100;
-    th_pair_t *pr = th_unix_pair(&ops, &k, payload, N, true);
+    th_pair_t *pr = prefilled_pair(&ops, payload, N, 100, false, true);
     th_proto_t *p = pr->p;
     cr_assert(th_run_until(pr->loop, &p->made, TMO));
     th_run_iters(pr->loop, 5);
@@ -991,12 +992,7 @@ Test(stream, close_inside_buffer_updated_stops_further_reads, .timeout = 20)
 {
     enum { N = 1000 };
     unsigned char payload[N];
-    for (size_t i = 0; i < N; i++)
-        payload[i] = th_pat(i);
-    th_proto_t k = {0};
-    k.bufsize = 100;
-    k.close_on_data = true;
-    th_pair_t *pr = th_unix_pair(&th_buffered_proto_ops, &k, payload, N, false);
+    th_pair_t *pr = prefilled_pair(&th_buffered_proto_ops, payload, N, 100, true, false);
     th_proto_t *p = pr->p;
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     expect_reads(p->events, 1, ",lost:0");
