@@ -15,7 +15,7 @@
 
 #define TPIO__HIDDEN __attribute__((visibility("hidden")))
 
-/* asyncio reads at most 256 KiB per readiness event. */
+/* The size of one read into the loop's shared buffer (asyncio's max_size). */
 #define TPIO__READ_SIZE (256 * 1024)
 /* Reads per readiness event while each one fills the buffer (libuv: 32),
  * and the bytes after which the event ends anyway, so that one busy
