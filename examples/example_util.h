@@ -6,7 +6,7 @@
  *  - parse_port();
  *  - example_stop_on_signal(): SIGINT/SIGTERM end the loop cleanly. The API
  *    has no signal support yet, so the signals are blocked in every thread and
- *    one thread sigwait()s for them, then calls tpio_call_soon_threadsafe(),
+ *    one thread sigwait()s for them, then calls tpio_loop_call_soon_threadsafe(),
  *    the one call allowed from any thread.
  */
 #ifndef TPIO_EXAMPLE_UTIL_H
@@ -116,7 +116,7 @@ static inline void *example_signal_thread(void *p)
     int sig = 0;
     if (sigwait(&s->set, &sig) == 0)
         s->signo = sig;
-    tpio_call_soon_threadsafe(s->loop, s->on_signal, s->arg);
+    tpio_loop_call_soon_threadsafe(s->loop, s->on_signal, s->arg);
     return NULL;
 }
 

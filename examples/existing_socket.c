@@ -1,7 +1,7 @@
 /*
  * Connecting Existing Sockets — the specification's example, in C.
  *
- * Wait until a socket receives data, using tpio_create_connection() with
+ * Wait until a socket receives data, using tpio_loop_create_connection() with
  * use_sock (asyncio's create_connection(..., sock=rsock)) and a protocol:
  *
  *   rsock, wsock = socket.socketpair()
@@ -51,7 +51,7 @@ static void my_data_received(tpio_protocol_t *p, const void *data, size_t len)
 
     /* We are done: close the transport; connection_lost() will be called
      * automatically. */
-    tpio_close(self_of(p)->transport);
+    tpio_transport_close(self_of(p)->transport);
 }
 
 static void my_connection_lost(tpio_protocol_t *p, int err)
@@ -102,7 +102,7 @@ static void on_connected(tpio_loop_t *loop, tpio_transport_t *t,
         return;
     }
     /* After `transport, protocol = await ...`: loop.call_soon(wsock.send, ...) */
-    err = tpio_call_soon(loop, send_abc, app, NULL);
+    err = tpio_loop_call_soon(loop, send_abc, app, NULL);
     if (err < 0) {
         app->connect_err = err;
         tpio_loop_stop(loop);
@@ -112,13 +112,13 @@ static void on_connected(tpio_loop_t *loop, tpio_transport_t *t,
 int main(void)
 {
     app_t app = {0};
-    tpio_connect_opts_t opts = {0};
+    tpio_connect_opts_t opts = TPIO_OPTS(tpio_connect_opts_t);
     int sv[2], err;
     bool failed = false;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
 
-    err = tpio_loop_new(&app.loop);
+    err = tpio_loop_new(&app.loop, NULL);
     if (err < 0) {
         fprintf(stderr, "existing_socket: loop: %s\n", tpio_strerror(err));
         return EXIT_FAILURE;
@@ -134,9 +134,9 @@ int main(void)
 
     /* Register the socket to wait for data. From a 0 return on, sv[0] is
      * owned (and eventually closed) by the transport. */
-    opts.use_sock = true;
+    opts.use_sock = TPIO_ON;
     opts.sock = sv[0];
-    err = tpio_create_connection(app.loop, my_protocol_factory, &app, &opts,
+    err = tpio_loop_create_connection(app.loop, my_protocol_factory, &app, &opts,
                                  on_connected, &app);
     if (err < 0) {
         fprintf(stderr, "existing_socket: create_connection: %s\n", tpio_strerror(err));
@@ -144,7 +144,7 @@ int main(void)
         failed = true;
     } else {
         /* try: await protocol.on_con_lost */
-        err = tpio_loop_run(app.loop);
+        err = tpio_loop_run_forever(app.loop);
         if (err < 0) {
             fprintf(stderr, "existing_socket: loop: %s\n", tpio_strerror(err));
             failed = true;
@@ -157,7 +157,7 @@ int main(void)
         /* finally: transport.close() — the transport pointer is dropped in
          * connection_lost, so this only matters if the loop stopped early. */
         if (app.transport) {
-            tpio_close(app.transport);
+            tpio_transport_close(app.transport);
             while (!app.con_lost && tpio_loop_run_once(app.loop, -1) >= 0)
                 ;
         }

@@ -60,7 +60,7 @@ static void date_process_exited(tpio_protocol_t *p)
 {
     app_t *app = self_of(p)->app;
     app->exited = true;
-    tpio_get_returncode(transport, &app->returncode);
+    tpio_subprocess_get_returncode(transport, &app->returncode);
     tpio_loop_stop(app->loop);
 }
 
@@ -104,7 +104,7 @@ static void on_started(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *
 int main(void)
 {
     app_t app = {0};
-    int rc = tpio_loop_new(&app.loop);
+    int rc = tpio_loop_new(&app.loop, NULL);
     if (rc < 0) {
         fprintf(stderr, "tpio_loop_new: %s\n", tpio_strerror(rc));
         return 1;
@@ -113,10 +113,10 @@ int main(void)
     /* Create the subprocess controlled by DateProtocol; redirect the
      * standard output into a pipe (the default), inherit the others. */
     const char *argv[] = {"date", "+%Y-%m-%d %H:%M:%S.%N", NULL};
-    tpio_subprocess_opts_t opts = {0};
+    tpio_subprocess_opts_t opts = TPIO_OPTS(tpio_subprocess_opts_t);
     opts.stdio[0].mode = TPIO_STDIO_INHERIT;
     opts.stdio[2].mode = TPIO_STDIO_INHERIT;
-    rc = tpio_subprocess_exec(app.loop, date_protocol_factory, &app, argv, &opts, on_started,
+    rc = tpio_loop_subprocess_exec(app.loop, date_protocol_factory, &app, argv, &opts, on_started,
                               NULL);
     if (rc < 0) {
         fprintf(stderr, "subprocess_exec: %s\n", tpio_strerror(rc));
@@ -127,16 +127,16 @@ int main(void)
     /* Wait for the subprocess exit using the process_exited() method of
      * the protocol. */
     while (!app.exited)
-        tpio_loop_run(app.loop);
+        tpio_loop_run_forever(app.loop);
 
     /* Close the stdout pipe. The loop iteration that saw the exit may also
      * have run connection_lost (the pipe had closed already): then the
      * transport is gone. Otherwise run until connection_lost, which comes
      * once the pipe has delivered everything and frees the protocol. */
     if (transport)
-        tpio_close(transport);
+        tpio_transport_close(transport);
     while (!app.con_lost)
-        tpio_loop_run(app.loop);
+        tpio_loop_run_forever(app.loop);
     tpio_loop_close(app.loop);
 
     /* Read the output which was collected by the pipe_data_received()

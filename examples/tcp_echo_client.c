@@ -49,7 +49,7 @@ static void client_connection_made(tpio_protocol_t *p, tpio_transport_t *t)
     const char *message = self->state->message;
 
     self->state->transport = t;
-    tpio_write(t, message, strlen(message));
+    tpio_transport_write(t, message, strlen(message));
     fputs("Data sent: ", stdout);
     print_repr(message, strlen(message));
     putchar('\n');
@@ -111,7 +111,7 @@ static void on_connected(tpio_loop_t *loop, tpio_transport_t *t,
 int main(int argc, char **argv)
 {
     client_state_t state = {.message = "Hello World!"};
-    tpio_connect_opts_t opts = {0};
+    tpio_connect_opts_t opts = TPIO_OPTS(tpio_connect_opts_t);
     bool failed = false;
     int err;
 
@@ -127,24 +127,24 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    err = tpio_loop_new(&state.loop);
+    err = tpio_loop_new(&state.loop, NULL);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_client: loop: %s\n", tpio_strerror(err));
         return EXIT_FAILURE;
     }
 
-    err = tpio_create_connection(state.loop, echo_client_factory, &state, &opts,
+    err = tpio_loop_create_connection(state.loop, echo_client_factory, &state, &opts,
                                  on_connected, &state);
     if (err == 0) {
         /* try: await on_con_lost */
-        int run_err = tpio_loop_run(state.loop);
+        int run_err = tpio_loop_run_forever(state.loop);
         if (run_err < 0)
             fprintf(stderr, "tcp_echo_client: loop: %s\n", tpio_strerror(run_err));
         /* finally: transport.close() — needed only if the loop stopped before
          * connection_lost (the pointer is dropped there), e.g. on an error;
          * then run until the connection is really gone. */
         if (state.transport) {
-            tpio_close(state.transport);
+            tpio_transport_close(state.transport);
             while (!state.con_lost && tpio_loop_run_once(state.loop, -1) >= 0)
                 ;
         }

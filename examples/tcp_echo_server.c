@@ -14,7 +14,7 @@
  *
  * Signals: the public API has no signal support yet, so SIGINT and SIGTERM are
  * blocked in every thread and one dedicated thread waits for them with
- * sigwait(); it wakes the loop with tpio_call_soon_threadsafe(), the one call
+ * sigwait(); it wakes the loop with tpio_loop_call_soon_threadsafe(), the one call
  * that may come from any thread (calling it from a signal handler would not
  * be async-signal-safe). See example_util.h, which also has print_repr().
  */
@@ -44,7 +44,7 @@ static void server_connection_made(tpio_protocol_t *p, tpio_transport_t *t)
     tpio_extra_t peer;
     char name[128] = "None";
 
-    if (tpio_get_extra_info(t, "peername", &peer) == 0)
+    if (tpio_transport_get_extra_info(t, "peername", &peer) == 0)
         tpio_format_addr(peer.addr, peer.addrlen, name, sizeof name);
     printf("Connection from %s\n", name);
     self->transport = t;
@@ -61,10 +61,10 @@ static void server_data_received(tpio_protocol_t *p, const void *data, size_t le
     fputs("Send: ", stdout);
     print_repr(data, len);
     putchar('\n');
-    tpio_write(self->transport, data, len); /* copies what it cannot send now */
+    tpio_transport_write(self->transport, data, len); /* copies what it cannot send now */
 
     printf("Close the client socket\n");
-    tpio_close(self->transport); /* flushes, then connection_lost */
+    tpio_transport_close(self->transport); /* flushes, then connection_lost */
 }
 
 static void server_connection_lost(tpio_protocol_t *p, int err)
@@ -124,7 +124,7 @@ int main(int argc, char **argv)
 {
     app_t app = {0};
     example_signals_t sig;
-    tpio_server_opts_t opts = {0};
+    tpio_server_opts_t opts = TPIO_OPTS(tpio_server_opts_t);
     int err, status = EXIT_FAILURE;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -143,14 +143,14 @@ int main(int argc, char **argv)
      * library's included) inherits the mask and only sigwait() sees them. */
     example_block_signals(&sig);
 
-    err = tpio_loop_new(&app.loop);
+    err = tpio_loop_new(&app.loop, NULL);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));
         return EXIT_FAILURE;
     }
 
     /* server = await loop.create_server(lambda: EchoServerProtocol(), host, port) */
-    err = tpio_create_server(app.loop, echo_server_factory, NULL, &opts, &app.server);
+    err = tpio_loop_create_server(app.loop, echo_server_factory, NULL, &opts, &app.server);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_server: cannot serve on %s port %u: %s (%s)\n",
                 opts.host, (unsigned)opts.port, tpio_strerror(err), tpio_err_name(err));
@@ -160,11 +160,13 @@ int main(int argc, char **argv)
 
     /* print(f'Serving on {", ".join(str(s.getsockname()) for s in server.sockets)}') */
     fputs("Serving on ", stdout);
-    for (size_t i = 0; i < tpio_server_socket_count(app.server); i++) {
+    size_t nsocks = 0;
+    tpio_server_get_socket_count(app.server, &nsocks);
+    for (size_t i = 0; i < nsocks; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         char name[128] = "?";
-        if (tpio_server_sockname(app.server, i, &ss, &len) == 0)
+        if (tpio_server_get_sockname(app.server, i, &ss, &len) == 0)
             tpio_format_addr((struct sockaddr *)&ss, len, name, sizeof name);
         printf("%s%s", i ? ", " : "", name);
     }
@@ -174,20 +176,20 @@ int main(int argc, char **argv)
     if (err != 0) {
         fprintf(stderr, "tcp_echo_server: thread: %s\n", strerror(err));
         shutdown_cb(app.loop, &app);
-        tpio_loop_run(app.loop);
+        tpio_loop_run_forever(app.loop);
         tpio_loop_close(app.loop);
         return EXIT_FAILURE;
     }
 
     /* await server.serve_forever() — until shutdown_cb has closed the server
      * and wait_closed has reported that its connections are gone. */
-    err = tpio_loop_run(app.loop);
+    err = tpio_loop_run_forever(app.loop);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));
         /* Without a signal, unwatching makes the thread schedule shutdown_cb:
          * run the loop once more to shut down as for a signal. */
         example_unwatch_signals(&sig);
-        tpio_loop_run(app.loop);
+        tpio_loop_run_forever(app.loop);
     } else {
         example_unwatch_signals(&sig);
         status = EXIT_SUCCESS;

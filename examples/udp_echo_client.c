@@ -23,7 +23,7 @@ static void client_connection_made(tpio_protocol_t *p, tpio_transport_t *t)
     echo_client_protocol_t *self = self_of(p);
     self->transport = t;
     printf("Send: %s\n", self->message);
-    tpio_sendto(t, self->message, strlen(self->message), NULL, 0);
+    tpio_datagram_sendto(t, self->message, strlen(self->message), NULL, 0);
 }
 
 static void client_datagram_received(tpio_protocol_t *p, const void *data, size_t len,
@@ -33,7 +33,7 @@ static void client_datagram_received(tpio_protocol_t *p, const void *data, size_
     (void)addrlen;
     printf("Received: %.*s\n", (int)len, (const char *)data);
     printf("Close the socket\n");
-    tpio_close(self_of(p)->transport);
+    tpio_transport_close(self_of(p)->transport);
 }
 
 static void client_error_received(tpio_protocol_t *p, int err)
@@ -49,7 +49,9 @@ static void client_connection_lost(tpio_protocol_t *p, int err)
     (void)err;
     printf("Connection closed\n");
     *self->on_con_lost = true;
-    tpio_loop_stop(tpio_transport_loop(self->transport));
+    tpio_loop_t *loop;
+    if (tpio_transport_get_loop(self->transport, &loop) == 0)
+        tpio_loop_stop(loop);
     free(self);
 }
 
@@ -93,7 +95,8 @@ static void on_endpoint(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
 int main(int argc, char **argv)
 {
     app_t app = {.message = "Hello World!"};
-    tpio_datagram_opts_t opts = {.remote_host = "127.0.0.1", .remote_port = 9999};
+    tpio_datagram_opts_t opts =
+        TPIO_OPTS(tpio_datagram_opts_t, .remote_host = "127.0.0.1", .remote_port = 9999);
     tpio_loop_t *loop;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -107,7 +110,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "udp_echo_client: bad port '%s'\n", argv[2]);
         return 2;
     }
-    int err = tpio_loop_new(&loop);
+    int err = tpio_loop_new(&loop, NULL);
     if (err < 0) {
         fprintf(stderr, "udp_echo_client: loop: %s\n", tpio_strerror(err));
         return EXIT_FAILURE;
@@ -115,10 +118,10 @@ int main(int argc, char **argv)
     /* transport, protocol = await loop.create_datagram_endpoint(
      *     lambda: EchoClientProtocol(message, on_con_lost),
      *     remote_addr=('127.0.0.1', 9999)) */
-    err = tpio_create_datagram_endpoint(loop, echo_client_factory, &app, &opts, on_endpoint,
+    err = tpio_loop_create_datagram_endpoint(loop, echo_client_factory, &app, &opts, on_endpoint,
                                         &app);
     if (err == 0)
-        tpio_loop_run(loop); /* await on_con_lost */
+        tpio_loop_run_forever(loop); /* await on_con_lost */
     if (err == 0)
         err = app.err;
     if (err < 0)

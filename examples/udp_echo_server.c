@@ -43,7 +43,7 @@ static void server_datagram_received(tpio_protocol_t *p, const void *data, size_
     fputs("Send ", stdout);
     print_repr(data, len);
     printf(" to %s\n", name);
-    tpio_sendto(self_of(p)->transport, data, len, addr, addrlen);
+    tpio_datagram_sendto(self_of(p)->transport, data, len, addr, addrlen);
 }
 
 static void server_connection_lost(tpio_protocol_t *p, int err)
@@ -99,18 +99,19 @@ static void on_signal(tpio_loop_t *loop, void *arg)
 {
     app_t *app = arg;
     if (app->transport) {
-        tpio_close(app->transport);
+        tpio_transport_close(app->transport);
         app->transport = NULL;
     }
     /* connection_lost runs on the next iteration; stop after it. */
-    tpio_call_soon(loop, on_lost_stop, NULL, NULL);
+    tpio_loop_call_soon(loop, on_lost_stop, NULL, NULL);
 }
 
 int main(int argc, char **argv)
 {
     app_t app = {.status = EXIT_SUCCESS};
     example_signals_t sig;
-    tpio_datagram_opts_t opts = {.local_host = "127.0.0.1", .local_port = 9999};
+    tpio_datagram_opts_t opts =
+        TPIO_OPTS(tpio_datagram_opts_t, .local_host = "127.0.0.1", .local_port = 9999);
     tpio_loop_t *loop;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -125,14 +126,14 @@ int main(int argc, char **argv)
         return 2;
     }
     example_block_signals(&sig);
-    int err = tpio_loop_new(&loop);
+    int err = tpio_loop_new(&loop, NULL);
     if (err < 0) {
         fprintf(stderr, "udp_echo_server: loop: %s\n", tpio_strerror(err));
         return EXIT_FAILURE;
     }
     /* transport, protocol = await loop.create_datagram_endpoint(
      *     lambda: EchoServerProtocol(), local_addr=('127.0.0.1', 9999)) */
-    err = tpio_create_datagram_endpoint(loop, echo_server_factory, NULL, &opts, on_endpoint,
+    err = tpio_loop_create_datagram_endpoint(loop, echo_server_factory, NULL, &opts, on_endpoint,
                                         &app);
     if (err < 0) {
         fprintf(stderr, "udp_echo_server: %s (%s)\n", tpio_strerror(err), tpio_err_name(err));
@@ -144,12 +145,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "udp_echo_server: thread: %s\n", strerror(err));
         return EXIT_FAILURE;
     }
-    tpio_loop_run(loop);
+    tpio_loop_run_forever(loop);
     example_unwatch_signals(&sig);
     if (app.transport) { /* stopped by an error path: close what is left */
-        tpio_close(app.transport);
-        tpio_call_soon(loop, on_lost_stop, NULL, NULL);
-        tpio_loop_run(loop);
+        tpio_transport_close(app.transport);
+        tpio_loop_call_soon(loop, on_lost_stop, NULL, NULL);
+        tpio_loop_run_forever(loop);
     }
     if (tpio_loop_close(loop) < 0)
         app.status = EXIT_FAILURE;

@@ -31,7 +31,7 @@ static void server_made(tpio_protocol_t *p, tpio_transport_t *t)
 {
     tpio_extra_t peer;
     char name[128] = "None";
-    if (tpio_get_extra_info(t, "peername", &peer) == 0) {
+    if (tpio_transport_get_extra_info(t, "peername", &peer) == 0) {
         name[0] = '\0';
         tpio_format_addr(peer.addr, peer.addrlen, name, sizeof name);
     }
@@ -47,9 +47,9 @@ static void server_data(tpio_protocol_t *p, const void *data, size_t len)
     fputs("\nSend: ", stdout);
     print_repr(data, len);
     putchar('\n');
-    tpio_write(t, data, len);
+    tpio_transport_write(t, data, len);
     printf("Close the client socket\n");
-    tpio_close(t);
+    tpio_transport_close(t);
 }
 
 static void server_lost(tpio_protocol_t *p, int err)
@@ -86,7 +86,7 @@ static const char message[] = "Hello World!";
 static void client_made(tpio_protocol_t *p, tpio_transport_t *t)
 {
     (void)p;
-    tpio_write(t, message, strlen(message));
+    tpio_transport_write(t, message, strlen(message));
     fputs("Data sent: ", stdout);
     print_repr(message, strlen(message));
     putchar('\n');
@@ -170,20 +170,20 @@ int main(int argc, char **argv)
         made_dir = true;
         snprintf(path, sizeof path, "%s/echo.sock", dir);
     }
-    int err = tpio_loop_new(&app.loop);
+    int err = tpio_loop_new(&app.loop, NULL);
     if (err == 0) {
-        tpio_unix_opts_t so = {.path = path};
-        err = tpio_create_unix_server(app.loop, server_factory, NULL, &so, &app.server);
+        tpio_unix_opts_t so = TPIO_OPTS(tpio_unix_opts_t, .path = path);
+        err = tpio_loop_create_unix_server(app.loop, server_factory, NULL, &so, &app.server);
         if (err == 0) {
             printf("Serving on %s\n", path);
-            tpio_unix_opts_t co = {.path = path};
-            err = tpio_create_unix_connection(app.loop, client_factory, &app, &co, on_connected,
+            tpio_unix_opts_t co = TPIO_OPTS(tpio_unix_opts_t, .path = path);
+            err = tpio_loop_create_unix_connection(app.loop, client_factory, &app, &co, on_connected,
                                               &app);
             if (err < 0) {
                 tpio_server_close(app.server);
                 tpio_server_wait_closed(app.server, on_server_closed, &app);
             }
-            tpio_loop_run(app.loop);
+            tpio_loop_run_forever(app.loop);
             if (err == 0)
                 err = app.err;
         }

@@ -5,19 +5,36 @@
  * write (which bytes to move). This header is the whole public API.
  *
  * ---------------------------------------------------------------------------
+ * Names
+ * ---------------------------------------------------------------------------
+ * Every function is named tpio_<class>_<method>(object, ...): <class> is the
+ * object it acts on, given as the first argument — loop, transport,
+ * datagram (a DatagramTransport), subprocess (a SubprocessTransport) or
+ * server — and <method> is asyncio's name for that method
+ * (loop.create_connection() is tpio_loop_create_connection(loop, ...),
+ * transport.write() is tpio_transport_write(t, ...), Server.close() is
+ * tpio_server_close(s)). Functions of no object (the version, error names,
+ * the allocator, address formatting) are tpio_<verb>.
+ *
+ * ---------------------------------------------------------------------------
  * Conventions
  * ---------------------------------------------------------------------------
- * - Errors are negative errno values (-ECONNRESET) and 0 means success/None.
- *   Resolver failures have codes of their own (TPIO_EAI_*). tpio_strerror()
- *   and tpio_err_name() describe any code.
+ * - Every function that can fail returns an int: 0 on success, else a
+ *   negative errno value (-ECONNRESET) or one of tpio's own codes (TPIO_E*,
+ *   below). Values are returned through out-parameters, never mixed with the
+ *   code. tpio_strerror() and tpio_err_name() describe any code.
+ * - NULL is answered the same way everywhere: a NULL object, a NULL callback
+ *   that is required or a NULL out-parameter gives -EINVAL and changes
+ *   nothing. Only the parameters documented "may be NULL" are optional.
  * - A call that takes a completion callback either returns an error (and the
  *   callback is never called) or returns 0 (and the callback is called exactly
  *   once, later, from the loop — never from inside the call).
  * - A call that the transport's kind does not support returns -ENOTSUP.
- * - Every pointer argument may be checked: NULL where an object is required
- *   gives -EINVAL (or a neutral value for pure queries), never a crash.
+ * - Times are seconds, as double, everywhere.
+ * - Options are structs that start with their own size (see TPIO_OPTS), and
+ *   every yes/no option is a tpio_flag_t whose zero value is its default.
  * - The library is single-threaded per loop: every function must be called
- *   from the loop's thread, except tpio_call_soon_threadsafe().
+ *   from the loop's thread, except tpio_loop_call_soon_threadsafe().
  *
  * ---------------------------------------------------------------------------
  * Lifetimes (kept everywhere)
@@ -28,18 +45,28 @@
  * - Every transport calls connection_made exactly once, then the callbacks of
  *   the specification's state machine, then connection_lost exactly once.
  *   After connection_lost returns the library never touches that protocol
- *   again: connection_lost is where you free it.
+ *   again: connection_lost is where you free it. The factory is called only
+ *   once the transport exists, so a protocol it returns always reaches
+ *   connection_made.
  * - The transport pointer is valid from connection_made until connection_lost
- *   returns. Do not use it afterwards.
+ *   returns. Do not use it afterwards. Inside connection_lost the transport's
+ *   descriptor, peername, sockname and every other extra info are still
+ *   valid; the descriptor is closed after connection_lost returns.
  * - No protocol callback runs inside your own call into the library, except
- *   pause_writing(), which may run inside tpio_write()/tpio_writelines() as
- *   in asyncio. close() and abort() only schedule connection_lost.
+ *   pause_writing(), which may run inside tpio_transport_write(),
+ *   tpio_transport_writelines(), tpio_datagram_sendto() and
+ *   tpio_transport_set_write_buffer_limits() as in asyncio. close() and
+ *   abort() only schedule connection_lost.
  * - The library holds a reference on the transport around every callback it
- *   makes, so closing or aborting from inside any callback is safe.
+ *   makes, so closing or aborting from inside any callback is safe; so is
+ *   pausing or resuming the reading of any transport (another one's
+ *   included), and writing to any transport.
  * - Data passed to data_received / datagram_received is borrowed: it is valid
  *   only until the callback returns.
- * - tpio_write() copies whatever it cannot send at once: your buffer is yours
- *   again as soon as tpio_write() returns.
+ * - tpio_transport_write() copies whatever it cannot send at once: your
+ *   buffer is yours again as soon as it returns.
+ * - Sockets never raise SIGPIPE (tpio sends with MSG_NOSIGNAL); for write
+ *   pipes see tpio_loop_connect_write_pipe().
  */
 #ifndef TPIO_H
 #define TPIO_H
@@ -49,7 +76,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -61,8 +87,9 @@ extern "C" {
 #define TPIO_API
 #endif
 
+/* The one place the version is defined: the build reads it from here. */
 #define TPIO_VERSION_MAJOR 0
-#define TPIO_VERSION_MINOR 1
+#define TPIO_VERSION_MINOR 2
 #define TPIO_VERSION_PATCH 0
 
 /** Version of the library actually linked, as "MAJOR.MINOR.PATCH". */
@@ -85,7 +112,9 @@ TPIO_API const char *tpio_version(void);
     X(TPIO_EAI_SERVICE, -3006, "service not supported for socket type")       \
     X(TPIO_EAI_MEMORY, -3007, "resolver out of memory")                       \
     X(TPIO_EAI_OTHER, -3008, "name resolution failed")                        \
-    X(TPIO_EPROTOCOL_BUFFER, -3101, "get_buffer() returned an empty buffer")
+    X(TPIO_EPROTOCOL_BUFFER, -3101, "get_buffer() returned an empty buffer")  \
+    X(TPIO_ENOTWATCHABLE, -3102,                                              \
+      "the descriptor cannot be watched by the event loop")
 
 enum tpio_error {
 #define TPIO__ERR_ENUM(name, value, text) name = value,
@@ -97,6 +126,55 @@ enum tpio_error {
 TPIO_API const char *tpio_strerror(int err);
 /** The symbolic name of a code ("ECONNRESET", "TPIO_EAI_NONAME"); never NULL. */
 TPIO_API const char *tpio_err_name(int err);
+
+/* ========================================================================= */
+/* Memory                                                                    */
+/* ========================================================================= */
+
+/** The functions every allocation of the library goes through. */
+typedef struct tpio_allocator {
+    void *(*malloc)(size_t size);
+    void *(*calloc)(size_t count, size_t size);
+    void *(*realloc)(void *ptr, size_t size);
+    void (*free)(void *ptr);
+} tpio_allocator_t;
+
+/**
+ * Replace the allocator (libuv's uv_replace_allocator): every allocation tpio
+ * makes, on the loop's thread and on its resolver threads, goes through these
+ * functions from then on, so they must be thread-safe. All four are required
+ * (-EINVAL otherwise); NULL restores the C library's. Refused with -EBUSY
+ * while any loop exists, since memory allocated by one allocator must be freed
+ * by the same. An allocation that fails is answered as the C library's would
+ * be: the call returns -ENOMEM, or a connection ends with
+ * connection_lost(-ENOMEM); the loop goes on working. (getaddrinfo's own
+ * memory is the C library's business.)
+ */
+TPIO_API int tpio_set_allocator(const tpio_allocator_t *allocator);
+
+/* ========================================================================= */
+/* Options                                                                   */
+/* ========================================================================= */
+
+/**
+ * Every options struct starts with `size_t size`, which must be the size of
+ * the struct as the caller's header declares it: a program built against this
+ * header keeps working with a later library that has added fields (they read
+ * as zero, their defaults), and a program built against a later header gets
+ * -ENOTSUP from this library if it sets a field that this version does not
+ * know (if it leaves such fields zero, they are ignored). A size smaller than
+ * any version of the struct, 0 included, gives -EINVAL. Initialise with
+ * TPIO_OPTS, which sets size and leaves every other field zero (its default):
+ *
+ *     tpio_server_opts_t o = TPIO_OPTS(tpio_server_opts_t, .port = 8888);
+ */
+#define TPIO_OPTS(type, ...) ((type){.size = sizeof(type), __VA_ARGS__})
+
+/**
+ * A yes/no option. Zero (TPIO_DEFAULT) is the default that each option
+ * documents; TPIO_ON and TPIO_OFF say yes and no. Other values give -EINVAL.
+ */
+typedef enum tpio_flag { TPIO_DEFAULT = 0, TPIO_ON = 1, TPIO_OFF = -1 } tpio_flag_t;
 
 /* ========================================================================= */
 /* Opaque types                                                              */
@@ -126,8 +204,17 @@ typedef void (*tpio_callback_t)(tpio_loop_t *loop, void *arg);
  */
 typedef uint64_t tpio_handle_t;
 
-/** Create a loop. Returns 0 and sets *out, or a negative errno. */
-TPIO_API int tpio_loop_new(tpio_loop_t **out);
+/** Options of tpio_loop_new(); none yet besides the size. */
+typedef struct tpio_loop_opts {
+    size_t size;
+} tpio_loop_opts_t;
+
+/**
+ * Create a loop (asyncio's new_event_loop). opts may be NULL (defaults).
+ * Returns 0 and sets *out, or -ENOMEM, or the error of a descriptor the loop
+ * could not create (-EMFILE...).
+ */
+TPIO_API int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts);
 
 /**
  * Close and free the loop. Fails with -EBUSY (and the loop stays usable) while
@@ -141,56 +228,60 @@ TPIO_API int tpio_loop_close(tpio_loop_t *loop);
  * Run until tpio_loop_stop() is called (asyncio's run_forever). Returns 0, or
  * -EBUSY if the loop is already running, or a negative errno from the poller.
  */
-TPIO_API int tpio_loop_run(tpio_loop_t *loop);
+TPIO_API int tpio_loop_run_forever(tpio_loop_t *loop);
 
 /**
- * Run one iteration: wait for I/O at most timeout_ms (-1 = until something
- * happens, 0 = do not block), then run the callbacks that were ready at that
- * point. For embedding tpio in another program's loop.
+ * Run one iteration: wait for I/O at most `timeout` seconds (negative: until
+ * something happens; 0: do not block), then run the callbacks that were ready
+ * at that point. For embedding tpio in another program's loop. -EBUSY inside
+ * a running loop.
  */
-TPIO_API int tpio_loop_run_once(tpio_loop_t *loop, int timeout_ms);
+TPIO_API int tpio_loop_run_once(tpio_loop_t *loop, double timeout);
 
 /**
  * Ask a running loop to stop: the current iteration completes (callbacks
- * already scheduled in it still run), then tpio_loop_run() returns. Called
- * while the loop is not running, the next tpio_loop_run() runs one iteration.
+ * already scheduled in it still run), then tpio_loop_run_forever() returns.
+ * Called while the loop is not running, the next run_forever runs one
+ * iteration.
  */
-TPIO_API void tpio_loop_stop(tpio_loop_t *loop);
+TPIO_API int tpio_loop_stop(tpio_loop_t *loop);
 
-/** True while tpio_loop_run() / tpio_loop_run_once() is executing. */
-TPIO_API bool tpio_loop_is_running(const tpio_loop_t *loop);
+/** *running = true while run_forever / run_once is executing. */
+TPIO_API int tpio_loop_is_running(const tpio_loop_t *loop, bool *running);
 
-/** The loop's monotonic clock in seconds (asyncio's loop.time()). */
-TPIO_API double tpio_loop_time(const tpio_loop_t *loop);
+/** *now = the loop's monotonic clock in seconds (asyncio's loop.time()). */
+TPIO_API int tpio_loop_time(const tpio_loop_t *loop, double *now);
 
 /**
- * Schedule cb(loop, arg) on the next iteration, in FIFO order. *handle (if not
- * NULL) receives a handle for tpio_cancel(). Returns 0 or -ENOMEM/-EINVAL.
+ * Schedule cb(loop, arg) on the next iteration, in FIFO order. *handle (handle
+ * may be NULL) receives a handle for tpio_loop_cancel(). Returns 0, -ENOMEM.
  */
-TPIO_API int tpio_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg,
-                            tpio_handle_t *handle);
+TPIO_API int tpio_loop_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg,
+                                 tpio_handle_t *handle);
 
-/** Schedule cb after delay seconds (negative = 0). */
-TPIO_API int tpio_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb,
-                             void *arg, tpio_handle_t *handle);
+/** Schedule cb after `delay` seconds (negative = 0; NaN: -EINVAL). */
+TPIO_API int tpio_loop_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb,
+                                  void *arg, tpio_handle_t *handle);
 
-/** Schedule cb at the loop time `when` (see tpio_loop_time()). */
-TPIO_API int tpio_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb,
-                          void *arg, tpio_handle_t *handle);
+/** Schedule cb at the loop time `when` (see tpio_loop_time(); NaN: -EINVAL). */
+TPIO_API int tpio_loop_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb,
+                               void *arg, tpio_handle_t *handle);
 
 /**
- * Cancel a scheduled callback. Returns 0 if it was pending and will not run,
- * -ENOENT if it already ran, was already cancelled or never existed.
+ * Cancel a scheduled callback (asyncio's Handle.cancel()). Returns 0 if it was
+ * pending and will not run, -ENOENT if it already ran, was already cancelled
+ * or never existed.
  */
-TPIO_API int tpio_cancel(tpio_loop_t *loop, tpio_handle_t handle);
+TPIO_API int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle);
 
 /**
  * The one call that may come from any thread: schedule cb on the loop's thread
- * and wake the loop (through an eventfd). Safe against a concurrent
- * tpio_loop_run(); not against tpio_loop_close(). Returns 0 or -ENOMEM.
+ * and wake the loop. Safe against a concurrent run_forever; not against
+ * tpio_loop_close(), and not from a signal handler (it takes a lock and may
+ * allocate). Returns 0 or -ENOMEM.
  */
-TPIO_API int tpio_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb,
-                                       void *arg);
+TPIO_API int tpio_loop_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb,
+                                            void *arg);
 
 /**
  * What the library reports to the error handler when something goes wrong
@@ -203,21 +294,22 @@ typedef struct tpio_error_context {
     tpio_transport_t *transport;  /**< the transport concerned, or NULL */
     tpio_protocol_t *protocol;    /**< its protocol, or NULL */
     tpio_server_t *server;        /**< the server concerned, or NULL */
-    int fd;                       /**< the socket concerned, or -1 */
+    int fd;                       /**< the descriptor concerned, or -1 */
 } tpio_error_context_t;
 
 typedef void (*tpio_error_handler_t)(tpio_loop_t *loop,
                                      const tpio_error_context_t *ctx, void *arg);
 
-/** Install an error handler (NULL restores the default, which prints to stderr). */
-TPIO_API void tpio_loop_set_error_handler(tpio_loop_t *loop,
-                                          tpio_error_handler_t handler, void *arg);
+/** Install an error handler (handler NULL restores the default, which prints
+ *  one line to stderr). */
+TPIO_API int tpio_loop_set_error_handler(tpio_loop_t *loop,
+                                         tpio_error_handler_t handler, void *arg);
 /** The default handler: one line on stderr. Callable from your own handler. */
-TPIO_API void tpio_loop_default_error_handler(tpio_loop_t *loop,
-                                              const tpio_error_context_t *ctx);
+TPIO_API int tpio_loop_default_error_handler(tpio_loop_t *loop,
+                                             const tpio_error_context_t *ctx);
 /** Report something to the loop's current error handler. */
-TPIO_API void tpio_loop_call_error_handler(tpio_loop_t *loop,
-                                           const tpio_error_context_t *ctx);
+TPIO_API int tpio_loop_call_error_handler(tpio_loop_t *loop,
+                                          const tpio_error_context_t *ctx);
 
 /* ========================================================================= */
 /* Protocols                                                                 */
@@ -268,6 +360,9 @@ typedef struct tpio_protocol_ops {
      * and the connection ends with connection_lost(TPIO_EPROTOCOL_BUFFER).
      * Its size is the read size: while reads fill it, the transport asks for
      * a buffer and reads again in the same event (up to 32 reads / 1 MiB).
+     * The transport writes into the buffer only between this call and the
+     * buffer_updated that follows it, both inside one loop event, so one
+     * buffer may serve any number of connections of the same loop.
      */
     void *(*get_buffer)(tpio_protocol_t *p, ssize_t sizehint, size_t *len);
     /** nbytes (> 0) were written at the start of the last get_buffer() buffer. */
@@ -292,14 +387,17 @@ struct tpio_protocol {
 
 /**
  * protocol_factory: return a new protocol for a new connection, or NULL to
- * refuse it. For connections, servers, pipes and datagram endpoints the
- * factory runs from the loop, never inside the call that asked for the
- * connection: a refused connection is closed (for calls that were given a
- * socket or pipe, that descriptor too: it was the library's from the call's
- * 0 return on) and the completion reports -ECONNABORTED; a server just drops
- * the accepted connection. The one exception is tpio_subprocess_exec/_shell,
- * which call it inside the call, once the child has started: a refusal
- * kills and reaps the child and the call returns -ECONNABORTED.
+ * refuse it. The factory always runs from the loop, never inside the call
+ * that asked for the connection (except tpio_loop_subprocess_exec/_shell,
+ * below), and only once the transport exists, so that a protocol it returns
+ * always reaches connection_made and connection_lost.
+ *
+ * A refused connection is closed (for calls that were given a socket or
+ * pipe, that descriptor too: it was the library's from the call's 0 return
+ * on) and the completion reports -ECONNABORTED; a server just drops the
+ * accepted connection. The one exception is tpio_loop_subprocess_exec/_shell,
+ * which call it inside the call, once the child has started: a refusal kills
+ * and reaps the child and the call returns -ECONNABORTED.
  */
 typedef tpio_protocol_t *(*tpio_protocol_factory_t)(void *arg);
 
@@ -319,27 +417,30 @@ typedef enum tpio_transport_kind {
     TPIO_TRANSPORT_TLS,
 } tpio_transport_kind_t;
 
-TPIO_API tpio_transport_kind_t tpio_transport_kind(const tpio_transport_t *t);
-/** The loop that owns the transport. */
-TPIO_API tpio_loop_t *tpio_transport_loop(const tpio_transport_t *t);
+/** *kind = what kind of transport t is. */
+TPIO_API int tpio_transport_get_kind(const tpio_transport_t *t,
+                                     tpio_transport_kind_t *kind);
+/** *loop = the loop that owns the transport. */
+TPIO_API int tpio_transport_get_loop(const tpio_transport_t *t, tpio_loop_t **loop);
 
 /* --- BaseTransport ------------------------------------------------------- */
 
 /**
  * Close: stop reading, flush the write buffer asynchronously, then call
- * connection_lost(0). Idempotent. Returns 0 (or -EINVAL for NULL).
+ * connection_lost(0). Idempotent.
  */
-TPIO_API int tpio_close(tpio_transport_t *t);
-/** True once close() or abort() was called or the connection is lost. */
-TPIO_API bool tpio_is_closing(const tpio_transport_t *t);
-/** The protocol that currently receives this transport's callbacks. */
-TPIO_API tpio_protocol_t *tpio_get_protocol(const tpio_transport_t *t);
+TPIO_API int tpio_transport_close(tpio_transport_t *t);
+/** *closing = true once close() or abort() was called or the connection is lost. */
+TPIO_API int tpio_transport_is_closing(const tpio_transport_t *t, bool *closing);
+/** *p = the protocol that currently receives this transport's callbacks. */
+TPIO_API int tpio_transport_get_protocol(const tpio_transport_t *t, tpio_protocol_t **p);
 /**
  * Switch protocols: later callbacks go to p (asyncio's set_protocol). Switching
- * between a Protocol and a BufferedProtocol is allowed; p must not be NULL.
- * The old protocol receives no connection_lost: it is yours to free.
+ * between a Protocol and a BufferedProtocol is allowed; p (and p->ops) must
+ * not be NULL. The old protocol receives no connection_lost: it is yours to
+ * free.
  */
-TPIO_API int tpio_set_protocol(tpio_transport_t *t, tpio_protocol_t *p);
+TPIO_API int tpio_transport_set_protocol(tpio_transport_t *t, tpio_protocol_t *p);
 
 /** Kinds of value get_extra_info can return. */
 typedef enum tpio_extra_type {
@@ -368,35 +469,49 @@ typedef struct tpio_extra {
  * "pipe" (FD), "subprocess" (FD: the pidfd), and for TLS "sslcontext",
  * "ssl_object", "peercert", "cipher", "compression".
  */
-TPIO_API int tpio_get_extra_info(const tpio_transport_t *t, const char *name,
-                                 tpio_extra_t *out);
-/** The transport's descriptor ("socket" or "pipe"), or -ENOTSUP/-EBADF. */
-TPIO_API int tpio_transport_fd(const tpio_transport_t *t);
+TPIO_API int tpio_transport_get_extra_info(const tpio_transport_t *t, const char *name,
+                                           tpio_extra_t *out);
+/** *fd = the transport's descriptor ("socket" or "pipe"); -ENOTSUP for kinds
+ *  without one, -EBADF once it is closed. */
+TPIO_API int tpio_transport_get_fd(const tpio_transport_t *t, int *fd);
 /**
  * Copy the peer / own address into *addr (capacity *len, updated to the real
  * length). Returns 0, -ENOENT if not available, -ENOTSUP for the kind.
  */
-TPIO_API int tpio_transport_peername(const tpio_transport_t *t,
-                                     struct sockaddr_storage *addr,
-                                     socklen_t *len);
-TPIO_API int tpio_transport_sockname(const tpio_transport_t *t,
-                                     struct sockaddr_storage *addr,
-                                     socklen_t *len);
+TPIO_API int tpio_transport_get_peername(const tpio_transport_t *t,
+                                         struct sockaddr_storage *addr,
+                                         socklen_t *len);
+TPIO_API int tpio_transport_get_sockname(const tpio_transport_t *t,
+                                         struct sockaddr_storage *addr,
+                                         socklen_t *len);
 
 /* --- ReadTransport ------------------------------------------------------- */
 
-/** True while data is being received (not paused, not closing). */
-TPIO_API bool tpio_is_reading(const tpio_transport_t *t);
+/** *reading = true while data is being received (not paused, not closing). */
+TPIO_API int tpio_transport_is_reading(const tpio_transport_t *t, bool *reading);
 /**
  * Stop calling data_received until resume_reading; called from inside
  * data_received (or buffer_updated), no further call follows it, even when
  * more data is already waiting. Idempotent (also on a closing transport).
- * Called inside connection_made, reading never starts until resume. Returns 0
- * or -ENOTSUP.
+ * Called inside connection_made, reading never starts until resume. Allowed
+ * from any callback, another transport's included.
  */
-TPIO_API int tpio_pause_reading(tpio_transport_t *t);
-/** Resume reading. Idempotent. Returns 0 or -ENOTSUP. */
-TPIO_API int tpio_resume_reading(tpio_transport_t *t);
+TPIO_API int tpio_transport_pause_reading(tpio_transport_t *t);
+/** Resume reading. Idempotent. */
+TPIO_API int tpio_transport_resume_reading(tpio_transport_t *t);
+
+/** The default and largest read size: 256 KiB (asyncio's max_size). */
+#define TPIO_READ_SIZE_MAX (256 * 1024)
+/**
+ * The most bytes one data_received call delivers (a Protocol; a
+ * BufferedProtocol's read size is its buffer's). 1 to TPIO_READ_SIZE_MAX;
+ * 0 restores the default. -EINVAL beyond. The bound matters to a proxy: a
+ * proxy that pauses the reading side in pause_writing() of the writing side
+ * buffers at most high + one read size there.
+ */
+TPIO_API int tpio_transport_set_read_size(tpio_transport_t *t, size_t size);
+/** *size = the current read size. */
+TPIO_API int tpio_transport_get_read_size(const tpio_transport_t *t, size_t *size);
 
 /* --- WriteTransport ------------------------------------------------------ */
 
@@ -404,34 +519,55 @@ TPIO_API int tpio_resume_reading(tpio_transport_t *t);
  * Write len bytes. When nothing is buffered, they are sent at once and only
  * what the kernel did not take is buffered (copied). Returns 0, or:
  *  -ESHUTDOWN after write_eof(); -ENOTSUP for read-only kinds; -EINVAL for
- *  NULL data with len > 0.
+ *  NULL data with len > 0; -ENOMEM when the rest could not be copied: part of
+ *  the stream is then lost, so the connection is lost too (connection_lost
+ *  (-ENOMEM) follows from the loop; later writes are dropped).
  * After close()/abort() or once the connection is lost, data is silently
  * dropped and 0 is returned, as asyncio does. May call pause_writing().
  * Socket errors are not returned here: they end the connection with
  * connection_lost(-errno) on the loop.
  */
-TPIO_API int tpio_write(tpio_transport_t *t, const void *data, size_t len);
+TPIO_API int tpio_transport_write(tpio_transport_t *t, const void *data, size_t len);
+
+/** One buffer of tpio_transport_writelines(). */
+typedef struct tpio_buf {
+    const void *base;
+    size_t len;
+} tpio_buf_t;
+
 /**
  * write() of several buffers in one go (one writev when nothing is buffered).
- * Same results as tpio_write(). iovcnt may exceed IOV_MAX.
+ * Same results as tpio_transport_write(). count may exceed IOV_MAX; bufs may
+ * be NULL when count is 0.
  */
-TPIO_API int tpio_writelines(tpio_transport_t *t, const struct iovec *iov,
-                             int iovcnt);
+TPIO_API int tpio_transport_writelines(tpio_transport_t *t, const tpio_buf_t *bufs,
+                                       size_t count);
 /**
  * Close the write side after the buffer is flushed (shutdown(SHUT_WR)); data
  * may still be received. Idempotent; ignored on a closing transport.
- * Returns 0, or -ENOTSUP where half-close is not supported.
+ * Returns -ENOTSUP where half-close is not supported.
  */
-TPIO_API int tpio_write_eof(tpio_transport_t *t);
-/** True if write_eof() is supported. */
-TPIO_API bool tpio_can_write_eof(const tpio_transport_t *t);
+TPIO_API int tpio_transport_write_eof(tpio_transport_t *t);
+/** *can = true if write_eof() is supported. */
+TPIO_API int tpio_transport_can_write_eof(const tpio_transport_t *t, bool *can);
 /**
  * Close at once: buffered data is dropped, no more data is received, and
- * connection_lost(0) is scheduled. Idempotent. Returns 0 or -ENOTSUP.
+ * connection_lost(0) is scheduled. Idempotent. The descriptor is closed as
+ * close(2) closes it: a TCP peer sees a FIN, unless data it sent was still
+ * unread here, in which case the kernel sends a reset; use
+ * tpio_transport_abort_reset() to send a reset always.
  */
-TPIO_API int tpio_abort(tpio_transport_t *t);
-/** Bytes waiting in the write buffer. */
-TPIO_API size_t tpio_get_write_buffer_size(const tpio_transport_t *t);
+TPIO_API int tpio_transport_abort(tpio_transport_t *t);
+/**
+ * abort() that ends a TCP connection with a reset (RST) instead of a FIN, as
+ * libuv's uv_tcp_close_reset: the peer gets ECONNRESET. -ENOTSUP for kinds
+ * other than TCP.
+ */
+TPIO_API int tpio_transport_abort_reset(tpio_transport_t *t);
+/** *size = bytes waiting in the write buffer (asyncio's
+ *  get_write_buffer_size). */
+TPIO_API int tpio_transport_get_write_buffer_size(const tpio_transport_t *t,
+                                                  size_t *size);
 
 /** Pass as high or low to set_write_buffer_limits to mean "None". */
 #define TPIO_LIMIT_DEFAULT ((ssize_t)-1)
@@ -439,15 +575,17 @@ TPIO_API size_t tpio_get_write_buffer_size(const tpio_transport_t *t);
  * Set the watermarks. pause_writing() is called when the buffer grows strictly
  * above high; resume_writing() when it drains to low or below. Defaults: high
  * 64 KiB, low 16 KiB. Only high given: low = high / 4. Only low given:
- * high = 4 * low. high = 0 forces low = 0 (pause whenever anything is
- * buffered). Returns -EINVAL (limits unchanged) for low > high or a negative
- * value other than TPIO_LIMIT_DEFAULT. May call pause_writing() at once.
+ * high = 4 * low (saturating at SIZE_MAX). high = 0 forces low = 0 (pause
+ * whenever anything is buffered). Returns -EINVAL (limits unchanged) for
+ * low > high or a negative value other than TPIO_LIMIT_DEFAULT. May call
+ * pause_writing() at once.
  */
-TPIO_API int tpio_set_write_buffer_limits(tpio_transport_t *t, ssize_t high,
-                                          ssize_t low);
-/** The current watermarks (asyncio returns (low, high)). */
-TPIO_API int tpio_get_write_buffer_limits(const tpio_transport_t *t,
-                                          size_t *low, size_t *high);
+TPIO_API int tpio_transport_set_write_buffer_limits(tpio_transport_t *t, ssize_t high,
+                                                    ssize_t low);
+/** The current watermarks, in the same order as set_write_buffer_limits
+ *  (asyncio's get_write_buffer_limits returns them as (low, high)). */
+TPIO_API int tpio_transport_get_write_buffer_limits(const tpio_transport_t *t,
+                                                    size_t *high, size_t *low);
 
 /* ========================================================================= */
 /* Streams over sockets: create_connection, create_server                    */
@@ -456,14 +594,15 @@ TPIO_API int tpio_get_write_buffer_limits(const tpio_transport_t *t,
 /**
  * Completion of a connection call. On success err is 0 and t/p are the new
  * transport and its protocol; connection_made has already run (and may even
- * have closed the transport: check tpio_is_closing). On failure err < 0 and
- * t/p are NULL.
+ * have closed the transport: check tpio_transport_is_closing). On failure
+ * err < 0 and t/p are NULL.
  */
-typedef void (*tpio_connect_cb)(tpio_loop_t *loop, tpio_transport_t *t,
-                                tpio_protocol_t *p, int err, void *arg);
+typedef void (*tpio_connect_cb_t)(tpio_loop_t *loop, tpio_transport_t *t,
+                                  tpio_protocol_t *p, int err, void *arg);
 
-/** Options of tpio_create_connection(); zero-initialise, set what you need. */
+/** Options of tpio_loop_create_connection(); initialise with TPIO_OPTS. */
 typedef struct tpio_connect_opts {
+    size_t size;
     const char *host;      /**< name or numeric address (required unless use_sock) */
     uint16_t port;         /**< port number */
     int family;            /**< AF_UNSPEC (0), AF_INET or AF_INET6 */
@@ -473,7 +612,8 @@ typedef struct tpio_connect_opts {
     /**
      * Happy eyeballs (RFC 8305): when > 0, start the next address attempt after
      * this many seconds if the current one has not finished; first success
-     * wins. 0 (default): try each address in turn, each to completion.
+     * wins, and the other attempts are closed. 0 (default): try each address
+     * in turn, each to completion.
      */
     double happy_eyeballs_delay;
     /**
@@ -481,8 +621,9 @@ typedef struct tpio_connect_opts {
      * interleave). 0: default (1 when happy_eyeballs_delay > 0, else none).
      */
     int interleave;
-    /** Use an already connected stream socket `sock` instead of host/port. */
-    bool use_sock;
+    /** TPIO_ON: use the already connected stream socket `sock` instead of
+     *  host/port (default off). */
+    tpio_flag_t use_sock;
     int sock;
 } tpio_connect_opts_t;
 
@@ -498,61 +639,60 @@ typedef struct tpio_connect_opts {
  * return it is left untouched. Returns -EINVAL for missing or bad arguments,
  * -ENOTSOCK / -EPROTOTYPE for a sock that is not a stream socket.
  */
-TPIO_API int tpio_create_connection(tpio_loop_t *loop,
-                                    tpio_protocol_factory_t factory,
-                                    void *factory_arg,
-                                    const tpio_connect_opts_t *opts,
-                                    tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_create_connection(tpio_loop_t *loop,
+                                         tpio_protocol_factory_t factory,
+                                         void *factory_arg,
+                                         const tpio_connect_opts_t *opts,
+                                         tpio_connect_cb_t cb, void *cb_arg);
 
 /**
  * Wrap a socket returned by accept() (or any connected stream socket) in a
  * transport, as the server side (asyncio's connect_accepted_socket). Same
  * ownership rule as use_sock above.
  */
-TPIO_API int tpio_connect_accepted_socket(tpio_loop_t *loop,
-                                          tpio_protocol_factory_t factory,
-                                          void *factory_arg, int sock,
-                                          tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_connect_accepted_socket(tpio_loop_t *loop,
+                                               tpio_protocol_factory_t factory,
+                                               void *factory_arg, int sock,
+                                               tpio_connect_cb_t cb, void *cb_arg);
 
-/** Tri-state option: TPIO_DEFAULT (0) leaves the documented default. */
-enum { TPIO_DEFAULT = 0, TPIO_ON = 1, TPIO_OFF = -1 };
-
-/** Options of tpio_create_server(); zero-initialise, set what you need. */
+/** Options of tpio_loop_create_server(); initialise with TPIO_OPTS. */
 typedef struct tpio_server_opts {
+    size_t size;
     /** One host to bind (numeric or name); NULL with nhosts 0: all interfaces. */
     const char *host;
     /** Or several hosts (overrides host when nhosts > 0). */
     const char *const *hosts;
     size_t nhosts;
-    uint16_t port;         /**< 0 picks a free port (see tpio_server_sockname) */
+    uint16_t port;         /**< 0 picks a free port (see tpio_server_get_sockname) */
     int family;            /**< AF_UNSPEC (0), AF_INET or AF_INET6 */
     int flags;             /**< extra getaddrinfo ai_flags (AI_PASSIVE is implied) */
     int backlog;           /**< listen() backlog; 0 means 100 */
-    int reuse_address;     /**< SO_REUSEADDR: TPIO_DEFAULT = on */
-    bool reuse_port;       /**< SO_REUSEPORT */
-    int start_serving;     /**< accept at once: TPIO_DEFAULT = on */
+    tpio_flag_t reuse_address; /**< SO_REUSEADDR: default on */
+    tpio_flag_t reuse_port;    /**< SO_REUSEPORT: default off */
+    tpio_flag_t start_serving; /**< accept at once: default on */
     /** Already bound listening sockets to serve instead of host/port. */
     const int *socks;
     size_t nsocks;
 } tpio_server_opts_t;
 
 /**
- * Create a listening server (asyncio's create_server). Every address the hosts
- * resolve to gets a socket (IPv6 ones with IPV6_V6ONLY). Binding happens
- * inside the call, so errors such as -EADDRINUSE come back directly; host
- * names are resolved synchronously here (a server starts once). Each accepted
- * connection gets a protocol from factory and a transport with TCP_NODELAY.
+ * Create a listening server (asyncio's create_server). Every distinct address
+ * the hosts resolve to gets one socket (IPv6 ones with IPV6_V6ONLY); an
+ * address named twice is bound once. Binding happens inside the call, so
+ * errors such as -EADDRINUSE come back directly; host names are resolved
+ * synchronously here (a server starts once). Each accepted connection gets a
+ * protocol from factory and a transport with TCP_NODELAY.
  *
  * Server lifetime: *out stays valid until you call tpio_server_close(), and
  * after that until its last connection is lost and its wait_closed callbacks
  * have returned (at the earliest, the next loop iteration). Sockets passed in
  * socks are owned by the server from a 0 return on.
  */
-TPIO_API int tpio_create_server(tpio_loop_t *loop,
-                                tpio_protocol_factory_t factory,
-                                void *factory_arg,
-                                const tpio_server_opts_t *opts,
-                                tpio_server_t **out);
+TPIO_API int tpio_loop_create_server(tpio_loop_t *loop,
+                                     tpio_protocol_factory_t factory,
+                                     void *factory_arg,
+                                     const tpio_server_opts_t *opts,
+                                     tpio_server_t **out);
 
 /** Stop listening and close the listening sockets; connections stay open. */
 TPIO_API int tpio_server_close(tpio_server_t *s);
@@ -563,72 +703,72 @@ TPIO_API int tpio_server_close(tpio_server_t *s);
  */
 TPIO_API int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb,
                                      void *arg);
-/** True while the server accepts connections. */
-TPIO_API bool tpio_server_is_serving(const tpio_server_t *s);
+/** *serving = true while the server accepts connections. */
+TPIO_API int tpio_server_is_serving(const tpio_server_t *s, bool *serving);
 /** Start accepting (idempotent); -EBADF once closed. */
 TPIO_API int tpio_server_start_serving(tpio_server_t *s);
 /** close() every connection of the server. */
 TPIO_API int tpio_server_close_clients(tpio_server_t *s);
 /** abort() every connection of the server. */
 TPIO_API int tpio_server_abort_clients(tpio_server_t *s);
-/** Number of listening sockets (0 once closed). */
-TPIO_API size_t tpio_server_socket_count(const tpio_server_t *s);
-/** The i-th listening socket, or -ENOENT. */
-TPIO_API int tpio_server_socket(const tpio_server_t *s, size_t i);
-/** The bound address of the i-th listening socket. */
-TPIO_API int tpio_server_sockname(const tpio_server_t *s, size_t i,
-                                  struct sockaddr_storage *addr, socklen_t *len);
-/** The loop that owns the server. */
-TPIO_API tpio_loop_t *tpio_server_loop(const tpio_server_t *s);
-/** Number of live connections accepted by this server. */
-TPIO_API size_t tpio_server_connection_count(const tpio_server_t *s);
+/** *count = the number of listening sockets (0 once closed). */
+TPIO_API int tpio_server_get_socket_count(const tpio_server_t *s, size_t *count);
+/** *fd = the i-th listening socket; -ENOENT past the last. */
+TPIO_API int tpio_server_get_socket(const tpio_server_t *s, size_t i, int *fd);
+/** The bound address of the i-th listening socket (as getsockname). */
+TPIO_API int tpio_server_get_sockname(const tpio_server_t *s, size_t i,
+                                      struct sockaddr_storage *addr, socklen_t *len);
+/** *loop = the loop that owns the server. */
+TPIO_API int tpio_server_get_loop(const tpio_server_t *s, tpio_loop_t **loop);
+/** *count = the number of live connections accepted by this server. */
+TPIO_API int tpio_server_get_connection_count(const tpio_server_t *s, size_t *count);
 
 /* ========================================================================= */
 /* Unix stream sockets                                                       */
 /* ========================================================================= */
 
-/** Options of the Unix socket calls; zero-initialise, set what you need. */
+/** Options of the Unix socket calls; initialise with TPIO_OPTS. */
 typedef struct tpio_unix_opts {
-    /** Filesystem path, or the abstract name when `abstract` is set. */
+    size_t size;
+    /** Filesystem path, or the abstract name when `abstract` is on. */
     const char *path;
     /** Length of path; 0 means strlen(path). */
     size_t path_len;
-    /** Linux abstract namespace: no file; `path` is the name without the
-     *  leading NUL byte (Python's "\0name"). */
-    bool abstract;
-    int backlog;       /**< server: listen() backlog; 0 means 100 */
-    int start_serving; /**< server: accept at once; TPIO_DEFAULT = on */
-    /** Use an existing socket instead of path: connected (client) or bound
-     *  (server). Owned by the library from a 0 return on. */
-    bool use_sock;
+    /** TPIO_ON: Linux abstract namespace, no file; `path` is the name without
+     *  the leading NUL byte (Python's "\0name"). Default off. */
+    tpio_flag_t abstract;
+    int backlog;               /**< server: listen() backlog; 0 means 100 */
+    tpio_flag_t start_serving; /**< server: accept at once; default on */
+    /** TPIO_ON: use the existing socket `sock` instead of path: connected
+     *  (client) or bound (server). Owned by the library from a 0 return on. */
+    tpio_flag_t use_sock;
     int sock;
 } tpio_unix_opts_t;
 
 /**
  * Connect to a Unix stream socket (asyncio's create_unix_connection).
- * Completion as for tpio_create_connection: -ENOENT or -ECONNREFUSED when
- * nothing listens, -EAGAIN when the listener's backlog is full. Returns
+ * Completion as for tpio_loop_create_connection: -ENOENT or -ECONNREFUSED
+ * when nothing listens, -EAGAIN when the listener's backlog is full. Returns
  * -ENAMETOOLONG for a path that does not fit sockaddr_un, -EINVAL for a
  * missing path.
  */
-TPIO_API int tpio_create_unix_connection(tpio_loop_t *loop,
-                                         tpio_protocol_factory_t factory,
-                                         void *factory_arg,
-                                         const tpio_unix_opts_t *opts,
-                                         tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_create_unix_connection(tpio_loop_t *loop,
+                                              tpio_protocol_factory_t factory,
+                                              void *factory_arg,
+                                              const tpio_unix_opts_t *opts,
+                                              tpio_connect_cb_t cb, void *cb_arg);
 
 /**
  * Listen on a Unix stream socket (asyncio's create_unix_server), with the
  * same server object as TCP. A stale socket file at the path is removed
  * before bind (anything else there gives -EADDRINUSE); the server removes its
- * socket file when it closes, if the path still names that socket. No
- * TCP_NODELAY, obviously.
+ * socket file when it closes, if the path still names that socket.
  */
-TPIO_API int tpio_create_unix_server(tpio_loop_t *loop,
-                                     tpio_protocol_factory_t factory,
-                                     void *factory_arg,
-                                     const tpio_unix_opts_t *opts,
-                                     tpio_server_t **out);
+TPIO_API int tpio_loop_create_unix_server(tpio_loop_t *loop,
+                                          tpio_protocol_factory_t factory,
+                                          void *factory_arg,
+                                          const tpio_unix_opts_t *opts,
+                                          tpio_server_t **out);
 
 /* ========================================================================= */
 /* Pipes                                                                     */
@@ -637,18 +777,18 @@ TPIO_API int tpio_create_unix_server(tpio_loop_t *loop,
 /**
  * Wrap the read end of a pipe (asyncio's connect_read_pipe): fd must be a
  * FIFO, a socket or a character device (anything else: -EINVAL, fd untouched)
- * that epoll can watch (else -EPERM, fd untouched). The transport is a
- * ReadTransport: data_received or the BufferedProtocol calls, pause/resume
- * reading; at EOF eof_received (its answer is ignored: a pipe cannot be
- * half-open) then connection_lost(0). EIO (a terminal whose other side
- * closed) ends it with connection_lost(-EIO) without reporting; other read
- * errors are reported to the error handler too. The fd is made non-blocking
- * and closed by the transport; get_extra_info("pipe") gives it.
+ * that the loop can watch (else TPIO_ENOTWATCHABLE, fd untouched). The
+ * transport is a ReadTransport: data_received or the BufferedProtocol calls,
+ * pause/resume reading; at EOF eof_received (its answer is ignored: a pipe
+ * cannot be half-open) then connection_lost(0). EIO (a terminal whose other
+ * side closed) ends it with connection_lost(-EIO) without reporting; other
+ * read errors are reported to the error handler too. The fd is made
+ * non-blocking and closed by the transport; get_extra_info("pipe") gives it.
  */
-TPIO_API int tpio_connect_read_pipe(tpio_loop_t *loop,
-                                    tpio_protocol_factory_t factory,
-                                    void *factory_arg, int fd,
-                                    tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_connect_read_pipe(tpio_loop_t *loop,
+                                         tpio_protocol_factory_t factory,
+                                         void *factory_arg, int fd,
+                                         tpio_connect_cb_t cb, void *cb_arg);
 
 /**
  * Wrap the write end of a pipe (asyncio's connect_write_pipe); same checks
@@ -659,17 +799,18 @@ TPIO_API int tpio_connect_read_pipe(tpio_loop_t *loop,
  * left raises SIGPIPE, the first write pipe sets SIGPIPE to SIG_IGN if it was
  * still SIG_DFL (Python does the same at start-up); errors arrive as -EPIPE.
  */
-TPIO_API int tpio_connect_write_pipe(tpio_loop_t *loop,
-                                     tpio_protocol_factory_t factory,
-                                     void *factory_arg, int fd,
-                                     tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_connect_write_pipe(tpio_loop_t *loop,
+                                          tpio_protocol_factory_t factory,
+                                          void *factory_arg, int fd,
+                                          tpio_connect_cb_t cb, void *cb_arg);
 
 /* ========================================================================= */
 /* Datagrams: UDP and Unix datagram sockets                                  */
 /* ========================================================================= */
 
-/** Options of tpio_create_datagram_endpoint(); zero-initialise. */
+/** Options of tpio_loop_create_datagram_endpoint(); initialise with TPIO_OPTS. */
 typedef struct tpio_datagram_opts {
+    size_t size;
     /** Bind to this address (name or numeric; "0.0.0.0" / "::" for all
      *  interfaces). NULL: no bind (the kernel picks one at the first send). */
     const char *local_host;
@@ -681,46 +822,53 @@ typedef struct tpio_datagram_opts {
     /** AF_INET, AF_INET6, AF_UNIX or AF_UNSPEC (0). With neither a local nor
      *  a remote address it must be given. */
     int family;
-    int proto;            /**< socket protocol, usually 0 */
-    int flags;            /**< extra getaddrinfo ai_flags */
-    bool reuse_port;      /**< SO_REUSEPORT */
-    bool allow_broadcast; /**< SO_BROADCAST */
+    int proto;                   /**< socket protocol, usually 0 */
+    int flags;                   /**< extra getaddrinfo ai_flags */
+    tpio_flag_t reuse_port;      /**< SO_REUSEPORT: default off */
+    tpio_flag_t allow_broadcast; /**< SO_BROADCAST: default off */
     /** AF_UNIX datagram sockets: local path to bind (a stale socket file is
-     *  removed first) and/or remote path to connect. */
+     *  removed first) and/or remote path to connect, with their lengths (0:
+     *  strlen) and, as for tpio_unix_opts_t, TPIO_ON for an abstract name. */
     const char *local_path;
+    size_t local_path_len;
+    tpio_flag_t local_abstract;
     const char *remote_path;
-    /** Use an existing SOCK_DGRAM socket (no other address option allowed). */
-    bool use_sock;
+    size_t remote_path_len;
+    tpio_flag_t remote_abstract;
+    /** TPIO_ON: use the existing SOCK_DGRAM socket `sock` (no other address
+     *  option allowed). */
+    tpio_flag_t use_sock;
     int sock;
 } tpio_datagram_opts_t;
 
 /**
  * Create a datagram endpoint (asyncio's create_datagram_endpoint). Names are
  * resolved on a helper thread; every (local, remote) pair of matching family
- * is tried until one works. Completion as for tpio_create_connection; the
- * protocol uses datagram_received and error_received. Errors found without
- * resolving (bad arguments, a Unix path that cannot be bound, a bad sock) are
- * returned directly.
+ * is tried until one works. Completion as for tpio_loop_create_connection;
+ * the protocol uses datagram_received and error_received. Errors found
+ * without resolving (bad arguments, a Unix path that cannot be bound, a bad
+ * sock) are returned directly.
  */
-TPIO_API int tpio_create_datagram_endpoint(tpio_loop_t *loop,
-                                           tpio_protocol_factory_t factory,
-                                           void *factory_arg,
-                                           const tpio_datagram_opts_t *opts,
-                                           tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop,
+                                                tpio_protocol_factory_t factory,
+                                                void *factory_arg,
+                                                const tpio_datagram_opts_t *opts,
+                                                tpio_connect_cb_t cb, void *cb_arg);
 
 /**
  * DatagramTransport.sendto: send one datagram (len may be 0: empty datagrams
  * are sent, as in asyncio 3.13). addr must be NULL or equal to the remote
  * address on a connected endpoint (else -EINVAL), and is required otherwise
  * (else -EDESTADDRREQ). Sent at once when nothing is queued, else a copy is
- * queued (each datagram counts len + 8 bytes in get_write_buffer_size, as
- * asyncio 3.13) under the same watermark flow control as streams. A send
- * error reaches error_received (from the loop, never inside this call) and
- * the transport stays open. After close()/abort(), datagrams are dropped.
- * Returns -ENOTSUP on other kinds.
+ * queued behind the others, in order (each datagram counts len + 8 bytes in
+ * get_write_buffer_size, as asyncio 3.13), under the same watermark flow
+ * control as streams; -ENOMEM if the copy cannot be made (the datagram is
+ * dropped, the endpoint stays open). A send error reaches error_received
+ * (from the loop, never inside this call) and the transport stays open.
+ * After close()/abort(), datagrams are dropped. -ENOTSUP on other kinds.
  */
-TPIO_API int tpio_sendto(tpio_transport_t *t, const void *data, size_t len,
-                         const struct sockaddr *addr, socklen_t addrlen);
+TPIO_API int tpio_datagram_sendto(tpio_transport_t *t, const void *data, size_t len,
+                                  const struct sockaddr *addr, socklen_t addrlen);
 
 /* ========================================================================= */
 /* Subprocesses                                                              */
@@ -741,9 +889,10 @@ typedef struct tpio_stdio_opt {
     int fd;
 } tpio_stdio_opt_t;
 
-/** Options of the subprocess calls; zero-initialise (three pipes, the
- *  parent's environment and directory), set what you need. */
+/** Options of the subprocess calls; initialise with TPIO_OPTS (three pipes,
+ *  the parent's environment and directory), set what you need. */
 typedef struct tpio_subprocess_opts {
+    size_t size;
     /** [0] stdin, [1] stdout, [2] stderr. */
     tpio_stdio_opt_t stdio[3];
     /** The child's environment, "NAME=value" strings ending with NULL; NULL
@@ -779,62 +928,62 @@ typedef struct tpio_subprocess_opts {
  * SIG_IGN) loses its status: it is then reported to the error handler and
  * the returncode is 255, as asyncio does.
  */
-TPIO_API int tpio_subprocess_exec(tpio_loop_t *loop,
-                                  tpio_protocol_factory_t factory,
-                                  void *factory_arg, const char *const argv[],
-                                  const tpio_subprocess_opts_t *opts,
-                                  tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_subprocess_exec(tpio_loop_t *loop,
+                                       tpio_protocol_factory_t factory,
+                                       void *factory_arg, const char *const argv[],
+                                       const tpio_subprocess_opts_t *opts,
+                                       tpio_connect_cb_t cb, void *cb_arg);
 
 /**
  * Run `command` with /bin/sh -c (asyncio's subprocess_shell); otherwise as
- * tpio_subprocess_exec(). command NULL gives -EINVAL. A command the shell
+ * tpio_loop_subprocess_exec(). command NULL gives -EINVAL. A command the shell
  * cannot find is the shell's business: exit status 127.
  */
-TPIO_API int tpio_subprocess_shell(tpio_loop_t *loop,
-                                   tpio_protocol_factory_t factory,
-                                   void *factory_arg, const char *command,
-                                   const tpio_subprocess_opts_t *opts,
-                                   tpio_connect_cb cb, void *cb_arg);
+TPIO_API int tpio_loop_subprocess_shell(tpio_loop_t *loop,
+                                        tpio_protocol_factory_t factory,
+                                        void *factory_arg, const char *command,
+                                        const tpio_subprocess_opts_t *opts,
+                                        tpio_connect_cb_t cb, void *cb_arg);
 
-/** SubprocessTransport.get_pid(): the child's PID, or -EINVAL / -ENOTSUP. */
-TPIO_API pid_t tpio_get_pid(const tpio_transport_t *t);
+/** SubprocessTransport.get_pid(): *pid = the child's PID. */
+TPIO_API int tpio_subprocess_get_pid(const tpio_transport_t *t, pid_t *pid);
 
 /**
- * SubprocessTransport.get_pipe_transport(fd): the pipe transport of the
- * child's stdin (0, a write pipe), stdout (1) or stderr (2, read pipes), or
- * NULL when that stream is not a pipe (or t is not a subprocess). Use it to
- * write to stdin, close it (the child sees EOF), pause reading stdout...; do
- * not set its protocol. The pointer stays valid as long as the subprocess
- * transport, even after that pipe closed.
+ * SubprocessTransport.get_pipe_transport(fd): *pipe = the pipe transport of
+ * the child's stdin (0, a write pipe), stdout (1) or stderr (2, read pipes).
+ * -ENOENT when that stream is not a pipe (asyncio's None), -EINVAL for
+ * another fd. Use it to write to stdin, close it (the child sees EOF), pause
+ * reading stdout...; do not set its protocol. The pointer stays valid as long
+ * as the subprocess transport, even after that pipe closed.
  */
-TPIO_API tpio_transport_t *tpio_get_pipe_transport(const tpio_transport_t *t,
-                                                   int fd);
+TPIO_API int tpio_subprocess_get_pipe_transport(const tpio_transport_t *t, int fd,
+                                                tpio_transport_t **pipe);
 
 /**
  * SubprocessTransport.get_returncode(): 0 and *code = the exit status, or
  * minus the signal number when a signal killed the child (-SIGKILL...).
- * -EAGAIN while the exit has not been seen yet (Python's None), -EINVAL,
- * -ENOTSUP for other kinds.
+ * -EAGAIN while the exit has not been seen yet (Python's None).
  */
-TPIO_API int tpio_get_returncode(const tpio_transport_t *t, int *code);
+TPIO_API int tpio_subprocess_get_returncode(const tpio_transport_t *t, int *code);
 
 /**
  * SubprocessTransport.send_signal(sig), through the pidfd: a signal can never
  * reach another process that reused the PID. Returns 0, -ESRCH once the exit
- * has been seen, -EINVAL for a bad signal, -ENOTSUP for other kinds.
+ * has been seen, -EINVAL for a bad signal.
  */
-TPIO_API int tpio_send_signal(tpio_transport_t *t, int sig);
+TPIO_API int tpio_subprocess_send_signal(tpio_transport_t *t, int sig);
 /** SubprocessTransport.terminate(): send_signal(SIGTERM). */
-TPIO_API int tpio_terminate(tpio_transport_t *t);
+TPIO_API int tpio_subprocess_terminate(tpio_transport_t *t);
 /** SubprocessTransport.kill(): send_signal(SIGKILL). */
-TPIO_API int tpio_kill(tpio_transport_t *t);
+TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
 
 /*
- * SubprocessTransport.close() is tpio_close(): it closes the pipe transports
- * (stdin is flushed first) and kills the child with SIGKILL if it has not
- * exited; process_exited, the pipe_connection_lost calls and connection_lost
- * still follow. get_extra_info("subprocess") gives the pidfd (FD); the loop
- * refuses to close while a subprocess transport exists.
+ * SubprocessTransport.close() is tpio_transport_close(): it closes the pipe
+ * transports (stdin is flushed first) and kills the child with SIGKILL if it
+ * has not exited; process_exited, the pipe_connection_lost calls and
+ * connection_lost still follow. get_extra_info("subprocess") gives the pidfd
+ * (FD); the loop refuses to close while a subprocess transport exists. The
+ * subprocess calls on a transport of another kind return -ENOTSUP.
  */
 
 /* ========================================================================= */
@@ -843,8 +992,10 @@ TPIO_API int tpio_kill(tpio_transport_t *t);
 
 /**
  * Format a socket address as asyncio prints it: "('127.0.0.1', 8888)" for
- * IPv4, "('::1', 8888, 0, 0)" for IPv6, the path for Unix sockets. Returns the
- * length written (truncated to buflen - 1), or a negative errno.
+ * IPv4, "('::1', 8888, 0, 0)" for IPv6, the path for Unix sockets (an
+ * abstract name as Python shows it, b'\x00name'). buf always receives a
+ * NUL-terminated string; returns 0, -ENOSPC if it had to be truncated,
+ * -EINVAL, -EAFNOSUPPORT for other families.
  */
 TPIO_API int tpio_format_addr(const struct sockaddr *addr, socklen_t len,
                               char *buf, size_t buflen);

@@ -13,20 +13,72 @@
 #include <time.h>
 #include <unistd.h>
 
+#define GETTER(type, name, call, ...)                       \
+    type name(__VA_ARGS__)                                  \
+    {                                                       \
+        type v_;                                            \
+        cr_assert_eq(call, 0, "%s failed", #call);          \
+        return v_;                                          \
+    }
+GETTER(double, th_time, tpio_loop_time(loop, &v_), const tpio_loop_t *loop)
+GETTER(bool, th_is_running, tpio_loop_is_running(loop, &v_), const tpio_loop_t *loop)
+GETTER(bool, th_is_closing, tpio_transport_is_closing(t, &v_), const tpio_transport_t *t)
+GETTER(bool, th_is_reading, tpio_transport_is_reading(t, &v_), const tpio_transport_t *t)
+GETTER(bool, th_can_write_eof, tpio_transport_can_write_eof(t, &v_), const tpio_transport_t *t)
+GETTER(size_t, th_wbuf_size, tpio_transport_get_write_buffer_size(t, &v_),
+       const tpio_transport_t *t)
+GETTER(tpio_transport_kind_t, th_kind, tpio_transport_get_kind(t, &v_),
+       const tpio_transport_t *t)
+GETTER(tpio_loop_t *, th_transport_loop, tpio_transport_get_loop(t, &v_),
+       const tpio_transport_t *t)
+GETTER(tpio_protocol_t *, th_protocol, tpio_transport_get_protocol(t, &v_),
+       const tpio_transport_t *t)
+GETTER(bool, th_is_serving, tpio_server_is_serving(s, &v_), const tpio_server_t *s)
+GETTER(size_t, th_socket_count, tpio_server_get_socket_count(s, &v_), const tpio_server_t *s)
+GETTER(tpio_loop_t *, th_server_loop, tpio_server_get_loop(s, &v_), const tpio_server_t *s)
+GETTER(size_t, th_conn_count, tpio_server_get_connection_count(s, &v_),
+       const tpio_server_t *s)
+#undef GETTER
+
+int th_fd(const tpio_transport_t *t)
+{
+    int fd = -1, rc = tpio_transport_get_fd(t, &fd);
+    return rc < 0 ? rc : fd;
+}
+
+int th_server_socket(const tpio_server_t *s, size_t i)
+{
+    int fd = -1, rc = tpio_server_get_socket(s, i, &fd);
+    return rc < 0 ? rc : fd;
+}
+
+pid_t th_pid(const tpio_transport_t *t)
+{
+    pid_t pid = -1;
+    int rc = tpio_subprocess_get_pid(t, &pid);
+    return rc < 0 ? rc : pid;
+}
+
+tpio_transport_t *th_pipe(const tpio_transport_t *t, int fd)
+{
+    tpio_transport_t *p = NULL;
+    return tpio_subprocess_get_pipe_transport(t, fd, &p) == 0 ? p : NULL;
+}
+
 bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout)
 {
-    double end = tpio_loop_time(loop) + timeout;
-    while (!*flag && tpio_loop_time(loop) < end)
-        tpio_loop_run_once(loop, 10);
+    double end = th_time(loop) + timeout;
+    while (!*flag && th_time(loop) < end)
+        tpio_loop_run_once(loop, 0.01);
     return *flag;
 }
 
 bool th_run_until_count(tpio_loop_t *loop, const size_t *count, size_t target,
                         double timeout)
 {
-    double end = tpio_loop_time(loop) + timeout;
-    while (*count < target && tpio_loop_time(loop) < end)
-        tpio_loop_run_once(loop, 10);
+    double end = th_time(loop) + timeout;
+    while (*count < target && th_time(loop) < end)
+        tpio_loop_run_once(loop, 0.01);
     return *count >= target;
 }
 
@@ -69,7 +121,7 @@ static void made(tpio_protocol_t *bp, tpio_transport_t *t)
     p->made = true;
     ev(p, "made");
     if (p->pause_in_made)
-        tpio_pause_reading(t);
+        tpio_transport_pause_reading(t);
 }
 
 static void lost(tpio_protocol_t *bp, int err)
@@ -93,9 +145,9 @@ static void on_data(th_proto_t *p, const void *d, size_t n)
 {
     append_rx(p, d, n);
     if (p->echo && p->t)
-        tpio_write(p->t, d, n);
+        tpio_transport_write(p->t, d, n);
     if (p->close_on_data && p->t)
-        tpio_close(p->t);
+        tpio_transport_close(p->t);
 }
 
 static void data(tpio_protocol_t *bp, const void *d, size_t n)
@@ -209,7 +261,7 @@ void th_pair_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
     pr->done = true;
     pr->err = err;
     pr->t = t;
-    pr->cb_in_loop = tpio_loop_is_running(loop);
+    pr->cb_in_loop = th_is_running(loop);
     pr->p = p ? tpio_container_of(p, th_proto_t, base) : NULL;
     if (pr->p)
         snprintf(pr->events_at_cb, sizeof pr->events_at_cb, "%.60s", pr->p->events);
@@ -221,7 +273,7 @@ th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops)
     cr_assert_not_null(pr);
     pr->tmpl.base.ops = ops ? ops : &th_proto_ops;
     pr->peer = -1;
-    cr_assert_eq(tpio_loop_new(&pr->loop), 0);
+    cr_assert_eq(tpio_loop_new(&pr->loop, NULL), 0);
     return pr;
 }
 
@@ -239,7 +291,7 @@ int th_listen_v4(uint16_t *port)
     return l;
 }
 
-/* A TCP client transport (tpio_create_connection) and the accepted peer. */
+/* A TCP client transport (tpio_loop_create_connection) and the accepted peer. */
 th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
 {
     th_pair_t *pr = th_pair_new(ops);
@@ -252,12 +304,12 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
     }
     uint16_t port;
     int l = th_listen_v4(&port);
-    tpio_connect_opts_t o = {.host = "127.0.0.1", .port = port};
-    cr_assert_eq(tpio_create_connection(pr->loop, th_pair_count_factory, pr, &o,
+    tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
+    cr_assert_eq(tpio_loop_create_connection(pr->loop, th_pair_count_factory, pr, &o,
                                         th_pair_on_conn, pr), 0);
-    cr_assert(!pr->done, "completion ran inside tpio_create_connection");
+    cr_assert(!pr->done, "completion ran inside tpio_loop_create_connection");
     if (pr->created)
-        cr_assert(!pr->created->made, "connection_made ran inside tpio_create_connection");
+        cr_assert(!pr->created->made, "connection_made ran inside tpio_loop_create_connection");
     cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
     cr_assert_eq(pr->err, 0, "connect failed: %s", tpio_err_name(pr->err));
     cr_assert_not_null(pr->t);
@@ -273,7 +325,7 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
     return pr;
 }
 
-/* A Unix socketpair: one end wrapped by tpio_connect_accepted_socket. Whatever
+/* A Unix socketpair: one end wrapped by tpio_loop_connect_accepted_socket. Whatever
  * `pre` holds is sent by the peer before the transport exists; pre_eof then
  * shuts the peer's write side. */
 th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
@@ -295,9 +347,9 @@ th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
         cr_assert_eq(shutdown(sv[1], SHUT_WR), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK), 0);
     pr->peer = sv[1];
-    cr_assert_eq(tpio_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
                                               th_pair_on_conn, pr), 0);
-    cr_assert(!pr->done, "completion ran inside tpio_connect_accepted_socket");
+    cr_assert(!pr->done, "completion ran inside tpio_loop_connect_accepted_socket");
     if (pr->created)
         cr_assert(!pr->created->made, "connection_made ran inside the call");
     cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
@@ -332,14 +384,14 @@ void th_pair_finish(th_pair_t *pr)
 void th_run_iters(tpio_loop_t *loop, int n)
 {
     for (int i = 0; i < n; i++)
-        tpio_loop_run_once(loop, 5);
+        tpio_loop_run_once(loop, 0.005);
 }
 
 bool th_pair_run_until_rx(th_pair_t *pr, th_proto_t *p, size_t n)
 {
     double end = th_now_s() + TH_TMO;
     while (p->rxlen < n && th_now_s() < end)
-        tpio_loop_run_once(pr->loop, 10);
+        tpio_loop_run_once(pr->loop, 0.01);
     return p->rxlen >= n;
 }
 
@@ -360,7 +412,7 @@ size_t th_peer_recv_exact(th_pair_t *pr, void *buf, size_t n)
         else if (r == 0)
             break;
         else if (errno == EAGAIN || errno == EINTR)
-            tpio_loop_run_once(pr->loop, 5);
+            tpio_loop_run_once(pr->loop, 0.005);
         else
             break;
     }
@@ -381,7 +433,7 @@ int th_peer_expect_eof(th_pair_t *pr)
             return 1;
         if (errno != EAGAIN && errno != EINTR)
             return -errno;
-        tpio_loop_run_once(pr->loop, 5);
+        tpio_loop_run_once(pr->loop, 0.005);
     }
     return -ETIMEDOUT;
 }
@@ -411,7 +463,7 @@ size_t th_peer_drain_pattern(th_pair_t *pr, size_t off, size_t expect, bool want
             *end_err = 0;
             break;
         } else if (errno == EAGAIN || errno == EINTR) {
-            tpio_loop_run_once(pr->loop, 2);
+            tpio_loop_run_once(pr->loop, 0.002);
         } else {
             *end_err = -errno;
             break;
@@ -424,7 +476,7 @@ size_t th_peer_drain_pattern(th_pair_t *pr, size_t off, size_t expect, bool want
 void th_shrink_bufs(th_pair_t *pr)
 {
     int sz = 4096;
-    cr_assert_eq(setsockopt(tpio_transport_fd(pr->t), SOL_SOCKET, SO_SNDBUF, &sz,
+    cr_assert_eq(setsockopt(th_fd(pr->t), SOL_SOCKET, SO_SNDBUF, &sz,
                             sizeof sz), 0);
     cr_assert_eq(setsockopt(pr->peer, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz), 0);
 }
@@ -434,11 +486,11 @@ void th_shrink_bufs(th_pair_t *pr)
 void th_fill_until_buffered(th_pair_t *pr)
 {
     static unsigned char chunk[16384];
-    while (tpio_get_write_buffer_size(pr->t) == 0) {
+    while (th_wbuf_size(pr->t) == 0) {
         cr_assert_lt(pr->wtotal, (size_t)64 << 20, "kernel never pushed back");
         for (size_t i = 0; i < sizeof chunk; i++)
             chunk[i] = th_pat(pr->wtotal + i);
-        cr_assert_eq(tpio_write(pr->t, chunk, sizeof chunk), 0);
+        cr_assert_eq(tpio_transport_write(pr->t, chunk, sizeof chunk), 0);
         pr->wtotal += sizeof chunk;
     }
 }
@@ -449,7 +501,7 @@ void th_write_pattern(th_pair_t *pr, size_t n)
     cr_assert_not_null(b);
     for (size_t i = 0; i < n; i++)
         b[i] = th_pat(pr->wtotal + i);
-    cr_assert_eq(tpio_write(pr->t, b, n), 0);
+    cr_assert_eq(tpio_transport_write(pr->t, b, n), 0);
     /* the caller's buffer is the caller's again at once */
     memset(b, 0xAA, n);
     free(b);
@@ -485,7 +537,7 @@ void th_set_flag(tpio_loop_t *loop, void *arg)
 tpio_loop_t *th_new_loop(void)
 {
     tpio_loop_t *loop = NULL;
-    cr_assert_eq(tpio_loop_new(&loop), 0);
+    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
     cr_assert_not_null(loop);
     return loop;
 }
@@ -494,13 +546,13 @@ void th_spin_for(tpio_loop_t *loop, double secs)
 {
     double end = th_now_s() + secs;
     while (th_now_s() < end)
-        tpio_loop_run_once(loop, 5);
+        tpio_loop_run_once(loop, 0.005);
 }
 
 void th_run_timer(tpio_loop_t *loop, double secs, double timeout)
 {
     bool fired = false;
-    cr_assert_eq(tpio_call_later(loop, secs, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(loop, secs, th_set_flag, &fired, NULL), 0);
     cr_assert(th_run_until(loop, &fired, timeout));
 }
 
@@ -515,5 +567,5 @@ void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int 
     c->err = err;
     c->t = t;
     c->p = p ? tpio_container_of(p, th_proto_t, base) : NULL;
-    c->in_loop = tpio_loop_is_running(loop);
+    c->in_loop = th_is_running(loop);
 }

@@ -7,6 +7,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- the library's getters as values (each asserts that the call worked) -- */
+double th_time(const tpio_loop_t *loop);
+bool th_is_running(const tpio_loop_t *loop);
+bool th_is_closing(const tpio_transport_t *t);
+bool th_is_reading(const tpio_transport_t *t);
+bool th_can_write_eof(const tpio_transport_t *t);
+size_t th_wbuf_size(const tpio_transport_t *t);
+tpio_transport_kind_t th_kind(const tpio_transport_t *t);
+tpio_loop_t *th_transport_loop(const tpio_transport_t *t);
+tpio_protocol_t *th_protocol(const tpio_transport_t *t);
+/* The descriptor, or the call's error code. */
+int th_fd(const tpio_transport_t *t);
+bool th_is_serving(const tpio_server_t *s);
+size_t th_socket_count(const tpio_server_t *s);
+/* The i-th listening socket, or the call's error code. */
+int th_server_socket(const tpio_server_t *s, size_t i);
+tpio_loop_t *th_server_loop(const tpio_server_t *s);
+size_t th_conn_count(const tpio_server_t *s);
+/* The child's pid, or the call's error code. */
+pid_t th_pid(const tpio_transport_t *t);
+/* The pipe transport, or NULL when the call fails. */
+tpio_transport_t *th_pipe(const tpio_transport_t *t, int fd);
+
 /* Run the loop until *flag is true or `timeout` seconds pass. Returns *flag. */
 bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout);
 /* Same, for a counter reaching `target`. */
@@ -83,9 +106,9 @@ void th_pair_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
 th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops);
 /* A listening TCP socket on 127.0.0.1; *port gets its port. */
 int th_listen_v4(uint16_t *port);
-/* A TCP client transport (tpio_create_connection) and the accepted peer. */
+/* A TCP client transport (tpio_loop_create_connection) and the accepted peer. */
 th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs);
-/* A Unix socketpair: one end wrapped by tpio_connect_accepted_socket. Whatever
+/* A Unix socketpair: one end wrapped by tpio_loop_connect_accepted_socket. Whatever
  * `pre` holds is sent by the peer before the transport exists; pre_eof then
  * shuts the peer's write side. */
 th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,

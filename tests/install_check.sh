@@ -1,8 +1,11 @@
 #!/bin/sh
 # Packaging check: build the source tree in release mode, install it into a
-# temporary prefix, then build and run two tiny programs against the installed
-# copy only — one with pkg-config, one with CMake's find_package(tpio) (linked
-# to tpio::tpio and to tpio::tpio_static).
+# prefix not known when it was configured (cmake --install --prefix), move
+# the installed tree elsewhere, then build and run two tiny programs against
+# the moved copy only — one with pkg-config, one with CMake's
+# find_package(tpio) (linked to tpio::tpio and to tpio::tpio_static). Both
+# must find everything from where the files are: nothing may point at the
+# configure-time prefix (/usr/local) or the install-time one.
 #
 # Usage: sh tests/install_check.sh SOURCE_DIR      (ctest passes it)
 # Exits non-zero on any failure; always removes its temporary directory.
@@ -18,6 +21,7 @@ trap 'rm -rf "$TMP"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 PREFIX=$TMP/prefix
+MOVED=$TMP/moved
 
 # The check builds without sanitizers: do not let the test run's settings leak in.
 unset ASAN_OPTIONS UBSAN_OPTIONS CFLAGS LDFLAGS 2>/dev/null || true
@@ -28,14 +32,20 @@ die() { echo "install_check: FAILED: $*" >&2; exit 1; }
 step "configure and build $SRC (release)"
 cmake -S "$SRC" -B "$TMP/b" -DCMAKE_BUILD_TYPE=Release \
       -DTPIO_BUILD_TESTS=OFF -DTPIO_BUILD_EXAMPLES=OFF -DTPIO_SANITIZE=OFF \
-      -DCMAKE_INSTALL_PREFIX="$PREFIX" >"$TMP/configure.log" 2>&1 \
+      >"$TMP/configure.log" 2>&1 \
     || { cat "$TMP/configure.log"; die "cmake configure"; }
 cmake --build "$TMP/b" -j "$JOBS" >"$TMP/build.log" 2>&1 \
     || { cat "$TMP/build.log"; die "cmake build"; }
 
-step "install into $PREFIX"
-cmake --install "$TMP/b" >"$TMP/install.log" 2>&1 \
+step "install into $PREFIX, then move it to $MOVED"
+cmake --install "$TMP/b" --prefix "$PREFIX" >"$TMP/install.log" 2>&1 \
     || { cat "$TMP/install.log"; die "cmake --install"; }
+mv "$PREFIX" "$MOVED"
+if grep -rqs -e "$PREFIX" -e /usr/local "$MOVED"; then
+    grep -rls -e "$PREFIX" -e /usr/local "$MOVED" >&2
+    die "installed files name an install or configure-time prefix"
+fi
+PREFIX=$MOVED
 
 # GNUInstallDirs picks lib, lib64 or lib/<multiarch>: find where it went.
 PCFILE=$(find "$PREFIX" -name tpio.pc -path '*/pkgconfig/*' | head -n 1)
@@ -48,7 +58,8 @@ LIBDIR=$(dirname "$PCDIR")
 [ -f "$LIBDIR/cmake/tpio/tpioConfig.cmake" ] || die "tpioConfig.cmake was not installed"
 step "installed: $(cd "$PREFIX" && find . -type f -o -type l | sort | tr '\n' ' ')"
 
-# A tiny program: a loop, a callback that stops it, the error table.
+# A tiny program: a loop, a callback that stops it, the error table, and the
+# version the header and the library agree on.
 mkdir -p "$TMP/app"
 cat >"$TMP/app/app.c" <<'EOF'
 #include <tpio.h>
@@ -66,14 +77,19 @@ int main(void)
 {
     tpio_loop_t *loop;
     int ran = 0;
-    if (tpio_loop_new(&loop) != 0)
+    if (tpio_loop_new(&loop, NULL) != 0)
         return 1;
-    if (tpio_call_soon(loop, stop, &ran, NULL) != 0 || tpio_loop_run(loop) != 0)
+    if (tpio_loop_call_soon(loop, stop, &ran, NULL) != 0 || tpio_loop_run_forever(loop) != 0)
         return 2;
     if (tpio_loop_close(loop) != 0 || !ran)
         return 3;
     if (strcmp(tpio_err_name(-ECONNRESET), "ECONNRESET") != 0)
         return 4;
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.%d", TPIO_VERSION_MAJOR, TPIO_VERSION_MINOR,
+             TPIO_VERSION_PATCH);
+    if (strcmp(tpio_version(), want) != 0)
+        return 5;
     printf("tpio %s ok\n", tpio_version());
     return 0;
 }
@@ -90,6 +106,10 @@ run() {
 }
 
 step "pkg-config: $(PKG_CONFIG_PATH=$PCDIR pkg-config --cflags --libs tpio)"
+case $(PKG_CONFIG_PATH=$PCDIR pkg-config --variable=includedir tpio) in
+    "$PREFIX"/*) ;;
+    *) die "pkg-config's includedir is not under $PREFIX" ;;
+esac
 PKG_CONFIG_PATH=$PCDIR pkg-config --exists tpio || die "pkg-config cannot find tpio"
 # shellcheck disable=SC2046  # word splitting of the flags is intended
 "$CC" -Wall -Wextra -Werror -o "$TMP/app/app_pc" "$TMP/app/app.c" \
@@ -101,7 +121,7 @@ step "CMake find_package(tpio)"
 cat >"$TMP/app/CMakeLists.txt" <<'EOF'
 cmake_minimum_required(VERSION 3.18)
 project(tpio_install_check LANGUAGES C)
-find_package(tpio 0.1 REQUIRED)
+find_package(tpio 0.2 REQUIRED)
 add_executable(app_cmake app.c)
 target_link_libraries(app_cmake PRIVATE tpio::tpio)
 add_executable(app_cmake_static app.c)
@@ -110,6 +130,8 @@ EOF
 cmake -S "$TMP/app" -B "$TMP/app/b" -DCMAKE_PREFIX_PATH="$PREFIX" \
       -DCMAKE_BUILD_TYPE=Release >"$TMP/app-configure.log" 2>&1 \
     || { cat "$TMP/app-configure.log"; die "find_package(tpio) project configure"; }
+grep -q "tpio_DIR:PATH=$PREFIX" "$TMP/app/b/CMakeCache.txt" \
+    || die "find_package(tpio) did not use the moved package"
 cmake --build "$TMP/app/b" >"$TMP/app-build.log" 2>&1 \
     || { cat "$TMP/app-build.log"; die "find_package(tpio) project build"; }
 run "$TMP/app/b/app_cmake"

@@ -100,6 +100,8 @@ Test(errors, enum_matches_table, .timeout = 10)
     cr_assert_eq(TPIO_EAI_MEMORY, -3007);
     cr_assert_eq(TPIO_EAI_OTHER, -3008);
     cr_assert_eq(TPIO_EPROTOCOL_BUFFER, -3101);
+    cr_assert_eq(TPIO_ENOTWATCHABLE, -3102);
+    cr_assert_str_eq(tpio_err_name(TPIO_ENOTWATCHABLE), "TPIO_ENOTWATCHABLE");
     cr_assert_str_eq(tpio_err_name(TPIO_EAI_NONAME), "TPIO_EAI_NONAME");
     cr_assert_str_eq(tpio_err_name(TPIO_EPROTOCOL_BUFFER), "TPIO_EPROTOCOL_BUFFER");
     cr_assert_str_eq(tpio_strerror(TPIO_EPROTOCOL_BUFFER),
@@ -141,7 +143,7 @@ static void check_unknown(int code)
 Test(errors, unknown_codes_never_null, .timeout = 10)
 {
     static const int unknown[] = {
-        -3000, -3009, -3050, -3100, -3102, -3200, -4000, -9999, -123456,
+        -3000, -3009, -3050, -3100, -3103, -3200, -4000, -9999, -123456,
         -1000000, INT_MIN, INT_MIN + 1, INT_MAX, 99999,
     };
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)

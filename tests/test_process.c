@@ -43,7 +43,7 @@ struct sp {
     int lost_err, pipe_err[3];
     bool pipe_lost[3];
     size_t pauses, resumes;
-    int exit_code, exit_rc; /* tpio_get_returncode() inside process_exited */
+    int exit_code, exit_rc; /* tpio_subprocess_get_returncode() inside process_exited */
     size_t *lost_counter;
     void *ctx;
     /* hooks */
@@ -137,7 +137,7 @@ static void sp_exited(tpio_protocol_t *p)
     cr_assert(s->made && !s->lost && !s->exited);
     ev(s, "exited");
     s->exited = true;
-    s->exit_rc = tpio_get_returncode(s->t, &s->exit_code);
+    s->exit_rc = tpio_subprocess_get_returncode(s->t, &s->exit_code);
     if (s->on_exited)
         s->on_exited(s);
 }
@@ -209,13 +209,13 @@ static void on_done(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
     f->t = t;
     cr_assert_eq(p, &f->sp.base);
     cr_assert(f->sp.made, "the completion comes after connection_made");
-    f->rc_in_cb = tpio_get_returncode(t, &code);
+    f->rc_in_cb = tpio_subprocess_get_returncode(t, &code);
 }
 
 static void fx_init(fx_t *f)
 {
     memset(f, 0, sizeof *f);
-    cr_assert_eq(tpio_loop_new(&f->loop), 0);
+    cr_assert_eq(tpio_loop_new(&f->loop, NULL), 0);
     sp_init(&f->sp);
 }
 
@@ -227,7 +227,7 @@ static void fx_fini(fx_t *f)
 
 static int start(fx_t *f, const char *const *argv, const tpio_subprocess_opts_t *o)
 {
-    return tpio_subprocess_exec(f->loop, factory, f, argv, o, on_done, f);
+    return tpio_loop_subprocess_exec(f->loop, factory, f, argv, o, on_done, f);
 }
 
 /* Start, and run until the completion. */
@@ -238,7 +238,7 @@ static void start_ok(fx_t *f, const char *const *argv, const tpio_subprocess_opt
     cr_assert(th_run_until(f->loop, &f->done, TMO));
     cr_assert_eq(f->cb_calls, 1);
     cr_assert_eq(f->cb_err, 0);
-    cr_assert_eq(tpio_transport_kind(f->t), TPIO_TRANSPORT_SUBPROCESS);
+    cr_assert_eq(th_kind(f->t), TPIO_TRANSPORT_SUBPROCESS);
 }
 
 static void run_to_lost(fx_t *f)
@@ -318,9 +318,9 @@ Test(process, exit_code_and_returncode, .timeout = 60)
 static void esrch_after_exit(sp_t *s)
 {
     /* exited: the PID is no longer ours to signal */
-    cr_assert_eq(tpio_kill(s->t), -ESRCH);
-    cr_assert_eq(tpio_terminate(s->t), -ESRCH);
-    cr_assert_eq(tpio_send_signal(s->t, 0), -ESRCH);
+    cr_assert_eq(tpio_subprocess_kill(s->t), -ESRCH);
+    cr_assert_eq(tpio_subprocess_terminate(s->t), -ESRCH);
+    cr_assert_eq(tpio_subprocess_send_signal(s->t, 0), -ESRCH);
     s->ctx = s; /* checked */
 }
 
@@ -333,15 +333,15 @@ Test(process, signals_and_esrch_after_exit, .timeout = 60)
         f.sp.on_exited = esrch_after_exit;
         /* cat blocks on its stdin pipe until signalled */
         const char *argv[] = {"cat", NULL};
-        tpio_subprocess_opts_t o = {0};
+        tpio_subprocess_opts_t o = {.size = sizeof o};
         o.stdio[1].mode = TPIO_STDIO_DEVNULL;
         o.stdio[2].mode = TPIO_STDIO_DEVNULL;
         start_ok(&f, argv, &o);
-        cr_assert_eq(tpio_send_signal(f.t, 0), 0, "alive");
-        cr_assert_eq(tpio_send_signal(f.t, 12345), -EINVAL);
-        int rc = sigs[k] == SIGKILL   ? tpio_kill(f.t)
-                 : sigs[k] == SIGTERM ? tpio_terminate(f.t)
-                                      : tpio_send_signal(f.t, sigs[k]);
+        cr_assert_eq(tpio_subprocess_send_signal(f.t, 0), 0, "alive");
+        cr_assert_eq(tpio_subprocess_send_signal(f.t, 12345), -EINVAL);
+        int rc = sigs[k] == SIGKILL   ? tpio_subprocess_kill(f.t)
+                 : sigs[k] == SIGTERM ? tpio_subprocess_terminate(f.t)
+                                      : tpio_subprocess_send_signal(f.t, sigs[k]);
         cr_assert_eq(rc, 0);
         run_to_lost(&f);
         cr_assert_eq(returncode(&f.sp), -sigs[k]);
@@ -360,22 +360,26 @@ Test(process, transport_getters, .timeout = 60)
     fx_t f;
     fx_init(&f);
     const char *argv[] = {"cat", NULL};
-    tpio_subprocess_opts_t o = {0};
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[2].mode = TPIO_STDIO_INHERIT;
     start_ok(&f, argv, &o);
     tpio_transport_t *t = f.t;
-    pid_t pid = tpio_get_pid(t);
+    pid_t pid = th_pid(t);
     cr_assert_gt(pid, 0);
-    cr_assert_eq(tpio_transport_kind(tpio_get_pipe_transport(t, 0)), TPIO_TRANSPORT_PIPE_WRITE);
-    cr_assert_eq(tpio_transport_kind(tpio_get_pipe_transport(t, 1)), TPIO_TRANSPORT_PIPE_READ);
-    cr_assert_null(tpio_get_pipe_transport(t, 2), "stderr is inherited: no pipe");
-    cr_assert_null(tpio_get_pipe_transport(t, 3));
-    cr_assert_null(tpio_get_pipe_transport(t, -1));
-    cr_assert_null(tpio_get_pipe_transport(NULL, 0));
+    cr_assert_eq(th_kind(th_pipe(t, 0)), TPIO_TRANSPORT_PIPE_WRITE);
+    cr_assert_eq(th_kind(th_pipe(t, 1)), TPIO_TRANSPORT_PIPE_READ);
+    tpio_transport_t *pt = NULL;
+    cr_assert_eq(tpio_subprocess_get_pipe_transport(t, 2, &pt), -ENOENT,
+                 "stderr is inherited: no pipe");
+    cr_assert_eq(tpio_subprocess_get_pipe_transport(t, 3, &pt), -EINVAL);
+    cr_assert_eq(tpio_subprocess_get_pipe_transport(t, -1, &pt), -EINVAL);
+    cr_assert_null(pt, "untouched on error");
+    cr_assert_eq(tpio_subprocess_get_pipe_transport(NULL, 0, &pt), -EINVAL);
+    cr_assert_eq(tpio_subprocess_get_pipe_transport(t, 0, NULL), -EINVAL);
 
     /* "subprocess" is the pidfd: the kernel says whose */
     tpio_extra_t e;
-    cr_assert_eq(tpio_get_extra_info(t, "subprocess", &e), 0);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "subprocess", &e), 0);
     cr_assert_eq(e.type, TPIO_EXTRA_FD);
     char path[64], line[128];
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", e.fd);
@@ -387,26 +391,26 @@ Test(process, transport_getters, .timeout = 60)
             found = atoi(line + 4) == pid;
     fclose(fi);
     cr_assert(found, "pidfd of another process");
-    cr_assert_eq(tpio_get_extra_info(t, "socket", &e), -ENOENT);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "socket", &e), -ENOENT);
 
     /* BaseTransport only: no write, no abort; subprocess calls on a pipe */
-    tpio_transport_t *in = tpio_get_pipe_transport(t, 0);
-    cr_assert_eq(tpio_write(t, "x", 1), -ENOTSUP);
-    cr_assert_eq(tpio_abort(t), -ENOTSUP);
-    cr_assert_eq(tpio_get_pid(in), -ENOTSUP);
-    cr_assert_eq(tpio_kill(in), -ENOTSUP);
+    tpio_transport_t *in = th_pipe(t, 0);
+    cr_assert_eq(tpio_transport_write(t, "x", 1), -ENOTSUP);
+    cr_assert_eq(tpio_transport_abort(t), -ENOTSUP);
+    cr_assert_eq(th_pid(in), -ENOTSUP);
+    cr_assert_eq(tpio_subprocess_kill(in), -ENOTSUP);
     int code;
-    cr_assert_eq(tpio_get_returncode(in, &code), -ENOTSUP);
-    cr_assert_eq(tpio_get_returncode(t, NULL), -EINVAL);
-    cr_assert_eq(tpio_get_pid(NULL), -EINVAL);
-    cr_assert_eq(tpio_send_signal(NULL, SIGTERM), -EINVAL);
-    cr_assert(!tpio_is_closing(t));
+    cr_assert_eq(tpio_subprocess_get_returncode(in, &code), -ENOTSUP);
+    cr_assert_eq(tpio_subprocess_get_returncode(t, NULL), -EINVAL);
+    cr_assert_eq(th_pid(NULL), -EINVAL);
+    cr_assert_eq(tpio_subprocess_send_signal(NULL, SIGTERM), -EINVAL);
+    cr_assert(!th_is_closing(t));
 
     /* the loop refuses to close under a live subprocess */
     cr_assert_eq(tpio_loop_close(f.loop), -EBUSY);
     /* closing stdin ends cat normally */
-    cr_assert_eq(tpio_write(in, "abc", 3), 0);
-    cr_assert_eq(tpio_close(in), 0);
+    cr_assert_eq(tpio_transport_write(in, "abc", 3), 0);
+    cr_assert_eq(tpio_transport_close(in), 0);
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 0);
     cr_assert_str_eq(f.sp.out[1], "abc");
@@ -443,7 +447,7 @@ static void seq_data(sp_t *s, int fd, const void *d, size_t n)
         q->pause_at = 0;
         q->paused = true;
         q->at_pause = q->got;
-        cr_assert_eq(tpio_pause_reading(tpio_get_pipe_transport(s->t, 1)), 0);
+        cr_assert_eq(tpio_transport_pause_reading(th_pipe(s->t, 1)), 0);
     }
 }
 
@@ -460,7 +464,7 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
     char nbuf[16];
     snprintf(nbuf, sizeof nbuf, "%d", N);
     const char *argv[] = {"seq", "1", nbuf, NULL};
-    tpio_subprocess_opts_t o = {0};
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[0].mode = TPIO_STDIO_DEVNULL;
     start_ok(&f, argv, &o);
 
@@ -468,13 +472,13 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
     size_t target = 1 << 20;
     cr_assert(th_run_until(f.loop, &q.paused, TMO));
     bool fired = false;
-    cr_assert_eq(tpio_call_later(f.loop, 0.2, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(f.loop, 0.2, th_set_flag, &fired, NULL), 0);
     cr_assert(th_run_until(f.loop, &fired, TMO));
     cr_assert_eq(q.got, q.at_pause);
     cr_assert_geq(q.got, target);
     cr_assert(!f.sp.exited, "seq cannot finish while we do not read");
     q.paused = false;
-    cr_assert_eq(tpio_resume_reading(tpio_get_pipe_transport(f.t, 1)), 0);
+    cr_assert_eq(tpio_transport_resume_reading(th_pipe(f.t, 1)), 0);
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 0);
 
@@ -501,18 +505,18 @@ typedef struct pump {
 static void pump_write(sp_t *s)
 {
     pump_t *u = s->ctx;
-    tpio_transport_t *in = tpio_get_pipe_transport(s->t, 0);
+    tpio_transport_t *in = th_pipe(s->t, 0);
     u->paused = false;
     while (!u->paused && u->written < BIG) {
         size_t n = BIG - u->written < sizeof u->chunk ? BIG - u->written : sizeof u->chunk;
         for (size_t i = 0; i < n; i++)
             u->chunk[i] = th_pat(u->written + i);
         u->written += n;
-        cr_assert_eq(tpio_write(in, u->chunk, n), 0);
-        cr_assert_leq(tpio_get_write_buffer_size(in), 64 * 1024 + sizeof u->chunk);
+        cr_assert_eq(tpio_transport_write(in, u->chunk, n), 0);
+        cr_assert_leq(th_wbuf_size(in), 64 * 1024 + sizeof u->chunk);
     }
     if (u->written == BIG)
-        cr_assert_eq(tpio_close(in), 0); /* flushed, then cat sees EOF */
+        cr_assert_eq(tpio_transport_close(in), 0); /* flushed, then cat sees EOF */
 }
 
 static void pump_pause(tpio_protocol_t *p)
@@ -576,10 +580,10 @@ Test(process, stdout_and_stderr_apart_and_merged, .timeout = 60)
     fx_fini(&f);
 
     fx_init(&f);
-    tpio_subprocess_opts_t o = {0};
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[2].mode = TPIO_STDIO_STDOUT;
     start_ok(&f, argv, &o);
-    cr_assert_null(tpio_get_pipe_transport(f.t, 2));
+    cr_assert_null(th_pipe(f.t, 2));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], "out\nerr\nout2\n");
     cr_assert_null(f.sp.out[2]);
@@ -594,11 +598,11 @@ Test(process, stdout_and_stderr_apart_and_merged, .timeout = 60)
  * stdin: each step waits for the previous callback, so the order is fixed. */
 static void order_pipe_lost(sp_t *s, int fd)
 {
-    tpio_transport_t *in = tpio_get_pipe_transport(s->t, 0);
+    tpio_transport_t *in = th_pipe(s->t, 0);
     if (fd == 1)
-        cr_assert_eq(tpio_write(in, "\n", 1), 0);
+        cr_assert_eq(tpio_transport_write(in, "\n", 1), 0);
     else if (fd == 2)
-        cr_assert_eq(tpio_close(in), 0);
+        cr_assert_eq(tpio_transport_close(in), 0);
 }
 
 Test(process, exact_callback_order, .timeout = 60)
@@ -650,11 +654,11 @@ Test(process, exit_seen_while_grandchild_holds_stdout, .timeout = 60)
     cr_assert_str_eq(f.sp.out[1], "hi\n");
     /* the transport waits for its pipes */
     bool fired = false;
-    cr_assert_eq(tpio_call_later(f.loop, 0.1, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(f.loop, 0.1, th_set_flag, &fired, NULL), 0);
     cr_assert(th_run_until(f.loop, &fired, TMO));
     cr_assert(!f.sp.lost && !f.sp.pipe_lost[1]);
     /* EOF on stdin ends the grandchild, which closes the pipes */
-    cr_assert_eq(tpio_close(tpio_get_pipe_transport(f.t, 0)), 0);
+    cr_assert_eq(tpio_transport_close(th_pipe(f.t, 0)), 0);
     run_to_lost(&f);
     const char *e = f.sp.ev;
     cr_assert(strncmp(e, "made,out1,exited,plost0:0,", 26) == 0, "%s", e);
@@ -695,7 +699,7 @@ Test(process, two_hundred_children_all_reaped, .timeout = 60)
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 
     tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop), 0);
+    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
     many_t *m = calloc(K, sizeof *m);
     cr_assert_not_null(m);
     size_t lost = 0;
@@ -705,7 +709,7 @@ Test(process, two_hundred_children_all_reaped, .timeout = 60)
         char num[16];
         snprintf(num, sizeof num, "%d", i);
         const char *argv[] = {"sh", "-c", "echo $1; exit $1", "sh", num, NULL};
-        cr_assert_eq(tpio_subprocess_exec(loop, many_factory, &m[i], argv, NULL, many_done,
+        cr_assert_eq(tpio_loop_subprocess_exec(loop, many_factory, &m[i], argv, NULL, many_done,
                                           &m[i]),
                      0, "child %d", i);
     }
@@ -762,12 +766,12 @@ Test(process, exec_errors_fail_the_call, .timeout = 60)
     cr_assert_eq(start(&f, na, NULL), -EACCES);
     cr_assert_eq(start(&f, adir, NULL), -EACCES);
     cr_assert_eq(start(&f, bad, NULL), -ENOEXEC);
-    tpio_subprocess_opts_t o = {0};
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     const char *env[] = {pathenv, NULL};
     o.env = env; /* PATH of the child's environment is searched */
     cr_assert_eq(start(&f, na_in_path, &o), -EACCES);
     cr_assert_eq(start(&f, ok, &o), -ENOENT, "true is not in %s", dir);
-    memset(&o, 0, sizeof o);
+    o = TPIO_OPTS(tpio_subprocess_opts_t);
     o.cwd = "/nonexistent/dir";
     cr_assert_eq(start(&f, ok, &o), -ENOENT);
     cr_assert_eq(f.factory_calls, 0);
@@ -793,10 +797,10 @@ Test(process, factory_refusal_kills_and_reaps, .timeout = 60)
     cr_assert_eq(f.factory_calls, 1);
     assert_no_children();
     /* the pipe transports made for it end on the loop */
-    double end = tpio_loop_time(f.loop) + TMO;
+    double end = th_time(f.loop) + TMO;
     int rc;
-    while ((rc = tpio_loop_close(f.loop)) == -EBUSY && tpio_loop_time(f.loop) < end)
-        tpio_loop_run_once(f.loop, 10);
+    while ((rc = tpio_loop_close(f.loop)) == -EBUSY && th_time(f.loop) < end)
+        tpio_loop_run_once(f.loop, 0.01);
     cr_assert_eq(rc, 0);
     cr_assert_eq(f.cb_calls, 0);
 }
@@ -809,11 +813,11 @@ Test(process, bad_arguments, .timeout = 60)
     const char *ok[] = {"true", NULL};
     cr_assert_eq(start(&f, NULL, NULL), -EINVAL);
     cr_assert_eq(start(&f, none, NULL), -EINVAL);
-    cr_assert_eq(tpio_subprocess_exec(NULL, factory, &f, ok, NULL, on_done, &f), -EINVAL);
-    cr_assert_eq(tpio_subprocess_exec(f.loop, NULL, &f, ok, NULL, on_done, &f), -EINVAL);
-    cr_assert_eq(tpio_subprocess_exec(f.loop, factory, &f, ok, NULL, NULL, &f), -EINVAL);
-    cr_assert_eq(tpio_subprocess_shell(f.loop, factory, &f, NULL, NULL, on_done, &f), -EINVAL);
-    tpio_subprocess_opts_t o = {0};
+    cr_assert_eq(tpio_loop_subprocess_exec(NULL, factory, &f, ok, NULL, on_done, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_exec(f.loop, NULL, &f, ok, NULL, on_done, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_exec(f.loop, factory, &f, ok, NULL, NULL, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, NULL, NULL, on_done, &f), -EINVAL);
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[0].mode = TPIO_STDIO_STDOUT; /* stderr only */
     cr_assert_eq(start(&f, ok, &o), -EINVAL);
     o.stdio[0].mode = TPIO_STDIO_PIPE;
@@ -832,7 +836,7 @@ Test(process, bad_arguments, .timeout = 60)
 
 /* ---- closing --------------------------------------------------------------------- */
 
-static void close_in_made(sp_t *s) { cr_assert_eq(tpio_close(s->t), 0); }
+static void close_in_made(sp_t *s) { cr_assert_eq(tpio_transport_close(s->t), 0); }
 
 Test(process, close_kills_a_running_child, .timeout = 60)
 {
@@ -844,9 +848,9 @@ Test(process, close_kills_a_running_child, .timeout = 60)
         const char *argv[] = {"cat", NULL};
         start_ok(&f, argv, NULL);
         if (!inside)
-            cr_assert_eq(tpio_close(f.t), 0);
-        cr_assert(tpio_is_closing(f.t));
-        cr_assert_eq(tpio_close(f.t), 0, "idempotent");
+            cr_assert_eq(tpio_transport_close(f.t), 0);
+        cr_assert(th_is_closing(f.t));
+        cr_assert_eq(tpio_transport_close(f.t), 0, "idempotent");
         run_to_lost(&f);
         cr_assert_eq(returncode(&f.sp), -SIGKILL);
         const char *e = f.sp.ev;
@@ -916,7 +920,7 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
 
     fx_t f;
     fx_init(&f);
-    tpio_subprocess_opts_t o = {0};
+    tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[0] = (tpio_stdio_opt_t){TPIO_STDIO_FD, in[0]};
     o.stdio[1] = (tpio_stdio_opt_t){TPIO_STDIO_FD, 0};
     o.stdio[2].mode = TPIO_STDIO_STDOUT;
@@ -925,7 +929,7 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     dup2(saved0, 0); /* the child has its copies */
     cr_assert_eq(rc, 0);
     cr_assert(th_run_until(f.loop, &f.done, TMO));
-    cr_assert_null(tpio_get_pipe_transport(f.t, 0));
+    cr_assert_null(th_pipe(f.t, 0));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.ev, "made,exited,lost:0");
     cr_assert_eq(returncode(&f.sp), 0);
@@ -943,7 +947,7 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     cr_assert_eq(dup3(in[0], 0, O_CLOEXEC), 0);
     close(in[0]);
     fx_init(&f);
-    memset(&o, 0, sizeof o);
+    o = TPIO_OPTS(tpio_subprocess_opts_t);
     o.stdio[0] = (tpio_stdio_opt_t){TPIO_STDIO_FD, 0};
     const char *cat[] = {"cat", NULL};
     rc = start(&f, cat, &o);
@@ -967,13 +971,13 @@ Test(process, devnull_inherit_env_cwd_and_shell, .timeout = 60)
     fx_t f;
     fx_init(&f);
     const char *env[] = {"FOO=bar", NULL};
-    tpio_subprocess_opts_t o = {.env = env, .cwd = dir};
+    tpio_subprocess_opts_t o = {.size = sizeof o, .env = env, .cwd = dir};
     o.stdio[0].mode = TPIO_STDIO_DEVNULL;
     o.stdio[2].mode = TPIO_STDIO_DEVNULL;
     const char *argv[] = {"sh", "-c", "echo $FOO; pwd; cat; echo gone >&2", NULL};
     start_ok(&f, argv, &o);
-    cr_assert_null(tpio_get_pipe_transport(f.t, 0));
-    cr_assert_null(tpio_get_pipe_transport(f.t, 2));
+    cr_assert_null(th_pipe(f.t, 0));
+    cr_assert_null(th_pipe(f.t, 2));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], want);
     cr_assert(strcmp(f.sp.ev, "made,out1,plost1:0,exited,lost:0") == 0 ||
@@ -983,14 +987,14 @@ Test(process, devnull_inherit_env_cwd_and_shell, .timeout = 60)
     rmdir(dir);
 
     fx_init(&f);
-    cr_assert_eq(tpio_subprocess_shell(f.loop, factory, &f, "echo $((6 * 7))", NULL, on_done, &f), 0);
+    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, "echo $((6 * 7))", NULL, on_done, &f), 0);
     cr_assert(th_run_until(f.loop, &f.done, TMO));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], "42\n");
     fx_fini(&f);
 
     fx_init(&f); /* a command the shell cannot find: its status, 127 */
-    cr_assert_eq(tpio_subprocess_shell(f.loop, factory, &f, "tpio-no-such-cmd", NULL, on_done, &f), 0);
+    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, "tpio-no-such-cmd", NULL, on_done, &f), 0);
     cr_assert(th_run_until(f.loop, &f.done, TMO));
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 127);

@@ -63,7 +63,7 @@ static tpio_protocol_t *cli_factory(void *arg)
 static void fx_init(fx_t *f)
 {
     memset(f, 0, sizeof *f);
-    cr_assert_eq(tpio_loop_new(&f->loop), 0);
+    cr_assert_eq(tpio_loop_new(&f->loop, NULL), 0);
     tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
     snprintf(f->dir, sizeof f->dir, "/tmp/tpio-unix-XXXXXX");
     cr_assert_not_null(mkdtemp(f->dir));
@@ -86,9 +86,9 @@ static void fx_fini(fx_t *f)
 
 static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double timeout)
 {
-    double end = tpio_loop_time(loop) + timeout;
-    while (p->rxlen < n && tpio_loop_time(loop) < end)
-        tpio_loop_run_once(loop, 10);
+    double end = th_time(loop) + timeout;
+    while (p->rxlen < n && th_time(loop) < end)
+        tpio_loop_run_once(loop, 0.01);
     return p->rxlen >= n;
 }
 
@@ -145,7 +145,7 @@ static void make_stale_socket(const char *path)
 static void connect_client(fx_t *f, const tpio_unix_opts_t *o, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c), 0);
+    cr_assert_eq(tpio_loop_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -160,43 +160,43 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     fx_init(&f);
     f.stmpl.echo = true;
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    cr_assert(tpio_server_is_serving(s));
-    cr_assert_eq(tpio_server_socket_count(s), 1);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert(th_is_serving(s));
+    cr_assert_eq(th_socket_count(s), 1);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
 
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
     cr_assert_eq(f.cfactory_calls, 1);
     cr_assert_not_null(c.t);
     cr_assert_str_eq(c.p->events, "made");
-    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
 
     /* client: peername is the path, sockname unnamed */
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_peername(c.t, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_sockname(c.t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_sockname(c.t, &ss, &sl), 0);
     cr_assert(is_unnamed(&ss, sl), "client sockname len %u", (unsigned)sl);
     tpio_extra_t e;
-    cr_assert_eq(tpio_get_extra_info(c.t, "socket", &e), 0);
+    cr_assert_eq(tpio_transport_get_extra_info(c.t, "socket", &e), 0);
     cr_assert_eq(e.type, TPIO_EXTRA_FD);
-    cr_assert_eq(e.fd, tpio_transport_fd(c.t));
-    cr_assert_eq(tpio_get_extra_info(c.t, "pipe", &e), -ENOENT);
+    cr_assert_eq(e.fd, th_fd(c.t));
+    cr_assert_eq(tpio_transport_get_extra_info(c.t, "pipe", &e), -ENOENT);
 
     const char msg[] = "hello over a unix socket";
-    cr_assert_eq(tpio_write(c.t, msg, sizeof msg - 1), 0);
+    cr_assert_eq(tpio_transport_write(c.t, msg, sizeof msg - 1), 0);
     cr_assert(run_until_rx(f.loop, c.p, sizeof msg - 1, TMO));
     cr_assert_eq(c.p->rxlen, sizeof msg - 1);
     cr_assert_eq(memcmp(c.p->rx, msg, sizeof msg - 1), 0);
@@ -204,26 +204,26 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     cr_assert_eq(f.ns, 1);
     th_proto_t *sp = f.sp[0];
     cr_assert_not_null(sp->t);
-    cr_assert_eq(tpio_transport_kind(sp->t), TPIO_TRANSPORT_UNIX);
-    cr_assert_eq(tpio_server_connection_count(s), 1);
+    cr_assert_eq(th_kind(sp->t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_conn_count(s), 1);
     /* server side: sockname is the path, peername unnamed */
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_sockname(sp->t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_sockname(sp->t, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_peername(sp->t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_peername(sp->t, &ss, &sl), 0);
     cr_assert(is_unnamed(&ss, sl), "server peername len %u", (unsigned)sl);
     cr_assert_eq(sp->rxlen, sizeof msg - 1);
     cr_assert_eq(memcmp(sp->rx, msg, sizeof msg - 1), 0);
 
     bool clost = false;
     c.p->lost_flag = &clost;
-    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
     cr_assert(th_run_until(f.loop, &clost, TMO));
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
     cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
-    cr_assert_eq(tpio_server_connection_count(s), 0);
+    cr_assert_eq(th_conn_count(s), 0);
     th_proto_free(c.p);
 
     close_server(&f, s);
@@ -242,44 +242,44 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     char name[200];
     snprintf(name, sizeof name, "%s/abstract-%d", f.dir, (int)getpid());
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = name, .abstract = true};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = name, .abstract = TPIO_ON};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     struct stat st;
     cr_assert_eq(stat(name, &st), -1);
     cr_assert_eq(errno, ENOENT);
 
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = name, .abstract = true};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = name, .abstract = TPIO_ON};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
-    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_peername(c.t, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
 
-    cr_assert_eq(tpio_write(c.t, "abc", 3), 0);
+    cr_assert_eq(tpio_transport_write(c.t, "abc", 3), 0);
     cr_assert(run_until_rx(f.loop, c.p, 3, TMO));
     cr_assert_eq(memcmp(c.p->rx, "abc", 3), 0);
     cr_assert_eq(f.ns, 1);
     sl = sizeof ss;
-    cr_assert_eq(tpio_transport_sockname(f.sp[0]->t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_sockname(f.sp[0]->t, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
 
     /* A plain connect to a filesystem path of the same name fails. */
     th_conn_t c2;
-    tpio_unix_opts_t co2 = {.path = name};
+    tpio_unix_opts_t co2 = {.size = sizeof co2, .path = name};
     connect_client(&f, &co2, &c2);
     cr_assert_eq(c2.err, -ENOENT);
     cr_assert_null(c2.t);
 
     bool clost = false;
     c.p->lost_flag = &clost;
-    tpio_close(c.t);
+    tpio_transport_close(c.t);
     cr_assert(th_run_until(f.loop, &clost, TMO));
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
@@ -309,21 +309,21 @@ Test(unix_stream, abstract_name_lengths, .timeout = 10)
     memset(name + n, 'x', 107 - (size_t)n);
     name[107] = '\0';
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = name, .abstract = true};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = name, .abstract = TPIO_ON};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    cr_assert_eq(tpio_server_sockname(s, 0, &ss, &sl), 0);
+    cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
     close_server(&f, s);
     /* 108 bytes do not fit. */
     name[107] = 'y';
     name[108] = '\0';
     s = NULL;
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
     cr_assert_null(s);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c),
                  -ENAMETOOLONG);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
@@ -338,17 +338,17 @@ Test(unix_stream, stale_socket_file_is_removed, .timeout = 20)
     fx_init(&f);
     make_stale_socket(f.path);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
     cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
     bool clost = false;
     c.p->lost_flag = &clost;
-    tpio_close(c.t);
+    tpio_transport_close(c.t);
     cr_assert(th_run_until(f.loop, &clost, TMO));
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:0");
@@ -367,8 +367,8 @@ Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 1
     fputs("precious", fp);
     fclose(fp);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
     cr_assert_null(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
@@ -383,7 +383,7 @@ Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 1
     /* A directory there too. */
     unlink(f.path);
     cr_assert_eq(mkdir(f.path, 0700), 0);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert(S_ISDIR(st.st_mode));
     cr_assert_eq(rmdir(f.path), 0);
@@ -396,16 +396,16 @@ Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
     fx_t f;
     fx_init(&f);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert_eq(tpio_server_close(s), 0);
     /* Removed by close itself, not later. */
     cr_assert_eq(stat(f.path, &st), -1);
     cr_assert_eq(errno, ENOENT);
-    cr_assert_not(tpio_server_is_serving(s));
-    cr_assert_eq(tpio_server_socket_count(s), 0);
+    cr_assert_not(th_is_serving(s));
+    cr_assert_eq(th_socket_count(s), 0);
     bool wc = false;
     cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &wc), 0);
     cr_assert(th_run_until(f.loop, &wc, TMO));
@@ -417,9 +417,9 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     fx_t f;
     fx_init(&f);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
     /* Replaced by a regular file. */
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     cr_assert_eq(unlink(f.path), 0);
     FILE *fp = fopen(f.path, "w");
     cr_assert_not_null(fp);
@@ -435,9 +435,9 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     /* Replaced by another server's socket: the second server's file stays
      * when the first closes, and goes when the second closes. */
     tpio_server_t *s1 = NULL, *s2 = NULL;
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s1), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s1), 0);
     cr_assert_eq(unlink(f.path), 0);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s2), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s2), 0);
     struct stat st2;
     cr_assert_eq(stat(f.path, &st2), 0);
     close_server(&f, s1);
@@ -446,13 +446,13 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     cr_assert_eq(st.st_ino, st2.st_ino);
     /* ... and it still accepts. */
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
     cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
     bool clost = false;
     c.p->lost_flag = &clost;
-    tpio_close(c.t);
+    tpio_transport_close(c.t);
     cr_assert(th_run_until(f.loop, &clost, TMO));
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     th_proto_free(c.p);
@@ -468,7 +468,7 @@ Test(unix_stream, connect_without_listener, .timeout = 10)
 {
     fx_t f;
     fx_init(&f);
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     th_conn_t c;
     /* No file at all. */
     connect_client(&f, &co, &c);
@@ -485,7 +485,7 @@ Test(unix_stream, connect_without_listener, .timeout = 10)
     /* Nothing listening on an abstract name. */
     char name[64];
     snprintf(name, sizeof name, "tpio-nobody-%d", (int)getpid());
-    tpio_unix_opts_t ca = {.path = name, .abstract = true};
+    tpio_unix_opts_t ca = {.size = sizeof ca, .path = name, .abstract = TPIO_ON};
     connect_client(&f, &ca, &c);
     cr_assert_eq(c.err, -ECONNREFUSED, "got %s", tpio_err_name(c.err));
     cr_assert_eq(f.cfactory_calls, 0);
@@ -503,36 +503,36 @@ Test(unix_stream, bad_paths, .timeout = 10)
     memset(longp, 'a', 108);
     longp[0] = '/';
     longp[108] = '\0';
-    tpio_unix_opts_t o = {.path = longp};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
+    tpio_unix_opts_t o = {.size = sizeof o, .path = longp};
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
                  -ENAMETOOLONG);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
     /* An explicit path_len beyond the limit too. */
     memset(longp, 'b', sizeof longp - 1);
     longp[0] = '/';
     longp[sizeof longp - 1] = '\0';
     o.path_len = 150;
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
                  -ENAMETOOLONG);
     /* NULL and empty paths. */
-    tpio_unix_opts_t onull = {0};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c),
+    tpio_unix_opts_t onull = {.size = sizeof onull};
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c),
                  -EINVAL);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
-    tpio_unix_opts_t oempty = {.path = ""};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
+    tpio_unix_opts_t oempty = {.size = sizeof oempty, .path = ""};
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c),
                  -EINVAL);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
     /* Missing objects. */
-    tpio_unix_opts_t ok = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c),
+    tpio_unix_opts_t ok = {.size = sizeof ok, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c),
                  -EINVAL);
-    cr_assert_eq(tpio_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c), -EINVAL);
-    cr_assert_eq(tpio_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
-    cr_assert_eq(tpio_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
     cr_assert_null(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), -1, "a failed call created the socket file");
@@ -549,8 +549,8 @@ Test(unix_stream, bad_paths, .timeout = 10)
 static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
 {
     size_t got = 0;
-    double end = tpio_loop_time(loop) + TMO;
-    while (got < want && tpio_loop_time(loop) < end) {
+    double end = th_time(loop) + TMO;
+    while (got < want && th_time(loop) < end) {
         ssize_t n = recv(fd, buf + got, want - got, MSG_DONTWAIT);
         if (n > 0) {
             got += (size_t)n;
@@ -558,7 +558,7 @@ static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
         }
         if (n == 0)
             break;
-        tpio_loop_run_once(loop, 10);
+        tpio_loop_run_once(loop, 0.01);
     }
     return got;
 }
@@ -567,7 +567,7 @@ static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
 static void exchange_with_peer(fx_t *f, th_conn_t *c, int peer)
 {
     char buf[64];
-    cr_assert_eq(tpio_write(c->t, "ping", 4), 0);
+    cr_assert_eq(tpio_transport_write(c->t, "ping", 4), 0);
     cr_assert_eq(peer_read(f->loop, peer, buf, 4), 4);
     cr_assert_eq(memcmp(buf, "ping", 4), 0);
     cr_assert_eq(write(peer, "pong!", 5), 5);
@@ -585,45 +585,45 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
 {
     fx_t f;
     fx_init(&f);
-    /* Through tpio_create_unix_connection. */
+    /* Through tpio_loop_create_unix_connection. */
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    tpio_unix_opts_t o = {.use_sock = true, .sock = sv[0]};
+    tpio_unix_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
     th_conn_t c;
     connect_client(&f, &o, &c);
     cr_assert_eq(c.err, 0);
-    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
-    cr_assert_eq(tpio_transport_fd(c.t), sv[0]);
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_fd(c.t), sv[0]);
     cr_assert(fcntl(sv[0], F_GETFL) & O_NONBLOCK, "use_sock not made non-blocking");
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    cr_assert_eq(tpio_transport_peername(c.t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_peername(c.t, &ss, &sl), 0);
     cr_assert(is_unnamed(&ss, sl));
     exchange_with_peer(&f, &c, sv[1]);
 
-    /* Through tpio_create_connection(opts.use_sock). */
+    /* Through tpio_loop_create_connection(opts.use_sock). */
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    tpio_connect_opts_t copts = {.use_sock = true, .sock = sv[0]};
+    tpio_connect_opts_t copts = {.size = sizeof copts, .use_sock = TPIO_ON, .sock = sv[0]};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c), 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
-    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
     exchange_with_peer(&f, &c, sv[1]);
 
     /* use_sock together with a path: -EINVAL, the socket untouched. */
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     int fl = fcntl(sv[0], F_GETFL);
-    tpio_unix_opts_t bad = {.use_sock = true, .sock = sv[0], .path = f.path};
+    tpio_unix_opts_t bad = {.size = sizeof bad, .use_sock = TPIO_ON, .sock = sv[0], .path = f.path};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c),
                  -EINVAL);
     /* A datagram socket is not a stream. */
     int dg[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
     int dfl = fcntl(dg[0], F_GETFL);
-    tpio_unix_opts_t bad2 = {.use_sock = true, .sock = dg[0]};
-    cr_assert_eq(tpio_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c),
+    tpio_unix_opts_t bad2 = {.size = sizeof bad2, .use_sock = TPIO_ON, .sock = dg[0]};
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c),
                  -EPROTOTYPE);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
@@ -654,14 +654,14 @@ Test(unix_stream, connect_accepted_socket, .timeout = 20)
     unlink(f.path);
 
     th_conn_t c = {0};
-    cr_assert_eq(tpio_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c), 0);
     cr_assert_eq(c.calls, 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
-    cr_assert_eq(tpio_transport_kind(c.t), TPIO_TRANSPORT_UNIX);
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    cr_assert_eq(tpio_transport_sockname(c.t, &ss, &sl), 0);
+    cr_assert_eq(tpio_transport_get_sockname(c.t, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
     exchange_with_peer(&f, &c, cfd);
     fx_fini(&f);
@@ -675,27 +675,27 @@ Test(unix_stream, half_close_client_to_server, .timeout = 20)
     fx_init(&f);
     f.stmpl.eof_ret = true; /* the server keeps its side open after EOF */
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
-    cr_assert(tpio_can_write_eof(c.t));
-    cr_assert_eq(tpio_write(c.t, "request", 7), 0);
-    cr_assert_eq(tpio_write_eof(c.t), 0);
-    cr_assert_eq(tpio_write(c.t, "late", 4), -ESHUTDOWN);
-    cr_assert_not(tpio_is_closing(c.t));
+    cr_assert(th_can_write_eof(c.t));
+    cr_assert_eq(tpio_transport_write(c.t, "request", 7), 0);
+    cr_assert_eq(tpio_transport_write_eof(c.t), 0);
+    cr_assert_eq(tpio_transport_write(c.t, "late", 4), -ESHUTDOWN);
+    cr_assert_not(th_is_closing(c.t));
     cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
     th_proto_t *sp = f.sp[0];
     cr_assert(th_run_until(f.loop, &sp->eof, TMO));
     cr_assert_str_eq(sp->events, "made,data,eof");
     cr_assert_eq(sp->rxlen, 7);
     cr_assert_eq(memcmp(sp->rx, "request", 7), 0);
-    cr_assert_not(tpio_is_closing(sp->t));
+    cr_assert_not(th_is_closing(sp->t));
     /* The server still writes after the client's EOF, then closes. */
-    cr_assert_eq(tpio_write(sp->t, "response", 8), 0);
-    cr_assert_eq(tpio_close(sp->t), 0);
+    cr_assert_eq(tpio_transport_write(sp->t, "response", 8), 0);
+    cr_assert_eq(tpio_transport_close(sp->t), 0);
     bool clost = false;
     c.p->lost_flag = &clost;
     cr_assert(th_run_until(f.loop, &clost, TMO));
@@ -714,25 +714,25 @@ Test(unix_stream, half_close_server_to_client, .timeout = 20)
     fx_t f;
     fx_init(&f);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     f.ctmpl.eof_ret = true; /* the client keeps its side open after EOF */
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
     cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
     cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
     th_proto_t *sp = f.sp[0];
-    cr_assert_eq(tpio_write(sp->t, "greeting", 8), 0);
-    cr_assert_eq(tpio_write_eof(sp->t), 0);
+    cr_assert_eq(tpio_transport_write(sp->t, "greeting", 8), 0);
+    cr_assert_eq(tpio_transport_write_eof(sp->t), 0);
     cr_assert(th_run_until(f.loop, &c.p->eof, TMO));
     cr_assert_str_eq(c.p->events, "made,data,eof");
     cr_assert_eq(memcmp(c.p->rx, "greeting", 8), 0);
-    cr_assert_not(tpio_is_closing(c.t));
+    cr_assert_not(th_is_closing(c.t));
     /* The client answers on its still-open side, then closes. */
-    cr_assert_eq(tpio_write(c.t, "answer", 6), 0);
-    cr_assert_eq(tpio_close(c.t), 0);
+    cr_assert_eq(tpio_transport_write(c.t, "answer", 6), 0);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
     cr_assert_eq(sp->rxlen, 6);
@@ -761,7 +761,7 @@ static void order_wc(tpio_loop_t *loop, void *arg)
     order_t *o = arg;
     o->wc = true;
     o->slost_at_wc = *o->slost;
-    o->conns_at_wc = tpio_server_connection_count(o->s);
+    o->conns_at_wc = th_conn_count(o->s);
     strcat(o->log, "wc");
 }
 
@@ -770,14 +770,14 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     fx_t f;
     fx_init(&f);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     order_t o = {.slost = &f.slost, .s = s};
     /* Registered before close: fires only once closed and empty. */
     cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o), 0);
 
     th_conn_t c[2];
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     bool clost[2] = {false, false};
     for (int i = 0; i < 2; i++) {
         connect_client(&f, &co, &c[i]);
@@ -786,20 +786,20 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     }
     cr_assert(th_run_until_count(f.loop, &f.ns, 2, TMO));
     cr_assert(th_run_until(f.loop, &f.sp[1]->made, TMO));
-    cr_assert_eq(tpio_server_connection_count(s), 2);
+    cr_assert_eq(th_conn_count(s), 2);
 
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_not(tpio_server_is_serving(s));
+    cr_assert_not(th_is_serving(s));
     struct stat st;
     cr_assert_eq(stat(f.path, &st), -1);
     /* Connections stay open after close; wait_closed does not fire. */
     th_run_timer(f.loop, 0.1, TMO);
     cr_assert_not(o.wc);
-    cr_assert_eq(tpio_server_connection_count(s), 2);
+    cr_assert_eq(th_conn_count(s), 2);
     cr_assert_str_eq(f.sp[0]->events, "made");
     cr_assert_str_eq(c[0].p->events, "made");
     /* Established connections still work. */
-    cr_assert_eq(tpio_write(c[0].t, "still", 5), 0);
+    cr_assert_eq(tpio_transport_write(c[0].t, "still", 5), 0);
     cr_assert(run_until_rx(f.loop, f.sp[0], 5, TMO));
     /* A new client finds nothing at the path. */
     th_conn_t late;
@@ -828,10 +828,10 @@ Test(unix_stream, abort_clients, .timeout = 20)
     fx_t f;
     fx_init(&f);
     tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.path = f.path};
-    cr_assert_eq(tpio_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     th_conn_t c;
-    tpio_unix_opts_t co = {.path = f.path};
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     connect_client(&f, &co, &c);
     cr_assert_eq(c.err, 0);
     bool clost = false;
@@ -840,8 +840,8 @@ Test(unix_stream, abort_clients, .timeout = 20)
     cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
     /* Buffered server data is dropped by abort. */
     static char big[1 << 20];
-    cr_assert_eq(tpio_write(f.sp[0]->t, big, sizeof big), 0);
-    cr_assert_gt(tpio_get_write_buffer_size(f.sp[0]->t), 0);
+    cr_assert_eq(tpio_transport_write(f.sp[0]->t, big, sizeof big), 0);
+    cr_assert_gt(th_wbuf_size(f.sp[0]->t), 0);
     cr_assert_eq(tpio_server_abort_clients(s), 0);
     cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
     cr_assert(th_run_until(f.loop, &clost, TMO));

@@ -1,7 +1,7 @@
 /* tpio echo server. Built twice (see bench/CMakeLists.txt):
- *   echo_tpio          a Protocol: data_received -> tpio_write
+ *   echo_tpio          a Protocol: data_received -> tpio_transport_write
  *   echo_tpio_buffered a BufferedProtocol (-DBUFFERED): get_buffer hands out
- *                      one fixed 64 KiB buffer, buffer_updated -> tpio_write
+ *                      one fixed 64 KiB buffer, buffer_updated -> tpio_transport_write
  * Both pause reading on pause_writing and resume on resume_writing (tpio's
  * default watermarks, 64 KiB / 16 KiB, are the ones every server uses). */
 #include "../bench_common.h"
@@ -28,13 +28,13 @@ static void lost(tpio_protocol_t *p, int err)
     bench_conn_closed(&args);
 }
 
-static void pause_w(tpio_protocol_t *p) { tpio_pause_reading(tpio_container_of(p, struct echo, base)->t); }
-static void resume_w(tpio_protocol_t *p) { tpio_resume_reading(tpio_container_of(p, struct echo, base)->t); }
+static void pause_w(tpio_protocol_t *p) { tpio_transport_pause_reading(tpio_container_of(p, struct echo, base)->t); }
+static void resume_w(tpio_protocol_t *p) { tpio_transport_resume_reading(tpio_container_of(p, struct echo, base)->t); }
 
 #ifndef BUFFERED
 static void data(tpio_protocol_t *p, const void *d, size_t n)
 {
-    tpio_write(tpio_container_of(p, struct echo, base)->t, d, n);
+    tpio_transport_write(tpio_container_of(p, struct echo, base)->t, d, n);
 }
 
 static const tpio_protocol_ops_t ops = {
@@ -46,7 +46,7 @@ static const tpio_protocol_ops_t ops = {
 };
 #else
 /* One buffer for every connection: the data is echoed (sent or copied by
- * tpio_write) before buffer_updated returns, so it is free again at once. */
+ * tpio_transport_write) before buffer_updated returns, so it is free again at once. */
 static char rbuf[BENCH_READ];
 
 static void *get_buf(tpio_protocol_t *p, ssize_t hint, size_t *len)
@@ -59,7 +59,7 @@ static void *get_buf(tpio_protocol_t *p, ssize_t hint, size_t *len)
 
 static void updated(tpio_protocol_t *p, size_t n)
 {
-    tpio_write(tpio_container_of(p, struct echo, base)->t, rbuf, n);
+    tpio_transport_write(tpio_container_of(p, struct echo, base)->t, rbuf, n);
 }
 
 static const tpio_protocol_ops_t ops = {
@@ -86,28 +86,27 @@ int main(int argc, char **argv)
 {
     args = bench_setup(argc, argv);
     tpio_loop_t *loop;
-    int rc = tpio_loop_new(&loop);
+    int rc = tpio_loop_new(&loop, NULL);
     if (rc) {
         fprintf(stderr, "tpio_loop_new: %s\n", tpio_strerror(rc));
         return 1;
     }
-    tpio_server_opts_t o;
-    memset(&o, 0, sizeof o);
+    tpio_server_opts_t o = TPIO_OPTS(tpio_server_opts_t);
     o.host = "127.0.0.1";
     o.port = (uint16_t)args.port;
     o.family = AF_INET;
     o.backlog = BENCH_BACKLOG;
     tpio_server_t *srv;
-    rc = tpio_create_server(loop, factory, NULL, &o, &srv);
+    rc = tpio_loop_create_server(loop, factory, NULL, &o, &srv);
     if (rc) {
-        fprintf(stderr, "tpio_create_server: %s\n", tpio_strerror(rc));
+        fprintf(stderr, "tpio_loop_create_server: %s\n", tpio_strerror(rc));
         return 1;
     }
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    tpio_server_sockname(srv, 0, &ss, &len);
+    tpio_server_get_sockname(srv, 0, &ss, &len);
     bench_print_port(ntohs(((struct sockaddr_in *)&ss)->sin_port));
-    rc = tpio_loop_run(loop);
-    fprintf(stderr, "tpio_loop_run: %s\n", tpio_strerror(rc));
+    rc = tpio_loop_run_forever(loop);
+    fprintf(stderr, "tpio_loop_run_forever: %s\n", tpio_strerror(rc));
     return 1;
 }

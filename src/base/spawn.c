@@ -11,7 +11,7 @@
  * async-signal-safe), is built without AddressSanitizer (it would poison
  * shadow memory shared with the parent for a stack about to vanish), and
  * every string it needs is prepared by the parent. */
-#include "internal.h"
+#include "base/base.h"
 
 #include <fcntl.h>
 #include <limits.h>

@@ -5,7 +5,7 @@
  * every connection with exactly one connection_lost from the ready queue.
  * Unlike asyncio, a read that fills the buffer is followed by another in the
  * same readiness event (bounded), as libuv does. */
-#include "internal.h"
+#include "transport/transport.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -30,8 +30,6 @@ struct stream {
     uint8_t mode;
     bool is_socket;     /* the fd is a socket: send() with MSG_NOSIGNAL */
     bool watch_reader;  /* write pipe: poll for readability to see the reader go */
-    bool made;          /* connection_made ran: reading may start */
-    bool paused;        /* pause_reading() */
     bool read_eof;      /* EOF seen: nothing more to read */
     bool eof_requested; /* write_eof() called */
     struct tpio__wbuf wbuf;
@@ -44,13 +42,6 @@ struct stream {
         struct sockaddr_in6 in6;
     } peer;
     struct stream_names *names;
-    struct start_info *start; /* client connections: the completion to call */
-};
-
-struct start_info {
-    tpio_connect_cb cb;
-    void *cb_arg;
-    tpio_protocol_t *first_proto;
 };
 
 struct stream_names {
@@ -63,7 +54,7 @@ struct stream_names {
 static struct stream_names *names_of(struct stream *s)
 {
     if (!s->names)
-        s->names = calloc(1, sizeof *s->names);
+        s->names = tpio__calloc(1, sizeof *s->names);
     return s->names;
 }
 
@@ -85,23 +76,26 @@ static const struct sockaddr *peer_addr(const struct stream *s)
 
 static bool reading_active(const struct stream *s)
 {
-    return s->mode != MODE_WRITE_PIPE && s->made && !s->paused && !s->base.closing &&
-           !s->read_eof;
+    return s->mode != MODE_WRITE_PIPE && tpio__reading_allowed(&s->base) && !s->read_eof;
 }
 
 static void update_io(struct stream *s)
 {
     uint32_t want = 0;
     if (!s->base.lost_scheduled) {
-        if (reading_active(s) || (s->watch_reader && s->made))
+        if (reading_active(s) || (s->watch_reader && s->base.made))
             want |= TPIO__IN;
-        if (s->wbuf.size)
+        if (s->base.wsize)
             want |= TPIO__OUT;
     }
-    int rc = tpio__io_set(s->base.loop, &s->io, want);
+    if (want == s->io.registered)
+        return;
+    int rc = tpio__watch(s->base.loop, &s->io, want);
     if (rc < 0 && want) /* the kernel refused to watch the fd: it cannot work */
         tpio__schedule_lost(&s->base, rc);
 }
+
+static void stream_reading_changed(tpio_transport_t *t) { update_io(S(t)); }
 
 /* ---- the end of a connection ----------------------------------------------- */
 
@@ -112,7 +106,7 @@ static void stream_quiesce(tpio_transport_t *t) { update_io(S(t)); }
 static void stream_teardown(tpio_transport_t *t)
 {
     struct stream *s = S(t);
-    tpio__io_set(t->loop, &s->io, 0);
+    tpio__watch(t->loop, &s->io, 0);
     if (s->io.fd >= 0)
         close(s->io.fd);
     s->io.fd = -1;
@@ -123,7 +117,7 @@ static void force_close(struct stream *s, int err)
 {
     if (s->base.lost_scheduled)
         return;
-    tpio__wbuf_clear(&s->wbuf);
+    tpio__wbuf_clear(&s->wbuf, &s->base.wsize);
     schedule_lost(s, err);
 }
 
@@ -134,7 +128,7 @@ static void fatal_error(struct stream *s, int err, const char *msg)
 {
     if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM ||
         (s->mode == MODE_READ_PIPE && err != -EIO))
-        tpio__report(s->base.loop, msg, err, &s->base, NULL, s->io.fd);
+        tpio__transport_report(&s->base, msg, err);
     force_close(s, err);
 }
 
@@ -142,21 +136,19 @@ static void fatal_error(struct stream *s, int err, const char *msg)
 
 static void on_eof(struct stream *s)
 {
+    tpio_transport_t *t = &s->base;
     s->read_eof = true;
-    tpio_protocol_t *p = s->base.proto;
     if (s->mode == MODE_READ_PIPE) {
         /* A pipe has no half-close: EOF ends it whatever the protocol says. */
-        s->base.closing = true;
+        t->closing = true;
         update_io(s);
-        if (p->ops->eof_received)
-            p->ops->eof_received(p);
+        TPIO__UPCALL_VALUE(t, false, eof_received);
         schedule_lost(s, 0);
         return;
     }
     update_io(s);
-    bool keep_open = p->ops->eof_received ? p->ops->eof_received(p) : false;
-    if (!keep_open)
-        tpio_close(&s->base);
+    if (!TPIO__UPCALL_VALUE(t, false, eof_received))
+        tpio_transport_close(t);
 }
 
 /* Returns the bytes read when they filled the whole buffer and reading may go
@@ -164,13 +156,13 @@ static void on_eof(struct stream *s)
  * called, it costs 14 more instructions per round trip (make bench's counts). */
 static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
 {
-    tpio_protocol_t *p = s->base.proto;
+    tpio_transport_t *t = &s->base;
     void *buf;
     size_t len;
-    if (p->ops->get_buffer) {
+    if (t->proto->ops->get_buffer) {
         len = 0;
-        buf = p->ops->get_buffer(p, -1, &len);
-        if (s->base.closing)
+        buf = TPIO__UPCALL_VALUE(t, (void *)NULL, get_buffer, -1, &len);
+        if (t->closing)
             return 0;
         if (!buf || len == 0) {
             fatal_error(s, TPIO_EPROTOCOL_BUFFER,
@@ -178,8 +170,8 @@ static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
             return 0;
         }
     } else {
-        buf = s->base.loop->rbuf;
-        len = TPIO__READ_SIZE;
+        buf = t->loop->rbuf;
+        len = t->read_size;
     }
     ssize_t n = read(s->io.fd, buf, len);
     if (n < 0) {
@@ -193,14 +185,12 @@ static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
         on_eof(s);
         return 0;
     }
-    p = s->base.proto; /* get_buffer may have switched protocols */
-    if (p->ops->get_buffer) {
-        if (p->ops->buffer_updated)
-            p->ops->buffer_updated(p, (size_t)n);
-    } else if (p->ops->data_received) {
-        p->ops->data_received(p, buf, (size_t)n);
-    }
-    return (size_t)n == len && reading_active(s) && !s->base.lost_scheduled ? len : 0;
+    /* get_buffer may have switched protocols: the upcall reads t->proto */
+    if (t->proto->ops->get_buffer)
+        TPIO__UPCALL(t, buffer_updated, (size_t)n);
+    else
+        TPIO__UPCALL(t, data_received, buf, (size_t)n);
+    return (size_t)n == len && reading_active(s) && !t->lost_scheduled ? len : 0;
 }
 
 /* A read that filled the buffer most likely left more waiting: read again now
@@ -259,9 +249,9 @@ static __attribute__((noinline)) void flush(struct stream *s)
         fatal_error(s, -errno, "Fatal write error on transport");
         return;
     }
-    tpio__wbuf_consume(&s->wbuf, &s->base.loop->spare_chunk, (size_t)n);
+    tpio__wbuf_consume(&s->wbuf, &s->base.wsize, &s->base.loop->spare_chunk, (size_t)n);
     tpio__maybe_resume_protocol(&s->base);
-    if (s->wbuf.size == 0 && !s->base.lost_scheduled)
+    if (s->base.wsize == 0 && !s->base.lost_scheduled)
         after_drain(s);
 }
 
@@ -287,10 +277,12 @@ static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t
             sent -= len;
             continue;
         }
-        if (tpio__wbuf_append(&s->wbuf, &t->loop->spare_chunk,
+        if (tpio__wbuf_append(&s->wbuf, &t->wsize, &t->loop->spare_chunk,
                               (const char *)iov[i].iov_base + sent, len - sent) < 0) {
-            /* Part of the stream is lost: it cannot go on. */
-            fatal_error(s, -ENOMEM, "Out of memory buffering a write");
+            /* Part of the stream is lost: it cannot go on. The caller hears
+             * it from the return value; the error handler is not called,
+             * which would run a callback inside the caller's own call. */
+            force_close(s, -ENOMEM);
             return -ENOMEM;
         }
         sent = 0;
@@ -308,13 +300,13 @@ static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, s
     if (total == 0 || t->closing)
         return 0; /* asyncio drops writes once the connection is going away */
     /* Queue behind what is buffered; else send now, and copy only the rest. */
-    ssize_t n = s->wbuf.size ? 0 : do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
+    ssize_t n = t->wsize ? 0 : do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
     if (__builtin_expect(n == (ssize_t)total, 1))
         return 0;
     return write_rest(s, iov, cnt, total, n);
 }
 
-/* tpio_write's entry. The common case (an idle socket, one buffer) is one
+/* tpio_transport_write's entry. The common case (an idle socket, one buffer) is one
  * send() behind one test; anything else joins the vectored path above, and
  * a partial send shares its buffering (write_rest). Measured: going through
  * stream_write for every message costs 10 more instructions per round trip
@@ -323,7 +315,7 @@ static int stream_write1(tpio_transport_t *t, const void *data, size_t len)
 {
     struct stream *s = S(t);
     struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-    if (__builtin_expect(s->wbuf.size == 0 && len && !t->closing && !s->eof_requested &&
+    if (__builtin_expect(t->wsize == 0 && len && !t->closing && !s->eof_requested &&
                              s->is_socket, 1)) {
         ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL);
         if (__builtin_expect(n == (ssize_t)len, 1))
@@ -337,47 +329,31 @@ static int stream_write1(tpio_transport_t *t, const void *data, size_t len)
 
 /* ---- readiness -------------------------------------------------------------- */
 
+/* No reference is taken here: every upcall holds its own, and the
+ * connection's own reference lasts until connection_lost has run from the
+ * ready queue, never inside this call. */
 static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
 {
     (void)loop;
     struct stream *s = tpio_container_of(io, struct stream, io);
-    tpio__transport_ref(&s->base);
     /* IN is in the interest set exactly when reading is active (update_io
      * keeps it so), or on a write pipe watching for its reader to leave. */
     if ((events & (TPIO__IN | TPIO__HUP | TPIO__ERR)) && (io->registered & TPIO__IN)) {
         if (__builtin_expect(s->mode == MODE_WRITE_PIPE, 0)) {
             /* The reader went away (asyncio's write-pipe _read_ready). */
-            force_close(s, s->wbuf.size ? -EPIPE : 0);
-            tpio__transport_unref(&s->base);
+            force_close(s, s->base.wsize ? -EPIPE : 0);
             return;
         }
         size_t n = do_read(s);
         if (__builtin_expect(n != 0, 0))
             read_more(s, n);
     }
-    if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->wbuf.size &&
+    if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->base.wsize &&
         !s->base.lost_scheduled)
         flush(s);
-    tpio__transport_unref(&s->base);
 }
 
-static void stream_start(tpio_loop_t *loop, void *arg)
-{
-    struct stream *s = arg;
-    tpio_transport_t *t = &s->base;
-    tpio_protocol_t *p = t->proto;
-    if (p->ops->connection_made)
-        p->ops->connection_made(p, t);
-    s->made = true;
-    update_io(s);
-    struct start_info *st = s->start;
-    s->start = NULL;
-    if (st) {
-        st->cb(loop, t, st->first_proto, 0, st->cb_arg);
-        free(st);
-    }
-    tpio__transport_unref(t);
-}
+static void stream_started(tpio_transport_t *t) { update_io(S(t)); }
 
 /* ---- the kind's table ---------------------------------------------------------- */
 
@@ -388,7 +364,7 @@ static int stream_close(tpio_transport_t *t)
         return 0;
     t->closing = true;
     update_io(s);
-    if (s->wbuf.size == 0)
+    if (t->wsize == 0)
         schedule_lost(s, 0);
     return 0;
 }
@@ -396,6 +372,22 @@ static int stream_close(tpio_transport_t *t)
 static int stream_abort(tpio_transport_t *t)
 {
     force_close(S(t), 0);
+    return 0;
+}
+
+/* SO_LINGER with a zero timeout makes the close that follows connection_lost
+ * send a reset instead of a FIN (libuv's uv_tcp_close_reset). */
+static int stream_abort_reset(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (t->kind != TPIO_TRANSPORT_TCP)
+        return -ENOTSUP;
+    if (!t->lost_scheduled) {
+        struct linger l = {.l_onoff = 1, .l_linger = 0};
+        if (setsockopt(s->io.fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) < 0)
+            return -errno;
+    }
+    force_close(s, 0);
     return 0;
 }
 
@@ -407,43 +399,10 @@ static int stream_write_eof(tpio_transport_t *t)
     s->eof_requested = true;
     if (s->mode == MODE_WRITE_PIPE)
         return stream_close(t); /* a pipe's EOF is its close, after the flush */
-    if (s->wbuf.size == 0)
+    if (t->wsize == 0)
         shutdown(s->io.fd, SHUT_WR);
     return 0;
 }
-
-static bool stream_can_write_eof(const tpio_transport_t *t)
-{
-    (void)t;
-    return true;
-}
-
-static int stream_pause_reading(tpio_transport_t *t)
-{
-    struct stream *s = S(t);
-    if (t->closing || s->paused)
-        return 0;
-    s->paused = true;
-    update_io(s);
-    return 0;
-}
-
-static int stream_resume_reading(tpio_transport_t *t)
-{
-    struct stream *s = S(t);
-    if (t->closing || !s->paused)
-        return 0;
-    s->paused = false;
-    update_io(s);
-    return 0;
-}
-
-static bool stream_is_reading(const tpio_transport_t *t)
-{
-    return !S(t)->paused && !t->closing;
-}
-
-static size_t stream_buffer_size(const tpio_transport_t *t) { return S(t)->wbuf.size; }
 
 static int stream_fd(const tpio_transport_t *t)
 {
@@ -488,20 +447,19 @@ static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_
 static void stream_destroy(tpio_transport_t *t)
 {
     struct stream *s = S(t);
-    tpio__wbuf_clear(&s->wbuf);
-    free(s->start);
-    free(s->names);
-    free(s);
+    tpio__wbuf_clear(&s->wbuf, &t->wsize);
+    tpio__free(s->names);
+    tpio__free(s);
 }
 
 /* Pipe ends offer only their half of the interface (-ENOTSUP elsewhere). */
 static const struct tpio__transport_vt read_pipe_vt = {
     .close = stream_close,
-    .pause_reading = stream_pause_reading,
-    .resume_reading = stream_resume_reading,
-    .is_reading = stream_is_reading,
+    .reading_changed = stream_reading_changed,
+    .stream_reads = true,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .started = stream_started,
     .quiesce = stream_quiesce,
     .teardown = stream_teardown,
     .destroy = stream_destroy,
@@ -513,10 +471,10 @@ static const struct tpio__transport_vt write_pipe_vt = {
     .write = stream_write,
     .write1 = stream_write1,
     .write_eof = stream_write_eof,
-    .can_write_eof = stream_can_write_eof,
-    .write_buffer_size = stream_buffer_size,
+    .can_write_eof = true,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .started = stream_started,
     .quiesce = stream_quiesce,
     .teardown = stream_teardown,
     .destroy = stream_destroy,
@@ -525,16 +483,16 @@ static const struct tpio__transport_vt write_pipe_vt = {
 static const struct tpio__transport_vt stream_vt = {
     .close = stream_close,
     .abort = stream_abort,
+    .abort_reset = stream_abort_reset,
     .write = stream_write,
     .write1 = stream_write1,
     .write_eof = stream_write_eof,
-    .can_write_eof = stream_can_write_eof,
-    .pause_reading = stream_pause_reading,
-    .resume_reading = stream_resume_reading,
-    .is_reading = stream_is_reading,
-    .write_buffer_size = stream_buffer_size,
+    .can_write_eof = true,
+    .reading_changed = stream_reading_changed,
+    .stream_reads = true,
     .extra_info = stream_extra,
     .fd = stream_fd,
+    .started = stream_started,
     .quiesce = stream_quiesce,
     .teardown = stream_teardown,
     .destroy = stream_destroy,
@@ -553,12 +511,10 @@ static void ignore_sigpipe(void)
     }
 }
 
-static tpio_transport_t *stream_create(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                                       tpio_protocol_t *p, tpio_server_t *server,
-                                       tpio_connect_cb cb, void *cb_arg,
-                                       const struct sockaddr *peer, socklen_t peerlen)
+tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                   const struct sockaddr *peer, socklen_t peerlen)
 {
-    struct stream *s = calloc(1, sizeof *s);
+    struct stream *s = tpio__calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->mode = kind == TPIO_TRANSPORT_PIPE_READ    ? MODE_READ_PIPE
@@ -567,7 +523,7 @@ static tpio_transport_t *stream_create(tpio_loop_t *loop, int fd, tpio_transport
     const struct tpio__transport_vt *vt = s->mode == MODE_READ_PIPE    ? &read_pipe_vt
                                           : s->mode == MODE_WRITE_PIPE ? &write_pipe_vt
                                                                        : &stream_vt;
-    tpio__transport_init(&s->base, loop, vt, kind, p);
+    tpio__transport_init(&s->base, loop, vt, kind);
     tpio__io_init(&s->io, fd, stream_io);
     s->is_socket = true;
     if (s->mode != MODE_DUPLEX) {
@@ -579,17 +535,7 @@ static tpio_transport_t *stream_create(tpio_loop_t *loop, int fd, tpio_transport
             s->mode == MODE_WRITE_PIPE && (S_ISFIFO(st.st_mode) || s->is_socket);
         if (s->mode == MODE_WRITE_PIPE && !s->is_socket)
             ignore_sigpipe();
-    }
-    if (cb) {
-        s->start = malloc(sizeof *s->start);
-        if (!s->start) {
-            tpio__transport_abandon(&s->base);
-            free(s);
-            return NULL;
-        }
-        *s->start = (struct start_info){cb, cb_arg, p};
-    }
-    if (s->mode == MODE_DUPLEX) {
+    } else {
         struct sockaddr_storage ss;
         if (!peer) {
             peerlen = sizeof ss;
@@ -599,69 +545,21 @@ static tpio_transport_t *stream_create(tpio_loop_t *loop, int fd, tpio_transport
         if (peer)
             set_peer(s, peer, peerlen);
     }
-    if (server)
-        tpio__server_attach(server, &s->base);
-    tpio__transport_ref(&s->base); /* held by the scheduled start */
-    if (tpio_call_soon(loop, stream_start, s, NULL) < 0) {
-        if (server)
-            tpio__server_detach(server, &s->base);
-        tpio__transport_abandon(&s->base);
-        free(s->start);
-        free(s->names);
-        free(s);
-        return NULL;
-    }
     return &s->base;
 }
 
-tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                                   tpio_protocol_t *p, tpio_server_t *server,
-                                   tpio_connect_cb cb, void *cb_arg)
+static int stream_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
+                        tpio_transport_kind_t kind, const struct sockaddr *peer,
+                        socklen_t peerlen, const struct tpio__conn *conn)
 {
-    return stream_create(loop, fd, kind, p, server, cb, cb_arg, NULL, 0);
+    (void)self;
+    tpio_transport_t *t = tpio__stream_new(loop, fd, kind, peer, peerlen);
+    if (!t)
+        return -ENOMEM;
+    int rc = tpio__transport_open(t, conn);
+    if (rc < 0)
+        tpio__transport_abandon(t);
+    return rc;
 }
 
-tpio_transport_t *tpio__stream_new_peer(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                                        tpio_protocol_t *p, tpio_server_t *server,
-                                        const struct sockaddr *peer, socklen_t peerlen)
-{
-    return stream_create(loop, fd, kind, p, server, NULL, NULL, peer, peerlen);
-}
-
-int tpio__make_stream(tpio_loop_t *loop, int fd, int kind, tpio_protocol_t *p,
-                      tpio_connect_cb cb, void *cb_arg)
-{
-    return tpio__stream_new(loop, fd, (tpio_transport_kind_t)kind, p, NULL, cb, cb_arg)
-               ? 0
-               : -ENOMEM;
-}
-
-int tpio__stream_socket_prepare(int fd)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return -errno;
-    if (!S_ISSOCK(st.st_mode))
-        return -ENOTSOCK;
-    int type = 0;
-    socklen_t len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return -errno;
-    if (type != SOCK_STREAM)
-        return -EPROTOTYPE;
-    struct sockaddr_storage ss;
-    len = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-        return -errno;
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
-        return -errno;
-    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        return TPIO_TRANSPORT_TCP;
-    }
-    if (ss.ss_family == AF_UNIX)
-        return TPIO_TRANSPORT_UNIX;
-    return TPIO_TRANSPORT_STREAM_SOCKET;
-}
+const struct tpio__ctor tpio__stream_ctor = {stream_build};

@@ -1,5 +1,5 @@
 /* Socket addresses printed the way asyncio prints them. */
-#include "internal.h"
+#include "base/base.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -35,20 +35,23 @@ int tpio_format_addr(const struct sockaddr *addr, socklen_t len, char *buf, size
         const struct sockaddr_un *a = (const struct sockaddr_un *)addr;
         size_t off = offsetof(struct sockaddr_un, sun_path);
         size_t plen = len > off ? len - off : 0;
+        if (plen > sizeof a->sun_path)
+            plen = sizeof a->sun_path;
         if (plen > 0 && a->sun_path[0] == '\0') {
             /* abstract name: Python shows it as bytes, b'\x00name' */
-            size_t w = (size_t)snprintf(buf, buflen, "b'\\x00");
-            for (size_t i = 1; i < plen && w + 5 < buflen; i++) {
+            char tmp[sizeof a->sun_path * 4 + 8];
+            size_t w = (size_t)snprintf(tmp, sizeof tmp, "b'\\x00");
+            for (size_t i = 1; i < plen; i++) {
                 unsigned char c = (unsigned char)a->sun_path[i];
                 if (c >= 32 && c < 127 && c != '\'' && c != '\\')
-                    buf[w++] = (char)c;
+                    tmp[w++] = (char)c;
                 else
-                    w += (size_t)snprintf(buf + w, buflen - w, "\\x%02x", c);
+                    w += (size_t)snprintf(tmp + w, sizeof tmp - w, "\\x%02x", c);
             }
-            if (w + 1 < buflen)
-                buf[w++] = '\'';
-            buf[w < buflen ? w : buflen - 1] = '\0';
-            return (int)strlen(buf);
+            tmp[w++] = '\'';
+            tmp[w] = '\0';
+            n = snprintf(buf, buflen, "%s", tmp);
+            break;
         }
         n = snprintf(buf, buflen, "%.*s", (int)strnlen(a->sun_path, plen), a->sun_path);
         break;
@@ -58,5 +61,5 @@ int tpio_format_addr(const struct sockaddr *addr, socklen_t len, char *buf, size
     }
     if (n < 0)
         return -EINVAL;
-    return (size_t)n < buflen ? n : (int)(buflen - 1);
+    return (size_t)n < buflen ? 0 : -ENOSPC;
 }

@@ -2,7 +2,7 @@
  * error handler. Callback slots live in one array reused through a free list,
  * so scheduling allocates nothing in the steady state; handles are
  * (generation, index) pairs so a stale handle can never cancel a new call. */
-#include "internal.h"
+#include "loop/loop.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,10 +21,12 @@ uint64_t tpio__now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-double tpio_loop_time(const tpio_loop_t *loop)
+int tpio_loop_time(const tpio_loop_t *loop, double *now)
 {
-    (void)loop;
-    return (double)tpio__now_ns() / 1e9;
+    if (!loop || !now)
+        return -EINVAL;
+    *now = (double)tpio__now_ns() / 1e9;
+    return 0;
 }
 
 /* ---- slots --------------------------------------------------------------- */
@@ -33,7 +35,7 @@ static int slot_alloc(tpio_loop_t *loop, uint32_t *out)
 {
     if (loop->free_head == NIL) {
         uint32_t n = loop->nslots ? loop->nslots * 2 : 64;
-        struct tpio__slot *s = realloc(loop->slots, n * sizeof *s);
+        struct tpio__slot *s = tpio__realloc(loop->slots, n * sizeof *s);
         if (!s)
             return -ENOMEM;
         for (uint32_t i = loop->nslots; i < n; i++) {
@@ -144,7 +146,7 @@ static void heap_remove(tpio_loop_t *loop, uint32_t pos)
 
 /* ---- scheduling ------------------------------------------------------------ */
 
-int tpio_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg, tpio_handle_t *handle)
+int tpio_loop_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg, tpio_handle_t *handle)
 {
     if (!loop || !cb)
         return -EINVAL;
@@ -167,7 +169,7 @@ static int schedule_at_ns(tpio_loop_t *loop, uint64_t when, tpio_callback_t cb, 
 {
     if (loop->heap_len == loop->heap_cap) {
         uint32_t n = loop->heap_cap ? loop->heap_cap * 2 : 64;
-        uint32_t *h = realloc(loop->heap, n * sizeof *h);
+        uint32_t *h = tpio__realloc(loop->heap, n * sizeof *h);
         if (!h)
             return -ENOMEM;
         loop->heap = h;
@@ -200,7 +202,7 @@ static uint64_t seconds_to_ns(double when)
     return (uint64_t)(when * 1e9 + 0.5); /* no libm dependency */
 }
 
-int tpio_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb, void *arg,
+int tpio_loop_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb, void *arg,
                  tpio_handle_t *handle)
 {
     if (!loop || !cb || isnan(when))
@@ -208,7 +210,7 @@ int tpio_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb, void *arg,
     return schedule_at_ns(loop, seconds_to_ns(when), cb, arg, handle);
 }
 
-int tpio_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb, void *arg,
+int tpio_loop_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb, void *arg,
                     tpio_handle_t *handle)
 {
     if (!loop || !cb || isnan(delay))
@@ -216,7 +218,7 @@ int tpio_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb, void *a
     return schedule_at_ns(loop, tpio__now_ns() + seconds_to_ns(delay), cb, arg, handle);
 }
 
-int tpio_cancel(tpio_loop_t *loop, tpio_handle_t handle)
+int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle)
 {
     if (!loop)
         return -EINVAL;
@@ -245,9 +247,35 @@ int tpio_cancel(tpio_loop_t *loop, tpio_handle_t handle)
     return -ENOENT;
 }
 
+/* ---- callbacks that cannot be lost ---------------------------------------- */
+
+void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n)
+{
+    if (tpio_loop_call_soon(loop, n->cb, n->arg, NULL) == 0)
+        return;
+    n->next = NULL;
+    if (loop->late_tail)
+        loop->late_tail->next = n;
+    else
+        loop->late_head = n;
+    loop->late_tail = n;
+}
+
+static void run_late(tpio_loop_t *loop)
+{
+    /* Only those queued so far: what they queue waits for the next round. */
+    struct tpio__node *n = loop->late_head;
+    loop->late_head = loop->late_tail = NULL;
+    while (n) {
+        struct tpio__node *next = n->next;
+        n->cb(loop, n->arg);
+        n = next;
+    }
+}
+
 /* ---- call_soon_threadsafe ------------------------------------------------- */
 
-void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__ts_node *n)
+void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n)
 {
     n->next = NULL;
     pthread_mutex_lock(&loop->ts_lock);
@@ -269,38 +297,51 @@ void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__ts_node *n)
     pthread_mutex_unlock(&loop->ts_lock);
 }
 
-int tpio_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb, void *arg)
+/* A request of the public call: the node, and the user's callback. */
+struct ts_req {
+    struct tpio__node node;
+    tpio_callback_t cb;
+    void *arg;
+};
+
+static void ts_run(tpio_loop_t *loop, void *arg)
+{
+    struct ts_req r = *(struct ts_req *)arg;
+    tpio__free(arg);
+    r.cb(loop, r.arg);
+}
+
+int tpio_loop_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb, void *arg)
 {
     if (!loop || !cb)
         return -EINVAL;
-    struct tpio__ts_node *n = malloc(sizeof *n);
-    if (!n)
+    struct ts_req *r = tpio__malloc(sizeof *r);
+    if (!r)
         return -ENOMEM;
-    n->cb = cb;
-    n->arg = arg;
-    n->owned = true;
-    tpio__call_soon_threadsafe_node(loop, n);
+    r->node.cb = ts_run;
+    r->node.arg = r;
+    r->cb = cb;
+    r->arg = arg;
+    tpio__call_soon_threadsafe_node(loop, &r->node);
     return 0;
 }
 
+/* Move what other threads queued into the ready FIFO; at close (run false),
+ * free the public requests instead (internal nodes belong to objects that
+ * keep the loop from closing, so none is left then). */
 static void drain_threadsafe(tpio_loop_t *loop, bool run)
 {
     pthread_mutex_lock(&loop->ts_lock);
-    struct tpio__ts_node *n = loop->ts_head;
+    struct tpio__node *n = loop->ts_head;
     loop->ts_head = loop->ts_tail = NULL;
     atomic_store(&loop->ts_signalled, false);
     pthread_mutex_unlock(&loop->ts_lock);
     while (n) {
-        struct tpio__ts_node *next = n->next;
-        tpio_callback_t cb = n->cb;
-        void *arg = n->arg;
-        bool owned = n->owned;
-        if (owned)
-            free(n);
-        if (run && tpio_call_soon(loop, cb, arg, NULL) < 0) {
-            /* Out of memory: run it now rather than lose it. */
-            cb(loop, arg);
-        }
+        struct tpio__node *next = n->next;
+        if (run)
+            tpio__call_soon_node(loop, n);
+        else if (n->cb == ts_run)
+            tpio__free(n->arg);
         n = next;
     }
 }
@@ -316,16 +357,28 @@ static void efd_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-int tpio_loop_new(tpio_loop_t **out)
+/* The first version of tpio_loop_opts_t: its size alone. */
+#define LOOP_OPTS_V1 sizeof(size_t)
+
+int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
 {
     if (!out)
         return -EINVAL;
-    tpio_loop_t *loop = calloc(1, sizeof *loop);
-    if (!loop)
+    tpio_loop_opts_t o;
+    if (opts) {
+        int rc = TPIO__OPTS_COPY(&o, opts, LOOP_OPTS_V1);
+        if (rc < 0)
+            return rc;
+    }
+    tpio__allocator_hold();
+    tpio_loop_t *loop = tpio__calloc(1, sizeof *loop);
+    if (!loop) {
+        tpio__allocator_release();
         return -ENOMEM;
+    }
     loop->free_head = loop->ready_head = loop->ready_tail = NIL;
     loop->efd = -1;
-    int rc = tpio__poll_open(loop);
+    int rc = tpio__backend_open(&loop->backend);
     if (rc)
         goto fail;
     loop->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -338,7 +391,7 @@ int tpio_loop_new(tpio_loop_t **out)
      * cache-line aligned costs more per byte. Measured at 16 KiB x 10 with
      * bench/loadgen's interleaved slices: 1% more round trips per second and
      * 1-4% less server CPU per round trip. */
-    loop->rbuf = aligned_alloc(4096, TPIO__READ_SIZE);
+    loop->rbuf = tpio__aligned_alloc(4096, TPIO__READ_SIZE);
     if (!loop->rbuf) {
         rc = -ENOMEM;
         goto fail;
@@ -346,7 +399,7 @@ int tpio_loop_new(tpio_loop_t **out)
     pthread_mutex_init(&loop->ts_lock, NULL);
     atomic_init(&loop->ts_signalled, false);
     tpio__io_init(&loop->efd_io, loop->efd, efd_ready);
-    rc = tpio__io_set(loop, &loop->efd_io, TPIO__IN);
+    rc = tpio__watch(loop, &loop->efd_io, TPIO__IN);
     if (rc) {
         pthread_mutex_destroy(&loop->ts_lock);
         goto fail;
@@ -356,9 +409,10 @@ int tpio_loop_new(tpio_loop_t **out)
 fail:
     if (loop->efd >= 0)
         close(loop->efd);
-    tpio__poll_close(loop);
-    free(loop->rbuf);
-    free(loop);
+    tpio__backend_close(loop->backend);
+    tpio__aligned_free(loop->rbuf);
+    tpio__free(loop);
+    tpio__allocator_release();
     return rc;
 }
 
@@ -366,27 +420,36 @@ int tpio_loop_close(tpio_loop_t *loop)
 {
     if (!loop)
         return -EINVAL;
-    if (loop->running || loop->ntransports || loop->nservers || loop->npending)
+    if (loop->running || loop->live)
         return -EBUSY;
     drain_threadsafe(loop, false);
-    tpio__io_set(loop, &loop->efd_io, 0);
+    tpio__watch(loop, &loop->efd_io, 0);
     close(loop->efd);
-    tpio__poll_close(loop);
+    tpio__backend_close(loop->backend);
     pthread_mutex_destroy(&loop->ts_lock);
-    free(loop->slots);
-    free(loop->heap);
-    free(loop->rbuf);
-    free(loop->spare_chunk);
-    free(loop);
+    tpio__free(loop->slots);
+    tpio__free(loop->heap);
+    tpio__aligned_free(loop->rbuf);
+    tpio__free(loop->spare_chunk);
+    tpio__free(loop);
+    tpio__allocator_release();
     return 0;
 }
 
-bool tpio_loop_is_running(const tpio_loop_t *loop) { return loop && loop->running; }
-
-void tpio_loop_stop(tpio_loop_t *loop)
+int tpio_loop_is_running(const tpio_loop_t *loop, bool *running)
 {
-    if (loop)
-        loop->stopping = true;
+    if (!loop || !running)
+        return -EINVAL;
+    *running = loop->running;
+    return 0;
+}
+
+int tpio_loop_stop(tpio_loop_t *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    loop->stopping = true;
+    return 0;
 }
 
 /* One iteration, as asyncio's _run_once: poll (not blocking when callbacks
@@ -395,7 +458,7 @@ void tpio_loop_stop(tpio_loop_t *loop)
 static int run_once(tpio_loop_t *loop, int timeout_ms)
 {
     int timeout = timeout_ms;
-    if (loop->nready || loop->stopping || loop->lost_head) {
+    if (loop->nready || loop->stopping || loop->late_head) {
         timeout = 0;
     } else if (loop->heap_len) {
         uint64_t now = tpio__now_ns();
@@ -406,7 +469,7 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         if (timeout < 0 || (uint64_t)timeout > ms)
             timeout = (int)ms;
     }
-    int rc = tpio__poll_run(loop, timeout);
+    int rc = tpio__backend_poll(loop->backend, loop, timeout);
     if (rc < 0)
         return rc;
 
@@ -430,17 +493,23 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         if (!cancelled)
             cb(loop, arg);
     }
-    /* After the queue: anything it held for these transports (their
-     * connection_made) has run first. */
-    if (loop->lost_head)
-        tpio__run_lost_list(loop);
+    /* After the queue: whatever it held before them has run first. */
+    if (loop->late_head)
+        run_late(loop);
     return 0;
 }
 
-int tpio_loop_run_once(tpio_loop_t *loop, int timeout_ms)
+int tpio_loop_run_once(tpio_loop_t *loop, double timeout)
 {
-    if (!loop)
+    if (!loop || isnan(timeout))
         return -EINVAL;
+    int timeout_ms = -1;
+    if (timeout >= 0) { /* whole milliseconds, rounded up: never wake early */
+        double ms = timeout * 1000;
+        timeout_ms = ms >= INT32_MAX ? INT32_MAX : (int)ms;
+        if (timeout_ms < ms)
+            timeout_ms++;
+    }
     if (loop->running)
         return -EBUSY;
     loop->running = true;
@@ -450,7 +519,7 @@ int tpio_loop_run_once(tpio_loop_t *loop, int timeout_ms)
     return rc;
 }
 
-int tpio_loop_run(tpio_loop_t *loop)
+int tpio_loop_run_forever(tpio_loop_t *loop)
 {
     if (!loop)
         return -EINVAL;
@@ -470,11 +539,10 @@ int tpio_loop_run(tpio_loop_t *loop)
 
 /* ---- error handler -------------------------------------------------------- */
 
-void tpio_loop_default_error_handler(tpio_loop_t *loop, const tpio_error_context_t *ctx)
+int tpio_loop_default_error_handler(tpio_loop_t *loop, const tpio_error_context_t *ctx)
 {
-    (void)loop;
-    if (!ctx)
-        return;
+    if (!loop || !ctx)
+        return -EINVAL;
     char extra[128] = "";
     size_t n = 0;
     if (ctx->transport)
@@ -488,32 +556,34 @@ void tpio_loop_default_error_handler(tpio_loop_t *loop, const tpio_error_context
                 tpio_strerror(ctx->error), tpio_err_name(ctx->error), extra);
     else
         fprintf(stderr, "tpio: %s%s\n", ctx->message ? ctx->message : "error", extra);
+    return 0;
 }
 
-void tpio_loop_set_error_handler(tpio_loop_t *loop, tpio_error_handler_t handler, void *arg)
+int tpio_loop_set_error_handler(tpio_loop_t *loop, tpio_error_handler_t handler, void *arg)
 {
     if (!loop)
-        return;
+        return -EINVAL;
     loop->error_handler = handler;
     loop->error_arg = arg;
+    return 0;
 }
 
-void tpio_loop_call_error_handler(tpio_loop_t *loop, const tpio_error_context_t *ctx)
+int tpio_loop_call_error_handler(tpio_loop_t *loop, const tpio_error_context_t *ctx)
 {
     if (!loop || !ctx)
-        return;
+        return -EINVAL;
     if (loop->error_handler)
         loop->error_handler(loop, ctx, loop->error_arg);
     else
         tpio_loop_default_error_handler(loop, ctx);
+    return 0;
 }
 
 void tpio__report(tpio_loop_t *loop, const char *msg, int err, tpio_transport_t *t,
-                  tpio_server_t *s, int fd)
+                  tpio_protocol_t *p, tpio_server_t *s, int fd)
 {
     tpio_error_context_t ctx = {
-        .message = msg, .error = err, .transport = t,
-        .protocol = t ? t->proto : NULL, .server = s, .fd = fd,
+        .message = msg, .error = err, .transport = t, .protocol = p, .server = s, .fd = fd,
     };
     tpio_loop_call_error_handler(loop, &ctx);
 }

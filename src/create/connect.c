@@ -1,7 +1,7 @@
 /* create_connection and connect_accepted_socket: resolve, then try each
- * address in turn (or race them, RFC 8305 happy eyeballs), and wrap the
- * winner in a stream transport. */
-#include "internal.h"
+ * address in turn (or race them, RFC 8305 happy eyeballs), and give the
+ * winner to the constructor (a stream transport today). */
+#include "create/create.h"
 
 #include <netinet/in.h>
 #include <stdio.h>
@@ -16,10 +16,8 @@ struct attempt {
 
 struct conn_req {
     tpio_loop_t *loop;
-    tpio_protocol_factory_t factory;
-    void *factory_arg;
-    tpio_connect_cb cb;
-    void *cb_arg;
+    const struct tpio__ctor *ctor;
+    struct tpio__conn conn;
     struct tpio__resolve r;
     const struct addrinfo **addrs;
     struct attempt *att;
@@ -34,24 +32,24 @@ struct conn_req {
 static void req_free(struct conn_req *q)
 {
     if (q->fixed)
-        free(q->fixed);
+        tpio__free(q->fixed);
     else if (q->r.res)
         freeaddrinfo(q->r.res);
     if (q->r.local_res)
         freeaddrinfo(q->r.local_res);
-    free(q->r.host);
-    free(q->r.local_host);
-    free(q->addrs);
-    free(q->att);
-    q->loop->npending--;
-    free(q);
+    tpio__free(q->r.host);
+    tpio__free(q->r.local_host);
+    tpio__free(q->addrs);
+    tpio__free(q->att);
+    tpio__loop_release(q->loop);
+    tpio__free(q);
 }
 
 static void stop_attempt(struct conn_req *q, struct attempt *a)
 {
     if (!a->active)
         return;
-    tpio__io_set(q->loop, &a->io, 0);
+    tpio__watch(q->loop, &a->io, 0);
     close(a->io.fd);
     a->io.fd = -1;
     a->active = false;
@@ -60,8 +58,8 @@ static void stop_attempt(struct conn_req *q, struct attempt *a)
 
 static void fail(struct conn_req *q, int err)
 {
-    tpio_connect_cb cb = q->cb;
-    void *arg = q->cb_arg;
+    tpio_connect_cb_t cb = q->conn.cb;
+    void *arg = q->conn.cb_arg;
     tpio_loop_t *loop = q->loop;
     req_free(q);
     cb(loop, NULL, NULL, err, arg);
@@ -76,29 +74,21 @@ static void record_error(struct conn_req *q, int err)
 static void win(struct conn_req *q, struct attempt *a)
 {
     if (q->timer)
-        tpio_cancel(q->loop, q->timer);
+        tpio_loop_cancel(q->loop, q->timer);
     q->timer = 0;
     int fd = a->io.fd;
-    tpio__io_set(q->loop, &a->io, 0);
+    tpio__watch(q->loop, &a->io, 0);
     a->active = false;
     q->nactive--;
+    /* The losers never reach the user: closed before the winner is built. */
     for (size_t i = 0; i < q->naddrs; i++)
         stop_attempt(q, &q->att[i]);
-    int kind = tpio__stream_socket_prepare(fd);
-    if (kind < 0) {
+    tpio_transport_kind_t kind = tpio__sock_kind(fd);
+    tpio__sock_tune(fd, kind);
+    int err = q->ctor->build(q->ctor, q->loop, fd, kind, NULL, 0, &q->conn);
+    if (err) {
         close(fd);
-        fail(q, kind);
-        return;
-    }
-    tpio_protocol_t *p = q->factory(q->factory_arg);
-    if (!p || !p->ops) {
-        close(fd);
-        fail(q, -ECONNABORTED);
-        return;
-    }
-    if (!tpio__stream_new(q->loop, fd, (tpio_transport_kind_t)kind, p, NULL, q->cb, q->cb_arg)) {
-        close(fd);
-        fail(q, -ENOMEM);
+        fail(q, err);
         return;
     }
     req_free(q);
@@ -124,7 +114,7 @@ static void attempt_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t event
     stop_attempt(q, a);
     /* A failed attempt starts the next one at once (staggered_race). */
     if (q->timer)
-        tpio_cancel(q->loop, q->timer);
+        tpio_loop_cancel(q->loop, q->timer);
     q->timer = 0;
     start_next(q);
 }
@@ -179,7 +169,7 @@ static int start_attempt(struct conn_req *q, struct attempt *a, const struct add
         close(fd);
         return rc;
     }
-    rc = tpio__io_set(q->loop, &a->io, TPIO__OUT);
+    rc = tpio__watch(q->loop, &a->io, TPIO__OUT);
     if (rc < 0) {
         close(fd);
         return rc;
@@ -200,7 +190,7 @@ static void start_next(struct conn_req *q)
         }
         if (rc == 0) {
             if (q->delay > 0 && q->next < q->naddrs &&
-                tpio_call_later(q->loop, q->delay, delay_expired, q, &q->timer) < 0)
+                tpio_loop_call_later(q->loop, q->delay, delay_expired, q, &q->timer) < 0)
                 q->timer = 0; /* no race then: the next address waits for this one */
             return;
         }
@@ -231,11 +221,11 @@ static void order_addresses(struct conn_req *q)
     }
     if (nf < 2)
         return;
-    const struct addrinfo **out = malloc(n * sizeof *out);
-    size_t *pos = calloc(nf, sizeof *pos);
+    const struct addrinfo **out = tpio__malloc(n * sizeof *out);
+    size_t *pos = tpio__calloc(nf, sizeof *pos);
     if (!out || !pos) {
-        free(out);
-        free(pos);
+        tpio__free(out);
+        tpio__free(pos);
         return; /* keep resolver order */
     }
     size_t m = 0;
@@ -264,8 +254,8 @@ static void order_addresses(struct conn_req *q)
     }
 #undef NEXT_OF
     memcpy(q->addrs, out, n * sizeof *out);
-    free(out);
-    free(pos);
+    tpio__free(out);
+    tpio__free(pos);
 }
 
 static void resolved(struct tpio__resolve *r)
@@ -282,8 +272,8 @@ static void resolved(struct tpio__resolve *r)
         fail(q, TPIO_EAI_NODATA);
         return;
     }
-    q->addrs = malloc(n * sizeof *q->addrs);
-    q->att = calloc(n, sizeof *q->att);
+    q->addrs = tpio__malloc(n * sizeof *q->addrs);
+    q->att = tpio__calloc(n, sizeof *q->att);
     if (!q->addrs || !q->att) {
         fail(q, -ENOMEM);
         return;
@@ -292,57 +282,78 @@ static void resolved(struct tpio__resolve *r)
     start_next(q);
 }
 
+/* A connected stream socket of the user's. */
 static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                       int sock, tpio_connect_cb cb, void *cb_arg)
+                       int sock, tpio_connect_cb_t cb, void *cb_arg)
 {
-    if (sock < 0)
-        return -EBADF;
-    int kind = tpio__stream_socket_prepare(sock);
-    if (kind < 0)
-        return kind;
-    return tpio__adopt(loop, sock, kind, tpio__make_stream, factory, factory_arg, cb, cb_arg);
+    int rc = tpio__sock_check(sock, SOCK_STREAM);
+    if (rc == 0)
+        rc = tpio__set_nonblock(sock);
+    if (rc < 0)
+        return rc;
+    tpio_transport_kind_t kind = tpio__sock_kind(sock);
+    tpio__sock_tune(sock, kind);
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn);
 }
 
-int tpio_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                           void *factory_arg, const tpio_connect_opts_t *o, tpio_connect_cb cb,
-                           void *cb_arg)
+static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                void *factory_arg, tpio_connect_cb_t cb, void *cb_arg)
 {
-    if (!loop || !factory || !o || !cb)
+    struct conn_req *q = tpio__calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->loop = loop;
+    q->ctor = &tpio__stream_ctor;
+    q->conn = (struct tpio__conn){factory, factory_arg, cb, cb_arg, NULL};
+    q->r.loop = loop;
+    tpio__loop_hold(loop);
+    return q;
+}
+
+/* tpio_connect_opts_t as of 0.2. */
+#define CONNECT_OPTS_V1 sizeof(tpio_connect_opts_t)
+
+int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                void *factory_arg, const tpio_connect_opts_t *opts,
+                                tpio_connect_cb_t cb, void *cb_arg)
+{
+    if (!loop || !factory || !opts || !cb)
         return -EINVAL;
-    if (o->use_sock) {
-        if (o->host || o->local_host)
+    tpio_connect_opts_t o;
+    int rc = TPIO__OPTS_COPY(&o, opts, CONNECT_OPTS_V1);
+    if (rc < 0)
+        return rc;
+    int use_sock = tpio__flag(o.use_sock, false);
+    if (use_sock < 0)
+        return use_sock;
+    if (use_sock) {
+        if (o.host || o.local_host)
             return -EINVAL; /* asyncio: host/port and sock are exclusive */
-        return wrap_socket(loop, factory, factory_arg, o->sock, cb, cb_arg);
+        return wrap_socket(loop, factory, factory_arg, o.sock, cb, cb_arg);
     }
-    if (!o->host || !*o->host || o->happy_eyeballs_delay < 0 || o->interleave < 0 ||
-        (o->family != AF_UNSPEC && o->family != AF_INET && o->family != AF_INET6))
+    if (!o.host || !*o.host || !(o.happy_eyeballs_delay >= 0) || o.interleave < 0 ||
+        (o.family != AF_UNSPEC && o.family != AF_INET && o.family != AF_INET6))
         return -EINVAL;
-    struct conn_req *q = calloc(1, sizeof *q);
+    struct conn_req *q = req_new(loop, factory, factory_arg, cb, cb_arg);
     if (!q)
         return -ENOMEM;
-    q->loop = loop;
-    q->factory = factory;
-    q->factory_arg = factory_arg;
-    q->cb = cb;
-    q->cb_arg = cb_arg;
-    q->delay = o->happy_eyeballs_delay;
-    q->interleave = o->interleave ? o->interleave : (q->delay > 0 ? 1 : 0);
-    q->r.loop = loop;
+    q->delay = o.happy_eyeballs_delay;
+    q->interleave = o.interleave ? o.interleave : (q->delay > 0 ? 1 : 0);
     q->r.done = resolved;
-    q->r.host = strdup(o->host);
-    q->r.local_host = o->local_host ? strdup(o->local_host) : NULL;
-    snprintf(q->r.port, sizeof q->r.port, "%u", (unsigned)o->port);
-    snprintf(q->r.local_port, sizeof q->r.local_port, "%u", (unsigned)o->local_port);
-    q->r.hints.ai_family = o->family;
+    q->r.host = tpio__strdup(o.host);
+    q->r.local_host = o.local_host ? tpio__strdup(o.local_host) : NULL;
+    snprintf(q->r.port, sizeof q->r.port, "%u", (unsigned)o.port);
+    snprintf(q->r.local_port, sizeof q->r.local_port, "%u", (unsigned)o.local_port);
+    q->r.hints.ai_family = o.family;
     q->r.hints.ai_socktype = SOCK_STREAM;
     q->r.hints.ai_protocol = IPPROTO_TCP;
-    q->r.hints.ai_flags = o->flags;
-    loop->npending++;
-    if (!q->r.host || (o->local_host && !q->r.local_host)) {
+    q->r.hints.ai_flags = o.flags;
+    if (!q->r.host || (o.local_host && !q->r.local_host)) {
         req_free(q);
         return -ENOMEM;
     }
-    int rc = tpio__resolve_start(&q->r);
+    rc = tpio__resolve_start(&q->r);
     if (rc < 0) {
         req_free(q);
         return rc;
@@ -350,8 +361,9 @@ int tpio_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
     return 0;
 }
 
-int tpio_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                                 void *factory_arg, int sock, tpio_connect_cb cb, void *cb_arg)
+int tpio_loop_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                      void *factory_arg, int sock, tpio_connect_cb_t cb,
+                                      void *cb_arg)
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
@@ -367,29 +379,23 @@ static void start_fixed(tpio_loop_t *loop, void *arg)
 
 int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
                         const struct addrinfo *list, double happy_eyeballs_delay,
-                        tpio_connect_cb cb, void *cb_arg)
+                        tpio_connect_cb_t cb, void *cb_arg)
 {
     size_t n = 0;
-    for (const struct addrinfo *a = list; a; a = a->ai_next)
+    for (const struct addrinfo *a = list; a; a = a->ai_next) {
+        if (a->ai_addrlen > sizeof(struct sockaddr_storage))
+            return -EINVAL;
         n++;
+    }
     if (n == 0)
         return -EINVAL;
-    struct conn_req *q = calloc(1, sizeof *q);
     /* one block: n addrinfo entries, then n address buffers */
-    struct addrinfo *ai = calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
-    if (!q || !ai) {
-        free(q);
-        free(ai);
+    struct addrinfo *ai = tpio__calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
+    if (!ai)
         return -ENOMEM;
-    }
     struct sockaddr_storage *addrs = (struct sockaddr_storage *)(ai + n);
     size_t i = 0;
     for (const struct addrinfo *a = list; a; a = a->ai_next, i++) {
-        if (a->ai_addrlen > sizeof addrs[i]) {
-            free(q);
-            free(ai);
-            return -EINVAL;
-        }
         ai[i].ai_family = a->ai_family;
         ai[i].ai_socktype = SOCK_STREAM;
         ai[i].ai_protocol = a->ai_protocol;
@@ -398,31 +404,16 @@ int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
         memcpy(&addrs[i], a->ai_addr, a->ai_addrlen);
         ai[i].ai_next = i + 1 < n ? &ai[i + 1] : NULL;
     }
-    q->loop = loop;
-    q->factory = factory;
-    q->factory_arg = factory_arg;
-    q->cb = cb;
-    q->cb_arg = cb_arg;
+    struct conn_req *q = req_new(loop, factory, factory_arg, cb, cb_arg);
+    if (!q) {
+        tpio__free(ai);
+        return -ENOMEM;
+    }
     q->delay = happy_eyeballs_delay;
     q->fixed = ai;
     q->r.res = ai;
-    q->r.loop = loop;
-    loop->npending++;
-    int rc = tpio_call_soon(loop, start_fixed, q, NULL);
+    int rc = tpio_loop_call_soon(loop, start_fixed, q, NULL);
     if (rc < 0)
         req_free(q);
     return rc;
-}
-
-int tpio__connect_addr(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                       const struct sockaddr *addr, socklen_t len, tpio_connect_cb cb,
-                       void *cb_arg)
-{
-    struct addrinfo ai = {
-        .ai_family = addr->sa_family,
-        .ai_socktype = SOCK_STREAM,
-        .ai_addr = (struct sockaddr *)addr,
-        .ai_addrlen = len,
-    };
-    return tpio__connect_addrs(loop, factory, factory_arg, &ai, 0, cb, cb_arg);
 }

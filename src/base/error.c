@@ -1,6 +1,6 @@
 /* Error codes: errno values and tpio's own, named and described from one
  * table each (the TPIO_ERRORS X-macro lives in the public header). */
-#include "internal.h"
+#include "base/base.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -139,8 +139,6 @@
     X(ENOTRECOVERABLE) \
     X(ERFKILL) \
     /* end */
-
-const char *tpio_version(void) { return "0.1.0"; }
 
 const char *tpio_strerror(int err)
 {

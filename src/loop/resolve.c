@@ -2,7 +2,7 @@
  * looked up on a short-lived helper thread that hands the result back with
  * call_soon_threadsafe; numeric addresses are parsed inline and never reach
  * the resolver. */
-#include "internal.h"
+#include "loop/loop.h"
 
 #include <string.h>
 
@@ -66,13 +66,13 @@ int tpio__resolve_start(struct tpio__resolve *r)
     r->err = 0;
     r->node.cb = resolve_done;
     r->node.arg = r;
-    r->node.owned = false;
     int rc = r->host ? try_numeric(r->host, r->port, &r->hints, &r->res, &num_host) : 0;
     if (rc == 0 && r->local_host)
         rc = try_numeric(r->local_host, r->local_port, &r->hints, &r->local_res, &num_local);
     if (rc < 0 || (num_host && num_local)) {
         r->err = rc;
-        return tpio_call_soon(r->loop, resolve_done, r, NULL);
+        tpio__call_soon_node(r->loop, &r->node);
+        return 0;
     }
     pthread_t th;
     pthread_attr_t attr;

@@ -2,20 +2,20 @@
  * with one writev. Small writes share the tail chunk, and the loop keeps one
  * drained chunk as a spare, so connections that buffer now and then stop
  * allocating without each holding memory while idle. */
-#include "internal.h"
+#include "transport/transport.h"
 
 #include <string.h>
 
 #define CHUNK_MIN (16 * 1024)
 
-static struct tpio__chunk *chunk_get(struct tpio__chunk **spare, size_t need)
+static struct tpio__chunk *chunk_get(void **spare, size_t need)
 {
     struct tpio__chunk *c = *spare;
     if (c && c->cap >= need) {
         *spare = NULL;
     } else {
         size_t cap = need < CHUNK_MIN ? CHUNK_MIN : need;
-        c = malloc(sizeof *c + cap);
+        c = tpio__malloc(sizeof *c + cap);
         if (!c)
             return NULL;
         c->cap = cap;
@@ -30,17 +30,18 @@ static struct tpio__chunk *chunk_get(struct tpio__chunk **spare, size_t need)
  * allocating one per read. */
 #define SPARE_MAX (1024 * 1024)
 
-static void chunk_put(struct tpio__chunk **spare, struct tpio__chunk *c)
+static void chunk_put(void **spare, struct tpio__chunk *c)
 {
-    if (c->cap <= SPARE_MAX && (!*spare || (*spare)->cap < c->cap)) {
-        free(*spare);
+    struct tpio__chunk *old = *spare;
+    if (c->cap <= SPARE_MAX && (!old || old->cap < c->cap)) {
+        tpio__free(old);
         *spare = c;
         return;
     }
-    free(c);
+    tpio__free(c);
 }
 
-int tpio__wbuf_append(struct tpio__wbuf *b, struct tpio__chunk **spare, const void *p, size_t n)
+int tpio__wbuf_append(struct tpio__wbuf *b, size_t *size, void **spare, const void *p, size_t n)
 {
     if (n == 0)
         return 0;
@@ -50,7 +51,7 @@ int tpio__wbuf_append(struct tpio__wbuf *b, struct tpio__chunk **spare, const vo
         if (room >= n) {
             memcpy(t->data + t->off + t->len, p, n);
             t->len += n;
-            b->size += n;
+            *size += n;
             return 0;
         }
     }
@@ -64,7 +65,7 @@ int tpio__wbuf_append(struct tpio__wbuf *b, struct tpio__chunk **spare, const vo
     else
         b->head = c;
     b->tail = c;
-    b->size += n;
+    *size += n;
     return 0;
 }
 
@@ -79,9 +80,9 @@ int tpio__wbuf_iov(const struct tpio__wbuf *b, struct iovec *iov, int max)
     return n;
 }
 
-void tpio__wbuf_consume(struct tpio__wbuf *b, struct tpio__chunk **spare, size_t n)
+void tpio__wbuf_consume(struct tpio__wbuf *b, size_t *size, void **spare, size_t n)
 {
-    b->size -= n;
+    *size -= n;
     while (n) {
         struct tpio__chunk *c = b->head;
         if (n < c->len) {
@@ -97,14 +98,14 @@ void tpio__wbuf_consume(struct tpio__wbuf *b, struct tpio__chunk **spare, size_t
     }
 }
 
-void tpio__wbuf_clear(struct tpio__wbuf *b)
+void tpio__wbuf_clear(struct tpio__wbuf *b, size_t *size)
 {
     struct tpio__chunk *c = b->head;
     while (c) {
         struct tpio__chunk *next = c->next;
-        free(c);
+        tpio__free(c);
         c = next;
     }
     b->head = b->tail = NULL;
-    b->size = 0;
+    *size = 0;
 }

@@ -1,0 +1,98 @@
+/* The epoll backend, level-triggered. */
+#include "backend/backend.h"
+
+#include <assert.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+static_assert(TPIO__IN == EPOLLIN && TPIO__OUT == EPOLLOUT && TPIO__ERR == EPOLLERR &&
+                  TPIO__HUP == EPOLLHUP,
+              "tpio's readiness bits pass through to epoll untranslated");
+
+#define MAX_EVENTS 256
+
+struct tpio__backend {
+    int epfd;
+    /* The batch being dispatched: a watcher removed during dispatch has its
+     * later entries cleared, so its owner may be freed at once. */
+    int batch_n, batch_i;
+    struct epoll_event batch[MAX_EVENTS];
+};
+
+int tpio__backend_open(struct tpio__backend **out)
+{
+    struct tpio__backend *b = tpio__calloc(1, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (b->epfd < 0) {
+        int err = -errno;
+        tpio__free(b);
+        return err;
+    }
+    *out = b;
+    return 0;
+}
+
+void tpio__backend_close(struct tpio__backend *b)
+{
+    if (!b)
+        return;
+    close(b->epfd);
+    tpio__free(b);
+}
+
+void tpio__io_init(struct tpio__io *io, int fd, tpio__io_cb cb)
+{
+    io->fd = fd;
+    io->registered = 0;
+    io->cb = cb;
+}
+
+int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
+{
+    if (want == io->registered)
+        return 0; /* the common case on the hot path: no syscall */
+    int op;
+    struct epoll_event ev = {.events = want, .data.ptr = io};
+    /* An fd with an empty interest set is removed rather than kept with 0:
+     * epoll would still report EPOLLHUP/EPOLLERR for it and spin. */
+    if (want == 0)
+        op = EPOLL_CTL_DEL;
+    else if (io->registered == 0)
+        op = EPOLL_CTL_ADD;
+    else
+        op = EPOLL_CTL_MOD;
+    if (op == EPOLL_CTL_DEL) {
+        for (int i = b->batch_i + 1; i < b->batch_n; i++)
+            if (b->batch[i].data.ptr == io)
+                b->batch[i].data.ptr = NULL;
+    }
+    if (epoll_ctl(b->epfd, op, io->fd, &ev) < 0) {
+        /* DEL of an fd the kernel already forgot (closed elsewhere) is fine. */
+        if (op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF)) {
+            io->registered = 0;
+            return 0;
+        }
+        /* epoll says EPERM for what it cannot poll (regular files,
+         * directories, /dev/null): name that for what it is. */
+        return errno == EPERM ? TPIO_ENOTWATCHABLE : -errno;
+    }
+    io->registered = want;
+    return 0;
+}
+
+int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms)
+{
+    int n = epoll_wait(b->epfd, b->batch, MAX_EVENTS, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    b->batch_n = n;
+    for (b->batch_i = 0; b->batch_i < n; b->batch_i++) {
+        struct tpio__io *io = b->batch[b->batch_i].data.ptr;
+        if (io) /* NULL: removed by an earlier callback of this batch */
+            io->cb(loop, io, b->batch[b->batch_i].events);
+    }
+    b->batch_n = b->batch_i = 0;
+    return n;
+}

@@ -1,0 +1,42 @@
+/* The top layer: the loop's methods that make connections and servers
+ * (asyncio's create_connection, create_server, connect_accepted_socket,
+ * the Unix, pipe and datagram variants, subprocess_exec). It resolves and
+ * binds addresses, connects and accepts, and hands each connected
+ * descriptor to a constructor of the transport layer. */
+#ifndef TPIO_CREATE_H
+#define TPIO_CREATE_H
+
+#include "transport/transport.h"
+
+#define TPIO__DEFAULT_BACKLOG 100
+/* asyncio's ACCEPT_RETRY_DELAY: pause accepting this long after EMFILE. */
+#define TPIO__ACCEPT_RETRY_DELAY 1.0
+
+/* Adopt a ready descriptor: the constructor runs from the loop (the factory
+ * too, as in asyncio, never inside the user's call); a refusal or failure
+ * closes the fd and the completion gets the error. From a 0 return on the
+ * fd belongs to the library. */
+TPIO__HIDDEN int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                             const struct tpio__ctor *ctor, const struct tpio__conn *conn);
+
+/* Connect to addresses known in advance (a Unix path; tests use it to try
+ * a list without DNS); completion as for tpio_loop_create_connection. */
+TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                     void *factory_arg, const struct addrinfo *list,
+                                     double happy_eyeballs_delay, tpio_connect_cb_t cb,
+                                     void *cb_arg);
+
+/* Serve already bound sockets (listen() is called here), building each
+ * accepted connection with ctor. On success they belong to the server;
+ * `unlink_path` (may be NULL) is removed at close if it still names the
+ * socket file created by bind. */
+TPIO__HIDDEN int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
+                                  tpio_protocol_factory_t factory, void *factory_arg,
+                                  const int *fds, size_t nfds, int backlog, bool start,
+                                  const char *unlink_path, tpio_server_t **out);
+
+/* Bind the hosts of a server's options: one listening socket per distinct
+ * address, all undone on any error (listen.c). */
+TPIO__HIDDEN int tpio__bind_hosts(const tpio_server_opts_t *o, int **fds, size_t *n);
+
+#endif

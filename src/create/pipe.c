@@ -1,0 +1,51 @@
+/* connect_read_pipe / connect_write_pipe: a pipe end becomes a one-way
+ * stream transport, after the checks asyncio makes. */
+#include "create/create.h"
+
+#include <sys/stat.h>
+
+static int pipe_check(tpio_loop_t *loop, int fd)
+{
+    struct stat st;
+    if (fd < 0)
+        return -EBADF;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
+        return -EINVAL;
+    /* Some character devices (/dev/null) cannot be watched: say so now
+     * rather than through connection_lost later. */
+    struct tpio__io probe;
+    tpio__io_init(&probe, fd, NULL);
+    int rc = tpio__watch(loop, &probe, TPIO__IN);
+    if (rc < 0)
+        return rc;
+    tpio__watch(loop, &probe, 0);
+    return 0;
+}
+
+static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                        int fd, tpio_transport_kind_t kind, tpio_connect_cb_t cb, void *cb_arg)
+{
+    if (!loop || !factory || !cb)
+        return -EINVAL;
+    int rc = pipe_check(loop, fd);
+    if (rc == 0)
+        rc = tpio__set_nonblock(fd);
+    if (rc)
+        return rc;
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    return tpio__adopt(loop, fd, kind, &tpio__stream_ctor, &conn);
+}
+
+int tpio_loop_connect_read_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg)
+{
+    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_READ, cb, cb_arg);
+}
+
+int tpio_loop_connect_write_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                 void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg)
+{
+    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_WRITE, cb, cb_arg);
+}

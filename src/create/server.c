@@ -1,0 +1,394 @@
+/* The Server object (create_server's result): listening sockets, bounded
+ * accepting, recovery from descriptor exhaustion, its set of connections and
+ * the lifetime of the object. Binding addresses is listen.c's. */
+#include "create/create.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct listener {
+    struct tpio__io io;
+    tpio_server_t *server;
+    tpio_handle_t retry;        /* pending accept retry after EMFILE, or 0 */
+    tpio_transport_kind_t kind; /* of the accepted sockets: known once, not per accept */
+};
+
+struct waiter {
+    struct waiter *next;
+    tpio_server_t *server;
+    tpio_callback_t cb;
+    void *arg;
+};
+
+struct tpio_server {
+    tpio_loop_t *loop;
+    const struct tpio__ctor *ctor;
+    tpio_protocol_factory_t factory;
+    void *factory_arg;
+    struct listener *ls;
+    size_t nls;
+    int backlog;
+    bool serving;
+    bool closed;
+    bool woken; /* closed with no connections left: wait_closed fires at once */
+    /* The user's (until close), one per waiter, one while accepting. The
+     * object is freed when none is left and its connection set is empty. */
+    int refs;
+    struct tpio__tset conns;
+    struct waiter *waiters;
+    char *unlink_path; /* Unix socket file to remove at close */
+    dev_t path_dev;
+    ino_t path_ino;
+};
+
+static void server_unref(tpio_server_t *s)
+{
+    if (--s->refs > 0 || s->conns.count > 0)
+        return;
+    tpio__loop_release(s->loop);
+    tpio__free(s->unlink_path);
+    tpio__free(s->ls);
+    tpio__free(s);
+}
+
+static void waiter_fire(tpio_loop_t *loop, void *arg)
+{
+    struct waiter *w = arg;
+    w->cb(loop, w->arg);
+    server_unref(w->server);
+    tpio__free(w);
+}
+
+static void schedule_waiter(tpio_server_t *s, struct waiter *w)
+{
+    /* Without a slot for it, fire now rather than never (this runs from the
+     * loop or from tpio_server_close, never from wait_closed itself). */
+    if (tpio_loop_call_soon(s->loop, waiter_fire, w, NULL) < 0)
+        waiter_fire(s->loop, w);
+}
+
+static void wakeup(tpio_server_t *s)
+{
+    s->woken = true;
+    struct waiter *w = s->waiters;
+    s->waiters = NULL;
+    while (w) {
+        struct waiter *next = w->next;
+        schedule_waiter(s, w);
+        w = next;
+    }
+}
+
+/* A connection of the set was lost. */
+static void conn_removed(struct tpio__tset *set, tpio_transport_t *t)
+{
+    (void)t;
+    tpio_server_t *s = tpio_container_of(set, struct tpio_server, conns);
+    if (s->closed && set->count == 0)
+        wakeup(s);
+    s->refs++;
+    server_unref(s); /* frees it if that was the last thing holding it */
+}
+
+/* ---- accepting ---------------------------------------------------------------- */
+
+static void listener_retry(tpio_loop_t *loop, void *arg)
+{
+    struct listener *l = arg;
+    l->retry = 0;
+    if (l->server->serving)
+        tpio__watch(loop, &l->io, TPIO__IN);
+}
+
+static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
+{
+    (void)events;
+    struct listener *l = tpio_container_of(io, struct listener, io);
+    tpio_server_t *s = l->server;
+    s->refs++; /* the factory may close the server */
+    /* At most backlog connections per event, as asyncio: other listeners
+     * and connections get their turn. */
+    for (int i = 0; i < s->backlog && s->serving; i++) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
+                break;
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                tpio__report(loop, "accept() out of system resource", -err, NULL, NULL, s,
+                             io->fd);
+                /* Linux keeps reporting the socket readable: stop watching it
+                 * for a while instead of spinning, as asyncio does (without a
+                 * timer to resume, keep watching: spinning beats deafness). */
+                if (l->retry || tpio_loop_call_later(loop, TPIO__ACCEPT_RETRY_DELAY,
+                                                     listener_retry, l, &l->retry) == 0)
+                    tpio__watch(loop, io, 0);
+            } else {
+                tpio__report(loop, "accept() failed", -err, NULL, NULL, s, io->fd);
+            }
+            break;
+        }
+        /* accept4 made it non-blocking; the kind may want more options */
+        tpio__sock_tune(fd, l->kind);
+        struct tpio__conn conn = {s->factory, s->factory_arg, NULL, NULL, &s->conns};
+        int rc = s->ctor->build(s->ctor, loop, fd, l->kind, (struct sockaddr *)&peer, plen,
+                                &conn);
+        if (rc < 0) {
+            if (rc != -ECONNABORTED) /* a refusal just drops the connection */
+                tpio__report(loop, "Error accepting a connection", rc, NULL, NULL, s, fd);
+            close(fd);
+        }
+    }
+    server_unref(s);
+}
+
+/* ---- creating -------------------------------------------------------------------- */
+
+int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
+                     tpio_protocol_factory_t factory, void *factory_arg, const int *fds,
+                     size_t nfds, int backlog, bool start, const char *unlink_path,
+                     tpio_server_t **out)
+{
+    for (size_t i = 0; i < nfds; i++)
+        if (listen(fds[i], backlog) < 0)
+            return -errno;
+    tpio_server_t *s = tpio__calloc(1, sizeof *s);
+    struct listener *ls = s ? tpio__calloc(nfds, sizeof *ls) : NULL;
+    char *path = s && unlink_path ? tpio__strdup(unlink_path) : NULL;
+    if (!s || !ls || (unlink_path && !path)) {
+        tpio__free(s);
+        tpio__free(ls);
+        tpio__free(path);
+        return -ENOMEM;
+    }
+    struct stat st;
+    if (path && stat(path, &st) == 0) {
+        s->path_dev = st.st_dev;
+        s->path_ino = st.st_ino;
+        s->unlink_path = path;
+    } else {
+        tpio__free(path);
+    }
+    s->loop = loop;
+    s->ctor = ctor;
+    s->factory = factory;
+    s->factory_arg = factory_arg;
+    s->backlog = backlog;
+    s->refs = 1;
+    s->ls = ls;
+    s->nls = nfds;
+    tpio__tset_init(&s->conns, conn_removed);
+    for (size_t i = 0; i < nfds; i++) {
+        /* Sockets given by the user become ours: non-blocking, like accepted. */
+        tpio__set_nonblock(fds[i]);
+        tpio__io_init(&ls[i].io, fds[i], accept_ready);
+        ls[i].server = s;
+        ls[i].kind = tpio__sock_kind(fds[i]);
+    }
+    tpio__loop_hold(loop);
+    *out = s;
+    if (start)
+        tpio_server_start_serving(s);
+    return 0;
+}
+
+/* tpio_server_opts_t as of 0.2. */
+#define SERVER_OPTS_V1 sizeof(tpio_server_opts_t)
+
+int tpio_loop_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                            void *factory_arg, const tpio_server_opts_t *opts,
+                            tpio_server_t **out)
+{
+    if (!loop || !factory || !opts || !out)
+        return -EINVAL;
+    tpio_server_opts_t o;
+    int rc = TPIO__OPTS_COPY(&o, opts, SERVER_OPTS_V1);
+    if (rc < 0)
+        return rc;
+    int start = tpio__flag(o.start_serving, true);
+    if (o.backlog < 0 || (o.nhosts && !o.hosts) || (o.nsocks && !o.socks) || start < 0 ||
+        tpio__flag(o.reuse_address, true) < 0 || tpio__flag(o.reuse_port, false) < 0)
+        return -EINVAL;
+    if (o.nsocks && (o.host || o.nhosts))
+        return -EINVAL; /* asyncio: host/port and sock are mutually exclusive */
+    int backlog = o.backlog ? o.backlog : TPIO__DEFAULT_BACKLOG;
+    if (o.nsocks) {
+        for (size_t i = 0; i < o.nsocks; i++) {
+            rc = tpio__sock_check(o.socks[i], SOCK_STREAM);
+            if (rc)
+                return rc;
+        }
+        return tpio__server_new(loop, &tpio__stream_ctor, factory, factory_arg, o.socks,
+                                o.nsocks, backlog, start, NULL, out);
+    }
+    int *fds = NULL;
+    size_t n = 0;
+    rc = tpio__bind_hosts(&o, &fds, &n);
+    if (rc == 0)
+        rc = tpio__server_new(loop, &tpio__stream_ctor, factory, factory_arg, fds, n, backlog,
+                              start, NULL, out);
+    if (rc)
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+    tpio__free(fds);
+    return rc;
+}
+
+/* ---- the Server object ------------------------------------------------------------ */
+
+int tpio_server_start_serving(tpio_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EBADF;
+    if (s->serving)
+        return 0;
+    for (size_t i = 0; i < s->nls; i++) {
+        int rc = tpio__watch(s->loop, &s->ls[i].io, TPIO__IN);
+        if (rc < 0) {
+            for (size_t j = 0; j < i; j++)
+                tpio__watch(s->loop, &s->ls[j].io, 0);
+            return rc;
+        }
+    }
+    s->serving = true;
+    return 0;
+}
+
+int tpio_server_is_serving(const tpio_server_t *s, bool *serving)
+{
+    if (!s || !serving)
+        return -EINVAL;
+    *serving = s->serving;
+    return 0;
+}
+
+static void drop_user_ref(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    server_unref(arg);
+}
+
+int tpio_server_close(tpio_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return 0;
+    s->closed = true;
+    s->conns.closed = true;
+    s->serving = false;
+    for (size_t i = 0; i < s->nls; i++) {
+        tpio__watch(s->loop, &s->ls[i].io, 0);
+        if (s->ls[i].retry)
+            tpio_loop_cancel(s->loop, s->ls[i].retry);
+        close(s->ls[i].io.fd);
+    }
+    s->nls = 0;
+    if (s->unlink_path) {
+        /* Only if the path still names our socket (asyncio 3.13 cleanup). */
+        struct stat st;
+        if (stat(s->unlink_path, &st) == 0 && st.st_dev == s->path_dev &&
+            st.st_ino == s->path_ino)
+            unlink(s->unlink_path);
+    }
+    if (s->conns.count == 0)
+        wakeup(s);
+    /* The caller may still use s in this iteration (close, then wait_closed). */
+    if (tpio_loop_call_soon(s->loop, drop_user_ref, s, NULL) < 0)
+        server_unref(s); /* connections (if any) keep it alive */
+    return 0;
+}
+
+int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb, void *arg)
+{
+    if (!s || !cb)
+        return -EINVAL;
+    struct waiter *w = tpio__malloc(sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    w->server = s;
+    w->cb = cb;
+    w->arg = arg;
+    if (s->woken) {
+        int rc = tpio_loop_call_soon(s->loop, waiter_fire, w, NULL);
+        if (rc < 0) {
+            tpio__free(w);
+            return rc;
+        }
+    } else {
+        /* FIFO: waiters are woken in the order they asked, as in asyncio */
+        struct waiter **tail = &s->waiters;
+        while (*tail)
+            tail = &(*tail)->next;
+        w->next = NULL;
+        *tail = w;
+    }
+    s->refs++;
+    return 0;
+}
+
+int tpio_server_close_clients(tpio_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    tpio__tset_each(&s->conns, tpio_transport_close);
+    return 0;
+}
+
+int tpio_server_abort_clients(tpio_server_t *s)
+{
+    if (!s)
+        return -EINVAL;
+    tpio__tset_each(&s->conns, tpio_transport_abort);
+    return 0;
+}
+
+int tpio_server_get_socket_count(const tpio_server_t *s, size_t *count)
+{
+    if (!s || !count)
+        return -EINVAL;
+    *count = s->nls;
+    return 0;
+}
+
+int tpio_server_get_socket(const tpio_server_t *s, size_t i, int *fd)
+{
+    if (!s || !fd)
+        return -EINVAL;
+    if (i >= s->nls)
+        return -ENOENT;
+    *fd = s->ls[i].io.fd;
+    return 0;
+}
+
+int tpio_server_get_sockname(const tpio_server_t *s, size_t i, struct sockaddr_storage *addr,
+                             socklen_t *len)
+{
+    if (!s || !addr || !len)
+        return -EINVAL;
+    if (i >= s->nls)
+        return -ENOENT;
+    return getsockname(s->ls[i].io.fd, (struct sockaddr *)addr, len) < 0 ? -errno : 0;
+}
+
+int tpio_server_get_loop(const tpio_server_t *s, tpio_loop_t **loop)
+{
+    if (!s || !loop)
+        return -EINVAL;
+    *loop = s->loop;
+    return 0;
+}
+
+int tpio_server_get_connection_count(const tpio_server_t *s, size_t *count)
+{
+    if (!s || !count)
+        return -EINVAL;
+    *count = s->conns.count;
+    return 0;
+}

@@ -1,0 +1,108 @@
+/* The loop layer: the ready FIFO, timers, call_soon_threadsafe, the error
+ * handler, the resolver, and the few things the loop keeps for the layers
+ * above (a shared read buffer, a count of live objects). It knows nothing
+ * of epoll (that is the backend's) nor of any transport kind. */
+#ifndef TPIO_LOOP_H
+#define TPIO_LOOP_H
+
+#include "backend/backend.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* The size of the loop's shared read buffer: the largest single read. */
+#define TPIO__READ_SIZE TPIO_READ_SIZE_MAX
+
+struct tpio__slot {
+    tpio_callback_t cb;
+    void *arg;
+    uint64_t when;  /* timers: deadline in ns */
+    uint64_t seq;   /* timers: FIFO order among equal deadlines */
+    uint32_t gen;   /* bumped when the slot is freed: stale handles miss */
+    uint32_t next;  /* ready FIFO / free list link */
+    uint32_t heap;  /* timers: index in the heap */
+    uint8_t state;
+};
+
+/* A callback that must run even when no memory is left to schedule it (the
+ * end of a connection, a child's exit, a result from another thread): its
+ * owner embeds the node, so queuing it cannot fail. */
+struct tpio__node {
+    struct tpio__node *next;
+    tpio_callback_t cb;
+    void *arg;
+};
+
+struct tpio_loop {
+    struct tpio__backend *backend;
+    struct tpio__slot *slots;
+    uint32_t nslots, free_head;
+    uint32_t ready_head, ready_tail, nready;
+    uint32_t *heap;
+    uint32_t heap_len, heap_cap;
+    uint64_t timer_seq;
+    bool running, stopping;
+    /* Nodes that could not get a slot (out of memory): run after the ready
+     * queue of the next iteration, in order. */
+    struct tpio__node *late_head, *late_tail;
+
+    int efd; /* eventfd that wakes the loop for call_soon_threadsafe */
+    struct tpio__io efd_io;
+    pthread_mutex_t ts_lock;
+    struct tpio__node *ts_head, *ts_tail;
+    atomic_bool ts_signalled;
+
+    tpio_error_handler_t error_handler;
+    void *error_arg;
+
+    /* For the layers above: the buffer Protocol reads go into (one per
+     * loop: a read is delivered before the next one starts), and the write
+     * buffer's one cached chunk (a plain allocation, freed at close). */
+    unsigned char *rbuf;
+    void *spare_chunk;
+
+    /* Transports, servers and connection attempts alive: the loop refuses
+     * to close while any exists. */
+    size_t live;
+};
+
+TPIO__HIDDEN uint64_t tpio__now_ns(void);
+/* Schedule n->cb(loop, n->arg) as call_soon would; when no slot can be had,
+ * it still runs, after this iteration's queue. n must stay valid until it
+ * has run. */
+TPIO__HIDDEN void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n);
+/* Queue a node from any thread (cannot fail). */
+TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n);
+/* Report to the error handler. */
+TPIO__HIDDEN void tpio__report(tpio_loop_t *loop, const char *msg, int err,
+                               tpio_transport_t *t, tpio_protocol_t *p, tpio_server_t *s,
+                               int fd);
+static inline void tpio__loop_hold(tpio_loop_t *loop) { loop->live++; }
+static inline void tpio__loop_release(tpio_loop_t *loop) { loop->live--; }
+/* Watch fd through the loop's backend. */
+static inline int tpio__watch(tpio_loop_t *loop, struct tpio__io *io, uint32_t want)
+{
+    return tpio__io_set(loop->backend, io, want);
+}
+
+/* ---- resolver ----------------------------------------------------------- */
+struct tpio__resolve;
+typedef void (*tpio__resolve_cb)(struct tpio__resolve *r);
+struct tpio__resolve {
+    tpio_loop_t *loop;
+    char *host, *local_host;
+    char port[8], local_port[8];
+    struct addrinfo hints;
+    struct addrinfo *res, *local_res;
+    int err; /* 0 or tpio error code */
+    tpio__resolve_cb done;
+    struct tpio__node node;
+};
+/* Resolve on a helper thread unless both names are numeric (then inline, with
+ * `done` called from the loop on the next iteration). */
+TPIO__HIDDEN int tpio__resolve_start(struct tpio__resolve *r);
+TPIO__HIDDEN int tpio__getaddrinfo(const char *host, const char *port,
+                                   const struct addrinfo *hints,
+                                   struct addrinfo **res);
+
+#endif
