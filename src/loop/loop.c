@@ -251,7 +251,7 @@ int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle)
 
 void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n)
 {
-    if (tpio_loop_call_soon(loop, n->cb, n->arg, NULL) == 0)
+    if (tpio_loop_call_soon(loop, n->cb, n, NULL) == 0)
         return;
     n->next = NULL;
     if (loop->late_tail)
@@ -268,7 +268,7 @@ static void run_late(tpio_loop_t *loop)
     loop->late_head = loop->late_tail = NULL;
     while (n) {
         struct tpio__node *next = n->next;
-        n->cb(loop, n->arg);
+        n->cb(loop, n);
         n = next;
     }
 }
@@ -297,7 +297,8 @@ void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n)
     pthread_mutex_unlock(&loop->ts_lock);
 }
 
-/* A request of the public call: the node, and the user's callback. */
+/* A request of the public call: the node (first: a node is its request),
+ * and the user's callback. */
 struct ts_req {
     struct tpio__node node;
     tpio_callback_t cb;
@@ -319,7 +320,6 @@ int tpio_loop_call_soon_threadsafe(tpio_loop_t *loop, tpio_callback_t cb, void *
     if (!r)
         return -ENOMEM;
     r->node.cb = ts_run;
-    r->node.arg = r;
     r->cb = cb;
     r->arg = arg;
     tpio__call_soon_threadsafe_node(loop, &r->node);
@@ -341,7 +341,7 @@ static void drain_threadsafe(tpio_loop_t *loop, bool run)
         if (run)
             tpio__call_soon_node(loop, n);
         else if (n->cb == ts_run)
-            tpio__free(n->arg);
+            tpio__free(n);
         n = next;
     }
 }

@@ -26,11 +26,11 @@ struct tpio__slot {
 
 /* A callback that must run even when no memory is left to schedule it (the
  * end of a connection, a child's exit, a result from another thread): its
- * owner embeds the node, so queuing it cannot fail. */
+ * owner embeds the node, so queuing it cannot fail. cb gets the node as its
+ * argument (container_of leads to the owner): two words per owner. */
 struct tpio__node {
     struct tpio__node *next;
     tpio_callback_t cb;
-    void *arg;
 };
 
 struct tpio_loop {
@@ -67,9 +67,9 @@ struct tpio_loop {
 };
 
 TPIO__HIDDEN uint64_t tpio__now_ns(void);
-/* Schedule n->cb(loop, n->arg) as call_soon would; when no slot can be had,
- * it still runs, after this iteration's queue. n must stay valid until it
- * has run. */
+/* Schedule n->cb(loop, n) as call_soon would; when no slot can be had, it
+ * still runs, after this iteration's queue. n must stay valid until it has
+ * run. */
 TPIO__HIDDEN void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n);
 /* Queue a node from any thread (cannot fail). */
 TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n);

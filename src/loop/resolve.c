@@ -55,7 +55,7 @@ static void *resolve_thread(void *arg)
 static void resolve_done(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
-    struct tpio__resolve *r = arg;
+    struct tpio__resolve *r = tpio_container_of(arg, struct tpio__resolve, node);
     r->done(r);
 }
 
@@ -65,7 +65,6 @@ int tpio__resolve_start(struct tpio__resolve *r)
     r->res = r->local_res = NULL;
     r->err = 0;
     r->node.cb = resolve_done;
-    r->node.arg = r;
     int rc = r->host ? try_numeric(r->host, r->port, &r->hints, &r->res, &num_host) : 0;
     if (rc == 0 && r->local_host)
         rc = try_numeric(r->local_host, r->local_port, &r->hints, &r->local_res, &num_local);

@@ -194,7 +194,7 @@ static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
 }
 
 /* A read that filled the buffer most likely left more waiting: read again now
- * instead of after another epoll_wait, as libuv does (asyncio reads once per
+ * instead of after another wait for readiness, as libuv does (asyncio reads once per
  * event), within bounds so that one busy connection cannot hold the loop.
  * With a 4 KiB BufferedProtocol buffer: 10-22% more throughput
  * (docs/performance.md). Out of line, so that the common case, a read that

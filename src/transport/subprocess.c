@@ -74,7 +74,7 @@ static void try_finish(struct proc *P)
 static void exited_cb(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
-    struct proc *P = arg;
+    struct proc *P = tpio_container_of(arg, struct proc, exit_node);
     if (P->base.proto)
         TPIO__UPCALL(&P->base, process_exited);
     tpio__transport_unref(&P->base);
@@ -89,7 +89,6 @@ static void on_exit_status(struct proc *P, int code)
     tpio__watch(P->base.loop, &P->io, 0);
     tpio__transport_ref(&P->base); /* held by exited_cb */
     P->exit_node.cb = exited_cb;
-    P->exit_node.arg = P;
     tpio__call_soon_node(P->base.loop, &P->exit_node);
     try_finish(P);
 }

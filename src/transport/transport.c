@@ -114,7 +114,7 @@ int tpio__transport_open(tpio_transport_t *t, const struct tpio__conn *conn)
 static void lost_cb(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
-    tpio_transport_t *t = arg;
+    tpio_transport_t *t = tpio_container_of(arg, struct tpio_transport, lost_node);
     tpio__transport_ref(t);
     /* asyncio closes the socket after connection_lost returns: the
      * descriptor and the extra info are still there inside it. */
@@ -142,7 +142,6 @@ void tpio__schedule_lost(tpio_transport_t *t, int err)
     t->lost_err = err;
     t->vt->quiesce(t);
     t->lost_node.cb = lost_cb;
-    t->lost_node.arg = t;
     tpio__call_soon_node(t->loop, &t->lost_node);
 }
 
