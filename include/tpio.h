@@ -231,9 +231,9 @@ TPIO_API int tpio_loop_close(tpio_loop_t *loop);
 TPIO_API int tpio_loop_run_forever(tpio_loop_t *loop);
 
 /**
- * Run one iteration: wait for I/O at most `timeout` seconds (negative: until
- * something happens; 0: do not block), then run the callbacks that were ready
- * at that point. For embedding tpio in another program's loop. -EBUSY inside
+ * Run one iteration: wait for I/O at most `timeout` seconds, rounded up to
+ * the millisecond (negative: until something happens; 0: do not block), then
+ * run the callbacks that were ready at that point. For embedding tpio in another program's loop. -EBUSY inside
  * a running loop.
  */
 TPIO_API int tpio_loop_run_once(tpio_loop_t *loop, double timeout);
@@ -259,11 +259,13 @@ TPIO_API int tpio_loop_time(const tpio_loop_t *loop, double *now);
 TPIO_API int tpio_loop_call_soon(tpio_loop_t *loop, tpio_callback_t cb, void *arg,
                                  tpio_handle_t *handle);
 
-/** Schedule cb after `delay` seconds (negative = 0; NaN: -EINVAL). */
+/** Schedule cb after `delay` seconds (negative = 0; NaN: -EINVAL); handle may
+ *  be NULL. */
 TPIO_API int tpio_loop_call_later(tpio_loop_t *loop, double delay, tpio_callback_t cb,
                                   void *arg, tpio_handle_t *handle);
 
-/** Schedule cb at the loop time `when` (see tpio_loop_time(); NaN: -EINVAL). */
+/** Schedule cb at the loop time `when` (see tpio_loop_time(); NaN: -EINVAL);
+ *  handle may be NULL. */
 TPIO_API int tpio_loop_call_at(tpio_loop_t *loop, double when, tpio_callback_t cb,
                                void *arg, tpio_handle_t *handle);
 
@@ -503,9 +505,11 @@ TPIO_API int tpio_transport_resume_reading(tpio_transport_t *t);
 /** The default and largest read size: 256 KiB (asyncio's max_size). */
 #define TPIO_READ_SIZE_MAX (256 * 1024)
 /**
- * The most bytes one data_received call delivers (a Protocol; a
- * BufferedProtocol's read size is its buffer's). 1 to TPIO_READ_SIZE_MAX;
- * 0 restores the default. -EINVAL beyond. The bound matters to a proxy: a
+ * The most bytes one data_received call delivers. It applies while the
+ * protocol is a Protocol: a BufferedProtocol's read size is the size of the
+ * buffer it hands out, and the setting waits (get_read_size still gives it)
+ * for a switch to a Protocol. 1 to TPIO_READ_SIZE_MAX; 0 restores the
+ * default. -EINVAL beyond. The bound matters to a proxy: a
  * proxy that pauses the reading side in pause_writing() of the writing side
  * buffers at most high + one read size there.
  */
@@ -777,7 +781,8 @@ TPIO_API int tpio_loop_create_unix_server(tpio_loop_t *loop,
 /**
  * Wrap the read end of a pipe (asyncio's connect_read_pipe): fd must be a
  * FIFO, a socket or a character device (anything else: -EINVAL, fd untouched)
- * that the loop can watch (else TPIO_ENOTWATCHABLE, fd untouched). The
+ * that the loop can watch (else TPIO_ENOTWATCHABLE, fd untouched; -EBADF for
+ * a descriptor that is not open). The
  * transport is a ReadTransport: data_received or the BufferedProtocol calls,
  * pause/resume reading; at EOF eof_received (its answer is ignored: a pipe
  * cannot be half-open) then connection_lost(0). EIO (a terminal whose other
@@ -863,8 +868,9 @@ TPIO_API int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop,
  * queued behind the others, in order (each datagram counts len + 8 bytes in
  * get_write_buffer_size, as asyncio 3.13), under the same watermark flow
  * control as streams; -ENOMEM if the copy cannot be made (the datagram is
- * dropped, the endpoint stays open). A send error reaches error_received
- * (from the loop, never inside this call) and the transport stays open.
+ * dropped, the endpoint stays open); queuing may call pause_writing(). A send
+ * error reaches error_received (from the loop, never inside this call) and
+ * the transport stays open.
  * After close()/abort(), datagrams are dropped. -ENOTSUP on other kinds.
  */
 TPIO_API int tpio_datagram_sendto(tpio_transport_t *t, const void *data, size_t len,
@@ -993,9 +999,10 @@ TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
 /**
  * Format a socket address as asyncio prints it: "('127.0.0.1', 8888)" for
  * IPv4, "('::1', 8888, 0, 0)" for IPv6, the path for Unix sockets (an
- * abstract name as Python shows it, b'\x00name'). buf always receives a
- * NUL-terminated string; returns 0, -ENOSPC if it had to be truncated,
- * -EINVAL, -EAFNOSUPPORT for other families.
+ * abstract name as Python shows it, b'\x00name'). buf (buflen > 0) always
+ * receives a NUL-terminated string, empty on error; returns 0, -ENOSPC if it
+ * had to be truncated, -EINVAL (NULL, or len too short for the family),
+ * -EAFNOSUPPORT for other families.
  */
 TPIO_API int tpio_format_addr(const struct sockaddr *addr, socklen_t len,
                               char *buf, size_t buflen);

@@ -712,3 +712,42 @@ Test(api, datagram_abstract_names, .timeout = 20)
     th_proto_free(cb.p);
     cr_assert_eq(tpio_loop_close(loop), 0);
 }
+
+/* TPIO_OFF is a value like any other: an abstract flag set to off makes no
+ * Unix endpoint of an IP one. */
+Test(api, flag_off_is_not_an_option_set, .timeout = 20)
+{
+    tpio_loop_t *loop = th_new_loop();
+    th_conn_t c = {0};
+    th_proto_t tmpl = {0};
+    tpio_datagram_opts_t o =
+        TPIO_OPTS(tpio_datagram_opts_t, .local_host = "127.0.0.1", .local_abstract = TPIO_OFF,
+                  .remote_abstract = TPIO_OFF, .reuse_port = TPIO_OFF);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &o, th_on_conn, &c),
+                 0);
+    cr_assert(th_run_until(loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0);
+    tpio_extra_t x;
+    cr_assert_eq(tpio_transport_get_extra_info(c.t, "sockname", &x), 0);
+    cr_assert_eq(x.addr->sa_family, AF_INET);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    cr_assert(th_run_until(loop, &c.p->lost, TH_TMO));
+    th_proto_free(c.p);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+Test(api, format_addr_leaves_an_empty_string_on_error, .timeout = 10)
+{
+    char buf[64] = "old";
+    struct sockaddr_in a4 = {.sin_family = AF_INET};
+    cr_assert_eq(tpio_format_addr((struct sockaddr *)&a4, sizeof a4 - 1, buf, sizeof buf),
+                 -EINVAL);
+    cr_assert_str_eq(buf, "");
+    strcpy(buf, "old");
+    struct sockaddr sa = {.sa_family = AF_APPLETALK};
+    cr_assert_eq(tpio_format_addr(&sa, sizeof sa, buf, sizeof buf), -EAFNOSUPPORT);
+    cr_assert_str_eq(buf, "");
+    strcpy(buf, "old");
+    cr_assert_eq(tpio_format_addr(NULL, 0, buf, sizeof buf), -EINVAL);
+    cr_assert_str_eq(buf, "");
+}

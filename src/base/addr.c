@@ -9,7 +9,10 @@
 
 int tpio_format_addr(const struct sockaddr *addr, socklen_t len, char *buf, size_t buflen)
 {
-    if (!addr || !buf || buflen == 0)
+    if (!buf || buflen == 0)
+        return -EINVAL;
+    buf[0] = '\0';
+    if (!addr)
         return -EINVAL;
     char ip[INET6_ADDRSTRLEN];
     int n;

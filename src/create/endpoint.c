@@ -146,13 +146,16 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
     if (rc < 0)
         return rc;
     int use_sock = tpio__flag(o.use_sock, false), reuse_port = tpio__flag(o.reuse_port, false),
-        allow_broadcast = tpio__flag(o.allow_broadcast, false);
-    if (use_sock < 0 || reuse_port < 0 || allow_broadcast < 0)
+        allow_broadcast = tpio__flag(o.allow_broadcast, false),
+        local_abstract = tpio__flag(o.local_abstract, false),
+        remote_abstract = tpio__flag(o.remote_abstract, false);
+    if (use_sock < 0 || reuse_port < 0 || allow_broadcast < 0 || local_abstract < 0 ||
+        remote_abstract < 0)
         return -EINVAL;
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
     bool inet_opts = o.local_host || o.remote_host || o.local_port || o.remote_port;
     bool unix_opts = o.local_path || o.remote_path || o.local_path_len || o.remote_path_len ||
-                     o.local_abstract || o.remote_abstract;
+                     local_abstract || remote_abstract;
     if (use_sock) {
         if (inet_opts || unix_opts || o.family || o.proto || o.flags || reuse_port ||
             allow_broadcast)
