@@ -114,7 +114,8 @@ TPIO_API const char *tpio_version(void);
     X(TPIO_EAI_OTHER, -3008, "name resolution failed")                        \
     X(TPIO_EPROTOCOL_BUFFER, -3101, "get_buffer() returned an empty buffer")  \
     X(TPIO_ENOTWATCHABLE, -3102,                                              \
-      "the descriptor cannot be watched by the event loop")
+      "the descriptor cannot be watched by the event loop")                   \
+    X(TPIO_EFDINUSE, -3103, "the descriptor is used by a transport or server")
 
 enum tpio_error {
 #define TPIO__ERR_ENUM(name, value, text) name = value,
@@ -312,6 +313,42 @@ TPIO_API int tpio_loop_default_error_handler(tpio_loop_t *loop,
 /** Report something to the loop's current error handler. */
 TPIO_API int tpio_loop_call_error_handler(tpio_loop_t *loop,
                                           const tpio_error_context_t *ctx);
+
+/* --- Watching descriptors ------------------------------------------------ */
+
+/** A descriptor watcher's callback: fd is ready for reading (or writing). */
+typedef void (*tpio_fd_cb_t)(tpio_loop_t *loop, int fd, void *arg);
+
+/**
+ * Call cb(loop, fd, arg) from the loop whenever fd is readable (asyncio's
+ * add_reader), until tpio_loop_remove_reader(). Any descriptor the kernel
+ * can poll: sockets, pipes, eventfd, signalfd, timerfd, inotify, another
+ * library's (libpq, c-ares). Level-triggered: the callback runs again while
+ * data is waiting. An error or hang-up counts as readable and as writable.
+ * One reader and one writer per descriptor; adding again replaces the
+ * callback. The descriptor stays yours: close it after removing its
+ * watchers (a descriptor closed while watched is simply not reported any
+ * more, and the watcher stays until removed or the loop closes).
+ * Removing or closing from inside any callback, its own included, is safe;
+ * a reader that removes the writer of the same descriptor in the same event
+ * stops it from being called.
+ * Returns 0, -EBADF (fd < 0), TPIO_EFDINUSE (a descriptor one of tpio's own
+ * transports or servers uses, as asyncio refuses it), TPIO_ENOTWATCHABLE (a
+ * regular file, a directory), -ENOMEM. A descriptor watched here cannot be
+ * given to a transport call (TPIO_EFDINUSE) until its watchers are removed.
+ * tpio_loop_close() drops the watchers that are left.
+ */
+TPIO_API int tpio_loop_add_reader(tpio_loop_t *loop, int fd, tpio_fd_cb_t cb, void *arg);
+/** As add_reader, for writability (asyncio's add_writer). */
+TPIO_API int tpio_loop_add_writer(tpio_loop_t *loop, int fd, tpio_fd_cb_t cb, void *arg);
+/**
+ * Stop watching fd for reading (asyncio's remove_reader). *removed (may be
+ * NULL) says whether a reader was registered. Returns 0 either way, -EBADF
+ * for fd < 0.
+ */
+TPIO_API int tpio_loop_remove_reader(tpio_loop_t *loop, int fd, bool *removed);
+/** As remove_reader, for the writer (asyncio's remove_writer). */
+TPIO_API int tpio_loop_remove_writer(tpio_loop_t *loop, int fd, bool *removed);
 
 /* ========================================================================= */
 /* Protocols                                                                 */

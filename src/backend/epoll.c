@@ -68,7 +68,13 @@ int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
             if (b->batch[i].data.ptr == io)
                 b->batch[i].data.ptr = NULL;
     }
-    if (epoll_ctl(b->epfd, op, io->fd, &ev) < 0) {
+    int rc = epoll_ctl(b->epfd, op, io->fd, &ev);
+    /* The kernel drops a descriptor from the set when it is closed: a new
+     * descriptor of the same number, or one the user closed under a watch,
+     * is added afresh. */
+    if (rc < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
+        rc = epoll_ctl(b->epfd, EPOLL_CTL_ADD, io->fd, &ev);
+    if (rc < 0) {
         /* DEL of an fd the kernel already forgot (closed elsewhere) is fine. */
         if (op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF)) {
             io->registered = 0;

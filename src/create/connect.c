@@ -288,6 +288,8 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
 {
     int rc = tpio__sock_check(sock, SOCK_STREAM);
     if (rc == 0)
+        rc = tpio__fd_check(loop, sock);
+    if (rc == 0)
         rc = tpio__set_nonblock(sock);
     if (rc < 0)
         return rc;

@@ -161,7 +161,7 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
             allow_broadcast)
             return -EINVAL; /* asyncio: sock excludes every other option */
         if ((rc = tpio__sock_check(o.sock, SOCK_DGRAM)) < 0 ||
-            (rc = tpio__set_nonblock(o.sock)) < 0)
+            (rc = tpio__fd_check(loop, o.sock)) < 0 || (rc = tpio__set_nonblock(o.sock)) < 0)
             return rc;
         return endpoint_sync(loop, o.sock, &conn);
     }

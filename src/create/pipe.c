@@ -29,7 +29,9 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
-    int rc = pipe_check(loop, fd);
+    int rc = tpio__fd_check(loop, fd);
+    if (rc == 0)
+        rc = pipe_check(loop, fd);
     if (rc == 0)
         rc = tpio__set_nonblock(fd);
     if (rc)

@@ -183,6 +183,17 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
     s->nls = nfds;
     tpio__tset_init(&s->conns, conn_removed);
     for (size_t i = 0; i < nfds; i++) {
+        int rc = tpio__fd_claim(loop, fds[i]);
+        if (rc < 0) {
+            while (i-- > 0)
+                tpio__fd_release(loop, fds[i]);
+            tpio__free(s->unlink_path);
+            tpio__free(ls);
+            tpio__free(s);
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < nfds; i++) {
         /* Sockets given by the user become ours: non-blocking, like accepted. */
         tpio__set_nonblock(fds[i]);
         tpio__io_init(&ls[i].io, fds[i], accept_ready);
@@ -287,6 +298,7 @@ int tpio_server_close(tpio_server_t *s)
         tpio__watch(s->loop, &s->ls[i].io, 0);
         if (s->ls[i].retry)
             tpio_loop_cancel(s->loop, s->ls[i].retry);
+        tpio__fd_release(s->loop, s->ls[i].io.fd);
         close(s->ls[i].io.fd);
     }
     s->nls = 0;

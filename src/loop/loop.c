@@ -399,7 +399,9 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
     pthread_mutex_init(&loop->ts_lock, NULL);
     atomic_init(&loop->ts_signalled, false);
     tpio__io_init(&loop->efd_io, loop->efd, efd_ready);
-    rc = tpio__watch(loop, &loop->efd_io, TPIO__IN);
+    rc = tpio__fd_claim(loop, loop->efd);
+    if (rc == 0 && (rc = tpio__watch(loop, &loop->efd_io, TPIO__IN)) < 0)
+        tpio__watchers_close(loop);
     if (rc) {
         pthread_mutex_destroy(&loop->ts_lock);
         goto fail;
@@ -423,6 +425,7 @@ int tpio_loop_close(tpio_loop_t *loop)
     if (loop->running || loop->live)
         return -EBUSY;
     drain_threadsafe(loop, false);
+    tpio__watchers_close(loop);
     tpio__watch(loop, &loop->efd_io, 0);
     close(loop->efd);
     tpio__backend_close(loop->backend);

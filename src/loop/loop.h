@@ -64,6 +64,13 @@ struct tpio_loop {
     /* Transports, servers and connection attempts alive: the loop refuses
      * to close while any exists. */
     size_t live;
+
+    /* Descriptors the library's objects use (a bit each), and the user's
+     * watchers, indexed by descriptor (watch.c). */
+    uint64_t *claimed;
+    size_t nclaimed;
+    struct tpio__fdw **watchers;
+    size_t nwatchers;
 };
 
 TPIO__HIDDEN uint64_t tpio__now_ns(void);
@@ -84,6 +91,19 @@ static inline int tpio__watch(tpio_loop_t *loop, struct tpio__io *io, uint32_t w
 {
     return tpio__io_set(loop->backend, io, want);
 }
+
+/* ---- descriptors (watch.c) ----------------------------------------------- */
+/* The library's objects claim the descriptors they use, so that the user
+ * cannot watch them (TPIO_EFDINUSE, as asyncio refuses add_reader on a
+ * transport's socket) nor hand a watched one to a transport. 0, -ENOMEM,
+ * TPIO_EFDINUSE. */
+TPIO__HIDDEN int tpio__fd_claim(tpio_loop_t *loop, int fd);
+TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
+/* 0 if fd is free for a transport (neither claimed nor watched), else
+ * TPIO_EFDINUSE: checked inside the user's call, before the fd is taken. */
+TPIO__HIDDEN int tpio__fd_check(const tpio_loop_t *loop, int fd);
+/* At loop close: drop the user's watchers and the claims. */
+TPIO__HIDDEN void tpio__watchers_close(tpio_loop_t *loop);
 
 /* ---- resolver ----------------------------------------------------------- */
 struct tpio__resolve;

@@ -295,17 +295,11 @@ static int dgram_extra(const tpio_transport_t *t, const char *name, tpio_extra_t
 
 static void dgram_quiesce(tpio_transport_t *t) { update_io(D(t)); }
 
-static void dgram_teardown(tpio_transport_t *t)
-{
-    struct dgram *d = D(t);
-    tpio__watch(t->loop, &d->io, 0);
-    if (d->io.fd >= 0)
-        close(d->io.fd);
-    d->io.fd = -1;
-}
+static void dgram_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &D(t)->io); }
 
 static void dgram_destroy(tpio_transport_t *t)
 {
+    tpio__transport_leave_fd(t, &D(t)->io); /* never started: the fd is the caller's */
     queue_clear(D(t));
     tpio__free(t);
 }
@@ -335,14 +329,18 @@ static int dgram_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
     if (!d)
         return -ENOMEM;
     tpio__transport_init(&d->base, loop, &dgram_vt, TPIO_TRANSPORT_DATAGRAM);
-    tpio__io_init(&d->io, fd, dgram_io);
+    int rc = tpio__transport_take_fd(&d->base, &d->io, fd, dgram_io);
+    if (rc < 0) {
+        tpio__transport_abandon(&d->base);
+        return rc;
+    }
     d->peerlen = sizeof d->peer;
     if (getpeername(fd, (struct sockaddr *)&d->peer, &d->peerlen) < 0)
         d->peerlen = 0;
     d->selflen = sizeof d->self;
     if (getsockname(fd, (struct sockaddr *)&d->self, &d->selflen) < 0)
         d->selflen = 0;
-    int rc = tpio__transport_open(&d->base, conn);
+    rc = tpio__transport_open(&d->base, conn);
     if (rc < 0)
         tpio__transport_abandon(&d->base);
     return rc;

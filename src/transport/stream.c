@@ -103,14 +103,7 @@ static void schedule_lost(struct stream *s, int err) { tpio__schedule_lost(&s->b
 
 static void stream_quiesce(tpio_transport_t *t) { update_io(S(t)); }
 
-static void stream_teardown(tpio_transport_t *t)
-{
-    struct stream *s = S(t);
-    tpio__watch(t->loop, &s->io, 0);
-    if (s->io.fd >= 0)
-        close(s->io.fd);
-    s->io.fd = -1;
-}
+static void stream_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &S(t)->io); }
 
 /* asyncio's _force_close: drop the buffer, stop everything, connection_lost. */
 static void force_close(struct stream *s, int err)
@@ -447,6 +440,7 @@ static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_
 static void stream_destroy(tpio_transport_t *t)
 {
     struct stream *s = S(t);
+    tpio__transport_leave_fd(t, &s->io); /* never started: the fd is the caller's */
     tpio__wbuf_clear(&s->wbuf, &t->wsize);
     tpio__free(s->names);
     tpio__free(s);
@@ -511,12 +505,12 @@ static void ignore_sigpipe(void)
     }
 }
 
-tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                                   const struct sockaddr *peer, socklen_t peerlen)
+int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                     const struct sockaddr *peer, socklen_t peerlen, tpio_transport_t **out)
 {
     struct stream *s = tpio__calloc(1, sizeof *s);
     if (!s)
-        return NULL;
+        return -ENOMEM;
     s->mode = kind == TPIO_TRANSPORT_PIPE_READ    ? MODE_READ_PIPE
               : kind == TPIO_TRANSPORT_PIPE_WRITE ? MODE_WRITE_PIPE
                                                   : MODE_DUPLEX;
@@ -524,7 +518,11 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
                                           : s->mode == MODE_WRITE_PIPE ? &write_pipe_vt
                                                                        : &stream_vt;
     tpio__transport_init(&s->base, loop, vt, kind);
-    tpio__io_init(&s->io, fd, stream_io);
+    int rc = tpio__transport_take_fd(&s->base, &s->io, fd, stream_io);
+    if (rc < 0) {
+        tpio__transport_abandon(&s->base);
+        return rc;
+    }
     s->is_socket = true;
     if (s->mode != MODE_DUPLEX) {
         /* A pipe transport may sit on a FIFO, a socket or a character device. */
@@ -545,7 +543,8 @@ tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kin
         if (peer)
             set_peer(s, peer, peerlen);
     }
-    return &s->base;
+    *out = &s->base;
+    return 0;
 }
 
 static int stream_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
@@ -553,10 +552,11 @@ static int stream_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd
                         socklen_t peerlen, const struct tpio__conn *conn)
 {
     (void)self;
-    tpio_transport_t *t = tpio__stream_new(loop, fd, kind, peer, peerlen);
-    if (!t)
-        return -ENOMEM;
-    int rc = tpio__transport_open(t, conn);
+    tpio_transport_t *t;
+    int rc = tpio__stream_new(loop, fd, kind, peer, peerlen, &t);
+    if (rc < 0)
+        return rc;
+    rc = tpio__transport_open(t, conn);
     if (rc < 0)
         tpio__transport_abandon(t);
     return rc;

@@ -195,17 +195,12 @@ static void proc_quiesce(tpio_transport_t *t)
     tpio__watch(t->loop, &as_proc(t)->io, 0);
 }
 
-static void proc_teardown(tpio_transport_t *t)
-{
-    struct proc *P = as_proc(t);
-    if (P->io.fd >= 0)
-        close(P->io.fd);
-    P->io.fd = -1;
-}
+static void proc_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &as_proc(t)->io); }
 
 static void proc_destroy(tpio_transport_t *t)
 {
     struct proc *P = as_proc(t);
+    tpio__transport_leave_fd(t, &P->io); /* never started: the pidfd is the caller's */
     for (int i = 0; i < 3; i++)
         if (P->pipes[i].t)
             tpio__transport_unref(P->pipes[i].t);
@@ -260,12 +255,13 @@ static int open_pipe(struct proc *P, int i, int fd)
 {
     struct pipe_proto *pp = &P->pipes[i];
     pp->base.ops = i == 0 ? &write_pipe_ops : &read_pipe_ops;
-    tpio_transport_t *t = tpio__stream_new(
-        P->base.loop, fd, i == 0 ? TPIO_TRANSPORT_PIPE_WRITE : TPIO_TRANSPORT_PIPE_READ, NULL,
-        0);
-    if (!t)
-        return -ENOMEM;
-    int rc = tpio__transport_start(t, &pp->base, NULL, NULL);
+    tpio_transport_t *t;
+    int rc = tpio__stream_new(P->base.loop, fd,
+                              i == 0 ? TPIO_TRANSPORT_PIPE_WRITE : TPIO_TRANSPORT_PIPE_READ, NULL,
+                              0, &t);
+    if (rc < 0)
+        return rc;
+    rc = tpio__transport_start(t, &pp->base, NULL, NULL);
     if (rc < 0) {
         tpio__transport_abandon(t);
         return rc;
@@ -275,22 +271,31 @@ static int open_pipe(struct proc *P, int i, int fd)
     return 0;
 }
 
+/* Before the transport holds the child: end it and close what it had. */
+static int refuse_child(int pidfd, int parent[3], int err)
+{
+    syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    tpio__reap(pidfd, false, NULL);
+    close(pidfd);
+    for (int i = 0; i < 3; i++)
+        if (parent[i] >= 0)
+            close(parent[i]);
+    return err;
+}
+
 int tpio__subprocess_open(tpio_loop_t *loop, pid_t pid, int pidfd, int parent[3],
                           const struct tpio__conn *conn)
 {
     struct proc *P = tpio__calloc(1, sizeof *P);
-    if (!P) {
-        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-        tpio__reap(pidfd, false, NULL);
-        close(pidfd);
-        for (int i = 0; i < 3; i++)
-            if (parent[i] >= 0)
-                close(parent[i]);
-        return -ENOMEM;
-    }
+    if (!P)
+        return refuse_child(pidfd, parent, -ENOMEM);
     tpio__transport_init(&P->base, loop, &proc_vt, TPIO_TRANSPORT_SUBPROCESS);
     P->pid = pid;
-    tpio__io_init(&P->io, pidfd, proc_io);
+    int rc = tpio__transport_take_fd(&P->base, &P->io, pidfd, proc_io);
+    if (rc < 0) {
+        tpio__transport_abandon(&P->base);
+        return refuse_child(pidfd, parent, rc);
+    }
     for (int i = 0; i < 3; i++) {
         P->pipes[i].proc = P;
         P->pipes[i].fd = i;
@@ -298,16 +303,16 @@ int tpio__subprocess_open(tpio_loop_t *loop, pid_t pid, int pidfd, int parent[3]
     for (int i = 0; i < 3; i++) {
         if (parent[i] < 0)
             continue;
-        if (open_pipe(P, i, parent[i]) < 0) {
+        if ((rc = open_pipe(P, i, parent[i])) < 0) {
             for (int j = i; j < 3; j++)
                 if (parent[j] >= 0)
                     close(parent[j]);
-            return abandon(P, -ENOMEM);
+            return abandon(P, rc);
         }
     }
     /* As for every connection: start, then the factory last (the exception
      * is that this runs inside the user's call, as asyncio's does). */
-    int rc = tpio__transport_open(&P->base, conn);
+    rc = tpio__transport_open(&P->base, conn);
     if (rc < 0)
         return abandon(P, rc);
     return 0;

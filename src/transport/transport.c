@@ -32,6 +32,34 @@ void tpio__transport_abandon(tpio_transport_t *t)
     tpio__loop_release(loop);
 }
 
+int tpio__transport_take_fd(tpio_transport_t *t, struct tpio__io *io, int fd, tpio__io_cb cb)
+{
+    tpio__io_init(io, -1, cb);
+    int rc = tpio__fd_claim(t->loop, fd);
+    if (rc == 0)
+        io->fd = fd;
+    return rc;
+}
+
+void tpio__transport_close_fd(tpio_transport_t *t, struct tpio__io *io)
+{
+    if (io->fd < 0)
+        return;
+    tpio__watch(t->loop, io, 0);
+    tpio__fd_release(t->loop, io->fd);
+    close(io->fd);
+    io->fd = -1;
+}
+
+void tpio__transport_leave_fd(tpio_transport_t *t, struct tpio__io *io)
+{
+    if (io->fd < 0)
+        return;
+    tpio__watch(t->loop, io, 0);
+    tpio__fd_release(t->loop, io->fd);
+    io->fd = -1;
+}
+
 void tpio__transport_report(tpio_transport_t *t, const char *msg, int err)
 {
     int fd = t->vt->fd ? t->vt->fd(t) : -1;

@@ -138,6 +138,14 @@ TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
         v_;                                                                      \
     })
 
+/* The descriptor of a kind: taken (claimed from the user's watchers and
+ * watched through io), closed after connection_lost, or given back
+ * unclosed when the transport never started. */
+TPIO__HIDDEN int tpio__transport_take_fd(tpio_transport_t *t, struct tpio__io *io, int fd,
+                                         tpio__io_cb cb);
+TPIO__HIDDEN void tpio__transport_close_fd(tpio_transport_t *t, struct tpio__io *io);
+TPIO__HIDDEN void tpio__transport_leave_fd(tpio_transport_t *t, struct tpio__io *io);
+
 /* Report a failure of t to the error handler. */
 TPIO__HIDDEN void tpio__transport_report(tpio_transport_t *t, const char *msg, int err);
 
@@ -209,11 +217,10 @@ TPIO__HIDDEN int tpio__subprocess_open(tpio_loop_t *loop, pid_t pid, int pidfd,
 
 /* The stream transport on fd (TCP, Unix, other stream sockets, pipe ends),
  * allocated and not started; the peer address, when known (accept4), saves
- * a getpeername. NULL on ENOMEM. */
-TPIO__HIDDEN tpio_transport_t *tpio__stream_new(tpio_loop_t *loop, int fd,
-                                                tpio_transport_kind_t kind,
-                                                const struct sockaddr *peer,
-                                                socklen_t peerlen);
+ * a getpeername. -ENOMEM, TPIO_EFDINUSE (fd untouched). */
+TPIO__HIDDEN int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
+                                  const struct sockaddr *peer, socklen_t peerlen,
+                                  tpio_transport_t **out);
 /* Stream transports as a constructor. */
 TPIO__HIDDEN extern const struct tpio__ctor tpio__stream_ctor;
 /* Datagram transports (kind ignored) as a constructor. */
