@@ -161,14 +161,17 @@ static bool run_until_syn_sent(tpio_loop_t *loop, uint16_t port, double timeout)
  * default read size, 256 KiB, so the byte bound ends the event long before
  * the 32-read bound (tested in test_stream.c) would. */
 #define RS TPIO_READ_SIZE_MAX /* one read: 256 KiB */
-/* five full reads and a bit: more than the burst bound of 1 MiB */
-#define BURST_PRE (5 * (size_t)RS + 1000)
+/* The byte bound is reached after 4 full reads; more data then waits for
+ * the next event. */
+#define BURST_BYTES (4 * (size_t)RS)
 
 /* data_received calls and bytes per readiness event */
 static struct {
     tpio_loop_t *loop;
+    int wfd;             /* the pipe's write end, refilled from the 4th read */
+    unsigned char *more; /* what the refill writes: RS + 1000 bytes */
     bool open;           /* an event is being counted: its marker has not run */
-    size_t nev;
+    size_t nev, total;
     size_t calls[8], bytes[8];
 } bu;
 
@@ -190,55 +193,55 @@ static void burst_data(tpio_protocol_t *bp, const void *d, size_t n)
         bu.calls[bu.nev - 1]++;
         bu.bytes[bu.nev - 1] += n;
     }
+    bu.total += n;
     th_proto_ops.data_received(bp, d, n);
+    /* After the 4th full read the pipe is empty: fill it again, so that a
+     * 5th read in this event would fill the buffer too. Only the 1 MiB
+     * bound keeps it for the next event. */
+    if (bu.total == BURST_BYTES)
+        cr_assert_eq(write(bu.wfd, bu.more, RS + 1000), (ssize_t)(RS + 1000));
 }
 
 Test(behaviours, read_burst_stops_after_1mib_of_full_reads, .timeout = 30)
 {
-    int sv[2];
-    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    /* A Unix stream socket holds what its sender's SO_SNDBUF allows. */
-    int big = 4 << 20;
-    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-    int got = 0;
-    socklen_t gl = sizeof got;
-    cr_assert_eq(getsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &got, &gl), 0);
-    if ((size_t)got < 2 * BURST_PRE) /* net.core.wmem_max too low: root may force it */
-        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big);
-    unsigned char *pre = malloc(BURST_PRE);
-    cr_assert_not_null(pre);
-    for (size_t i = 0; i < BURST_PRE; i++)
-        pre[i] = th_pat(i);
-    ssize_t sent = send(sv[1], pre, BURST_PRE, MSG_DONTWAIT | MSG_NOSIGNAL);
-    cr_assert_eq(sent, (ssize_t)BURST_PRE,
-                 "the socket took %zd of %zu bytes: raise net.core.wmem_max to 4 MiB",
-                 sent, BURST_PRE);
-    cr_assert_eq(fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK), 0);
+    /* A pipe holds 1 MiB (fs.pipe-max-size, open to any process): exactly
+     * the 4 full reads the bound allows; the rest comes from inside the
+     * 4th data_received. */
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+    cr_assert_geq(fcntl(p[1], F_SETPIPE_SZ, (int)BURST_BYTES), (int)BURST_BYTES,
+                  "a pipe of 1 MiB: fs.pipe-max-size is below 1048576");
+    size_t total = BURST_BYTES + RS + 1000;
+    unsigned char *pat = malloc(total);
+    cr_assert_not_null(pat);
+    for (size_t i = 0; i < total; i++)
+        pat[i] = th_pat(i);
+    cr_assert_eq(write(p[1], pat, BURST_BYTES), (ssize_t)BURST_BYTES);
+    bu.wfd = p[1];
+    bu.more = pat + BURST_BYTES;
 
     tpio_protocol_ops_t ops = th_proto_ops;
     ops.data_received = burst_data;
     th_pair_t *pr = th_pair_new(&ops);
     bu.loop = pr->loop;
-    pr->peer = sv[1];
-    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr,
-                                                   sv[0], th_pair_on_conn, pr), 0);
+    pr->peer = p[1];
+    cr_assert_eq(tpio_loop_connect_read_pipe(pr->loop, th_pair_count_factory, pr, p[0],
+                                             th_pair_on_conn, pr), 0);
     cr_assert(th_run_until(pr->loop, &pr->done, TMO));
     cr_assert_eq(pr->err, 0);
-    th_proto_t *p = pr->p;
-    cr_assert(th_pair_run_until_rx(pr, p, BURST_PRE), "got %zu of %zu bytes", p->rxlen,
-              BURST_PRE);
-    cr_assert_eq(p->rxlen, BURST_PRE);
-    cr_assert_eq(memcmp(p->rx, pre, BURST_PRE), 0, "bytes differ");
+    th_proto_t *pp = pr->p;
+    cr_assert(th_pair_run_until_rx(pr, pp, total), "got %zu of %zu bytes", pp->rxlen, total);
+    cr_assert_eq(pp->rxlen, total);
+    cr_assert_eq(memcmp(pp->rx, pat, total), 0, "bytes differ");
     /* first event: 4 reads of 256 KiB (1 MiB), although a 5th would fill too */
     cr_assert_eq(bu.calls[0], 4, "first event: %zu data_received calls (%zu bytes)",
                  bu.calls[0], bu.bytes[0]);
-    cr_assert_eq(bu.bytes[0], 4 * (size_t)RS);
+    cr_assert_eq(bu.bytes[0], BURST_BYTES);
     /* next event: the 5th full read, then the rest */
     cr_assert_eq(bu.nev, 2, "%zu events", bu.nev);
     cr_assert_eq(bu.calls[1], 2);
     cr_assert_eq(bu.bytes[1], (size_t)RS + 1000);
-    free(pre);
+    free(pat);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     th_pair_finish(pr);
 }
