@@ -3,11 +3,7 @@
  * program built from one .c file):
  *  - print_repr(): Python's repr() of a decoded str, so that the C examples
  *    print exactly what the specification's Python examples print;
- *  - parse_port();
- *  - example_stop_on_signal(): SIGINT/SIGTERM end the loop cleanly. The API
- *    has no signal support yet, so the signals are blocked in every thread and
- *    one thread sigwait()s for them, then calls tpio_loop_call_soon_threadsafe(),
- *    the one call allowed from any thread.
+ *  - parse_port().
  */
 #ifndef TPIO_EXAMPLE_UTIL_H
 #define TPIO_EXAMPLE_UTIL_H
@@ -15,7 +11,6 @@
 #include <tpio.h>
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,54 +94,6 @@ static inline int parse_port(const char *s, uint16_t *port)
         return -1;
     *port = (uint16_t)v;
     return 0;
-}
-
-typedef struct example_signals {
-    tpio_loop_t *loop;
-    sigset_t set;
-    pthread_t thread;
-    tpio_callback_t on_signal; /* runs on the loop's thread */
-    void *arg;
-    int signo;
-} example_signals_t;
-
-static inline void *example_signal_thread(void *p)
-{
-    example_signals_t *s = p;
-    int sig = 0;
-    if (sigwait(&s->set, &sig) == 0)
-        s->signo = sig;
-    tpio_loop_call_soon_threadsafe(s->loop, s->on_signal, s->arg);
-    return NULL;
-}
-
-/* Call first in main(), before any thread exists, so every thread inherits
- * the blocked mask. */
-static inline void example_block_signals(example_signals_t *s)
-{
-    sigemptyset(&s->set);
-    sigaddset(&s->set, SIGINT);
-    sigaddset(&s->set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &s->set, NULL);
-}
-
-/* Start the waiting thread once the loop exists; on_signal(loop, arg) then
- * runs on the loop when SIGINT or SIGTERM arrives. Returns 0 or an errno. */
-static inline int example_watch_signals(example_signals_t *s, tpio_loop_t *loop,
-                                        tpio_callback_t on_signal, void *arg)
-{
-    s->loop = loop;
-    s->on_signal = on_signal;
-    s->arg = arg;
-    return pthread_create(&s->thread, NULL, example_signal_thread, s);
-}
-
-/* After the loop stopped: wake the thread if no signal came, and join it. */
-static inline void example_unwatch_signals(example_signals_t *s)
-{
-    if (!s->signo)
-        pthread_kill(s->thread, SIGTERM);
-    pthread_join(s->thread, NULL);
 }
 
 #endif

@@ -12,14 +12,13 @@
  * exactly what the Python example prints for every connection. Serves until
  * SIGINT or SIGTERM, then closes the server and its connections and exits 0.
  *
- * Signals: the public API has no signal support yet, so SIGINT and SIGTERM are
- * blocked in every thread and one dedicated thread waits for them with
- * sigwait(); it wakes the loop with tpio_loop_call_soon_threadsafe(), the one call
- * that may come from any thread (calling it from a signal handler would not
- * be async-signal-safe). See example_util.h, which also has print_repr().
+ * Signals: tpio_loop_add_signal_handler() runs on_signal from the loop, as
+ * asyncio's loop.add_signal_handler does, so it may close the server like
+ * any other callback. See example_util.h for print_repr().
  */
 #include <tpio.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,12 +102,13 @@ static void on_server_closed(tpio_loop_t *loop, void *arg)
     tpio_loop_stop(loop);
 }
 
-/* Runs on the loop's thread when a signal arrives: leaving `async with
+/* Runs from the loop when SIGINT or SIGTERM arrives: leaving `async with
  * server` — close the server (and its connections), wait_closed, stop. */
-static void shutdown_cb(tpio_loop_t *loop, void *arg)
+static void on_signal(tpio_loop_t *loop, int sig, void *arg)
 {
     app_t *app = arg;
     int err;
+    (void)sig;
     tpio_server_close(app->server);
     tpio_server_close_clients(app->server);
     err = tpio_server_wait_closed(app->server, on_server_closed, app);
@@ -123,7 +123,6 @@ static void shutdown_cb(tpio_loop_t *loop, void *arg)
 int main(int argc, char **argv)
 {
     app_t app = {0};
-    example_signals_t sig;
     tpio_server_opts_t opts = TPIO_OPTS(tpio_server_opts_t);
     int err, status = EXIT_FAILURE;
 
@@ -138,10 +137,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "tcp_echo_server: bad port '%s'\n", argv[2]);
         return 2;
     }
-
-    /* Block the signals before any thread exists, so every thread (the
-     * library's included) inherits the mask and only sigwait() sees them. */
-    example_block_signals(&sig);
 
     err = tpio_loop_new(&app.loop, NULL);
     if (err < 0) {
@@ -172,26 +167,23 @@ int main(int argc, char **argv)
     }
     putchar('\n');
 
-    err = example_watch_signals(&sig, app.loop, shutdown_cb, &app);
-    if (err != 0) {
-        fprintf(stderr, "tcp_echo_server: thread: %s\n", strerror(err));
-        shutdown_cb(app.loop, &app);
+    if ((err = tpio_loop_add_signal_handler(app.loop, SIGINT, on_signal, &app)) < 0 ||
+        (err = tpio_loop_add_signal_handler(app.loop, SIGTERM, on_signal, &app)) < 0) {
+        fprintf(stderr, "tcp_echo_server: signals: %s\n", tpio_strerror(err));
+        on_signal(app.loop, 0, &app);
         tpio_loop_run_forever(app.loop);
         tpio_loop_close(app.loop);
         return EXIT_FAILURE;
     }
 
-    /* await server.serve_forever() — until shutdown_cb has closed the server
+    /* await server.serve_forever() — until on_signal has closed the server
      * and wait_closed has reported that its connections are gone. */
     err = tpio_loop_run_forever(app.loop);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));
-        /* Without a signal, unwatching makes the thread schedule shutdown_cb:
-         * run the loop once more to shut down as for a signal. */
-        example_unwatch_signals(&sig);
+        on_signal(app.loop, 0, &app);
         tpio_loop_run_forever(app.loop);
     } else {
-        example_unwatch_signals(&sig);
         status = EXIT_SUCCESS;
     }
 

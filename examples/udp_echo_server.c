@@ -95,9 +95,11 @@ static void on_lost_stop(tpio_loop_t *loop, void *arg)
     tpio_loop_stop(loop);
 }
 
-static void on_signal(tpio_loop_t *loop, void *arg)
+/* Runs from the loop when SIGINT or SIGTERM arrives. */
+static void on_signal(tpio_loop_t *loop, int sig, void *arg)
 {
     app_t *app = arg;
+    (void)sig;
     if (app->transport) {
         tpio_transport_close(app->transport);
         app->transport = NULL;
@@ -109,7 +111,6 @@ static void on_signal(tpio_loop_t *loop, void *arg)
 int main(int argc, char **argv)
 {
     app_t app = {.status = EXIT_SUCCESS};
-    example_signals_t sig;
     tpio_datagram_opts_t opts =
         TPIO_OPTS(tpio_datagram_opts_t, .local_host = "127.0.0.1", .local_port = 9999);
     tpio_loop_t *loop;
@@ -125,7 +126,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "udp_echo_server: bad port '%s'\n", argv[2]);
         return 2;
     }
-    example_block_signals(&sig);
     int err = tpio_loop_new(&loop, NULL);
     if (err < 0) {
         fprintf(stderr, "udp_echo_server: loop: %s\n", tpio_strerror(err));
@@ -140,13 +140,13 @@ int main(int argc, char **argv)
         tpio_loop_close(loop);
         return EXIT_FAILURE;
     }
-    err = example_watch_signals(&sig, loop, on_signal, &app);
-    if (err != 0) {
-        fprintf(stderr, "udp_echo_server: thread: %s\n", strerror(err));
-        return EXIT_FAILURE;
+    if ((err = tpio_loop_add_signal_handler(loop, SIGINT, on_signal, &app)) < 0 ||
+        (err = tpio_loop_add_signal_handler(loop, SIGTERM, on_signal, &app)) < 0) {
+        fprintf(stderr, "udp_echo_server: signals: %s\n", tpio_strerror(err));
+        app.status = EXIT_FAILURE;
+    } else {
+        tpio_loop_run_forever(loop);
     }
-    tpio_loop_run_forever(loop);
-    example_unwatch_signals(&sig);
     if (app.transport) { /* stopped by an error path: close what is left */
         tpio_transport_close(app.transport);
         tpio_loop_call_soon(loop, on_lost_stop, NULL, NULL);

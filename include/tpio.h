@@ -350,6 +350,48 @@ TPIO_API int tpio_loop_remove_reader(tpio_loop_t *loop, int fd, bool *removed);
 /** As remove_reader, for the writer (asyncio's remove_writer). */
 TPIO_API int tpio_loop_remove_writer(tpio_loop_t *loop, int fd, bool *removed);
 
+/* --- Signals -------------------------------------------------------------- */
+
+/** A signal handler: runs from the loop, never in signal context. */
+typedef void (*tpio_signal_cb_t)(tpio_loop_t *loop, int sig, void *arg);
+
+/**
+ * Run cb(loop, sig, arg) from the loop when signal sig arrives (asyncio's
+ * add_signal_handler). The handler is an ordinary callback of the loop's
+ * next iteration, so it may call anything in tpio (close a server, stop the
+ * loop). A signal that arrives several times before the handler runs runs
+ * it at least once: signals are coalesced, realtime ones too. Adding again
+ * replaces the callback.
+ *
+ * How: a process-wide sigaction() handler (SA_RESTART, every signal blocked
+ * while it runs) marks the signal pending and writes to the loop's eventfd;
+ * nothing else happens in signal context. It therefore works whichever
+ * thread the kernel delivers the signal to, in a program with threads of
+ * its own, without blocking anything. Its limits:
+ * - The disposition is the process's: one loop at a time owns a signal
+ *   (another loop asking gets -EBUSY), and a sigaction() or signal() call
+ *   made elsewhere for that signal replaces tpio's (the handler then stops
+ *   running; tpio cannot notice).
+ * - A signal blocked in every thread is never delivered, so never handled.
+ * - Removing the handler (or closing the loop) restores the disposition
+ *   that was there when it was added.
+ * - SIGKILL and SIGSTOP cannot be caught, and a fault (SIGSEGV, SIGBUS,
+ *   SIGILL, SIGFPE) cannot wait for the loop: -EINVAL, as for numbers
+ *   outside 1 .. NSIG - 1.
+ * - Child processes started by tpio get default dispositions and an empty
+ *   signal mask (tpio_loop_subprocess_exec).
+ * Not async-signal-safe itself: call it from the loop's thread, as every
+ * other function.
+ */
+TPIO_API int tpio_loop_add_signal_handler(tpio_loop_t *loop, int sig, tpio_signal_cb_t cb,
+                                          void *arg);
+/**
+ * Remove the handler of sig (asyncio's remove_signal_handler) and restore
+ * the disposition from before it was added. *removed (may be NULL) says
+ * whether this loop had one. -EINVAL for a number out of range.
+ */
+TPIO_API int tpio_loop_remove_signal_handler(tpio_loop_t *loop, int sig, bool *removed);
+
 /* ========================================================================= */
 /* Protocols                                                                 */
 /* ========================================================================= */

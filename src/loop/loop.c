@@ -353,6 +353,8 @@ static void efd_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     while (read(io->fd, &v, sizeof v) < 0 && errno == EINTR)
         ;
     drain_threadsafe(loop, true);
+    if (loop->sig_mask)
+        tpio__signals_dispatch(loop);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -425,6 +427,7 @@ int tpio_loop_close(tpio_loop_t *loop)
     if (loop->running || loop->live)
         return -EBUSY;
     drain_threadsafe(loop, false);
+    tpio__signals_close(loop);
     tpio__watchers_close(loop);
     tpio__watch(loop, &loop->efd_io, 0);
     close(loop->efd);

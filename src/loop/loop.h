@@ -71,6 +71,14 @@ struct tpio_loop {
     size_t nclaimed;
     struct tpio__fdw **watchers;
     size_t nwatchers;
+
+    /* The signals this loop owns (bit sig - 1) and their handlers
+     * (signal.c); a signal wakes the loop through efd. */
+    uint64_t sig_mask;
+    struct tpio__sighandler {
+        tpio_signal_cb_t cb;
+        void *arg;
+    } *sig_handlers;
 };
 
 TPIO__HIDDEN uint64_t tpio__now_ns(void);
@@ -104,6 +112,12 @@ TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
 TPIO__HIDDEN int tpio__fd_check(const tpio_loop_t *loop, int fd);
 /* At loop close: drop the user's watchers and the claims. */
 TPIO__HIDDEN void tpio__watchers_close(tpio_loop_t *loop);
+
+/* ---- signals (signal.c) ----------------------------------------------------- */
+/* Woken: hand the signals that arrived to their handlers. */
+TPIO__HIDDEN void tpio__signals_dispatch(tpio_loop_t *loop);
+/* At loop close: give the loop's signals back their old dispositions. */
+TPIO__HIDDEN void tpio__signals_close(tpio_loop_t *loop);
 
 /* ---- resolver ----------------------------------------------------------- */
 struct tpio__resolve;
