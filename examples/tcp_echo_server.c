@@ -153,6 +153,16 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
 
+    /* Before saying it serves: from then on SIGINT/SIGTERM may come. */
+    if ((err = tpio_loop_add_signal_handler(app.loop, SIGINT, on_signal, &app)) < 0 ||
+        (err = tpio_loop_add_signal_handler(app.loop, SIGTERM, on_signal, &app)) < 0) {
+        fprintf(stderr, "tcp_echo_server: signals: %s\n", tpio_strerror(err));
+        on_signal(app.loop, 0, &app);
+        tpio_loop_run_forever(app.loop);
+        tpio_loop_close(app.loop);
+        return EXIT_FAILURE;
+    }
+
     /* print(f'Serving on {", ".join(str(s.getsockname()) for s in server.sockets)}') */
     fputs("Serving on ", stdout);
     size_t nsocks = 0;
@@ -166,15 +176,6 @@ int main(int argc, char **argv)
         printf("%s%s", i ? ", " : "", name);
     }
     putchar('\n');
-
-    if ((err = tpio_loop_add_signal_handler(app.loop, SIGINT, on_signal, &app)) < 0 ||
-        (err = tpio_loop_add_signal_handler(app.loop, SIGTERM, on_signal, &app)) < 0) {
-        fprintf(stderr, "tcp_echo_server: signals: %s\n", tpio_strerror(err));
-        on_signal(app.loop, 0, &app);
-        tpio_loop_run_forever(app.loop);
-        tpio_loop_close(app.loop);
-        return EXIT_FAILURE;
-    }
 
     /* await server.serve_forever() — until on_signal has closed the server
      * and wait_closed has reported that its connections are gone. */

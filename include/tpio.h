@@ -670,6 +670,44 @@ TPIO_API int tpio_transport_set_write_buffer_limits(tpio_transport_t *t, ssize_t
 TPIO_API int tpio_transport_get_write_buffer_limits(const tpio_transport_t *t,
                                                     size_t *high, size_t *low);
 
+/* --- sendfile ------------------------------------------------------------- */
+
+/** Completion of tpio_loop_sendfile: the bytes of the file sent (handed to
+ *  the transport, with the fallback), and 0 or the error that ended it. */
+typedef void (*tpio_sendfile_cb_t)(tpio_loop_t *loop, tpio_transport_t *t, uint64_t sent,
+                                   int err, void *arg);
+
+/**
+ * Send `count` bytes (0: up to the end of the file) of the regular file fd,
+ * from `offset`, over the stream transport t (asyncio's loop.sendfile). On
+ * TCP and Unix sockets (and any other stream socket) the kernel copies the
+ * file with sendfile(2), zero-copy; elsewhere (pipes) or where sendfile(2)
+ * refuses the file, a fallback reads the file in 64 KiB pieces and writes
+ * them through the transport's buffer, never buffering more than the high
+ * watermark plus one piece. fallback: TPIO_DEFAULT / TPIO_ON allow it (as
+ * asyncio's fallback=True); with TPIO_OFF a transport that needs it gives
+ * -ENOTSUP.
+ *
+ * As asyncio: reading is paused while it runs and resumed after (if it was
+ * reading); what was written before goes first (the buffer drains before
+ * the file starts); writes (and write_eof) during it are refused with
+ * -EBUSY; closing or aborting the transport ends it, the completion getting
+ * -ECONNABORTED (or the error that ended the connection), before
+ * connection_lost. The file's position is not used nor moved (offset is
+ * explicit); fd stays yours and must stay open until the completion.
+ *
+ * *request (may be NULL) is a handle for tpio_loop_cancel: a cancelled
+ * sendfile completes with -ECANCELED and the bytes sent so far, and the
+ * transport goes on. Returns 0 (the completion then runs once, from the
+ * loop), or -EINVAL (NULL, a transport of another loop, offset < 0, fd not a
+ * regular file), -EBADF, -ENOTSUP (not a writable stream transport), -EBUSY
+ * (a sendfile is under way), -ESHUTDOWN (closing, or after write_eof),
+ * -ENOMEM.
+ */
+TPIO_API int tpio_loop_sendfile(tpio_loop_t *loop, tpio_transport_t *t, int fd, off_t offset,
+                                uint64_t count, tpio_flag_t fallback, tpio_sendfile_cb_t cb,
+                                void *arg, tpio_handle_t *request);
+
 /* ========================================================================= */
 /* Streams over sockets: create_connection, create_server                    */
 /* ========================================================================= */

@@ -11,7 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { SLOT_FREE, SLOT_READY, SLOT_TIMER, SLOT_CANCELLED };
+/* A slot is a callback (ready, or a timer), or a request under way that can
+ * be cancelled (its cb is the cancel function), so that one kind of handle
+ * and one tpio_loop_cancel serve both. */
+enum { SLOT_FREE, SLOT_READY, SLOT_TIMER, SLOT_CANCELLED, SLOT_REQUEST };
 #define NIL UINT32_MAX
 
 uint64_t tpio__now_ns(void)
@@ -235,6 +238,13 @@ int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle)
         slot_free(loop, i);
         return 0;
     }
+    if (s->state == SLOT_REQUEST) {
+        tpio_callback_t cancel = s->cb;
+        void *req = s->arg;
+        slot_free(loop, i); /* first: the request is done with it */
+        cancel(loop, req);
+        return 0;
+    }
     if (s->state == SLOT_READY) {
         /* Unlinking from the singly linked FIFO would cost a walk: mark it,
          * and the run phase frees it without calling. */
@@ -245,6 +255,29 @@ int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle)
         return 0;
     }
     return -ENOENT;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+int tpio__request_new(tpio_loop_t *loop, tpio_callback_t cancel, void *req, tpio_handle_t *h)
+{
+    uint32_t i;
+    int rc = slot_alloc(loop, &i);
+    if (rc)
+        return rc;
+    loop->slots[i].cb = cancel;
+    loop->slots[i].arg = req;
+    loop->slots[i].state = SLOT_REQUEST;
+    *h = make_handle(loop, i);
+    return 0;
+}
+
+void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h)
+{
+    uint32_t i = (uint32_t)(h & 0xffffffffu) - 1;
+    if (h && i < loop->nslots && loop->slots[i].gen == (uint32_t)(h >> 32) &&
+        loop->slots[i].state == SLOT_REQUEST)
+        slot_free(loop, i);
 }
 
 /* ---- callbacks that cannot be lost ---------------------------------------- */

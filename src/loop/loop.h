@@ -86,6 +86,13 @@ TPIO__HIDDEN uint64_t tpio__now_ns(void);
  * still runs, after this iteration's queue. n must stay valid until it has
  * run. */
 TPIO__HIDDEN void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n);
+/* A request under way (a connection attempt, a sendfile...): its handle,
+ * for tpio_loop_cancel, calls cancel(loop, req) once, which must end the
+ * request and schedule its completion with -ECANCELED. done() retires the
+ * handle when the request ends otherwise (a later cancel gives -ENOENT). */
+TPIO__HIDDEN int tpio__request_new(tpio_loop_t *loop, tpio_callback_t cancel, void *req,
+                                   tpio_handle_t *h);
+TPIO__HIDDEN void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h);
 /* Queue a node from any thread (cannot fail). */
 TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n);
 /* Report to the error handler. */

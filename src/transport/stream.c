@@ -31,31 +31,37 @@ struct stream {
     bool is_socket;     /* the fd is a socket: send() with MSG_NOSIGNAL */
     bool watch_reader;  /* write pipe: poll for readability to see the reader go */
     bool read_eof;      /* EOF seen: nothing more to read */
-    bool eof_requested; /* write_eof() called */
+    uint8_t wblock;     /* the user's writes are refused: WB_EOF, WB_WRITER */
     struct tpio__wbuf wbuf;
     /* peername is cached when the connection is made (asyncio: it survives a
      * reset); IP addresses fit inline, longer ones (Unix paths) and the
-     * sockname, asked for rarely, go to `names`, allocated on demand. */
+     * sockname, asked for rarely, go to `more`, allocated on demand. */
     socklen_t peerlen;
     union {
         struct sockaddr sa;
         struct sockaddr_in6 in6;
     } peer;
-    struct stream_names *names;
+    struct stream_more *more;
 };
 
-struct stream_names {
+enum { WB_EOF = 1, WB_WRITER = 2 };
+
+/* What few connections need, allocated on demand: a long peer address (a
+ * Unix path), the sockname once asked for, a writer in the transport's
+ * place (sendfile). */
+struct stream_more {
     struct sockaddr_storage peer, self;
     socklen_t selflen;
+    struct tpio__stream_writer *writer;
 };
 
 #define S(t) ((struct stream *)(t))
 
-static struct stream_names *names_of(struct stream *s)
+static struct stream_more *more_of(struct stream *s)
 {
-    if (!s->names)
-        s->names = tpio__calloc(1, sizeof *s->names);
-    return s->names;
+    if (!s->more)
+        s->more = tpio__calloc(1, sizeof *s->more);
+    return s->more;
 }
 
 static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
@@ -63,15 +69,15 @@ static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
     if (len <= sizeof s->peer) {
         memcpy(&s->peer, a, len);
         s->peerlen = len;
-    } else if (len <= sizeof(struct sockaddr_storage) && names_of(s)) {
-        memcpy(&s->names->peer, a, len);
+    } else if (len <= sizeof(struct sockaddr_storage) && more_of(s)) {
+        memcpy(&s->more->peer, a, len);
         s->peerlen = len;
     }
 }
 
 static const struct sockaddr *peer_addr(const struct stream *s)
 {
-    return s->peerlen <= sizeof s->peer ? &s->peer.sa : (const struct sockaddr *)&s->names->peer;
+    return s->peerlen <= sizeof s->peer ? &s->peer.sa : (const struct sockaddr *)&s->more->peer;
 }
 
 static bool reading_active(const struct stream *s)
@@ -85,7 +91,7 @@ static void update_io(struct stream *s)
     if (!s->base.lost_scheduled) {
         if (reading_active(s) || (s->watch_reader && s->base.made))
             want |= TPIO__IN;
-        if (s->base.wsize)
+        if (s->base.wsize || (s->wblock & WB_WRITER))
             want |= TPIO__OUT;
     }
     if (want == s->io.registered)
@@ -101,7 +107,23 @@ static void stream_reading_changed(tpio_transport_t *t) { update_io(S(t)); }
 
 static void schedule_lost(struct stream *s, int err) { tpio__schedule_lost(&s->base, err); }
 
-static void stream_quiesce(tpio_transport_t *t) { update_io(S(t)); }
+/* A writer attached in the transport's place hears that it is over. */
+static void end_writer(struct stream *s, int err)
+{
+    if (!(s->wblock & WB_WRITER))
+        return;
+    struct tpio__stream_writer *w = s->more->writer;
+    s->more->writer = NULL;
+    s->wblock &= (uint8_t)~WB_WRITER;
+    w->ended(w, err);
+}
+
+static void stream_quiesce(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    end_writer(s, t->lost_err ? t->lost_err : -ECONNABORTED);
+    update_io(s);
+}
 
 static void stream_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &S(t)->io); }
 
@@ -225,8 +247,10 @@ static void after_drain(struct stream *s)
     update_io(s);
     if (s->base.closing)
         schedule_lost(s, 0);
-    else if (s->eof_requested && s->mode == MODE_DUPLEX)
+    else if ((s->wblock & WB_EOF) && s->mode == MODE_DUPLEX)
         shutdown(s->io.fd, SHUT_WR);
+    else if (s->wblock & WB_WRITER) /* its turn: what was written before it went first */
+        s->more->writer->writable(s->more->writer);
 }
 
 /* Out of line: its iovec array would otherwise put a stack-protector check
@@ -248,9 +272,11 @@ static __attribute__((noinline)) void flush(struct stream *s)
         after_drain(s);
 }
 
-/* After a direct send of n bytes (or -1 with errno), buffer the rest. */
+/* After a direct send of n bytes (or -1 with errno), buffer the rest;
+ * `notify`: the protocol hears pause_writing (not for an attached writer's
+ * bytes, which the protocol did not write). */
 static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t total,
-                      ssize_t n)
+                      ssize_t n, bool notify)
 {
     tpio_transport_t *t = &s->base;
     if (n < 0) {
@@ -281,22 +307,31 @@ static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t
         sent = 0;
     }
     update_io(s);
-    tpio__maybe_pause_protocol(t);
+    if (notify)
+        tpio__maybe_pause_protocol(t);
     return 0;
 }
+
+static int write_any(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                     bool notify)
+{
+    if (total == 0 || s->base.closing)
+        return 0; /* asyncio drops writes once the connection is going away */
+    /* Queue behind what is buffered; else send now, and copy only the rest. */
+    ssize_t n = s->base.wsize ? 0 : do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
+    if (__builtin_expect(n == (ssize_t)total, 1))
+        return 0;
+    return write_rest(s, iov, cnt, total, n, notify);
+}
+
+static int refused(const struct stream *s) { return s->wblock & WB_EOF ? -ESHUTDOWN : -EBUSY; }
 
 static int stream_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size_t total)
 {
     struct stream *s = S(t);
-    if (s->eof_requested)
-        return -ESHUTDOWN;
-    if (total == 0 || t->closing)
-        return 0; /* asyncio drops writes once the connection is going away */
-    /* Queue behind what is buffered; else send now, and copy only the rest. */
-    ssize_t n = t->wsize ? 0 : do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
-    if (__builtin_expect(n == (ssize_t)total, 1))
-        return 0;
-    return write_rest(s, iov, cnt, total, n);
+    if (s->wblock)
+        return refused(s);
+    return write_any(s, iov, cnt, total, true);
 }
 
 /* tpio_transport_write's entry. The common case (an idle socket, one buffer) is one
@@ -308,14 +343,14 @@ static int stream_write1(tpio_transport_t *t, const void *data, size_t len)
 {
     struct stream *s = S(t);
     struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-    if (__builtin_expect(t->wsize == 0 && len && !t->closing && !s->eof_requested &&
-                             s->is_socket, 1)) {
+    if (__builtin_expect(t->wsize == 0 && len && !t->closing && !s->wblock && s->is_socket,
+                         1)) {
         ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL);
         if (__builtin_expect(n == (ssize_t)len, 1))
             return 0;
         if (n < 0 && errno == EINTR)
             n = 0;
-        return write_rest(s, &iov, 1, len, n);
+        return write_rest(s, &iov, 1, len, n, true);
     }
     return stream_write(t, &iov, 1, len);
 }
@@ -341,9 +376,12 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
         if (__builtin_expect(n != 0, 0))
             read_more(s, n);
     }
-    if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && s->base.wsize &&
-        !s->base.lost_scheduled)
-        flush(s);
+    if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && !s->base.lost_scheduled) {
+        if (s->base.wsize)
+            flush(s);
+        else if (s->wblock & WB_WRITER)
+            s->more->writer->writable(s->more->writer);
+    }
 }
 
 static void stream_started(tpio_transport_t *t) { update_io(S(t)); }
@@ -356,6 +394,7 @@ static int stream_close(tpio_transport_t *t)
     if (t->closing)
         return 0;
     t->closing = true;
+    end_writer(s, -ECONNABORTED);
     update_io(s);
     if (t->wsize == 0)
         schedule_lost(s, 0);
@@ -387,9 +426,11 @@ static int stream_abort_reset(tpio_transport_t *t)
 static int stream_write_eof(tpio_transport_t *t)
 {
     struct stream *s = S(t);
-    if (t->closing || s->eof_requested)
+    if (s->wblock & WB_WRITER)
+        return -EBUSY; /* the file is not sent yet */
+    if (t->closing || (s->wblock & WB_EOF))
         return 0;
-    s->eof_requested = true;
+    s->wblock |= WB_EOF;
     if (s->mode == MODE_WRITE_PIPE)
         return stream_close(t); /* a pipe's EOF is its close, after the flush */
     if (t->wsize == 0)
@@ -420,7 +461,7 @@ static int stream_extra(const tpio_transport_t *t, const char *name, tpio_extra_
     }
     if (s->mode == MODE_DUPLEX && strcmp(name, "sockname") == 0) {
         /* The answer must outlive this call: kept in the transport. */
-        struct stream_names *n = names_of((struct stream *)s);
+        struct stream_more *n = more_of((struct stream *)s);
         if (!n)
             return -ENOMEM;
         if (!n->selflen) {
@@ -442,7 +483,7 @@ static void stream_destroy(tpio_transport_t *t)
     struct stream *s = S(t);
     tpio__transport_leave_fd(t, &s->io); /* never started: the fd is the caller's */
     tpio__wbuf_clear(&s->wbuf, &t->wsize);
-    tpio__free(s->names);
+    tpio__free(s->more);
     tpio__free(s);
 }
 
@@ -563,3 +604,48 @@ static int stream_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd
 }
 
 const struct tpio__ctor tpio__stream_ctor = {stream_build};
+
+/* ---- a writer in the transport's place (sendfile) ------------------------------ */
+
+static bool is_stream(const tpio_transport_t *t)
+{
+    return t->vt == &stream_vt || t->vt == &write_pipe_vt;
+}
+
+int tpio__stream_attach(tpio_transport_t *t, struct tpio__stream_writer *w)
+{
+    if (!is_stream(t))
+        return -ENOTSUP;
+    struct stream *s = S(t);
+    if (t->closing || (s->wblock & WB_EOF))
+        return -ESHUTDOWN;
+    if (s->wblock & WB_WRITER)
+        return -EBUSY;
+    if (!more_of(s))
+        return -ENOMEM;
+    s->more->writer = w;
+    s->wblock |= WB_WRITER;
+    update_io(s); /* its first turn comes with writability, from the loop */
+    return 0;
+}
+
+void tpio__stream_detach(tpio_transport_t *t)
+{
+    struct stream *s = S(t);
+    if (!(s->wblock & WB_WRITER))
+        return;
+    s->more->writer = NULL;
+    s->wblock &= (uint8_t)~WB_WRITER;
+    update_io(s);
+}
+
+int tpio__stream_write_raw(tpio_transport_t *t, const void *data, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    return write_any(S(t), &iov, 1, len, false);
+}
+
+int tpio__stream_socket_fd(const tpio_transport_t *t)
+{
+    return t->vt == &stream_vt && S(t)->io.fd >= 0 ? S(t)->io.fd : -ENOTSUP;
+}

@@ -221,6 +221,25 @@ TPIO__HIDDEN int tpio__subprocess_open(tpio_loop_t *loop, pid_t pid, int pidfd,
 TPIO__HIDDEN int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
                                   const struct sockaddr *peer, socklen_t peerlen,
                                   tpio_transport_t **out);
+/* A writer in the transport's place, after what is buffered (sendfile):
+ * while one is attached the user's writes and write_eof are refused with
+ * -EBUSY. writable() is its turn: the buffer is empty and the descriptor
+ * writable; ended() says the transport is closing or lost (err), and the
+ * writer is detached already. */
+struct tpio__stream_writer {
+    void (*writable)(struct tpio__stream_writer *w);
+    void (*ended)(struct tpio__stream_writer *w, int err);
+};
+/* -ENOTSUP (not a writable stream), -ESHUTDOWN (closing, or after
+ * write_eof), -EBUSY (one is attached), -ENOMEM. */
+TPIO__HIDDEN int tpio__stream_attach(tpio_transport_t *t, struct tpio__stream_writer *w);
+TPIO__HIDDEN void tpio__stream_detach(tpio_transport_t *t);
+/* The writer's write: as tpio_transport_write, without pause_writing for
+ * the protocol (it did not write these bytes). */
+TPIO__HIDDEN int tpio__stream_write_raw(tpio_transport_t *t, const void *data, size_t len);
+/* The socket of a connected stream socket transport (what sendfile(2) can
+ * write to), else -ENOTSUP. */
+TPIO__HIDDEN int tpio__stream_socket_fd(const tpio_transport_t *t);
 /* Stream transports as a constructor. */
 TPIO__HIDDEN extern const struct tpio__ctor tpio__stream_ctor;
 /* Datagram transports (kind ignored) as a constructor. */
