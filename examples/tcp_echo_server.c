@@ -18,6 +18,7 @@
  */
 #include <tpio.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,24 +97,23 @@ typedef struct app {
     tpio_server_t *server;
 } app_t;
 
-static void on_server_closed(tpio_loop_t *loop, void *arg)
+static void on_shut_down(tpio_loop_t *loop, int err, void *arg)
 {
+    (void)err;
     (void)arg;
     tpio_loop_stop(loop);
 }
 
 /* Runs from the loop when SIGINT or SIGTERM arrives: leaving `async with
- * server` — close the server (and its connections), wait_closed, stop. */
+ * server` — the server and its connections close, the handlers go, and
+ * the loop stops once every connection_lost has run. */
 static void on_signal(tpio_loop_t *loop, int sig, void *arg)
 {
-    app_t *app = arg;
-    int err;
     (void)sig;
-    tpio_server_close(app->server);
-    tpio_server_close_clients(app->server);
-    err = tpio_server_wait_closed(app->server, on_server_closed, app);
-    if (err < 0) {
-        fprintf(stderr, "tcp_echo_server: wait_closed: %s\n", tpio_strerror(err));
+    (void)arg;
+    int err = tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, on_shut_down, NULL);
+    if (err < 0 && err != -EBUSY) { /* -EBUSY: a second signal, already shutting down */
+        fprintf(stderr, "tcp_echo_server: shutdown: %s\n", tpio_strerror(err));
         tpio_loop_stop(loop);
     }
 }
@@ -177,8 +177,8 @@ int main(int argc, char **argv)
     }
     putchar('\n');
 
-    /* await server.serve_forever() — until on_signal has closed the server
-     * and wait_closed has reported that its connections are gone. */
+    /* await server.serve_forever() — until on_signal has shut the loop
+     * down and every connection is gone. */
     err = tpio_loop_run_forever(app.loop);
     if (err < 0) {
         fprintf(stderr, "tcp_echo_server: loop: %s\n", tpio_strerror(err));

@@ -89,23 +89,22 @@ static void on_endpoint(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
     printf("Starting UDP server\n");
 }
 
-static void on_lost_stop(tpio_loop_t *loop, void *arg)
+static void on_shut_down(tpio_loop_t *loop, int err, void *arg)
 {
+    (void)err;
     (void)arg;
     tpio_loop_stop(loop);
 }
 
-/* Runs from the loop when SIGINT or SIGTERM arrives. */
+/* Runs from the loop when SIGINT or SIGTERM arrives: the endpoint closes,
+ * and the loop stops once its connection_lost has run. */
 static void on_signal(tpio_loop_t *loop, int sig, void *arg)
 {
     app_t *app = arg;
     (void)sig;
-    if (app->transport) {
-        tpio_transport_close(app->transport);
-        app->transport = NULL;
-    }
-    /* connection_lost runs on the next iteration; stop after it. */
-    tpio_loop_call_soon(loop, on_lost_stop, NULL, NULL);
+    app->transport = NULL;
+    if (tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, on_shut_down, NULL) == -EINVAL)
+        tpio_loop_stop(loop);
 }
 
 int main(int argc, char **argv)
@@ -147,9 +146,8 @@ int main(int argc, char **argv)
     } else {
         tpio_loop_run_forever(loop);
     }
-    if (app.transport) { /* stopped by an error path: close what is left */
-        tpio_transport_close(app.transport);
-        tpio_loop_call_soon(loop, on_lost_stop, NULL, NULL);
+    if (app.transport) { /* stopped by an error path: end what is left */
+        tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, on_shut_down, NULL);
         tpio_loop_run_forever(loop);
     }
     if (tpio_loop_close(loop) < 0)

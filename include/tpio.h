@@ -210,6 +210,9 @@ typedef struct tpio_loop_opts {
     size_t size;
 } tpio_loop_opts_t;
 
+/** The completion of a call that gives no other result: 0 or an error. */
+typedef void (*tpio_done_cb_t)(tpio_loop_t *loop, int err, void *arg);
+
 /**
  * Create a loop (asyncio's new_event_loop). opts may be NULL (defaults).
  * Returns 0 and sets *out, or -ENOMEM, or the error of a descriptor the loop
@@ -224,6 +227,35 @@ TPIO_API int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts);
  * callbacks have run. Pending callbacks and timers are discarded.
  */
 TPIO_API int tpio_loop_close(tpio_loop_t *loop);
+
+/** How tpio_loop_shutdown ends connections. */
+typedef enum tpio_shutdown {
+    TPIO_SHUTDOWN_CLOSE = 0, /**< close(): what is buffered is sent first */
+    TPIO_SHUTDOWN_ABORT,     /**< abort(): at once, buffers dropped */
+} tpio_shutdown_t;
+
+/**
+ * End everything the loop owns, for a program's exit path: removes every
+ * signal handler and descriptor watcher, cancels every request under way
+ * (their completions get -ECANCELED), closes every server (as
+ * tpio_server_close) and closes — or, with TPIO_SHUTDOWN_ABORT, aborts —
+ * every transport, servers' connections included; then, once every
+ * connection_lost and wait_closed callback has run and nothing is left,
+ * calls cb(loop, 0, arg) from the loop. Run the loop until then, and
+ * tpio_loop_close() succeeds:
+ *
+ *     tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, on_done, NULL); // on_done stops
+ *     tpio_loop_run_forever(loop);
+ *     tpio_loop_close(loop);
+ *
+ * A transport whose peer does not read may keep a close waiting for ever:
+ * abort instead, or call shutdown with ABORT after a timeout of your own.
+ * Scheduled callbacks and timers are left alone (they run, or are dropped
+ * by tpio_loop_close). Objects created after the call keep it waiting until
+ * they end. Returns 0, -EINVAL, -EBUSY (a shutdown is under way).
+ */
+TPIO_API int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb,
+                                void *arg);
 
 /**
  * Run until tpio_loop_stop() is called (asyncio's run_forever). Returns 0, or

@@ -10,13 +10,21 @@ struct adopt {
     tpio_transport_kind_t kind;
     const struct tpio__ctor *ctor;
     struct tpio__conn conn;
+    tpio_handle_t run, req;
+    struct tpio__node cancel_node;
 };
+
+static void adopt_end(tpio_loop_t *loop, struct adopt *a)
+{
+    tpio__request_done(loop, a->req);
+    tpio__loop_release(loop);
+    tpio__free(a);
+}
 
 static void adopt_run(tpio_loop_t *loop, void *arg)
 {
     struct adopt a = *(struct adopt *)arg;
-    tpio__free(arg);
-    tpio__loop_release(loop);
+    adopt_end(loop, arg);
     tpio__fd_release(loop, a.fd); /* the transport claims it for good */
     int err = a.ctor->build(a.ctor, loop, a.fd, a.kind, NULL, 0, &a.conn);
     if (err) {
@@ -25,18 +33,44 @@ static void adopt_run(tpio_loop_t *loop, void *arg)
     }
 }
 
+static void cancel_done(tpio_loop_t *loop, void *arg)
+{
+    struct adopt *a = tpio_container_of(arg, struct adopt, cancel_node);
+    tpio_connect_cb_t cb = a->conn.cb;
+    void *cb_arg = a->conn.cb_arg;
+    a->req = 0;
+    adopt_end(loop, a);
+    cb(loop, NULL, NULL, -ECANCELED, cb_arg);
+}
+
+/* The descriptor was the library's from the call on: closed. */
+static void adopt_cancel(tpio_loop_t *loop, void *arg)
+{
+    struct adopt *a = arg;
+    a->req = 0;
+    tpio_loop_cancel(loop, a->run);
+    tpio__fd_release(loop, a->fd);
+    close(a->fd);
+    a->cancel_node.cb = cancel_done;
+    tpio__call_soon_node(loop, &a->cancel_node);
+}
+
 int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
                 const struct tpio__ctor *ctor, const struct tpio__conn *conn)
 {
     struct adopt *a = tpio__malloc(sizeof *a);
     if (!a)
         return -ENOMEM;
-    *a = (struct adopt){fd, kind, ctor, *conn};
+    *a = (struct adopt){fd, kind, ctor, *conn, 0, 0, {0}};
     /* Claimed from now on: the same descriptor given twice is refused at
      * once, not closed under the first transport later. */
     int rc = tpio__fd_claim(loop, fd);
-    if (rc == 0 && (rc = tpio_loop_call_soon(loop, adopt_run, a, NULL)) < 0)
+    if (rc == 0 && (rc = tpio__request_new(loop, adopt_cancel, a, &a->req)) < 0)
         tpio__fd_release(loop, fd);
+    if (rc == 0 && (rc = tpio_loop_call_soon(loop, adopt_run, a, &a->run)) < 0) {
+        tpio__request_done(loop, a->req);
+        tpio__fd_release(loop, fd);
+    }
     if (rc < 0) {
         tpio__free(a);
         return rc;

@@ -27,10 +27,16 @@ struct conn_req {
     tpio_handle_t timer;
     int first_err;
     struct addrinfo *fixed; /* one address given directly (malloc'd), not resolved */
+    tpio_handle_t req;      /* for tpio_loop_cancel */
+    bool awaiting;          /* the addresses (resolved or fixed) are still to come */
+    bool cancelled;
+    struct tpio__node cancel_node;
 };
 
-static void req_free(struct conn_req *q)
+/* The memory, once the loop and a resolver thread are both done with it. */
+static void req_release(struct tpio__resolve *r)
 {
+    struct conn_req *q = tpio_container_of(r, struct conn_req, r);
     if (q->fixed)
         tpio__free(q->fixed);
     else if (q->r.res)
@@ -41,8 +47,15 @@ static void req_free(struct conn_req *q)
     tpio__free(q->r.local_host);
     tpio__free(q->addrs);
     tpio__free(q->att);
-    tpio__loop_release(q->loop);
     tpio__free(q);
+}
+
+/* The loop is done with the request. */
+static void req_free(struct conn_req *q)
+{
+    tpio__request_done(q->loop, q->req);
+    tpio__loop_release(q->loop);
+    tpio__resolve_put(&q->r);
 }
 
 static void stop_attempt(struct conn_req *q, struct attempt *a)
@@ -261,6 +274,12 @@ static void order_addresses(struct conn_req *q)
 static void resolved(struct tpio__resolve *r)
 {
     struct conn_req *q = tpio_container_of(r, struct conn_req, r);
+    q->awaiting = false;
+    if (q->cancelled) {
+        if (!q->cancel_node.cb) /* its completion has run */
+            req_free(q);
+        return;
+    }
     if (r->err) {
         fail(q, r->err);
         return;
@@ -299,16 +318,51 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn);
 }
 
+static void cancel_done(tpio_loop_t *loop, void *arg)
+{
+    struct conn_req *q = tpio_container_of(arg, struct conn_req, cancel_node);
+    q->cancel_node.cb = NULL;
+    q->conn.cb(loop, NULL, NULL, -ECANCELED, q->conn.cb_arg);
+    if (!q->awaiting)
+        req_free(q);
+}
+
+/* tpio_loop_cancel: the attempts end now, the completion follows from the
+ * loop; a resolver thread still at work is left to finish alone. */
+static void req_cancel(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct conn_req *q = arg;
+    q->req = 0;
+    q->cancelled = true;
+    if (q->timer)
+        tpio_loop_cancel(q->loop, q->timer);
+    q->timer = 0;
+    for (size_t i = 0; i < q->naddrs; i++)
+        stop_attempt(q, &q->att[i]);
+    if (q->awaiting && tpio__resolve_cancel(&q->r))
+        q->awaiting = false;
+    q->cancel_node.cb = cancel_done;
+    tpio__call_soon_node(q->loop, &q->cancel_node);
+}
+
 static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                 void *factory_arg, tpio_connect_cb_t cb, void *cb_arg)
 {
     struct conn_req *q = tpio__calloc(1, sizeof *q);
     if (!q)
         return NULL;
+    if (tpio__request_new(loop, req_cancel, q, &q->req) < 0) {
+        tpio__free(q);
+        return NULL;
+    }
     q->loop = loop;
     q->ctor = &tpio__stream_ctor;
     q->conn = (struct tpio__conn){factory, factory_arg, cb, cb_arg, NULL};
     q->r.loop = loop;
+    q->r.release = req_release;
+    atomic_init(&q->r.refs, 1);
+    q->awaiting = true;
     tpio__loop_hold(loop);
     return q;
 }

@@ -11,18 +11,50 @@ struct dg_req {
     struct tpio__conn conn;
     bool reuse_port, allow_broadcast, want_local, want_remote;
     struct tpio__resolve r; /* host = remote, local_host = local */
+    tpio_handle_t req;      /* for tpio_loop_cancel */
+    bool awaiting, cancelled;
+    struct tpio__node cancel_node;
 };
 
-static void dg_free(struct dg_req *q)
+/* The memory, once the loop and a resolver thread are both done with it. */
+static void dg_release(struct tpio__resolve *r)
 {
+    struct dg_req *q = tpio_container_of(r, struct dg_req, r);
     if (q->r.res)
         freeaddrinfo(q->r.res);
     if (q->r.local_res)
         freeaddrinfo(q->r.local_res);
     tpio__free(q->r.host);
     tpio__free(q->r.local_host);
-    tpio__loop_release(q->loop);
     tpio__free(q);
+}
+
+static void dg_free(struct dg_req *q)
+{
+    tpio__request_done(q->loop, q->req);
+    tpio__loop_release(q->loop);
+    tpio__resolve_put(&q->r);
+}
+
+static void dg_cancel_done(tpio_loop_t *loop, void *arg)
+{
+    struct dg_req *q = tpio_container_of(arg, struct dg_req, cancel_node);
+    q->cancel_node.cb = NULL;
+    q->conn.cb(loop, NULL, NULL, -ECANCELED, q->conn.cb_arg);
+    if (!q->awaiting)
+        dg_free(q);
+}
+
+static void dg_cancel(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct dg_req *q = arg;
+    q->req = 0;
+    q->cancelled = true;
+    if (tpio__resolve_cancel(&q->r))
+        q->awaiting = false;
+    q->cancel_node.cb = dg_cancel_done;
+    tpio__call_soon_node(q->loop, &q->cancel_node);
 }
 
 static int set_options(int fd, bool reuse_port, bool allow_broadcast)
@@ -59,6 +91,12 @@ static int open_socket(int family, int proto, const struct sockaddr *local, sock
 static void dg_resolved(struct tpio__resolve *r)
 {
     struct dg_req *q = tpio_container_of(r, struct dg_req, r);
+    q->awaiting = false;
+    if (q->cancelled) {
+        if (!q->cancel_node.cb) /* its completion has run */
+            dg_free(q);
+        return;
+    }
     int err = r->err;
     int fd = -1;
     if (!err) {
@@ -187,6 +225,13 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
     struct dg_req *q = tpio__calloc(1, sizeof *q);
     if (!q)
         return -ENOMEM;
+    if ((rc = tpio__request_new(loop, dg_cancel, q, &q->req)) < 0) {
+        tpio__free(q);
+        return rc;
+    }
+    q->awaiting = true;
+    q->r.release = dg_release;
+    atomic_init(&q->r.refs, 1);
     q->loop = loop;
     q->conn = conn;
     q->reuse_port = reuse_port;

@@ -23,6 +23,7 @@ struct waiter {
 };
 
 struct tpio_server {
+    struct tpio__list owned; /* in the loop's list of servers */
     tpio_loop_t *loop;
     const struct tpio__ctor *ctor;
     tpio_protocol_factory_t factory;
@@ -47,6 +48,7 @@ static void server_unref(tpio_server_t *s)
 {
     if (--s->refs > 0 || s->conns.count > 0)
         return;
+    tpio__list_del(&s->owned);
     tpio__loop_release(s->loop);
     tpio__free(s->unlink_path);
     tpio__free(s->ls);
@@ -146,6 +148,19 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
     server_unref(s);
 }
 
+/* Shutdown ends a server: it stops serving and its connections end. */
+static void server_end(struct tpio__list *item, bool abort)
+{
+    tpio_server_t *s = tpio_container_of(item, struct tpio_server, owned);
+    s->refs++; /* closing may drop the last other reference */
+    tpio_server_close(s);
+    if (abort)
+        tpio_server_abort_clients(s);
+    else
+        tpio_server_close_clients(s);
+    server_unref(s);
+}
+
 /* ---- creating -------------------------------------------------------------------- */
 
 int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
@@ -200,6 +215,7 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
         ls[i].server = s;
         ls[i].kind = tpio__sock_kind(fds[i]);
     }
+    tpio__loop_own(loop, TPIO__OWNED_SERVERS, &s->owned, server_end);
     tpio__loop_hold(loop);
     *out = s;
     if (start)

@@ -413,6 +413,8 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
     }
     loop->free_head = loop->ready_head = loop->ready_tail = NIL;
     loop->efd = -1;
+    for (int k = 0; k < TPIO__OWNED_KINDS; k++)
+        tpio__list_init(&loop->owned[k].items);
     int rc = tpio__backend_open(&loop->backend);
     if (rc)
         goto fail;
@@ -574,6 +576,60 @@ int tpio_loop_run_forever(tpio_loop_t *loop)
     loop->stopping = false;
     loop->running = false;
     return rc;
+}
+
+/* ---- shutdown ------------------------------------------------------------------ */
+
+static void shutdown_done(tpio_loop_t *loop, void *arg)
+{
+    (void)arg;
+    tpio_done_cb_t cb = loop->shutdown_cb;
+    void *cb_arg = loop->shutdown_arg;
+    loop->shutdown_cb = NULL;
+    cb(loop, 0, cb_arg);
+}
+
+void tpio__shutdown_check(tpio_loop_t *loop)
+{
+    /* once: the node is queued until it runs */
+    if (loop->shutdown_node.cb)
+        return;
+    loop->shutdown_node.cb = shutdown_done;
+    tpio__call_soon_node(loop, &loop->shutdown_node);
+}
+
+int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb, void *arg)
+{
+    if (!loop || !cb || (how != TPIO_SHUTDOWN_CLOSE && how != TPIO_SHUTDOWN_ABORT))
+        return -EINVAL;
+    if (loop->shutdown_cb)
+        return -EBUSY;
+    loop->shutdown_cb = cb;
+    loop->shutdown_arg = arg;
+    loop->shutdown_node.cb = NULL;
+    tpio__signals_close(loop);
+    tpio__watchers_drop(loop);
+    /* Requests first (connection attempts, sendfile...): their completions
+     * say -ECANCELED. Then servers, then the transports left. */
+    for (uint32_t i = 0; i < loop->nslots; i++)
+        if (loop->slots[i].state == SLOT_REQUEST)
+            tpio_loop_cancel(loop, make_handle(loop, i));
+    for (int k = TPIO__OWNED_KINDS - 1; k >= 0; k--) {
+        struct tpio__list *head = &loop->owned[k].items;
+        /* ending an item may file new ones (a server's last connections);
+         * each is ended once: the walk stops where the list ended */
+        struct tpio__list *last = head->prev;
+        for (struct tpio__list *it = head->next, *next; it != head; it = next) {
+            next = it->next;
+            bool stop = it == last;
+            loop->owned[k].end(it, how == TPIO_SHUTDOWN_ABORT);
+            if (stop)
+                break;
+        }
+    }
+    if (loop->live == 0)
+        tpio__shutdown_check(loop);
+    return 0;
 }
 
 /* ---- error handler -------------------------------------------------------- */

@@ -33,6 +33,14 @@ struct tpio__node {
     tpio_callback_t cb;
 };
 
+/* Objects the layers above file with the loop so that shutdown can end
+ * them: each list says how to end its items (close, or abort). */
+struct tpio__owned {
+    struct tpio__list items;
+    void (*end)(struct tpio__list *item, bool abort);
+};
+enum { TPIO__OWNED_TRANSPORTS, TPIO__OWNED_SERVERS, TPIO__OWNED_KINDS };
+
 struct tpio_loop {
     struct tpio__backend *backend;
     struct tpio__slot *slots;
@@ -64,6 +72,11 @@ struct tpio_loop {
     /* Transports, servers and connection attempts alive: the loop refuses
      * to close while any exists. */
     size_t live;
+    struct tpio__owned owned[TPIO__OWNED_KINDS];
+    /* tpio_loop_shutdown under way: its callback, once live is 0 */
+    tpio_done_cb_t shutdown_cb;
+    void *shutdown_arg;
+    struct tpio__node shutdown_node;
 
     /* Descriptors the library's objects use (a bit each), and the user's
      * watchers, indexed by descriptor (watch.c). */
@@ -99,8 +112,20 @@ TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio
 TPIO__HIDDEN void tpio__report(tpio_loop_t *loop, const char *msg, int err,
                                tpio_transport_t *t, tpio_protocol_t *p, tpio_server_t *s,
                                int fd);
+TPIO__HIDDEN void tpio__shutdown_check(tpio_loop_t *loop);
 static inline void tpio__loop_hold(tpio_loop_t *loop) { loop->live++; }
-static inline void tpio__loop_release(tpio_loop_t *loop) { loop->live--; }
+static inline void tpio__loop_release(tpio_loop_t *loop)
+{
+    if (--loop->live == 0 && __builtin_expect(loop->shutdown_cb != NULL, 0))
+        tpio__shutdown_check(loop);
+}
+/* File item in the loop's list of `kind`, whose items `end` ends. */
+static inline void tpio__loop_own(tpio_loop_t *loop, int kind, struct tpio__list *item,
+                                  void (*end)(struct tpio__list *, bool))
+{
+    loop->owned[kind].end = end;
+    tpio__list_add_tail(&loop->owned[kind].items, item);
+}
 /* Watch fd through the loop's backend. */
 static inline int tpio__watch(tpio_loop_t *loop, struct tpio__io *io, uint32_t want)
 {
@@ -117,6 +142,8 @@ TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
 /* 0 if fd is free for a transport (neither claimed nor watched), else
  * TPIO_EFDINUSE: checked inside the user's call, before the fd is taken. */
 TPIO__HIDDEN int tpio__fd_check(const tpio_loop_t *loop, int fd);
+/* Shutdown: remove the user's watchers. */
+TPIO__HIDDEN void tpio__watchers_drop(tpio_loop_t *loop);
 /* At loop close: drop the user's watchers and the claims. */
 TPIO__HIDDEN void tpio__watchers_close(tpio_loop_t *loop);
 
@@ -138,10 +165,22 @@ struct tpio__resolve {
     int err; /* 0 or tpio error code */
     tpio__resolve_cb done;
     struct tpio__node node;
+    /* The owner's reference, and a running thread's: the owner may give up
+     * (cancel) while the thread still resolves; the last one out calls
+     * release, which frees the owner and must not touch the loop. */
+    atomic_int refs;
+    atomic_int state;
+    void (*release)(struct tpio__resolve *r);
 };
 /* Resolve on a helper thread unless both names are numeric (then inline, with
- * `done` called from the loop on the next iteration). */
+ * `done` called from the loop on the next iteration). The owner sets loop,
+ * names, hints, done and release; it holds one reference from then on. */
 TPIO__HIDDEN int tpio__resolve_start(struct tpio__resolve *r);
+/* The owner gives up: true if `done` will never be called (a thread was
+ * resolving and now owns its result), false if it is still to come. */
+TPIO__HIDDEN bool tpio__resolve_cancel(struct tpio__resolve *r);
+/* The owner is done with r (release may run now or when the thread ends). */
+TPIO__HIDDEN void tpio__resolve_put(struct tpio__resolve *r);
 TPIO__HIDDEN int tpio__getaddrinfo(const char *host, const char *port,
                                    const struct addrinfo *hints,
                                    struct addrinfo **res);

@@ -39,6 +39,20 @@ static int try_numeric(const char *host, const char *port, const struct addrinfo
     return tpio__gai_error(rc);
 }
 
+enum { RS_IDLE, RS_RUNNING, RS_DONE, RS_ABANDONED };
+
+void tpio__resolve_put(struct tpio__resolve *r)
+{
+    if (atomic_fetch_sub(&r->refs, 1) == 1)
+        r->release(r);
+}
+
+bool tpio__resolve_cancel(struct tpio__resolve *r)
+{
+    int running = RS_RUNNING;
+    return atomic_compare_exchange_strong(&r->state, &running, RS_ABANDONED);
+}
+
 static void *resolve_thread(void *arg)
 {
     struct tpio__resolve *r = arg;
@@ -48,7 +62,13 @@ static void *resolve_thread(void *arg)
     if (rc == 0 && r->local_host && !r->local_res)
         rc = tpio__getaddrinfo(r->local_host, r->local_port, &r->hints, &r->local_res);
     r->err = rc;
-    tpio__call_soon_threadsafe_node(r->loop, &r->node);
+    /* Given up by its owner: the loop may be gone already; never touch it.
+     * (The owner's release frees the results with it.) */
+    int running = RS_RUNNING;
+    if (atomic_compare_exchange_strong(&r->state, &running, RS_DONE))
+        tpio__call_soon_threadsafe_node(r->loop, &r->node);
+    tpio__resolve_put(r);
+    tpio__allocator_release();
     return NULL;
 }
 
@@ -65,6 +85,7 @@ int tpio__resolve_start(struct tpio__resolve *r)
     r->res = r->local_res = NULL;
     r->err = 0;
     r->node.cb = resolve_done;
+    atomic_store(&r->state, RS_IDLE);
     int rc = r->host ? try_numeric(r->host, r->port, &r->hints, &r->res, &num_host) : 0;
     if (rc == 0 && r->local_host)
         rc = try_numeric(r->local_host, r->local_port, &r->hints, &r->local_res, &num_local);
@@ -73,6 +94,11 @@ int tpio__resolve_start(struct tpio__resolve *r)
         tpio__call_soon_node(r->loop, &r->node);
         return 0;
     }
+    /* The thread's reference; and the allocator must not change while it
+     * may still free with it, even after the loop is gone. */
+    atomic_fetch_add(&r->refs, 1);
+    atomic_store(&r->state, RS_RUNNING);
+    tpio__allocator_hold();
     pthread_t th;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -81,6 +107,9 @@ int tpio__resolve_start(struct tpio__resolve *r)
     rc = pthread_create(&th, &attr, resolve_thread, r);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
+        atomic_fetch_sub(&r->refs, 1);
+        atomic_store(&r->state, RS_IDLE);
+        tpio__allocator_release();
         if (r->res)
             freeaddrinfo(r->res);
         if (r->local_res)

@@ -181,11 +181,16 @@ int tpio_loop_remove_writer(tpio_loop_t *loop, int fd, bool *removed)
     return remove_dir(loop, fd, WRITER, removed);
 }
 
-void tpio__watchers_close(tpio_loop_t *loop)
+void tpio__watchers_drop(tpio_loop_t *loop)
 {
     for (size_t fd = 0; fd < loop->nwatchers; fd++)
         if (loop->watchers[fd])
             watcher_free(loop, loop->watchers[fd]);
+}
+
+void tpio__watchers_close(tpio_loop_t *loop)
+{
+    tpio__watchers_drop(loop);
     tpio__free(loop->watchers);
     loop->watchers = NULL;
     loop->nwatchers = 0;

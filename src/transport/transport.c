@@ -9,6 +9,15 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Shutdown ends a transport: close (flushing), or abort where asked and
+ * where the kind has one. */
+static void transport_end(struct tpio__list *item, bool abort)
+{
+    tpio_transport_t *t = tpio_container_of(item, struct tpio_transport, member.link);
+    if (!abort || tpio_transport_abort(t) == -ENOTSUP)
+        tpio_transport_close(t);
+}
+
 void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
                           const struct tpio__transport_vt *vt, tpio_transport_kind_t kind)
 {
@@ -19,13 +28,15 @@ void tpio__transport_init(tpio_transport_t *t, tpio_loop_t *loop,
     t->high = TPIO__DEFAULT_HIGH;
     t->low = TPIO__DEFAULT_HIGH / 4;
     t->read_size = TPIO__READ_SIZE;
-    tpio__list_init(&t->member.link);
+    /* the loop's own until a set (a server's) takes it */
+    tpio__loop_own(loop, TPIO__OWNED_TRANSPORTS, &t->member.link, transport_end);
     tpio__loop_hold(loop);
 }
 
 void tpio__transport_abandon(tpio_transport_t *t)
 {
     tpio_loop_t *loop = t->loop;
+    tpio__list_del(&t->member.link);
     tpio__free(t->start);
     t->start = NULL;
     t->vt->destroy(t);
@@ -151,9 +162,9 @@ static void lost_cb(tpio_loop_t *loop, void *arg)
     t->proto = NULL; /* never touched again */
     t->vt->teardown(t);
     struct tpio__tset *set = t->member.set;
+    tpio__list_del(&t->member.link);
     if (set) {
         t->member.set = NULL;
-        tpio__list_del(&t->member.link);
         set->count--;
         set->removed(set, t);
     }
@@ -206,6 +217,7 @@ void tpio__tset_init(struct tpio__tset *set,
 
 void tpio__tset_add(struct tpio__tset *set, tpio_transport_t *t)
 {
+    tpio__list_del(&t->member.link); /* out of the loop's own list */
     t->member.set = set;
     tpio__list_add_tail(&set->members, &t->member.link);
     set->count++;

@@ -1,0 +1,255 @@
+/*
+ * Cancelling requests, and shutting a loop down: everything it owns ends,
+ * every connection_lost runs, then the shutdown callback, then the loop
+ * closes.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include "create/create.h" /* tpio__connect_addrs: an address list without DNS */
+#include "helpers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A TCP listener that never completes a connection: backlog 0 and its
+ * queue already full, so the kernel drops further SYNs. The attempts that
+ * fill it are kept in fill[]. */
+struct silent {
+    int lfd, fill[4];
+    struct sockaddr_in addr;
+};
+
+static void silent_open(struct silent *s)
+{
+    s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    s->addr = (struct sockaddr_in){.sin_family = AF_INET,
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(s->lfd, (struct sockaddr *)&s->addr, sizeof s->addr), 0);
+    socklen_t l = sizeof s->addr;
+    cr_assert_eq(getsockname(s->lfd, (struct sockaddr *)&s->addr, &l), 0);
+    cr_assert_eq(listen(s->lfd, 0), 0);
+    for (int i = 0; i < 4; i++) {
+        s->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        connect(s->fill[i], (struct sockaddr *)&s->addr, sizeof s->addr);
+    }
+}
+
+static void silent_close(struct silent *s)
+{
+    for (int i = 0; i < 4; i++)
+        close(s->fill[i]);
+    close(s->lfd);
+}
+
+static void done_flag(tpio_loop_t *loop, int err, void *arg)
+{
+    cr_assert(th_is_running(loop));
+    cr_assert_eq(err, 0);
+    *(bool *)arg = true;
+}
+
+static int never_factory_calls;
+static tpio_protocol_t *counting_factory(void *arg)
+{
+    never_factory_calls++;
+    return th_factory(arg);
+}
+
+Test(shutdown, cancel_a_connection_that_never_completes, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    struct silent s;
+    silent_open(&s);
+    struct addrinfo ai = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM,
+                          .ai_addr = (struct sockaddr *)&s.addr, .ai_addrlen = sizeof s.addr};
+    th_conn_t c = {0};
+    never_factory_calls = 0;
+    cr_assert_eq(tpio__connect_addrs(loop, counting_factory, NULL, &ai, 0, th_on_conn, &c), 0);
+    th_spin_for(loop, 0.2); /* the attempt is under way, and stays so */
+    cr_assert_not(c.done);
+    cr_assert_eq(tpio_loop_close(loop), -EBUSY, "an attempt is under way");
+    bool done = false;
+    cr_assert_eq(tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, done_flag, &done),
+                 0);
+    cr_assert_not(c.done, "the completion runs from the loop");
+    cr_assert(th_run_until(loop, &done, TH_TMO));
+    cr_assert(c.done);
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(c.err, -ECANCELED);
+    cr_assert_eq(never_factory_calls, 0);
+    cr_assert_eq(tpio_loop_close(loop), 0, "nothing is left behind");
+    silent_close(&s);
+}
+
+/* Everything a program has open at exit: a server with a connection, a
+ * client connection with unsent data, a pipe, a datagram endpoint, a
+ * subprocess, a watcher, a signal handler. */
+struct everything {
+    tpio_loop_t *loop;
+    size_t lost;
+    bool done;
+    size_t lost_at_done;
+    bool closed_waited;
+    size_t lost_at_waited;
+};
+
+static struct everything g_ev;
+
+static void on_done(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop;
+    cr_assert_eq(err, 0);
+    struct everything *e = arg;
+    e->done = true;
+    e->lost_at_done = e->lost;
+}
+
+static void on_waited(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct everything *e = arg;
+    e->closed_waited = true;
+    e->lost_at_waited = e->lost;
+}
+
+static void on_fd(tpio_loop_t *loop, int fd, void *arg)
+{
+    (void)loop, (void)fd, (void)arg;
+    cr_assert_fail("a watcher removed by shutdown ran");
+}
+
+static void on_signal(tpio_loop_t *loop, int sig, void *arg)
+{
+    (void)loop, (void)sig, (void)arg;
+    cr_assert_fail("a handler removed by shutdown ran");
+}
+
+struct sub {
+    tpio_protocol_t base;
+    bool exited, lost;
+};
+
+static void sub_exited(tpio_protocol_t *p) { tpio_container_of(p, struct sub, base)->exited = true; }
+static void sub_lost(tpio_protocol_t *p, int err)
+{
+    (void)err;
+    tpio_container_of(p, struct sub, base)->lost = true;
+    g_ev.lost++;
+}
+static const tpio_protocol_ops_t sub_ops = {.process_exited = sub_exited,
+                                            .connection_lost = sub_lost};
+static struct sub g_sub = {.base.ops = &sub_ops};
+static tpio_protocol_t *sub_factory(void *arg)
+{
+    (void)arg;
+    return &g_sub.base;
+}
+
+static void run_everything(tpio_shutdown_t how)
+{
+    struct everything *e = &g_ev;
+    memset(e, 0, sizeof *e);
+    tpio_loop_t *loop = e->loop = th_new_loop();
+    th_proto_t tmpl = {.lost_counter = &e->lost, .free_on_lost = true};
+
+    tpio_server_t *srv;
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1");
+    cr_assert_eq(tpio_loop_create_server(loop, th_factory, &tmpl, &so, &srv), 0);
+    cr_assert_eq(tpio_server_wait_closed(srv, on_waited, e), 0);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_get_sockname(srv, 0, &ss, &sl), 0);
+    th_conn_t cc = {0};
+    tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                       .port = ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &tmpl, &co, th_on_conn, &cc), 0);
+    cr_assert(th_run_until(loop, &cc.done, TH_TMO));
+    cr_assert_eq(cc.err, 0);
+    double end = th_now_s() + TH_TMO;
+    while (th_conn_count(srv) < 1 && th_now_s() < end)
+        tpio_loop_run_once(loop, 0.01);
+    cr_assert_eq(th_conn_count(srv), 1);
+    cr_assert_eq(tpio_transport_write(cc.t, "bye", 3), 0);
+
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    th_conn_t rp = {0};
+    cr_assert_eq(tpio_loop_connect_read_pipe(loop, th_factory, &tmpl, p[0], th_on_conn, &rp), 0);
+    th_conn_t dg = {0};
+    tpio_datagram_opts_t dopt = TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &dopt, th_on_conn,
+                                                    &dg),
+                 0);
+    th_conn_t sc = {0};
+    const char *argv[] = {"sleep", "100", NULL};
+    cr_assert_eq(tpio_loop_subprocess_exec(loop, sub_factory, NULL, argv, NULL, th_on_conn, &sc),
+                 0);
+    end = th_now_s() + TH_TMO;
+    while (!(rp.done && dg.done && sc.done) && th_now_s() < end)
+        tpio_loop_run_once(loop, 0.01);
+    cr_assert(rp.done && dg.done && sc.done);
+    cr_assert_eq(rp.err + dg.err + sc.err, 0);
+    int efd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK); /* readable at once */
+    cr_assert_eq(tpio_loop_add_reader(loop, efd, on_fd, NULL), 0);
+    cr_assert_eq(tpio_loop_add_signal_handler(loop, SIGUSR1, on_signal, NULL), 0);
+    /* a pending adoption: made, its transport not yet built */
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    th_conn_t ad = {0};
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, &tmpl, sv[0], th_on_conn,
+                                                   &ad),
+                 0);
+
+    cr_assert_eq(tpio_loop_shutdown(loop, how, on_done, e), 0);
+    cr_assert_eq(tpio_loop_shutdown(loop, how, on_done, e), -EBUSY);
+    cr_assert_not(e->done);
+    /* the peer of the client reads "bye" before the end when closing */
+    end = th_now_s() + TH_TMO;
+    while (!e->done && th_now_s() < end)
+        tpio_loop_run_once(loop, 0.01);
+    cr_assert(e->done, "the shutdown never completed: %zu lost", e->lost);
+    /* client, its server-side peer, read pipe, datagram, and the subprocess */
+    cr_assert_eq(e->lost, 5, "%zu lost", e->lost);
+    cr_assert_eq(sc.calls + rp.calls + dg.calls + cc.calls, 4);
+    cr_assert(g_sub.lost && g_sub.exited);
+    cr_assert_eq(e->lost_at_done, e->lost, "every connection_lost ran before");
+    cr_assert(e->closed_waited, "wait_closed ran before");
+    cr_assert_eq(ad.calls, 1);
+    cr_assert_eq(ad.err, -ECANCELED, "the pending adoption: %s", tpio_err_name(ad.err));
+    cr_assert_eq(fcntl(sv[0], F_GETFD), -1, "its descriptor was the library's: closed");
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert_eq(signal(SIGUSR1, SIG_DFL), SIG_DFL, "the disposition is restored");
+    close(efd);
+    close(p[1]);
+    close(sv[1]);
+    g_sub = (struct sub){.base.ops = &sub_ops};
+}
+
+Test(shutdown, closes_everything, .timeout = 30) { run_everything(TPIO_SHUTDOWN_CLOSE); }
+Test(shutdown, aborts_everything, .timeout = 30) { run_everything(TPIO_SHUTDOWN_ABORT); }
+
+Test(shutdown, an_empty_loop, .timeout = 10)
+{
+    tpio_loop_t *loop = th_new_loop();
+    bool done = false;
+    cr_assert_eq(tpio_loop_shutdown(NULL, TPIO_SHUTDOWN_CLOSE, done_flag, &done), -EINVAL);
+    cr_assert_eq(tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, NULL, &done), -EINVAL);
+    cr_assert_eq(tpio_loop_shutdown(loop, (tpio_shutdown_t)7, done_flag, &done), -EINVAL);
+    cr_assert_eq(tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, done_flag, &done), 0);
+    cr_assert_not(done, "from the loop, not inside the call");
+    cr_assert(th_run_until(loop, &done, TH_TMO));
+    /* and again, once done */
+    done = false;
+    cr_assert_eq(tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, done_flag, &done), 0);
+    cr_assert(th_run_until(loop, &done, TH_TMO));
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
