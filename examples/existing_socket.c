@@ -137,7 +137,7 @@ int main(void)
     opts.use_sock = TPIO_ON;
     opts.sock = sv[0];
     err = tpio_loop_create_connection(app.loop, my_protocol_factory, &app, &opts,
-                                 on_connected, &app);
+                                 on_connected, &app, NULL);
     if (err < 0) {
         fprintf(stderr, "existing_socket: create_connection: %s\n", tpio_strerror(err));
         close(sv[0]);

@@ -134,7 +134,7 @@ int main(int argc, char **argv)
     }
 
     err = tpio_loop_create_connection(state.loop, echo_client_factory, &state, &opts,
-                                 on_connected, &state);
+                                 on_connected, &state, NULL);
     if (err == 0) {
         /* try: await on_con_lost */
         int run_err = tpio_loop_run_forever(state.loop);

@@ -119,7 +119,7 @@ int main(int argc, char **argv)
      *     lambda: EchoClientProtocol(message, on_con_lost),
      *     remote_addr=('127.0.0.1', 9999)) */
     err = tpio_loop_create_datagram_endpoint(loop, echo_client_factory, &app, &opts, on_endpoint,
-                                        &app);
+                                        &app, NULL);
     if (err == 0)
         tpio_loop_run_forever(loop); /* await on_con_lost */
     if (err == 0)

@@ -133,7 +133,7 @@ int main(int argc, char **argv)
     /* transport, protocol = await loop.create_datagram_endpoint(
      *     lambda: EchoServerProtocol(), local_addr=('127.0.0.1', 9999)) */
     err = tpio_loop_create_datagram_endpoint(loop, echo_server_factory, NULL, &opts, on_endpoint,
-                                        &app);
+                                        &app, NULL);
     if (err < 0) {
         fprintf(stderr, "udp_echo_server: %s (%s)\n", tpio_strerror(err), tpio_err_name(err));
         tpio_loop_close(loop);

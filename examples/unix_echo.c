@@ -100,8 +100,9 @@ static void client_data(tpio_protocol_t *p, const void *data, size_t len)
     putchar('\n');
 }
 
-static void on_server_closed(tpio_loop_t *loop, void *arg)
+static void on_server_closed(tpio_loop_t *loop, int err, void *arg)
 {
+    (void)err;
     (void)arg;
     tpio_loop_stop(loop);
 }
@@ -115,7 +116,7 @@ static void client_lost(tpio_protocol_t *p, int err)
     free(self);
     /* The demonstration is over: close the server, stop once it is gone. */
     tpio_server_close(app->server);
-    tpio_server_wait_closed(app->server, on_server_closed, app);
+    tpio_server_wait_closed(app->server, on_server_closed, app, NULL);
 }
 
 static const tpio_protocol_ops_t client_ops = {
@@ -144,7 +145,7 @@ static void on_connected(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t
     if (err < 0) {
         app->err = err;
         tpio_server_close(app->server);
-        tpio_server_wait_closed(app->server, on_server_closed, app);
+        tpio_server_wait_closed(app->server, on_server_closed, app, NULL);
     }
 }
 
@@ -178,10 +179,10 @@ int main(int argc, char **argv)
             printf("Serving on %s\n", path);
             tpio_unix_opts_t co = TPIO_OPTS(tpio_unix_opts_t, .path = path);
             err = tpio_loop_create_unix_connection(app.loop, client_factory, &app, &co, on_connected,
-                                              &app);
+                                              &app, NULL);
             if (err < 0) {
                 tpio_server_close(app.server);
-                tpio_server_wait_closed(app.server, on_server_closed, &app);
+                tpio_server_wait_closed(app.server, on_server_closed, &app, NULL);
             }
             tpio_loop_run_forever(app.loop);
             if (err == 0)

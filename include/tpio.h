@@ -28,7 +28,13 @@
  *   nothing. Only the parameters documented "may be NULL" are optional.
  * - A call that takes a completion callback either returns an error (and the
  *   callback is never called) or returns 0 (and the callback is called exactly
- *   once, later, from the loop — never from inside the call).
+ *   once, later, from the loop — never from inside the call). Its last
+ *   parameter, `tpio_handle_t *request` (may be NULL), receives a handle for
+ *   tpio_loop_cancel(): a cancelled request ends at once (its sockets
+ *   closed, its timers and resolver work dropped) and its completion runs
+ *   once, from the loop, with -ECANCELED. A handle whose request has ended
+ *   cancels nothing (-ENOENT). (Starting a subprocess is the exception: it
+ *   cannot be cancelled, close the transport instead.)
  * - A call that the transport's kind does not support returns -ENOTSUP.
  * - Times are seconds, as double, everywhere.
  * - Options are structs that start with their own size (see TPIO_OPTS), and
@@ -303,9 +309,11 @@ TPIO_API int tpio_loop_call_at(tpio_loop_t *loop, double when, tpio_callback_t c
                                void *arg, tpio_handle_t *handle);
 
 /**
- * Cancel a scheduled callback (asyncio's Handle.cancel()). Returns 0 if it was
- * pending and will not run, -ENOENT if it already ran, was already cancelled
- * or never existed.
+ * Cancel a scheduled callback (asyncio's Handle.cancel()), or a request under
+ * way (a connection attempt, a sendfile, a wait_closed: see Conventions).
+ * Returns 0 if it was pending (a callback will not run; a request's
+ * completion will say -ECANCELED), -ENOENT if it already ran or ended, was
+ * already cancelled or never existed.
  */
 TPIO_API int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle);
 
@@ -796,7 +804,8 @@ TPIO_API int tpio_loop_create_connection(tpio_loop_t *loop,
                                          tpio_protocol_factory_t factory,
                                          void *factory_arg,
                                          const tpio_connect_opts_t *opts,
-                                         tpio_connect_cb_t cb, void *cb_arg);
+                                         tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /**
  * Wrap a socket returned by accept() (or any connected stream socket) in a
@@ -806,7 +815,8 @@ TPIO_API int tpio_loop_create_connection(tpio_loop_t *loop,
 TPIO_API int tpio_loop_connect_accepted_socket(tpio_loop_t *loop,
                                                tpio_protocol_factory_t factory,
                                                void *factory_arg, int sock,
-                                               tpio_connect_cb_t cb, void *cb_arg);
+                                               tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /** Options of tpio_loop_create_server(); initialise with TPIO_OPTS. */
 typedef struct tpio_server_opts {
@@ -850,12 +860,13 @@ TPIO_API int tpio_loop_create_server(tpio_loop_t *loop,
 /** Stop listening and close the listening sockets; connections stay open. */
 TPIO_API int tpio_server_close(tpio_server_t *s);
 /**
- * Call cb(loop, arg) once the server is closed and all its connections are
- * gone (asyncio 3.12+ wait_closed). Called from the loop, never inside this
- * call; if that is already the case, on the next iteration.
+ * Call cb(loop, 0, arg) once the server is closed and all its connections
+ * are gone (asyncio 3.12+ wait_closed). Called from the loop, never inside
+ * this call; if that is already the case, on the next iteration. *request
+ * (may be NULL): cancelling it calls cb(loop, -ECANCELED, arg) instead.
  */
-TPIO_API int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb,
-                                     void *arg);
+TPIO_API int tpio_server_wait_closed(tpio_server_t *s, tpio_done_cb_t cb, void *arg,
+                                     tpio_handle_t *request);
 /** *serving = true while the server accepts connections. */
 TPIO_API int tpio_server_is_serving(const tpio_server_t *s, bool *serving);
 /** Start accepting (idempotent); -EBADF once closed. */
@@ -909,7 +920,8 @@ TPIO_API int tpio_loop_create_unix_connection(tpio_loop_t *loop,
                                               tpio_protocol_factory_t factory,
                                               void *factory_arg,
                                               const tpio_unix_opts_t *opts,
-                                              tpio_connect_cb_t cb, void *cb_arg);
+                                              tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /**
  * Listen on a Unix stream socket (asyncio's create_unix_server), with the
@@ -942,7 +954,8 @@ TPIO_API int tpio_loop_create_unix_server(tpio_loop_t *loop,
 TPIO_API int tpio_loop_connect_read_pipe(tpio_loop_t *loop,
                                          tpio_protocol_factory_t factory,
                                          void *factory_arg, int fd,
-                                         tpio_connect_cb_t cb, void *cb_arg);
+                                         tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /**
  * Wrap the write end of a pipe (asyncio's connect_write_pipe); same checks
@@ -956,7 +969,8 @@ TPIO_API int tpio_loop_connect_read_pipe(tpio_loop_t *loop,
 TPIO_API int tpio_loop_connect_write_pipe(tpio_loop_t *loop,
                                           tpio_protocol_factory_t factory,
                                           void *factory_arg, int fd,
-                                          tpio_connect_cb_t cb, void *cb_arg);
+                                          tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /* ========================================================================= */
 /* Datagrams: UDP and Unix datagram sockets                                  */
@@ -1007,7 +1021,8 @@ TPIO_API int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop,
                                                 tpio_protocol_factory_t factory,
                                                 void *factory_arg,
                                                 const tpio_datagram_opts_t *opts,
-                                                tpio_connect_cb_t cb, void *cb_arg);
+                                                tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request);
 
 /**
  * DatagramTransport.sendto: send one datagram (len may be 0: empty datagrams

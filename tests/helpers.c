@@ -306,7 +306,7 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
     int l = th_listen_v4(&port);
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     cr_assert_eq(tpio_loop_create_connection(pr->loop, th_pair_count_factory, pr, &o,
-                                        th_pair_on_conn, pr), 0);
+                                        th_pair_on_conn, pr, NULL), 0);
     cr_assert(!pr->done, "completion ran inside tpio_loop_create_connection");
     if (pr->created)
         cr_assert(!pr->created->made, "connection_made ran inside tpio_loop_create_connection");
@@ -348,7 +348,7 @@ th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
     cr_assert_eq(fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK), 0);
     pr->peer = sv[1];
     cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
-                                              th_pair_on_conn, pr), 0);
+                                              th_pair_on_conn, pr, NULL), 0);
     cr_assert(!pr->done, "completion ran inside tpio_loop_connect_accepted_socket");
     if (pr->created)
         cr_assert(!pr->created->made, "connection_made ran inside the call");
@@ -529,6 +529,13 @@ void th_assert_no_reports(const th_reports_t *r)
 void th_set_flag(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
+    *(bool *)arg = true;
+}
+
+void th_done_flag(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop;
+    cr_assert_eq(err, 0, "completion: %s", tpio_err_name(err));
     *(bool *)arg = true;
 }
 

@@ -151,8 +151,11 @@ void th_assert_no_reports(const th_reports_t *r);
 
 /* ---- small shared callbacks --------------------------------------------- */
 
-/* A loop callback (timer, call_soon, wait_closed...) that sets *(bool *)arg. */
+/* A loop callback (timer, call_soon...) that sets *(bool *)arg. */
 void th_set_flag(tpio_loop_t *loop, void *arg);
+/* A completion (wait_closed, shutdown) that asserts err == 0 and sets
+ * *(bool *)arg. */
+void th_done_flag(tpio_loop_t *loop, int err, void *arg);
 
 /* ---- running the loop for a while --------------------------------------- */
 

@@ -371,9 +371,10 @@ static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
     }
 }
 
-static void on_closed(tpio_loop_t *loop, void *arg)
+static void on_closed(tpio_loop_t *loop, int err, void *arg)
 {
     (void)loop;
+    cr_assert_eq(err, 0);
     ((struct run *)arg)->server_closed = true;
 }
 
@@ -397,7 +398,7 @@ static void close_server(struct run *r)
     if (!r->server)
         return;
     cr_assert_eq(tpio_server_close(r->server), 0);
-    int rc = tpio_server_wait_closed(r->server, on_closed, r);
+    int rc = tpio_server_wait_closed(r->server, on_closed, r, NULL);
     if (rc == -ENOMEM) {
         /* the waiter could not be allocated: closing still ends the server */
         cr_assert(r->faults);
@@ -436,7 +437,7 @@ static void scen_tcp(struct run *r)
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
                                        .port = ntohs(((struct sockaddr_in *)&ss)->sin_port));
     if (call_ok(r, "create_connection",
-                tpio_loop_create_connection(r->loop, factory, &fa_client, &co, on_conn, r)))
+                tpio_loop_create_connection(r->loop, factory, &fa_client, &co, on_conn, r, NULL)))
         r->pending++;
     run_to_end(r, "tcp");
     close_server(r);
@@ -462,7 +463,7 @@ static void scen_bulk(struct run *r)
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
                                        .port = ntohs(((struct sockaddr_in *)&ss)->sin_port));
     if (call_ok(r, "create_connection",
-                tpio_loop_create_connection(r->loop, factory, &bulk, &co, on_conn, r)))
+                tpio_loop_create_connection(r->loop, factory, &bulk, &co, on_conn, r, NULL)))
         r->pending++;
     run_to_end(r, "bulk");
     close_server(r);
@@ -480,7 +481,7 @@ static void scen_unix(struct run *r)
         return;
     tpio_unix_opts_t co = TPIO_OPTS(tpio_unix_opts_t, .path = path);
     if (call_ok(r, "create_unix_connection",
-                tpio_loop_create_unix_connection(r->loop, factory, &fa_client, &co, on_conn, r)))
+                tpio_loop_create_unix_connection(r->loop, factory, &fa_client, &co, on_conn, r, NULL)))
         r->pending++;
     run_to_end(r, "unix");
     close_server(r);
@@ -515,14 +516,14 @@ static void scen_pipes(struct run *r)
     reader = (struct factory_arg){r, READER};
     writer = (struct factory_arg){r, SINK};
     bool rd = call_ok(r, "connect_read_pipe",
-                      tpio_loop_connect_read_pipe(r->loop, factory, &reader, fds[0], on_conn, r));
+                      tpio_loop_connect_read_pipe(r->loop, factory, &reader, fds[0], on_conn, r, NULL));
     if (rd)
         r->pending++;
     else
         close(fds[0]);
     bool wr = call_ok(r, "connect_write_pipe",
                       tpio_loop_connect_write_pipe(r->loop, factory, &writer, fds[1],
-                                                   on_write_pipe, r));
+                                                   on_write_pipe, r, NULL));
     if (wr)
         r->pending++;
     else
@@ -561,7 +562,7 @@ static void scen_udp(struct run *r)
     tpio_datagram_opts_t so = TPIO_OPTS(tpio_datagram_opts_t, .use_sock = TPIO_ON, .sock = s);
     if (!call_ok(r, "datagram server",
                  tpio_loop_create_datagram_endpoint(r->loop, factory, &fa_server, &so,
-                                                    on_udp_server, r))) {
+                                                    on_udp_server, r, NULL))) {
         close(s);
         return;
     }
@@ -577,7 +578,7 @@ static void scen_udp(struct run *r)
     tpio_datagram_opts_t co = TPIO_OPTS(tpio_datagram_opts_t, .remote_host = "127.0.0.1",
                                         .remote_port = ntohs(a.sin_port));
     if (call_ok(r, "datagram client", tpio_loop_create_datagram_endpoint(
-                                          r->loop, factory, &fa_client, &co, on_udp_client, r)))
+                                          r->loop, factory, &fa_client, &co, on_udp_client, r, NULL)))
         r->pending++;
     else
         tpio_transport_close(r->peer);

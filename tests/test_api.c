@@ -92,22 +92,22 @@ Test(api, null_is_einval_everywhere, .timeout = 20)
     cr_assert_eq(tpio_loop_set_error_handler(NULL, NULL, NULL), -EINVAL);
     cr_assert_eq(tpio_loop_default_error_handler(NULL, &ctx), -EINVAL);
     cr_assert_eq(tpio_loop_call_error_handler(NULL, &ctx), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(NULL, never_factory, NULL, &co, never_conn, NULL),
+    cr_assert_eq(tpio_loop_create_connection(NULL, never_factory, NULL, &co, never_conn, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, never_factory, NULL, 0, never_conn,
-                                                   NULL),
+                                                   NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_server(NULL, never_factory, NULL, &so, &sp), -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_connection(NULL, never_factory, NULL, &uo, never_conn,
-                                                  NULL),
+                                                  NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(NULL, never_factory, NULL, &uo, &sp), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_read_pipe(NULL, never_factory, NULL, 0, never_conn, NULL),
+    cr_assert_eq(tpio_loop_connect_read_pipe(NULL, never_factory, NULL, 0, never_conn, NULL, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_connect_write_pipe(NULL, never_factory, NULL, 1, never_conn, NULL),
+    cr_assert_eq(tpio_loop_connect_write_pipe(NULL, never_factory, NULL, 1, never_conn, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(NULL, never_factory, NULL, &dopt,
-                                                    never_conn, NULL),
+                                                    never_conn, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_subprocess_exec(NULL, never_factory, NULL, argv, NULL, never_conn,
                                            NULL),
@@ -153,7 +153,7 @@ Test(api, null_is_einval_everywhere, .timeout = 20)
 
     /* servers */
     cr_assert_eq(tpio_server_close(NULL), -EINVAL);
-    cr_assert_eq(tpio_server_wait_closed(NULL, never_cb, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_wait_closed(NULL, th_done_flag, NULL, NULL), -EINVAL);
     cr_assert_eq(tpio_server_is_serving(NULL, &b), -EINVAL);
     cr_assert_eq(tpio_server_start_serving(NULL), -EINVAL);
     cr_assert_eq(tpio_server_close_clients(NULL), -EINVAL);
@@ -236,11 +236,11 @@ Test(api, null_out_parameters_are_einval, .timeout = 20)
     cr_assert_eq(tpio_server_get_sockname(s, 0, NULL, &sl), -EINVAL);
     cr_assert_eq(tpio_server_get_loop(s, NULL), -EINVAL);
     cr_assert_eq(tpio_server_get_connection_count(s, NULL), -EINVAL);
-    cr_assert_eq(tpio_server_wait_closed(s, NULL, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_wait_closed(s, NULL, NULL, NULL), -EINVAL);
     cr_assert_eq(tpio_server_close(s), 0);
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = 1);
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, NULL, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, NULL, never_conn, NULL),
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, NULL, NULL, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, NULL, never_conn, NULL, NULL),
                  -EINVAL);
     const char *argv[] = {"true", NULL};
     cr_assert_eq(tpio_loop_subprocess_exec(loop, th_factory, NULL, NULL, NULL, never_conn, NULL),
@@ -288,17 +288,17 @@ Test(api, options_of_any_version, .timeout = 20)
     /* every options struct checks its size the same way */
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = 1);
     co.size = 0;
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, never_conn, NULL),
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, never_conn, NULL, NULL),
                  -EINVAL);
     tpio_unix_opts_t uo = TPIO_OPTS(tpio_unix_opts_t, .path = "/tmp/tpio-api-none");
     uo.size = 0;
-    cr_assert_eq(tpio_loop_create_unix_connection(loop, th_factory, NULL, &uo, never_conn, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(loop, th_factory, NULL, &uo, never_conn, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(loop, th_factory, NULL, &uo, &s), -EINVAL);
     tpio_datagram_opts_t dopt = TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET);
     dopt.size = 0;
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &dopt, never_conn,
-                                                    NULL),
+                                                    NULL, NULL),
                  -EINVAL);
     tpio_subprocess_opts_t po = TPIO_OPTS(tpio_subprocess_opts_t);
     po.size = 0;
@@ -335,12 +335,12 @@ Test(api, flags_take_three_values, .timeout = 20)
     cr_assert(th_is_serving(s), "the default is on");
     cr_assert_eq(tpio_server_close(s), 0);
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .use_sock = (tpio_flag_t)5);
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, never_conn, NULL),
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &co, never_conn, NULL, NULL),
                  -EINVAL);
     tpio_datagram_opts_t dopt =
         TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET, .allow_broadcast = (tpio_flag_t)3);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &dopt, never_conn,
-                                                    NULL),
+                                                    NULL, NULL),
                  -EINVAL);
     tpio_unix_opts_t uo = TPIO_OPTS(tpio_unix_opts_t, .path = "x", .abstract = (tpio_flag_t)9);
     cr_assert_eq(tpio_loop_create_unix_server(loop, th_factory, NULL, &uo, &s), -EINVAL);
@@ -465,7 +465,7 @@ Test(api, read_size_is_for_streams, .timeout = 20)
     th_conn_t c = {0};
     th_proto_t tmpl = {0};
     tpio_datagram_opts_t o = TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &o, on_dgram, &c),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &o, on_dgram, &c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));
     cr_assert_eq(c.err, 0);
@@ -562,7 +562,7 @@ static th_conn_t *wrap(tpio_loop_t *loop, th_proto_t *tmpl, int *peer)
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     *peer = sv[1];
     th_conn_t *c = calloc(1, sizeof *c);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, tmpl, sv[0], th_on_conn, c),
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, tmpl, sv[0], th_on_conn, c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c->done, TH_TMO));
     cr_assert_eq(c->err, 0);
@@ -656,7 +656,7 @@ Test(api, datagram_abstract_names, .timeout = 20)
     tpio_datagram_opts_t oa =
         TPIO_OPTS(tpio_datagram_opts_t, .local_path = a, .local_abstract = TPIO_ON);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &oa, th_on_conn,
-                                                    &ca),
+                                                    &ca, NULL),
                  0);
     cr_assert(th_run_until(loop, &ca.done, TH_TMO));
     cr_assert_eq(ca.err, 0);
@@ -664,7 +664,7 @@ Test(api, datagram_abstract_names, .timeout = 20)
         TPIO_OPTS(tpio_datagram_opts_t, .local_path = b, .local_abstract = TPIO_ON,
                   .remote_path = a, .remote_abstract = TPIO_ON);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &ob, th_on_conn,
-                                                    &cb),
+                                                    &cb, NULL),
                  0);
     cr_assert(th_run_until(loop, &cb.done, TH_TMO));
     cr_assert_eq(cb.err, 0);
@@ -691,11 +691,11 @@ Test(api, datagram_abstract_names, .timeout = 20)
                                         .local_path_len = sizeof longname,
                                         .local_abstract = TPIO_ON);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &ol, th_on_conn,
-                                                    &cl),
+                                                    &cl, NULL),
                  -ENAMETOOLONG);
     ol.local_path_len = sizeof longname - 1;
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &ol, th_on_conn,
-                                                    &cl),
+                                                    &cl, NULL),
                  0);
     cr_assert(th_run_until(loop, &cl.done, TH_TMO));
     cr_assert_eq(cl.err, 0);
@@ -723,7 +723,7 @@ Test(api, flag_off_is_not_an_option_set, .timeout = 20)
     tpio_datagram_opts_t o =
         TPIO_OPTS(tpio_datagram_opts_t, .local_host = "127.0.0.1", .local_abstract = TPIO_OFF,
                   .remote_abstract = TPIO_OFF, .reuse_port = TPIO_OFF);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &o, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &o, th_on_conn, &c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));
     cr_assert_eq(c.err, 0);

@@ -226,7 +226,7 @@ Test(behaviours, read_burst_stops_after_1mib_of_full_reads, .timeout = 30)
     bu.loop = pr->loop;
     pr->peer = p[1];
     cr_assert_eq(tpio_loop_connect_read_pipe(pr->loop, th_pair_count_factory, pr, p[0],
-                                             th_pair_on_conn, pr), 0);
+                                             th_pair_on_conn, pr, NULL), 0);
     cr_assert(th_run_until(pr->loop, &pr->done, TMO));
     cr_assert_eq(pr->err, 0);
     th_proto_t *pp = pr->p;
@@ -589,7 +589,7 @@ static void close_server_and_loop(tpio_loop_t *loop, tpio_server_t *s)
 {
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, TMO), "wait_closed never fired");
     th_run_iters(loop, 3);
     cr_assert_eq(tpio_loop_close(loop), 0);
@@ -776,7 +776,7 @@ Test(behaviours, wait_closed_on_an_open_server_waits_for_close, .timeout = 20)
     int c = client_sock();
     connect_to(c, port);
     cr_assert(th_run_until_count(loop, &ac.calls, 1, TMO));
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &fired), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &fired, NULL), 0);
     close(c);
     cr_assert(th_run_until_count(loop, &ac.lost, 1, TMO));
     cr_assert_eq(th_conn_count(s), 0);
@@ -832,7 +832,7 @@ static void expect_first_error(const failing_t *const *order, size_t n, double d
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
     th_pair_t *pr = th_pair_new(&th_proto_ops);
     cr_assert_eq(tpio__connect_addrs(pr->loop, th_pair_count_factory, pr, ai, delay,
-                                     th_pair_on_conn, pr), 0);
+                                     th_pair_on_conn, pr, NULL), 0);
     cr_assert(th_run_until(pr->loop, &pr->done, TMO), "no completion");
     cr_assert_eq(pr->err, order[0]->err, "first %s (delay %g): got %s, expected %s",
                  order[0]->what, delay, tpio_err_name(pr->err), tpio_err_name(order[0]->err));
@@ -990,7 +990,7 @@ static void check_order(const int *fams, size_t n, const size_t *expect, double 
         tpio_connect_opts_t o = TPIO_OPTS(tpio_connect_opts_t, .host = FAKE_HOST, .port = 9,
                                           .happy_eyeballs_delay = delay,
                                           .interleave = interleave);
-        cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &tmpl, &o, th_on_conn, &c),
+        cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &tmpl, &o, th_on_conn, &c, NULL),
                      0);
         cr_assert(th_run_until(loop, &c.done, TMO), "round %zu: no completion", k);
         cr_assert_eq(fake.calls, calls_before + 1, "the name was not resolved through the fake");
@@ -1055,7 +1055,7 @@ static void connect_two(th_pair_t *pr, uint16_t first, uint16_t second, double d
     ai[1] = (struct addrinfo){.ai_family = AF_INET, .ai_socktype = SOCK_STREAM,
                               .ai_addr = (struct sockaddr *)&ss[1], .ai_addrlen = l1};
     cr_assert_eq(tpio__connect_addrs(pr->loop, th_pair_count_factory, pr, ai, delay,
-                                     th_pair_on_conn, pr), 0);
+                                     th_pair_on_conn, pr, NULL), 0);
 }
 
 static uint16_t peer_port_of(tpio_transport_t *t)
@@ -1205,7 +1205,7 @@ Test(behaviours, datagram_sent_behind_a_queue_never_overtakes_it, .timeout = 30)
     pr->peer = sv[1];
     tpio_datagram_opts_t o = TPIO_OPTS(tpio_datagram_opts_t, .use_sock = TPIO_ON, .sock = sv[0]);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(pr->loop, th_pair_count_factory, pr, &o,
-                                                    th_pair_on_conn, pr), 0);
+                                                    th_pair_on_conn, pr, NULL), 0);
     cr_assert(th_run_until(pr->loop, &pr->done, TMO));
     cr_assert_eq(pr->err, 0);
     /* no pause_writing noise */

@@ -350,7 +350,7 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
     c->rng = 0xB0B;
     done_t d = {0};
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
-    cr_assert_eq(tpio_loop_create_connection(loop, client_factory, c, &o, on_conn, &d), 0);
+    cr_assert_eq(tpio_loop_create_connection(loop, client_factory, c, &o, on_conn, &d, NULL), 0);
     cr_assert(th_run_until(loop, &d.done, 5));
     cr_assert_eq(d.err, 0, "connect: %s", tpio_err_name(d.err));
     cr_assert(c->made);
@@ -386,7 +386,7 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
 
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 5));
     cr_assert_eq(tpio_loop_close(loop), 0);
     free(c);

@@ -88,7 +88,7 @@ static conn_t *conn_new(void)
 /* Start a connection; checks that nothing ran inside the call. */
 static void start(conn_t *c, const tpio_connect_opts_t *o)
 {
-    int r = tpio_loop_create_connection(c->loop, factory, c, o, on_conn, c);
+    int r = tpio_loop_create_connection(c->loop, factory, c, o, on_conn, c, NULL);
     cr_assert_eq(r, 0, "tpio_loop_create_connection: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside tpio_loop_create_connection");
     if (c->created)
@@ -507,7 +507,7 @@ static void connect_list(conn_t *c, struct sockaddr_in *addrs, int n, double he_
                                   .ai_addr = (struct sockaddr *)&addrs[i],
                                   .ai_addrlen = sizeof addrs[i],
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
-    int r = tpio__connect_addrs(c->loop, factory, c, ai, he_delay, on_conn, c);
+    int r = tpio__connect_addrs(c->loop, factory, c, ai, he_delay, on_conn, c, NULL);
     cr_assert_eq(r, 0, "tpio__connect_addrs: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside the call");
 }
@@ -647,7 +647,7 @@ Test(connect, use_sock_pipe_is_not_a_socket, .timeout = 20)
     cr_assert_eq(pipe(pp), 0);
     int fl = fcntl(pp[0], F_GETFL), fdfl = fcntl(pp[0], F_GETFD);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = pp[0]};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c), -ENOTSOCK);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL), -ENOTSOCK);
     /* untouched: still open, same flags, still works */
     cr_assert_eq(fcntl(pp[0], F_GETFL), fl);
     cr_assert_eq(fcntl(pp[0], F_GETFD), fdfl);
@@ -671,14 +671,14 @@ Test(connect, use_sock_datagram_socket_rejected, .timeout = 20)
     cr_assert_geq(d, 0);
     int fl = fcntl(d, F_GETFL);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = d};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     int type = 0;
     socklen_t tl = sizeof type;
     cr_assert_eq(getsockopt(d, SOL_SOCKET, SO_TYPE, &type, &tl), 0);
     cr_assert_eq(type, SOCK_DGRAM);
     /* and the same through connect_accepted_socket */
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, d, on_conn, c), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, d, on_conn, c, NULL), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     for (int i = 0; i < 5; i++)
         tpio_loop_run_once(c->loop, 0.001);
@@ -701,7 +701,7 @@ Test(connect, accepted_socket, .timeout = 20)
     int s = accept4(l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
     cr_assert_geq(s, 0);
     cr_assert_eq(fcntl(cl, F_SETFL, O_NONBLOCK), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, s, on_conn, c), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, s, on_conn, c, NULL), 0);
     cr_assert(!c->done);
     if (c->created)
         cr_assert(!c->created->made);
@@ -745,7 +745,7 @@ Test(connect, factory_refuses_use_sock, .timeout = 20)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
-    int r = tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c);
+    int r = tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL);
     cr_assert_eq(r, 0, "factory refusal returned %s instead of reaching the completion",
                  tpio_err_name(r));
     cr_assert(!c->done);
@@ -768,7 +768,7 @@ Test(connect, factory_refuses_accepted_socket, .timeout = 20)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     int fl = fcntl(sv[0], F_GETFL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], on_conn, c);
+    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], on_conn, c, NULL);
     cr_assert(!c->done);
     if (r == 0) {
         wait_done(c, TMO);
@@ -793,21 +793,21 @@ Test(connect, bad_arguments, .timeout = 20)
 {
     conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = 9};
-    cr_assert_eq(tpio_loop_create_connection(NULL, factory, c, &o, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, NULL, c, &o, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, NULL, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, NULL, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(NULL, factory, c, &o, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, NULL, c, &o, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, NULL, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, NULL, c, NULL), -EINVAL);
     tpio_connect_opts_t nohost = {.size = sizeof nohost, .port = 9};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &nohost, on_conn, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &nohost, on_conn, c, NULL), -EINVAL);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, NULL, c, sv[0], on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], NULL, c), -EINVAL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, -1, on_conn, c);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, NULL, c, sv[0], on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], NULL, c, NULL), -EINVAL);
+    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, -1, on_conn, c, NULL);
     cr_assert(r == -EINVAL || r == -EBADF, "sock -1 gave %s", tpio_err_name(r));
     tpio_connect_opts_t badsock = {.size = sizeof badsock, .use_sock = TPIO_ON, .sock = -1};
-    r = tpio_loop_create_connection(c->loop, factory, c, &badsock, on_conn, c);
+    r = tpio_loop_create_connection(c->loop, factory, c, &badsock, on_conn, c, NULL);
     cr_assert(r == -EINVAL || r == -EBADF, "use_sock -1 gave %s", tpio_err_name(r));
     /* the socketpair end was not taken over by the failed calls */
     cr_assert_neq(fcntl(sv[0], F_GETFD), -1);

@@ -1187,7 +1187,7 @@ Test(loop, close_with_a_server_is_ebusy, .timeout = 30)
 
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert_not(closed);
     cr_assert(th_run_until(loop, &closed, 3.0));
     cr_assert_eq(tpio_loop_close(loop), 0);
@@ -1233,7 +1233,7 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     ctmpl.lost_flag = &client_lost;
     conn_result_t r = {0};
     tpio_connect_opts_t copts = {.size = sizeof copts, .host = "127.0.0.1", .port = port};
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &ctmpl, &copts, connect_done, &r), 0);
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &ctmpl, &copts, connect_done, &r, NULL), 0);
     cr_assert_not(r.done, "completion ran inside tpio_loop_create_connection");
     /* an attempt in progress (its completion has not run yet) */
     cr_assert_eq(tpio_loop_close(loop), -EBUSY);
@@ -1257,7 +1257,7 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     cr_assert_eq(tpio_loop_close(loop), -EBUSY);
     cr_assert_eq(tpio_server_close(s), 0);
     bool closed = false;
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 3.0));
     cr_assert_eq(tpio_loop_close(loop), 0);
 }

@@ -96,7 +96,7 @@ static void fx_fini(fx_t *f)
 static void open_read(fx_t *f, int fd, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_loop_connect_read_pipe(f->loop, factory, f, fd, th_on_conn, c), 0);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f->loop, factory, f, fd, th_on_conn, c, NULL), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -108,7 +108,7 @@ static void open_read(fx_t *f, int fd, th_conn_t *c)
 static void open_write(fx_t *f, int fd, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_loop_connect_write_pipe(f->loop, factory, f, fd, th_on_conn, c), 0);
+    cr_assert_eq(tpio_loop_connect_write_pipe(f->loop, factory, f, fd, th_on_conn, c, NULL), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -283,7 +283,7 @@ Test(pipe, read_buffered_protocol, .timeout = 10)
     cr_assert_eq(write(fds[1], data, 20), 20);
     close(fds[1]);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fds[0], th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fds[0], th_on_conn, &c, NULL), 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
@@ -736,8 +736,8 @@ Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
     int fdfl = fcntl(fd, F_GETFD);
     off_t pos = lseek(fd, 0, SEEK_CUR);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c, NULL), -EINVAL);
     cr_assert_eq(fcntl(fd, F_GETFL), fl);
     cr_assert_eq(fcntl(fd, F_GETFD), fdfl);
     cr_assert_eq(lseek(fd, 0, SEEK_CUR), pos);
@@ -745,15 +745,15 @@ Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
     int dfd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     cr_assert_geq(dfd, 0);
     int dfl = fcntl(dfd, F_GETFL);
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, dfd, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, dfd, th_on_conn, &c, NULL), -EINVAL);
     cr_assert_eq(fcntl(dfd, F_GETFL), dfl);
     /* Bad descriptors and arguments. */
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, -1, th_on_conn, &c), -EBADF);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, -1, th_on_conn, &c, NULL), -EBADF);
     int fds[2];
     make_pipe(fds);
-    cr_assert_eq(tpio_loop_connect_read_pipe(NULL, factory, &f, fds[0], th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, NULL, &f, fds[0], th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fds[1], NULL, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_read_pipe(NULL, factory, &f, fds[0], th_on_conn, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, NULL, &f, fds[0], th_on_conn, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fds[1], NULL, &c, NULL), -EINVAL);
     cr_assert_eq(fcntl(fds[0], F_GETFL) & O_NONBLOCK, 0);
     cr_assert_eq(fcntl(fds[1], F_GETFL) & O_NONBLOCK, 0);
     th_run_timer(f.loop, 0.01, TMO);
@@ -775,8 +775,8 @@ Test(pipe, unpollable_char_device_is_not_watchable, .timeout = 10)
     cr_assert_geq(fd, 0);
     int fl = fcntl(fd, F_GETFL);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c), TPIO_ENOTWATCHABLE);
-    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c), TPIO_ENOTWATCHABLE);
+    cr_assert_eq(tpio_loop_connect_read_pipe(f.loop, factory, &f, fd, th_on_conn, &c, NULL), TPIO_ENOTWATCHABLE);
+    cr_assert_eq(tpio_loop_connect_write_pipe(f.loop, factory, &f, fd, th_on_conn, &c, NULL), TPIO_ENOTWATCHABLE);
     cr_assert_eq(fcntl(fd, F_GETFL), fl);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);

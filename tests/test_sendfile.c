@@ -200,7 +200,7 @@ Test(sendfile, fallback_over_a_pipe_with_a_slow_reader, .timeout = 60)
     int p[2];
     cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_write_pipe(loop, th_factory, NULL, p[1], th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_connect_write_pipe(loop, th_factory, NULL, p[1], th_on_conn, &c, NULL), 0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));
     cr_assert_eq(c.err, 0);
     const uint64_t size = 4 * MIB + 12345;
@@ -398,7 +398,7 @@ Test(sendfile, refused_arguments, .timeout = 30)
     tpio_loop_t *loop = th_new_loop();
     th_conn_t c = {0};
     tpio_datagram_opts_t o = TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &o, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &o, th_on_conn, &c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));
     cr_assert_eq(tpio_loop_sendfile(loop, c.t, fd, 0, 0, 0, on_sent, &d, NULL), -ENOTSUP);

@@ -160,7 +160,7 @@ static void close_server_and_wait(tpio_loop_t *loop, tpio_server_t *s)
 {
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 5.0), "wait_closed never fired");
 }
 
@@ -690,7 +690,7 @@ Test(server, bad_arguments, .timeout = TMO)
 
     /* the server functions with NULL */
     cr_assert_eq(tpio_server_close(NULL), -EINVAL);
-    cr_assert_eq(tpio_server_wait_closed(NULL, th_set_flag, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_wait_closed(NULL, th_done_flag, NULL, NULL), -EINVAL);
     cr_assert_eq(tpio_server_start_serving(NULL), -EINVAL);
     cr_assert_eq(tpio_server_close_clients(NULL), -EINVAL);
     cr_assert_eq(tpio_server_abort_clients(NULL), -EINVAL);
@@ -709,7 +709,7 @@ Test(server, bad_arguments, .timeout = TMO)
 
     /* and with a real server */
     s = start_server_v4(loop, c);
-    cr_assert_eq(tpio_server_wait_closed(s, NULL, NULL), -EINVAL);
+    cr_assert_eq(tpio_server_wait_closed(s, NULL, NULL, NULL), -EINVAL);
     cr_assert_eq(tpio_server_get_sockname(s, 0, NULL, &l), -EINVAL);
     cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, NULL), -EINVAL);
     cr_assert_eq(c->calls, 0);
@@ -912,7 +912,7 @@ Test(server, start_serving_off_then_on, .timeout = TMO)
     cr_assert_not(th_is_serving(s));
     /* register before the last connection goes (it frees the server) */
     bool closed = false;
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     close(a);
     cr_assert(th_run_until_count(loop, &c->lost, 1, 5.0));
     cr_assert(th_run_until(loop, &closed, 5.0));
@@ -971,9 +971,10 @@ typedef struct wc_arg {
     int id;
 } wc_arg_t;
 
-static void wc_cb(tpio_loop_t *loop, void *arg)
+static void wc_cb(tpio_loop_t *loop, int err, void *arg)
 {
     (void)loop;
+    cr_assert_eq(err, 0);
     wc_arg_t *w = arg;
     wc_log_t *g = w->log;
     size_t n = strlen(g->order);
@@ -998,7 +999,7 @@ Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = 
     log.watch = p;
     wc_arg_t w1 = {&log, 1}, w2 = {&log, 2};
     /* registered while serving: must wait for close AND the connection */
-    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1, NULL), 0);
     th_spin_for(loop, 0.1);
     cr_assert_eq(log.fired, 0, "wait_closed fired while serving");
 
@@ -1019,7 +1020,7 @@ Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = 
     char buf[16] = {0};
     cr_assert_eq(client_recv(loop, a, buf, 11, 5.0), 11);
     cr_assert_eq(memcmp(buf, "after-close", 11), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2, NULL), 0);
     th_spin_for(loop, 0.1);
     cr_assert_eq(log.fired, 0, "wait_closed fired while a connection is alive");
     cr_assert_not(p->lost);
@@ -1044,8 +1045,8 @@ Test(server, wait_closed_on_closed_idle_server_fires_next_iteration, .timeout = 
     static wc_log_t log;
     wc_arg_t w1 = {&log, 1}, w2 = {&log, 2};
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w1, NULL), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, wc_cb, &w2, NULL), 0);
     cr_assert_eq(log.fired, 0, "wait_closed called back inside the call");
     cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
     cr_assert_eq(log.fired, 2, "wait_closed did not fire on the next iteration");
@@ -1062,7 +1063,7 @@ Test(server, close_without_connections_then_loop_close, .timeout = TMO)
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(th_socket_count(s), 0);
     bool closed = false;
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 5.0));
     /* the listening socket is gone */
     cr_assert_eq(fcntl(lfd, F_GETFD), -1);
@@ -1315,7 +1316,7 @@ Test(server, thousand_concurrent_clients, .timeout = TMO)
 
     tpio_connect_opts_t copts = {.size = sizeof copts, .host = "127.0.0.1", .port = port};
     for (int i = 0; i < NCLIENTS; i++) {
-        int r = tpio_loop_create_connection(loop, cli_factory, &b, &copts, cli_connected, &b);
+        int r = tpio_loop_create_connection(loop, cli_factory, &b, &copts, cli_connected, &b, NULL);
         if (r != 0)
             cr_assert_fail("create_connection %d: %s", i, tpio_err_name(r));
     }

@@ -15,9 +15,10 @@ struct ctx {
     int order; /* 1: wait_closed fired before the connection was lost */
 };
 
-static void on_closed(tpio_loop_t *loop, void *arg)
+static void on_closed(tpio_loop_t *loop, int err, void *arg)
 {
     (void)loop;
+    cr_assert_eq(err, 0);
     struct ctx *c = arg;
     c->waited = true;
     if (!c->lost)
@@ -29,7 +30,7 @@ static tpio_protocol_t *closing_factory(void *arg)
     struct ctx *c = arg;
     /* the first connection closes the server that accepted it */
     cr_assert_eq(tpio_server_close(c->server), 0);
-    cr_assert_eq(tpio_server_wait_closed(c->server, on_closed, c), 0);
+    cr_assert_eq(tpio_server_wait_closed(c->server, on_closed, c, NULL), 0);
     c->made = th_proto_new(&th_proto_ops);
     c->made->echo = true;
     c->made->lost_flag = &c->lost;

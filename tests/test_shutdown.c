@@ -73,7 +73,7 @@ Test(shutdown, cancel_a_connection_that_never_completes, .timeout = 30)
                           .ai_addr = (struct sockaddr *)&s.addr, .ai_addrlen = sizeof s.addr};
     th_conn_t c = {0};
     never_factory_calls = 0;
-    cr_assert_eq(tpio__connect_addrs(loop, counting_factory, NULL, &ai, 0, th_on_conn, &c), 0);
+    cr_assert_eq(tpio__connect_addrs(loop, counting_factory, NULL, &ai, 0, th_on_conn, &c, NULL), 0);
     th_spin_for(loop, 0.2); /* the attempt is under way, and stays so */
     cr_assert_not(c.done);
     cr_assert_eq(tpio_loop_close(loop), -EBUSY, "an attempt is under way");
@@ -113,9 +113,10 @@ static void on_done(tpio_loop_t *loop, int err, void *arg)
     e->lost_at_done = e->lost;
 }
 
-static void on_waited(tpio_loop_t *loop, void *arg)
+static void on_waited(tpio_loop_t *loop, int err, void *arg)
 {
     (void)loop;
+    cr_assert_eq(err, 0, "shutdown leaves wait_closed to the servers' closing");
     struct everything *e = arg;
     e->closed_waited = true;
     e->lost_at_waited = e->lost;
@@ -164,14 +165,14 @@ static void run_everything(tpio_shutdown_t how)
     tpio_server_t *srv;
     tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1");
     cr_assert_eq(tpio_loop_create_server(loop, th_factory, &tmpl, &so, &srv), 0);
-    cr_assert_eq(tpio_server_wait_closed(srv, on_waited, e), 0);
+    cr_assert_eq(tpio_server_wait_closed(srv, on_waited, e, NULL), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_server_get_sockname(srv, 0, &ss, &sl), 0);
     th_conn_t cc = {0};
     tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
                                        .port = ntohs(((struct sockaddr_in *)&ss)->sin_port));
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &tmpl, &co, th_on_conn, &cc), 0);
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &tmpl, &co, th_on_conn, &cc, NULL), 0);
     cr_assert(th_run_until(loop, &cc.done, TH_TMO));
     cr_assert_eq(cc.err, 0);
     double end = th_now_s() + TH_TMO;
@@ -183,11 +184,11 @@ static void run_everything(tpio_shutdown_t how)
     int p[2];
     cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
     th_conn_t rp = {0};
-    cr_assert_eq(tpio_loop_connect_read_pipe(loop, th_factory, &tmpl, p[0], th_on_conn, &rp), 0);
+    cr_assert_eq(tpio_loop_connect_read_pipe(loop, th_factory, &tmpl, p[0], th_on_conn, &rp, NULL), 0);
     th_conn_t dg = {0};
     tpio_datagram_opts_t dopt = TPIO_OPTS(tpio_datagram_opts_t, .family = AF_INET);
     cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, &tmpl, &dopt, th_on_conn,
-                                                    &dg),
+                                                    &dg, NULL),
                  0);
     th_conn_t sc = {0};
     const char *argv[] = {"sleep", "100", NULL};
@@ -206,7 +207,7 @@ static void run_everything(tpio_shutdown_t how)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t ad = {0};
     cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, &tmpl, sv[0], th_on_conn,
-                                                   &ad),
+                                                   &ad, NULL),
                  0);
 
     cr_assert_eq(tpio_loop_shutdown(loop, how, on_done, e), 0);
@@ -252,4 +253,190 @@ Test(shutdown, an_empty_loop, .timeout = 10)
     cr_assert_eq(tpio_loop_shutdown(loop, TPIO_SHUTDOWN_CLOSE, done_flag, &done), 0);
     cr_assert(th_run_until(loop, &done, TH_TMO));
     cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* ---- cancelling requests by their handles ---------------------------------------- */
+
+static void expect_cancelled(tpio_loop_t *loop, th_conn_t *c, tpio_handle_t h)
+{
+    cr_assert_neq(h, 0);
+    cr_assert_eq(tpio_loop_cancel(loop, h), 0);
+    cr_assert_not(c->done, "the completion runs from the loop, not inside the cancel");
+    cr_assert_eq(tpio_loop_cancel(loop, h), -ENOENT, "a second cancel");
+    cr_assert(th_run_until(loop, &c->done, TH_TMO));
+    cr_assert_eq(c->calls, 1);
+    cr_assert_eq(c->err, -ECANCELED);
+    th_run_iters(loop, 3);
+    cr_assert_eq(c->calls, 1, "once");
+}
+
+static void close_when_idle(tpio_loop_t *loop)
+{
+    int rc;
+    double end = th_now_s() + TH_TMO;
+    while ((rc = tpio_loop_close(loop)) == -EBUSY && th_now_s() < end)
+        tpio_loop_run_once(loop, 0.01);
+    cr_assert_eq(rc, 0, "something was left behind");
+}
+
+Test(cancel, a_connection_to_a_full_backlog, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    struct silent s;
+    silent_open(&s);
+    tpio_connect_opts_t o = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                      .port = ntohs(s.addr.sin_port));
+    th_conn_t c = {0};
+    tpio_handle_t h = 0;
+    never_factory_calls = 0;
+    cr_assert_eq(tpio_loop_create_connection(loop, counting_factory, NULL, &o, th_on_conn, &c, &h),
+                 0);
+    th_spin_for(loop, 0.2);
+    cr_assert_not(c.done, "the attempt hangs");
+    expect_cancelled(loop, &c, h);
+    cr_assert_eq(never_factory_calls, 0);
+    cr_assert_eq(tpio_loop_close(loop), 0, "the loop closes right after");
+    silent_close(&s);
+}
+
+/* A connect timeout is a timer and a cancel (the guide's recipe). */
+struct timeout_ctx {
+    tpio_handle_t req;
+    bool fired;
+};
+
+static void on_timeout(tpio_loop_t *loop, void *arg)
+{
+    struct timeout_ctx *t = arg;
+    t->fired = true;
+    cr_assert_eq(tpio_loop_cancel(loop, t->req), 0);
+}
+
+Test(cancel, connect_timeout_recipe, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    struct silent s;
+    silent_open(&s);
+    tpio_connect_opts_t o = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                      .port = ntohs(s.addr.sin_port));
+    th_conn_t c = {0};
+    struct timeout_ctx t = {0};
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &o, th_on_conn, &c, &t.req),
+                 0);
+    tpio_handle_t timer;
+    cr_assert_eq(tpio_loop_call_later(loop, 0.1, on_timeout, &t, &timer), 0);
+    cr_assert(th_run_until(loop, &c.done, TH_TMO));
+    cr_assert(t.fired);
+    cr_assert_eq(c.err, -ECANCELED);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    silent_close(&s);
+}
+
+Test(cancel, a_name_being_resolved, .timeout = 30)
+{
+    /* "localhost" is no numeric address: it goes to a resolver thread; the
+     * cancel gives that thread up (or finds its answer on the way) */
+    for (int round = 0; round < 20; round++) {
+        tpio_loop_t *loop = th_new_loop();
+        tpio_connect_opts_t o = TPIO_OPTS(tpio_connect_opts_t, .host = "localhost", .port = 9);
+        th_conn_t c = {0};
+        tpio_handle_t h = 0;
+        cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &o, th_on_conn, &c, &h),
+                     0);
+        expect_cancelled(loop, &c, h);
+        close_when_idle(loop);
+    }
+}
+
+Test(cancel, a_datagram_endpoint_and_an_adoption, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    tpio_datagram_opts_t o = TPIO_OPTS(tpio_datagram_opts_t, .remote_host = "localhost",
+                                       .remote_port = 9);
+    th_conn_t c = {0};
+    tpio_handle_t h = 0;
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &o, th_on_conn, &c,
+                                                    &h),
+                 0);
+    expect_cancelled(loop, &c, h);
+    /* a socket handed over: cancelled before its transport is made, it is
+     * closed (it was the library's from the call on) */
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    th_conn_t a = {0};
+    never_factory_calls = 0;
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, counting_factory, NULL, sv[0],
+                                                   th_on_conn, &a, &h),
+                 0);
+    expect_cancelled(loop, &a, h);
+    cr_assert_eq(never_factory_calls, 0);
+    char x;
+    cr_assert_eq(recv(sv[1], &x, 1, 0), 0, "the peer sees the socket closed");
+    close(sv[1]);
+    close_when_idle(loop);
+}
+
+Test(cancel, a_completed_request_cancels_nothing, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    th_conn_t a = {0};
+    tpio_handle_t h = 0;
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], th_on_conn, &a,
+                                                   &h),
+                 0);
+    cr_assert(th_run_until(loop, &a.done, TH_TMO));
+    cr_assert_eq(a.err, 0);
+    cr_assert_eq(tpio_loop_cancel(loop, h), -ENOENT);
+    cr_assert_eq(tpio_transport_close(a.t), 0);
+    cr_assert(th_run_until(loop, &a.p->lost, TH_TMO));
+    th_proto_free(a.p);
+    close(sv[1]);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+struct wc {
+    int calls, err;
+};
+
+static void on_wc(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop;
+    struct wc *w = arg;
+    w->calls++;
+    w->err = err;
+}
+
+Test(cancel, wait_closed, .timeout = 30)
+{
+    tpio_loop_t *loop = th_new_loop();
+    tpio_server_t *s;
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1");
+    cr_assert_eq(tpio_loop_create_server(loop, th_factory, NULL, &so, &s), 0);
+    struct wc w1 = {0}, w2 = {0};
+    tpio_handle_t h1, h2;
+    cr_assert_eq(tpio_server_wait_closed(s, on_wc, &w1, &h1), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, on_wc, &w2, &h2), 0);
+    cr_assert_eq(tpio_loop_cancel(loop, h1), 0);
+    cr_assert_eq(w1.calls, 0);
+    th_run_iters(loop, 2);
+    cr_assert_eq(w1.calls, 1);
+    cr_assert_eq(w1.err, -ECANCELED);
+    cr_assert_eq(w2.calls, 0, "the other waiter still waits");
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_loop_cancel(loop, h2), -ENOENT, "woken: too late to cancel");
+    /* on a closed server (still valid in this iteration): fires on the
+     * next one, nothing to cancel */
+    struct wc w3 = {0};
+    tpio_handle_t h3 = 99;
+    cr_assert_eq(tpio_server_wait_closed(s, on_wc, &w3, &h3), 0);
+    cr_assert_eq(tpio_loop_cancel(loop, h3), -ENOENT);
+    th_run_iters(loop, 2);
+    cr_assert_eq(w2.calls, 1);
+    cr_assert_eq(w2.err, 0);
+    cr_assert_eq(w1.calls, 1);
+    cr_assert_eq(w3.calls, 1);
+    cr_assert_eq(w3.err, 0);
+    close_when_idle(loop);
 }

@@ -709,7 +709,7 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_str_eq(p->events, "made,eof,lost:0");
     cr_assert_eq(c->calls, 1);
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &c->closed), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &c->closed, NULL), 0);
     cr_assert(th_run_until(loop, &c->closed, TMO));
     cr_assert_eq(tpio_loop_close(loop), 0);
     th_proto_free(p);

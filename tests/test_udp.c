@@ -216,7 +216,7 @@ static int endpoint(fx_t *f, const tpio_datagram_opts_t *o, ep_t *e)
 {
     memset(e, 0, sizeof *e);
     in_create_call = true;
-    int rc = tpio_loop_create_datagram_endpoint(f->loop, dp_factory, f, o, on_ep, e);
+    int rc = tpio_loop_create_datagram_endpoint(f->loop, dp_factory, f, o, on_ep, e, NULL);
     in_create_call = false;
     if (rc)
         return rc;
@@ -587,11 +587,11 @@ Test(udp, use_sock_rejections_leave_fd_untouched, .timeout = 10)
     cr_assert_eq(endpoint(&f, &o6, &e), -ENOTSOCK);
     /* Missing arguments. */
     tpio_datagram_opts_t o7 = {.size = sizeof o7, .local_host = "127.0.0.1"};
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(NULL, dp_factory, &f, &o7, on_ep, &e), -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, NULL, &f, &o7, on_ep, &e), -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, NULL, on_ep, &e),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(NULL, dp_factory, &f, &o7, on_ep, &e, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, NULL, &f, &o7, on_ep, &e, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, NULL, on_ep, &e, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, &o7, NULL, &e),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, &o7, NULL, &e, NULL),
                  -EINVAL);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(e.calls, 0);

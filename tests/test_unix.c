@@ -96,7 +96,7 @@ static void close_server(fx_t *f, tpio_server_t *s)
 {
     bool wc = false;
     cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &wc), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &wc, NULL), 0);
     cr_assert(th_run_until(f->loop, &wc, TMO));
 }
 
@@ -145,7 +145,7 @@ static void make_stale_socket(const char *path)
 static void connect_client(fx_t *f, const tpio_unix_opts_t *o, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_loop_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c), 0);
+    cr_assert_eq(tpio_loop_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c, NULL), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
     cr_assert(th_run_until(f->loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
@@ -323,7 +323,7 @@ Test(unix_stream, abstract_name_lengths, .timeout = 10)
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
     cr_assert_null(s);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
@@ -407,7 +407,7 @@ Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
     cr_assert_not(th_is_serving(s));
     cr_assert_eq(th_socket_count(s), 0);
     bool wc = false;
-    cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &wc), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &wc, NULL), 0);
     cr_assert(th_run_until(f.loop, &wc, TMO));
     fx_fini(&f);
 }
@@ -504,7 +504,7 @@ Test(unix_stream, bad_paths, .timeout = 10)
     longp[0] = '/';
     longp[108] = '\0';
     tpio_unix_opts_t o = {.size = sizeof o, .path = longp};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
     /* An explicit path_len beyond the limit too. */
@@ -512,24 +512,24 @@ Test(unix_stream, bad_paths, .timeout = 10)
     longp[0] = '/';
     longp[sizeof longp - 1] = '\0';
     o.path_len = 150;
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
     /* NULL and empty paths. */
     tpio_unix_opts_t onull = {.size = sizeof onull};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
     tpio_unix_opts_t oempty = {.size = sizeof oempty, .path = ""};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
     /* Missing objects. */
     tpio_unix_opts_t ok = {.size = sizeof ok, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c, NULL), -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
@@ -605,7 +605,7 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_connect_opts_t copts = {.size = sizeof copts, .use_sock = TPIO_ON, .sock = sv[0]};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_loop_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c, NULL), 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
@@ -616,14 +616,14 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     int fl = fcntl(sv[0], F_GETFL);
     tpio_unix_opts_t bad = {.size = sizeof bad, .use_sock = TPIO_ON, .sock = sv[0], .path = f.path};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c, NULL),
                  -EINVAL);
     /* A datagram socket is not a stream. */
     int dg[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
     int dfl = fcntl(dg[0], F_GETFL);
     tpio_unix_opts_t bad2 = {.size = sizeof bad2, .use_sock = TPIO_ON, .sock = dg[0]};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c),
+    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c, NULL),
                  -EPROTOTYPE);
     th_run_timer(f.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
@@ -654,7 +654,7 @@ Test(unix_stream, connect_accepted_socket, .timeout = 20)
     unlink(f.path);
 
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c, NULL), 0);
     cr_assert_eq(c.calls, 0);
     cr_assert(th_run_until(f.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
@@ -755,9 +755,10 @@ typedef struct order {
     bool wc;
 } order_t;
 
-static void order_wc(tpio_loop_t *loop, void *arg)
+static void order_wc(tpio_loop_t *loop, int err, void *arg)
 {
     (void)loop;
+    cr_assert_eq(err, 0);
     order_t *o = arg;
     o->wc = true;
     o->slost_at_wc = *o->slost;
@@ -774,7 +775,7 @@ Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
     cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
     order_t o = {.slost = &f.slost, .s = s};
     /* Registered before close: fires only once closed and empty. */
-    cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o, NULL), 0);
 
     th_conn_t c[2];
     tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};

@@ -56,7 +56,8 @@ static void adopt_cancel(tpio_loop_t *loop, void *arg)
 }
 
 int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                const struct tpio__ctor *ctor, const struct tpio__conn *conn)
+                const struct tpio__ctor *ctor, const struct tpio__conn *conn,
+                tpio_handle_t *request)
 {
     struct adopt *a = tpio__malloc(sizeof *a);
     if (!a)
@@ -76,5 +77,7 @@ int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         return rc;
     }
     tpio__loop_hold(loop);
+    if (request)
+        *request = a->req;
     return 0;
 }

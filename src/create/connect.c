@@ -303,7 +303,7 @@ static void resolved(struct tpio__resolve *r)
 
 /* A connected stream socket of the user's. */
 static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                       int sock, tpio_connect_cb_t cb, void *cb_arg)
+                       int sock, tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     int rc = tpio__sock_check(sock, SOCK_STREAM);
     if (rc == 0)
@@ -315,7 +315,7 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     tpio_transport_kind_t kind = tpio__sock_kind(sock);
     tpio__sock_tune(sock, kind);
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
-    return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn);
+    return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn, request);
 }
 
 static void cancel_done(tpio_loop_t *loop, void *arg)
@@ -372,7 +372,7 @@ static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t facto
 
 int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                 void *factory_arg, const tpio_connect_opts_t *opts,
-                                tpio_connect_cb_t cb, void *cb_arg)
+                                tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     if (!loop || !factory || !opts || !cb)
         return -EINVAL;
@@ -386,7 +386,7 @@ int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t facto
     if (use_sock) {
         if (o.host || o.local_host)
             return -EINVAL; /* asyncio: host/port and sock are exclusive */
-        return wrap_socket(loop, factory, factory_arg, o.sock, cb, cb_arg);
+        return wrap_socket(loop, factory, factory_arg, o.sock, cb, cb_arg, request);
     }
     if (!o.host || !*o.host || !(o.happy_eyeballs_delay >= 0) || o.interleave < 0 ||
         (o.family != AF_UNSPEC && o.family != AF_INET && o.family != AF_INET6))
@@ -414,16 +414,18 @@ int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t facto
         req_free(q);
         return rc;
     }
+    if (request)
+        *request = q->req;
     return 0;
 }
 
 int tpio_loop_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                       void *factory_arg, int sock, tpio_connect_cb_t cb,
-                                      void *cb_arg)
+                                      void *cb_arg, tpio_handle_t *request)
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
-    return wrap_socket(loop, factory, factory_arg, sock, cb, cb_arg);
+    return wrap_socket(loop, factory, factory_arg, sock, cb, cb_arg, request);
 }
 
 static void start_fixed(tpio_loop_t *loop, void *arg)
@@ -435,7 +437,7 @@ static void start_fixed(tpio_loop_t *loop, void *arg)
 
 int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
                         const struct addrinfo *list, double happy_eyeballs_delay,
-                        tpio_connect_cb_t cb, void *cb_arg)
+                        tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     size_t n = 0;
     for (const struct addrinfo *a = list; a; a = a->ai_next) {
@@ -471,5 +473,7 @@ int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     int rc = tpio_loop_call_soon(loop, start_fixed, q, NULL);
     if (rc < 0)
         req_free(q);
+    else if (request)
+        *request = q->req;
     return rc;
 }

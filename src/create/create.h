@@ -17,14 +17,15 @@
  * closes the fd and the completion gets the error. From a 0 return on the
  * fd belongs to the library. */
 TPIO__HIDDEN int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
-                             const struct tpio__ctor *ctor, const struct tpio__conn *conn);
+                             const struct tpio__ctor *ctor, const struct tpio__conn *conn,
+                             tpio_handle_t *request);
 
 /* Connect to addresses known in advance (a Unix path; tests use it to try
  * a list without DNS); completion as for tpio_loop_create_connection. */
 TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                      void *factory_arg, const struct addrinfo *list,
                                      double happy_eyeballs_delay, tpio_connect_cb_t cb,
-                                     void *cb_arg);
+                                     void *cb_arg, tpio_handle_t *request);
 
 /* Serve already bound sockets (listen() is called here), building each
  * accepted connection with ctor. On success they belong to the server;

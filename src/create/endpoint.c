@@ -139,13 +139,15 @@ static void dg_resolved(struct tpio__resolve *r)
 
 /* A socket ready at once (a Unix path, no address, sock=): the transport is
  * built from the loop all the same. */
-static int endpoint_sync(tpio_loop_t *loop, int fd, const struct tpio__conn *conn)
+static int endpoint_sync(tpio_loop_t *loop, int fd, const struct tpio__conn *conn,
+                         tpio_handle_t *request)
 {
-    return tpio__adopt(loop, fd, TPIO_TRANSPORT_DATAGRAM, &tpio__datagram_ctor, conn);
+    return tpio__adopt(loop, fd, TPIO_TRANSPORT_DATAGRAM, &tpio__datagram_ctor, conn, request);
 }
 
 static int endpoint_unix(tpio_loop_t *loop, const tpio_datagram_opts_t *o,
-                         const struct tpio__conn *conn, bool reuse_port, bool allow_broadcast)
+                         const struct tpio__conn *conn, bool reuse_port, bool allow_broadcast,
+                         tpio_handle_t *request)
 {
     struct sockaddr_un l, r;
     socklen_t llen = 0, rlen = 0;
@@ -164,7 +166,7 @@ static int endpoint_unix(tpio_loop_t *loop, const tpio_datagram_opts_t *o,
                          allow_broadcast);
     if (fd < 0)
         return fd;
-    rc = endpoint_sync(loop, fd, conn);
+    rc = endpoint_sync(loop, fd, conn, request);
     if (rc)
         close(fd);
     return rc;
@@ -175,7 +177,8 @@ static int endpoint_unix(tpio_loop_t *loop, const tpio_datagram_opts_t *o,
 
 int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                        void *factory_arg, const tpio_datagram_opts_t *opts,
-                                       tpio_connect_cb_t cb, void *cb_arg)
+                                       tpio_connect_cb_t cb, void *cb_arg,
+                                       tpio_handle_t *request)
 {
     if (!loop || !factory || !opts || !cb)
         return -EINVAL;
@@ -201,12 +204,12 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
         if ((rc = tpio__sock_check(o.sock, SOCK_DGRAM)) < 0 ||
             (rc = tpio__fd_check(loop, o.sock)) < 0 || (rc = tpio__set_nonblock(o.sock)) < 0)
             return rc;
-        return endpoint_sync(loop, o.sock, &conn);
+        return endpoint_sync(loop, o.sock, &conn, request);
     }
     if (o.family == AF_UNIX || unix_opts) {
         if (inet_opts || (o.family && o.family != AF_UNIX))
             return -EINVAL;
-        return endpoint_unix(loop, &o, &conn, reuse_port, allow_broadcast);
+        return endpoint_unix(loop, &o, &conn, reuse_port, allow_broadcast, request);
     }
     if (o.family != AF_UNSPEC && o.family != AF_INET && o.family != AF_INET6)
         return -EAFNOSUPPORT;
@@ -217,7 +220,7 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
         int fd = open_socket(o.family, o.proto, NULL, 0, NULL, 0, reuse_port, allow_broadcast);
         if (fd < 0)
             return fd;
-        rc = endpoint_sync(loop, fd, &conn);
+        rc = endpoint_sync(loop, fd, &conn, request);
         if (rc)
             close(fd);
         return rc;
@@ -258,5 +261,7 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
         dg_free(q);
         return rc;
     }
+    if (request)
+        *request = q->req;
     return 0;
 }

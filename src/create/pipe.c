@@ -25,7 +25,8 @@ static int pipe_check(tpio_loop_t *loop, int fd)
 }
 
 static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                        int fd, tpio_transport_kind_t kind, tpio_connect_cb_t cb, void *cb_arg)
+                        int fd, tpio_transport_kind_t kind, tpio_connect_cb_t cb, void *cb_arg,
+                        tpio_handle_t *request)
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
@@ -37,17 +38,21 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     if (rc)
         return rc;
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
-    return tpio__adopt(loop, fd, kind, &tpio__stream_ctor, &conn);
+    return tpio__adopt(loop, fd, kind, &tpio__stream_ctor, &conn, request);
 }
 
 int tpio_loop_connect_read_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                                void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg)
+                                void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg,
+                                tpio_handle_t *request)
 {
-    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_READ, cb, cb_arg);
+    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_READ, cb, cb_arg,
+                        request);
 }
 
 int tpio_loop_connect_write_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                                 void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg)
+                                 void *factory_arg, int fd, tpio_connect_cb_t cb, void *cb_arg,
+                                 tpio_handle_t *request)
 {
-    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_WRITE, cb, cb_arg);
+    return connect_pipe(loop, factory, factory_arg, fd, TPIO_TRANSPORT_PIPE_WRITE, cb, cb_arg,
+                        request);
 }

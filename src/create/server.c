@@ -18,8 +18,11 @@ struct listener {
 struct waiter {
     struct waiter *next;
     tpio_server_t *server;
-    tpio_callback_t cb;
+    tpio_done_cb_t cb;
     void *arg;
+    int err;
+    tpio_handle_t req; /* while it waits */
+    struct tpio__node node;
 };
 
 struct tpio_server {
@@ -57,18 +60,32 @@ static void server_unref(tpio_server_t *s)
 
 static void waiter_fire(tpio_loop_t *loop, void *arg)
 {
-    struct waiter *w = arg;
-    w->cb(loop, w->arg);
+    struct waiter *w = tpio_container_of(arg, struct waiter, node);
+    w->cb(loop, w->err, w->arg);
     server_unref(w->server);
     tpio__free(w);
 }
 
-static void schedule_waiter(tpio_server_t *s, struct waiter *w)
+/* From the loop, even with no memory left to schedule it. */
+static void schedule_waiter(tpio_server_t *s, struct waiter *w, int err)
 {
-    /* Without a slot for it, fire now rather than never (this runs from the
-     * loop or from tpio_server_close, never from wait_closed itself). */
-    if (tpio_loop_call_soon(s->loop, waiter_fire, w, NULL) < 0)
-        waiter_fire(s->loop, w);
+    tpio__request_done(s->loop, w->req);
+    w->req = 0;
+    w->err = err;
+    w->node.cb = waiter_fire;
+    tpio__call_soon_node(s->loop, &w->node);
+}
+
+static void waiter_cancel(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct waiter *w = arg;
+    struct waiter **pp = &w->server->waiters;
+    while (*pp != w)
+        pp = &(*pp)->next;
+    *pp = w->next;
+    w->req = 0; /* retired by the cancel */
+    schedule_waiter(w->server, w, -ECANCELED);
 }
 
 static void wakeup(tpio_server_t *s)
@@ -78,7 +95,7 @@ static void wakeup(tpio_server_t *s)
     s->waiters = NULL;
     while (w) {
         struct waiter *next = w->next;
-        schedule_waiter(s, w);
+        schedule_waiter(s, w, 0);
         w = next;
     }
 }
@@ -333,23 +350,26 @@ int tpio_server_close(tpio_server_t *s)
     return 0;
 }
 
-int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb, void *arg)
+int tpio_server_wait_closed(tpio_server_t *s, tpio_done_cb_t cb, void *arg,
+                            tpio_handle_t *request)
 {
     if (!s || !cb)
         return -EINVAL;
-    struct waiter *w = tpio__malloc(sizeof *w);
+    struct waiter *w = tpio__calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
     w->server = s;
     w->cb = cb;
     w->arg = arg;
     if (s->woken) {
-        int rc = tpio_loop_call_soon(s->loop, waiter_fire, w, NULL);
+        schedule_waiter(s, w, 0);
+    } else {
+        int rc = tpio__request_new(s->loop, waiter_cancel, w, &w->req);
         if (rc < 0) {
             tpio__free(w);
             return rc;
         }
-    } else {
+        tpio__request_keep_on_shutdown(s->loop, w->req);
         /* FIFO: waiters are woken in the order they asked, as in asyncio */
         struct waiter **tail = &s->waiters;
         while (*tail)
@@ -358,6 +378,8 @@ int tpio_server_wait_closed(tpio_server_t *s, tpio_callback_t cb, void *arg)
         *tail = w;
     }
     s->refs++;
+    if (request)
+        *request = w->req;
     return 0;
 }
 

@@ -27,7 +27,8 @@ static int unix_args(const tpio_unix_opts_t *opts, tpio_unix_opts_t *o, struct s
 
 int tpio_loop_create_unix_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                      void *factory_arg, const tpio_unix_opts_t *opts,
-                                     tpio_connect_cb_t cb, void *cb_arg)
+                                     tpio_connect_cb_t cb, void *cb_arg,
+                                     tpio_handle_t *request)
 {
     if (!loop || !factory || !opts || !cb)
         return -EINVAL;
@@ -39,14 +40,15 @@ int tpio_loop_create_unix_connection(tpio_loop_t *loop, tpio_protocol_factory_t 
     if (rc)
         return rc;
     if (use_sock)
-        return tpio_loop_connect_accepted_socket(loop, factory, factory_arg, o.sock, cb, cb_arg);
+        return tpio_loop_connect_accepted_socket(loop, factory, factory_arg, o.sock, cb, cb_arg,
+                                                 request);
     struct addrinfo ai = {
         .ai_family = AF_UNIX,
         .ai_socktype = SOCK_STREAM,
         .ai_addr = (struct sockaddr *)&sun,
         .ai_addrlen = len,
     };
-    return tpio__connect_addrs(loop, factory, factory_arg, &ai, 0, cb, cb_arg);
+    return tpio__connect_addrs(loop, factory, factory_arg, &ai, 0, cb, cb_arg, request);
 }
 
 int tpio_loop_create_unix_server(tpio_loop_t *loop, tpio_protocol_factory_t factory,

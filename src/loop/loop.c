@@ -268,8 +268,14 @@ int tpio__request_new(tpio_loop_t *loop, tpio_callback_t cancel, void *req, tpio
     loop->slots[i].cb = cancel;
     loop->slots[i].arg = req;
     loop->slots[i].state = SLOT_REQUEST;
+    loop->slots[i].seq = 0; /* requests: 1 when shutdown leaves it alone */
     *h = make_handle(loop, i);
     return 0;
+}
+
+void tpio__request_keep_on_shutdown(tpio_loop_t *loop, tpio_handle_t h)
+{
+    loop->slots[(uint32_t)(h & 0xffffffffu) - 1].seq = 1;
 }
 
 void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h)
@@ -612,7 +618,7 @@ int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb
     /* Requests first (connection attempts, sendfile...): their completions
      * say -ECANCELED. Then servers, then the transports left. */
     for (uint32_t i = 0; i < loop->nslots; i++)
-        if (loop->slots[i].state == SLOT_REQUEST)
+        if (loop->slots[i].state == SLOT_REQUEST && !loop->slots[i].seq)
             tpio_loop_cancel(loop, make_handle(loop, i));
     for (int k = TPIO__OWNED_KINDS - 1; k >= 0; k--) {
         struct tpio__list *head = &loop->owned[k].items;

@@ -105,6 +105,9 @@ TPIO__HIDDEN void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n);
  * handle when the request ends otherwise (a later cancel gives -ENOENT). */
 TPIO__HIDDEN int tpio__request_new(tpio_loop_t *loop, tpio_callback_t cancel, void *req,
                                    tpio_handle_t *h);
+/* A request that shutdown leaves to end by itself (a wait_closed, which
+ * the servers' closing ends). */
+TPIO__HIDDEN void tpio__request_keep_on_shutdown(tpio_loop_t *loop, tpio_handle_t h);
 TPIO__HIDDEN void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h);
 /* Queue a node from any thread (cannot fail). */
 TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n);
