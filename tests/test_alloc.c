@@ -156,6 +156,7 @@ Test(alloc, loop_new_fails_cleanly, .timeout = 10)
 struct run {
     tpio_loop_t *loop;
     bool faults;        /* failures were injected: outcomes may fall short */
+    bool cancels;       /* completions may say -ECANCELED (a shutdown) */
     int made, lost;     /* connections made / lost (every protocol) */
     int completions;    /* completion callbacks */
     int pending;        /* completions still to come */
@@ -176,7 +177,7 @@ static bool allowed(int err)
 
 static void check_code(struct run *r, const char *what, int err)
 {
-    if (r->faults ? allowed(err) : err == 0)
+    if ((r->faults ? allowed(err) : err == 0) || (r->cancels && err == -ECANCELED))
         return;
     r->code_errors++;
     snprintf(r->last_bad, sizeof r->last_bad, "%s: %s", what, tpio_err_name(err));
@@ -233,10 +234,13 @@ struct proto {
 
 static struct proto *PR(tpio_protocol_t *p) { return tpio_container_of(p, struct proto, base); }
 
+static tpio_transport_t *g_last_transport;
+
 static void p_made(tpio_protocol_t *bp, tpio_transport_t *t)
 {
     struct proto *p = PR(bp);
     p->t = t;
+    g_last_transport = t;
     p->run->made++;
     if (p->role == BULK) {
         int small = 4096;
@@ -306,6 +310,8 @@ static void p_lost(tpio_protocol_t *bp, int err)
     struct proto *p = PR(bp);
     p->run->lost++;
     check_code(p->run, "connection_lost", err);
+    if (g_last_transport == p->t)
+        g_last_transport = NULL;
     free(p);
 }
 
@@ -669,6 +675,134 @@ static void scen_timers(struct run *r)
     r->echoed = 1;
 }
 
+/* sendfile over a Unix socketpair, a descriptor watcher and a signal
+ * handler: each call may fail with -ENOMEM only; what was accepted works. */
+struct extra_ctx {
+    struct run *r;
+    bool sent, watched;
+    int send_err;
+};
+
+static void x_sent(tpio_loop_t *loop, tpio_transport_t *t, uint64_t sent, int err, void *arg)
+{
+    (void)loop, (void)t, (void)sent;
+    struct extra_ctx *x = arg;
+    x->sent = true;
+    x->send_err = err;
+}
+
+static void x_fd(tpio_loop_t *loop, int fd, void *arg)
+{
+    struct extra_ctx *x = arg;
+    x->watched = true;
+    tpio_loop_remove_reader(loop, fd, NULL);
+}
+
+static void x_sig(tpio_loop_t *loop, int sig, void *arg) { (void)loop, (void)sig, (void)arg; }
+
+static void scen_extras(struct run *r)
+{
+    roles(r);
+    r->expected = 1;
+    struct extra_ctx x = {.r = r};
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    th_conn_t c = {0};
+    struct factory_arg sink = {r, SINK};
+    bool have = call_ok(r, "connect_accepted_socket",
+                        tpio_loop_connect_accepted_socket(r->loop, factory, &sink, sv[0],
+                                                          on_conn, r, NULL));
+    if (have)
+        r->pending++;
+    else
+        close(sv[0]);
+    (void)c;
+    double end = th_now_s() + 10;
+    while (r->pending && th_now_s() < end)
+        tpio_loop_run_once(r->loop, 0.01);
+    /* the transport, found through its peer: the one the factory made */
+    int file = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(file, 0);
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+    if (call_ok(r, "add_reader", tpio_loop_add_reader(r->loop, p[0], x_fd, &x)))
+        cr_assert_eq(write(p[1], "x", 1), 1);
+    else
+        x.watched = true;
+    bool sig = call_ok(r, "add_signal_handler",
+                       tpio_loop_add_signal_handler(r->loop, SIGUSR1, x_sig, NULL));
+    if (g_last_transport && r->made > r->lost) {
+        if (call_ok(r, "sendfile", tpio_loop_sendfile(r->loop, g_last_transport, file, 0, 100000,
+                                                      TPIO_DEFAULT, x_sent, &x, NULL)))
+            ; /* completes below */
+        else
+            x.sent = true;
+    } else {
+        x.sent = true;
+    }
+    end = th_now_s() + 10;
+    char buf[65536];
+    while ((!x.sent || !x.watched) && th_now_s() < end) {
+        tpio_loop_run_once(r->loop, 0.01);
+        while (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) > 0)
+            ;
+    }
+    cr_assert(x.sent && x.watched, "sendfile or the watcher never ended");
+    check_code(r, "sendfile", x.send_err);
+    if (sig)
+        cr_assert_eq(tpio_loop_remove_signal_handler(r->loop, SIGUSR1, NULL), 0);
+    if (g_last_transport && r->made > r->lost)
+        tpio_transport_close(g_last_transport);
+    tpio_loop_remove_reader(r->loop, p[0], NULL);
+    close(p[0]);
+    close(p[1]);
+    close(file);
+    run_to_end(r, "extras");
+    close(sv[1]);
+    r->echoed = 1;
+    g_last_transport = NULL;
+}
+
+/* A server with a connection and a client, ended by shutdown. */
+static void on_shut(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop;
+    struct run *r = arg;
+    check_code(r, "shutdown", err);
+    r->server_closed = true;
+}
+
+static void scen_shutdown(struct run *r)
+{
+    roles(r);
+    r->expected = 1;
+    static struct factory_arg sink;
+    sink = (struct factory_arg){r, SINK};
+    tpio_server_t *s;
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1");
+    if (!call_ok(r, "create_server", tpio_loop_create_server(r->loop, factory, &sink, &so, &s)))
+        return;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
+    tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                       .port = ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    if (call_ok(r, "create_connection",
+                tpio_loop_create_connection(r->loop, factory, &sink, &co, on_conn, r, NULL)))
+        r->pending++;
+    /* shut down right away: the attempt may be anywhere */
+    r->server_closed = false;
+    r->cancels = true;
+    cr_assert_eq(tpio_loop_shutdown(r->loop, TPIO_SHUTDOWN_CLOSE, on_shut, r), 0);
+    double end = th_now_s() + 10;
+    while (!r->server_closed && th_now_s() < end)
+        tpio_loop_run_once(r->loop, 0.01);
+    cr_assert(r->server_closed, "shutdown N=%ld never completed", g_n);
+    cr_assert(settled(r), "after shutdown: %d pending, %d made, %d lost", r->pending, r->made,
+              r->lost);
+    r->echoed = 1;
+}
+
 typedef void (*scenario_fn)(struct run *r);
 
 /* The scenario at every N; then, on the same loop, once more without
@@ -727,3 +861,8 @@ Test(alloc, fail_each_allocation_subprocess, .timeout = 120)
     inject(scen_subprocess, "subprocess");
 }
 Test(alloc, fail_each_allocation_timers, .timeout = 120) { inject(scen_timers, "timers"); }
+Test(alloc, fail_each_allocation_extras, .timeout = 120) { inject(scen_extras, "extras"); }
+Test(alloc, fail_each_allocation_shutdown, .timeout = 120)
+{
+    inject(scen_shutdown, "shutdown");
+}
