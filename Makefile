@@ -82,7 +82,9 @@ bench-quick: bench-build
 #   make mutate   plant each bug of tests/mutants/mutants.txt in src/, one at a
 #                 time, and list those the suite misses; about a minute per
 #                 mutant, so by hand (before resolving an issue that reshapes
-#                 code), not in CI. MUTATE_ARGS="--only 3,7" runs a few.
+#                 code), not in CI. MUTATE_ARGS="--only 3,7" runs a few;
+#                 MUTATE_ARGS=--check only checks, in seconds, that every
+#                 mutant applies and compiles (after editing the list or src/).
 #                 Report: build-mutate/mutants-report.txt
 MUTATE_BUILD ?= build-mutate
 MUTATE_ARGS  ?=
@@ -91,7 +93,7 @@ MUTATE_ARGS  ?=
 
 mutate: deps
 	cmake -S . -B $(MUTATE_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTPIO_SANITIZE=ON \
-	      -DTPIO_BUILD_EXAMPLES=ON
+	      -DTPIO_BUILD_EXAMPLES=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=86 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	/usr/bin/python3 tests/mutants/run.py --build $(MUTATE_BUILD) $(MUTATE_ARGS)

@@ -5,15 +5,23 @@ time, rebuild, run the whole suite, and report the bugs it did not catch.
 Too slow for CI (about a minute per mutant): run it by hand, `make mutate`,
 before resolving an issue that reshapes code. Standard library only.
 
-  run.py [--build DIR] [--only N,M] [--list]
+  run.py [--build DIR] [--only N,M] [--list | --check]
 
 The build directory must be configured already (make mutate does it). The
 source file is restored after each mutant whatever happens; src/ must have no
 uncommitted changes at the start, so that `git diff` can prove it at the end.
+
+--check is the quick test of the list after editing it or the code (seconds,
+not an hour): every mutant must apply, and its mutated file must compile with
+the build's own flags (-Werror included), fed to the compiler on stdin, so
+that src/ is never written. It needs the build directory's
+compile_commands.json (make mutate configures with it).
 """
 import argparse
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -190,6 +198,66 @@ def mutate_and_run(m, build, log_path):
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def compile_commands(build):
+    """{absolute source path: (directory, argv)} from compile_commands.json."""
+    db = build / "compile_commands.json"
+    if not db.is_file():
+        sys.exit(f"{db} is missing: configure with -DCMAKE_EXPORT_COMPILE_COMMANDS=ON "
+                 "(make mutate does)")
+    out = {}
+    for e in json.loads(db.read_text()):
+        argv = e.get("arguments") or shlex.split(e["command"])
+        src = os.path.normpath(os.path.join(e["directory"], e["file"]))
+        out[src] = (e["directory"], argv)
+    return out
+
+
+def stdin_argv(argv, directory, src):
+    """argv compiling `src`, changed to compile stdin as C into nothing."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-o", "-MF", "-MT", "-MQ"):
+            skip = True  # and its argument
+        elif a in ("-MD", "-MMD"):
+            pass
+        elif os.path.normpath(os.path.join(directory, a)) == src:
+            pass
+        else:
+            out.append(a)
+    return out + ["-o", os.devnull, "-x", "c", "-"]
+
+
+def check(mutants, build):
+    """Each mutant applies and its mutated file compiles; 0 when all do."""
+    cmds = compile_commands(build)
+    bad = 0
+    for m in mutants:
+        head = f"#{m.id:<3} {m.file:<26}"
+        problem = m.stale_reason()
+        if problem is None:
+            src = os.path.normpath(ROOT / m.file)
+            if src not in cmds:
+                problem = "not compiled by this build"
+            else:
+                directory, argv = cmds[src]
+                text = read_text(Path(src)).replace(m.find, m.replace, 1)
+                p = subprocess.run(stdin_argv(argv, directory, src), cwd=directory,
+                                   input=text, capture_output=True, text=True)
+                if p.returncode:
+                    first = next((ln for ln in p.stderr.splitlines() if "error" in ln),
+                                 p.stderr.strip()[:200])
+                    problem = f"does not compile: {first}"
+        if problem:
+            bad += 1
+            print(f"{head} {problem}", flush=True)
+        else:
+            print(f"{head} ok", flush=True)
+    print(f"\n{len(mutants) - bad} / {len(mutants)} apply and compile")
+    return 1 if bad else 0
+
+
 def interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -199,6 +267,8 @@ def main():
     ap.add_argument("--build", default="build-mutate", help="configured build directory")
     ap.add_argument("--only", help="comma-separated mutant ids")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--check", action="store_true",
+                    help="check that each mutant applies and compiles (src/ untouched), and exit")
     args = ap.parse_args()
 
     try:
@@ -218,12 +288,14 @@ def main():
     if args.list:
         for m in mutants:
             stale = m.stale_reason()
-            print(f"#{m.id:<3} {m.file:<18} {'STALE (' + stale + ') ' if stale else ''}{m.why}")
+            print(f"#{m.id:<3} {m.file:<26} {'STALE (' + stale + ') ' if stale else ''}{m.why}")
         return 0
 
     build = (ROOT / args.build).resolve()
     if not (build / "CMakeCache.txt").is_file():
         sys.exit(f"{build} is not configured: use `make mutate`")
+    if args.check:
+        return check(mutants, build)
     if not src_clean():
         sys.exit("src/ has uncommitted changes (a mutant left by a killed run?): "
                  "commit or stash them first, the restore check relies on git")
@@ -288,7 +360,7 @@ def summary(results, seconds, planned):
     stale = [r for r in results if r[1] == "STALE"]
     out = ["mutants"]
     for m, outcome, detail, secs in results:
-        out.append(f"  #{m.id:<3} {m.file:<18} {outcome:<15} {detail}".rstrip())
+        out.append(f"  #{m.id:<3} {m.file:<26} {outcome:<15} {detail}".rstrip())
     out.append("")
     out.append(f"caught {len(caught)} / {len(ran)}"
                f" ({sum(r[1] == 'caught (build)' for r in caught)} by the build)"
@@ -296,11 +368,11 @@ def summary(results, seconds, planned):
                f", {seconds / 60:.1f} min")
     out.append(f"survived: {len(survived)}")
     for m, *_ in survived:
-        out.append(f"  #{m.id:<3} {m.file:<18} {m.why}")
+        out.append(f"  #{m.id:<3} {m.file:<26} {m.why}")
     if stale:
         out.append(f"stale: {len(stale)} (fix their snippets in {LIST.name})")
         for m, _, detail, _ in stale:
-            out.append(f"  #{m.id:<3} {m.file:<18} {detail} ({LIST.name}:{m.line}): {m.why}")
+            out.append(f"  #{m.id:<3} {m.file:<26} {detail} ({LIST.name}:{m.line}): {m.why}")
     return "\n".join(out) + "\n"
 
 
