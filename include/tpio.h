@@ -204,10 +204,11 @@ typedef struct tpio_protocol tpio_protocol_t;
 typedef void (*tpio_callback_t)(tpio_loop_t *loop, void *arg);
 
 /**
- * A handle names a scheduled callback (call_soon, call_later, call_at) so it
- * can be cancelled. It is a value, not a pointer: cancelling a handle whose
- * callback already ran or was already cancelled is harmless (returns -ENOENT).
- * 0 is never a valid handle.
+ * A handle names a scheduled callback (call_soon, call_later, call_at) or a
+ * request under way (see Conventions) so it can be cancelled. It is a value,
+ * not a pointer: cancelling a handle whose callback already ran or whose
+ * request already ended is harmless (returns -ENOENT). 0 is never a valid
+ * handle; a request that needs none (it is complete already) gets 0.
  */
 typedef uint64_t tpio_handle_t;
 
@@ -228,9 +229,12 @@ TPIO_API int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts);
 
 /**
  * Close and free the loop. Fails with -EBUSY (and the loop stays usable) while
- * it is running, or while transports, servers or connection attempts still
- * exist: close them and run the loop until their connection_lost / wait_closed
- * callbacks have run. Pending callbacks and timers are discarded.
+ * it is running, or while transports, servers or requests (connection
+ * attempts, sendfile...) still exist: close or cancel them and run the loop
+ * until their connection_lost / completion callbacks have run, or use
+ * tpio_loop_shutdown(). Pending callbacks and timers are discarded, and so
+ * are descriptor watchers and signal handlers (the old dispositions come
+ * back).
  */
 TPIO_API int tpio_loop_close(tpio_loop_t *loop);
 
@@ -255,10 +259,13 @@ typedef enum tpio_shutdown {
  *     tpio_loop_close(loop);
  *
  * A transport whose peer does not read may keep a close waiting for ever:
- * abort instead, or call shutdown with ABORT after a timeout of your own.
- * Scheduled callbacks and timers are left alone (they run, or are dropped
- * by tpio_loop_close). Objects created after the call keep it waiting until
- * they end. Returns 0, -EINVAL, -EBUSY (a shutdown is under way).
+ * call it again with TPIO_SHUTDOWN_ABORT (after a timeout of your own) to
+ * abort what is still open — the one call allowed while a shutdown is under
+ * way; both callbacks then run at the end, the first one first. Scheduled
+ * callbacks and timers are left alone (they run, or are dropped by
+ * tpio_loop_close). Objects created after the call keep it waiting until
+ * they end. Returns 0, -EINVAL, -EBUSY (a shutdown under way, and not a
+ * first escalation to ABORT).
  */
 TPIO_API int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb,
                                 void *arg);
@@ -641,7 +648,8 @@ TPIO_API int tpio_transport_get_read_size(const tpio_transport_t *t, size_t *siz
 /**
  * Write len bytes. When nothing is buffered, they are sent at once and only
  * what the kernel did not take is buffered (copied). Returns 0, or:
- *  -ESHUTDOWN after write_eof(); -ENOTSUP for read-only kinds; -EINVAL for
+ *  -ESHUTDOWN after write_eof(); -EBUSY while a tpio_loop_sendfile() of the
+ *  transport is under way; -ENOTSUP for read-only kinds; -EINVAL for
  *  NULL data with len > 0; -ENOMEM when the rest could not be copied: part of
  *  the stream is then lost, so the connection is lost too (connection_lost
  *  (-ENOMEM) follows from the loop; later writes are dropped).
@@ -668,7 +676,8 @@ TPIO_API int tpio_transport_writelines(tpio_transport_t *t, const tpio_buf_t *bu
 /**
  * Close the write side after the buffer is flushed (shutdown(SHUT_WR)); data
  * may still be received. Idempotent; ignored on a closing transport.
- * Returns -ENOTSUP where half-close is not supported.
+ * Returns -ENOTSUP where half-close is not supported, -EBUSY while a
+ * sendfile is under way (the file has not been sent yet).
  */
 TPIO_API int tpio_transport_write_eof(tpio_transport_t *t);
 /** *can = true if write_eof() is supported. */
@@ -725,8 +734,9 @@ typedef void (*tpio_sendfile_cb_t)(tpio_loop_t *loop, tpio_transport_t *t, uint6
  * refuses the file, a fallback reads the file in 64 KiB pieces and writes
  * them through the transport's buffer, never buffering more than the high
  * watermark plus one piece. fallback: TPIO_DEFAULT / TPIO_ON allow it (as
- * asyncio's fallback=True); with TPIO_OFF a transport that needs it gives
- * -ENOTSUP.
+ * asyncio's fallback=True); with TPIO_OFF a transport without sendfile(2)
+ * (a pipe) gives -ENOTSUP, and a file sendfile(2) refuses ends the
+ * completion with that refusal (-EINVAL, -ENOSYS, -EOPNOTSUPP).
  *
  * As asyncio: reading is paused while it runs and resumed after (if it was
  * reading); what was written before goes first (the buffer drains before
@@ -805,7 +815,7 @@ TPIO_API int tpio_loop_create_connection(tpio_loop_t *loop,
                                          void *factory_arg,
                                          const tpio_connect_opts_t *opts,
                                          tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                         tpio_handle_t *request);
 
 /**
  * Wrap a socket returned by accept() (or any connected stream socket) in a
@@ -816,7 +826,7 @@ TPIO_API int tpio_loop_connect_accepted_socket(tpio_loop_t *loop,
                                                tpio_protocol_factory_t factory,
                                                void *factory_arg, int sock,
                                                tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                               tpio_handle_t *request);
 
 /** Options of tpio_loop_create_server(); initialise with TPIO_OPTS. */
 typedef struct tpio_server_opts {
@@ -862,8 +872,9 @@ TPIO_API int tpio_server_close(tpio_server_t *s);
 /**
  * Call cb(loop, 0, arg) once the server is closed and all its connections
  * are gone (asyncio 3.12+ wait_closed). Called from the loop, never inside
- * this call; if that is already the case, on the next iteration. *request
- * (may be NULL): cancelling it calls cb(loop, -ECANCELED, arg) instead.
+ * this call; if that is already the case, on the next iteration (and
+ * *request is 0: there is nothing to cancel). *request (may be NULL):
+ * cancelling it calls cb(loop, -ECANCELED, arg) instead.
  */
 TPIO_API int tpio_server_wait_closed(tpio_server_t *s, tpio_done_cb_t cb, void *arg,
                                      tpio_handle_t *request);
@@ -921,7 +932,7 @@ TPIO_API int tpio_loop_create_unix_connection(tpio_loop_t *loop,
                                               void *factory_arg,
                                               const tpio_unix_opts_t *opts,
                                               tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                              tpio_handle_t *request);
 
 /**
  * Listen on a Unix stream socket (asyncio's create_unix_server), with the
@@ -955,7 +966,7 @@ TPIO_API int tpio_loop_connect_read_pipe(tpio_loop_t *loop,
                                          tpio_protocol_factory_t factory,
                                          void *factory_arg, int fd,
                                          tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                         tpio_handle_t *request);
 
 /**
  * Wrap the write end of a pipe (asyncio's connect_write_pipe); same checks
@@ -970,7 +981,7 @@ TPIO_API int tpio_loop_connect_write_pipe(tpio_loop_t *loop,
                                           tpio_protocol_factory_t factory,
                                           void *factory_arg, int fd,
                                           tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                          tpio_handle_t *request);
 
 /* ========================================================================= */
 /* Datagrams: UDP and Unix datagram sockets                                  */
@@ -1022,7 +1033,7 @@ TPIO_API int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop,
                                                 void *factory_arg,
                                                 const tpio_datagram_opts_t *opts,
                                                 tpio_connect_cb_t cb, void *cb_arg,
-                                 tpio_handle_t *request);
+                                                tpio_handle_t *request);
 
 /**
  * DatagramTransport.sendto: send one datagram (len may be 0: empty datagrams

@@ -440,3 +440,44 @@ Test(cancel, wait_closed, .timeout = 30)
     cr_assert_eq(w3.err, 0);
     close_when_idle(loop);
 }
+
+/* A peer that does not read keeps a closing shutdown waiting; a second call
+ * with ABORT ends it, and both callbacks run, the first one first. */
+static char g_order[16];
+
+static void order_a(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop, (void)arg;
+    cr_assert_eq(err, 0);
+    strcat(g_order, "a");
+}
+
+static void order_b(tpio_loop_t *loop, int err, void *arg)
+{
+    (void)loop, (void)arg;
+    cr_assert_eq(err, 0);
+    strcat(g_order, "b");
+}
+
+Test(shutdown, escalate_to_abort, .timeout = 30)
+{
+    th_pair_t *pr = th_unix_pair(NULL, NULL, NULL, 0, false);
+    th_shrink_bufs(pr);
+    th_fill_until_buffered(pr);
+    g_order[0] = '\0';
+    cr_assert_eq(tpio_loop_shutdown(pr->loop, TPIO_SHUTDOWN_CLOSE, order_a, NULL), 0);
+    th_spin_for(pr->loop, 0.2);
+    cr_assert_str_eq(g_order, "", "the close waits for the peer, which does not read");
+    cr_assert_not(pr->p->lost);
+    cr_assert_eq(tpio_loop_shutdown(pr->loop, TPIO_SHUTDOWN_CLOSE, order_b, NULL), -EBUSY);
+    cr_assert_eq(tpio_loop_shutdown(pr->loop, TPIO_SHUTDOWN_ABORT, order_b, NULL), 0);
+    cr_assert_eq(tpio_loop_shutdown(pr->loop, TPIO_SHUTDOWN_ABORT, order_b, NULL), -EBUSY,
+                 "one escalation");
+    double end = th_now_s() + TH_TMO;
+    while (strlen(g_order) < 2 && th_now_s() < end)
+        tpio_loop_run_once(pr->loop, 0.01);
+    cr_assert_str_eq(g_order, "ab");
+    cr_assert(pr->p->lost);
+    cr_assert_str_eq(pr->p->events, "made,lost:0", "aborted: its buffer dropped");
+    th_pair_finish(pr);
+}

@@ -91,6 +91,12 @@ Test(signal, arrivals_before_the_loop_runs_coalesce, .timeout = 10)
     run_until_calls(loop, &r, 1);
     th_run_iters(loop, 5);
     cr_assert_eq(r.calls, 1, "five arrivals before the loop ran: one call");
+    /* a later wake-up of the loop for something else runs no handler */
+    bool woken = false;
+    cr_assert_eq(tpio_loop_call_soon_threadsafe(loop, th_set_flag, &woken), 0);
+    cr_assert(th_run_until(loop, &woken, TH_TMO));
+    th_run_iters(loop, 3);
+    cr_assert_eq(r.calls, 1, "the handler ran again on an unrelated wake-up");
     cr_assert_eq(tpio_loop_close(loop), 0);
     cr_assert_eq(disposition(SIGUSR2), SIG_DFL, "closing the loop removes its handlers");
 }

@@ -589,10 +589,36 @@ int tpio_loop_run_forever(tpio_loop_t *loop)
 static void shutdown_done(tpio_loop_t *loop, void *arg)
 {
     (void)arg;
-    tpio_done_cb_t cb = loop->shutdown_cb;
-    void *cb_arg = loop->shutdown_arg;
-    loop->shutdown_cb = NULL;
+    tpio_done_cb_t cb = loop->shutdown_cb, cb2 = loop->escalate_cb;
+    void *cb_arg = loop->shutdown_arg, *cb2_arg = loop->escalate_arg;
+    loop->shutdown_cb = loop->escalate_cb = NULL;
     cb(loop, 0, cb_arg);
+    if (cb2)
+        cb2(loop, 0, cb2_arg);
+}
+
+static void end_all(tpio_loop_t *loop, bool abort)
+{
+    /* Requests first (connection attempts, sendfile...): their completions
+     * say -ECANCELED. Then servers, then the transports left. */
+    for (uint32_t i = 0; i < loop->nslots; i++)
+        if (loop->slots[i].state == SLOT_REQUEST && !loop->slots[i].seq)
+            tpio_loop_cancel(loop, make_handle(loop, i));
+    for (int k = TPIO__OWNED_KINDS - 1; k >= 0; k--) {
+        struct tpio__list *head = &loop->owned[k].items;
+        if (tpio__list_empty(head))
+            continue;
+        /* ending an item may file new ones (a server's last connections);
+         * each is ended once: the walk stops where the list ended */
+        struct tpio__list *last = head->prev;
+        for (struct tpio__list *it = head->next, *next; it != head; it = next) {
+            next = it->next;
+            bool stop = it == last;
+            loop->owned[k].end(it, abort);
+            if (stop)
+                break;
+        }
+    }
 }
 
 void tpio__shutdown_check(tpio_loop_t *loop)
@@ -608,31 +634,24 @@ int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb
 {
     if (!loop || !cb || (how != TPIO_SHUTDOWN_CLOSE && how != TPIO_SHUTDOWN_ABORT))
         return -EINVAL;
-    if (loop->shutdown_cb)
-        return -EBUSY;
+    bool abort = how == TPIO_SHUTDOWN_ABORT;
+    if (loop->shutdown_cb) {
+        /* under way: only a first escalation from CLOSE to ABORT */
+        if (!abort || loop->shutdown_aborts || loop->shutdown_node.cb)
+            return -EBUSY;
+        loop->escalate_cb = cb;
+        loop->escalate_arg = arg;
+        loop->shutdown_aborts = true;
+        end_all(loop, true);
+        return 0;
+    }
     loop->shutdown_cb = cb;
     loop->shutdown_arg = arg;
+    loop->shutdown_aborts = abort;
     loop->shutdown_node.cb = NULL;
     tpio__signals_close(loop);
     tpio__watchers_drop(loop);
-    /* Requests first (connection attempts, sendfile...): their completions
-     * say -ECANCELED. Then servers, then the transports left. */
-    for (uint32_t i = 0; i < loop->nslots; i++)
-        if (loop->slots[i].state == SLOT_REQUEST && !loop->slots[i].seq)
-            tpio_loop_cancel(loop, make_handle(loop, i));
-    for (int k = TPIO__OWNED_KINDS - 1; k >= 0; k--) {
-        struct tpio__list *head = &loop->owned[k].items;
-        /* ending an item may file new ones (a server's last connections);
-         * each is ended once: the walk stops where the list ended */
-        struct tpio__list *last = head->prev;
-        for (struct tpio__list *it = head->next, *next; it != head; it = next) {
-            next = it->next;
-            bool stop = it == last;
-            loop->owned[k].end(it, how == TPIO_SHUTDOWN_ABORT);
-            if (stop)
-                break;
-        }
-    }
+    end_all(loop, abort);
     if (loop->live == 0)
         tpio__shutdown_check(loop);
     return 0;

@@ -74,8 +74,9 @@ struct tpio_loop {
     size_t live;
     struct tpio__owned owned[TPIO__OWNED_KINDS];
     /* tpio_loop_shutdown under way: its callback, once live is 0 */
-    tpio_done_cb_t shutdown_cb;
-    void *shutdown_arg;
+    tpio_done_cb_t shutdown_cb, escalate_cb; /* the second: a later ABORT */
+    void *shutdown_arg, *escalate_arg;
+    bool shutdown_aborts;
     struct tpio__node shutdown_node;
 
     /* Descriptors the library's objects use (a bit each), and the user's
