@@ -584,15 +584,14 @@ void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int 
 
 th_fx_t th_fx;
 
-/* A failed check of fini: Criterion would only print an assertion made here
+/* A failed check of fini: Criterion would only print an assertion made there
  * and still pass the test, so say what failed and abort. */
-static void fx_fail(int line, const char *cond, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4), noreturn));
-static void fx_fail(int line, const char *cond, const char *fmt, ...)
+void th_fx_fail(const char *file, int line, const char *cond, const char *fmt, ...)
 {
     const struct criterion_test *t = criterion_current_test;
-    fprintf(stderr, "[FAIL] %s::%s: teardown (helpers.c:%d): %s: ", t ? t->category : "?",
-            t ? t->name : "?", line, cond);
+    const char *base = strrchr(file, '/');
+    fprintf(stderr, "[FAIL] %s::%s: teardown (%s:%d): %s: ", t ? t->category : "?",
+            t ? t->name : "?", base ? base + 1 : file, line, cond);
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -601,7 +600,7 @@ static void fx_fail(int line, const char *cond, const char *fmt, ...)
     fflush(stderr);
     abort();
 }
-#define FX_CHECK(cond, ...) ((cond) ? (void)0 : fx_fail(__LINE__, #cond, __VA_ARGS__))
+#define FX_CHECK TH_FX_CHECK
 
 static void fx_new_loop(void)
 {

@@ -215,6 +215,13 @@ typedef struct th_fx {
 
 extern th_fx_t th_fx;
 
+/* A check for a suite's own .fini: like those of th_fx_fini, it prints the
+ * failure and aborts. */
+#define TH_FX_CHECK(cond, ...) \
+    ((cond) ? (void)0 : th_fx_fail(__FILE__, __LINE__, #cond, __VA_ARGS__))
+void th_fx_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), noreturn));
+
 void th_fx_init(void);
 void th_fx_fini(void);
 /* Check the loop as fini would (no report, it closes) and start a fresh one:

@@ -28,7 +28,6 @@
 #define TMO 5.0
 
 typedef struct conn {
-    tpio_loop_t *loop;
     th_proto_t tmpl;
     th_proto_t *created;
     size_t factory_calls;
@@ -76,19 +75,41 @@ static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
         snprintf(c->events_at_cb, sizeof c->events_at_cb, "%.60s", c->p->events);
 }
 
-static conn_t *conn_new(void)
+/* The suite's fixture: one connection attempt on th_fx.loop per test, set up
+ * by suite init; fini closes the transport (if any), waits for its
+ * connection_lost and closes the loop. */
+static conn_t fx;
+static conn_t *const c = &fx;
+
+static void conn_init(void)
 {
-    conn_t *c = calloc(1, sizeof *c);
-    cr_assert_not_null(c);
+    th_fx_init();
+    memset(c, 0, sizeof *c);
     c->tmpl.base.ops = &th_proto_ops;
-    cr_assert_eq(tpio_loop_new(&c->loop, NULL), 0);
-    return c;
 }
+
+static void conn_fini(void)
+{
+    if (c->p) {
+        if (!c->p->lost)
+            TH_FX_CHECK(tpio_transport_close(c->t) == 0, "close");
+        TH_FX_CHECK(th_run_until(th_fx.loop, &c->p->lost, TMO), "no connection_lost: %s",
+                    c->p->events);
+        TH_FX_CHECK(c->p->lost_err == 0, "lost with %s", tpio_err_name(c->p->lost_err));
+    }
+    for (int i = 0; i < 3; i++)
+        tpio_loop_run_once(th_fx.loop, 0);
+    th_fx_fini();
+    TH_FX_CHECK(c->cb_calls == (c->done ? 1u : 0u), "%zu completions", c->cb_calls);
+    th_proto_free(c->p);
+}
+
+TestSuite(connect, .init = conn_init, .fini = conn_fini);
 
 /* Start a connection; checks that nothing ran inside the call. */
 static void start(conn_t *c, const tpio_connect_opts_t *o)
 {
-    int r = tpio_loop_create_connection(c->loop, factory, c, o, on_conn, c);
+    int r = tpio_loop_create_connection(th_fx.loop, factory, c, o, on_conn, c);
     cr_assert_eq(r, 0, "tpio_loop_create_connection: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside tpio_loop_create_connection");
     if (c->created)
@@ -97,7 +118,7 @@ static void start(conn_t *c, const tpio_connect_opts_t *o)
 
 static void wait_done(conn_t *c, double tmo)
 {
-    cr_assert(th_run_until(c->loop, &c->done, tmo), "no completion");
+    cr_assert(th_run_until(th_fx.loop, &c->done, tmo), "no completion");
     cr_assert_eq(c->cb_calls, 1);
     cr_assert(c->cb_in_loop);
     cr_assert(pthread_equal(c->cb_thread, pthread_self()), "completion off the loop thread");
@@ -122,23 +143,6 @@ static void expect_failure(conn_t *c, int err)
                  tpio_err_name(err));
     cr_assert_null(c->t);
     cr_assert_null(c->p);
-}
-
-/* Close the transport (if any), wait for connection_lost, close the loop. */
-static void conn_finish(conn_t *c)
-{
-    if (c->p) {
-        if (!c->p->lost)
-            cr_assert_eq(tpio_transport_close(c->t), 0);
-        cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
-        cr_assert_eq(c->p->lost_err, 0, "lost with %s", tpio_err_name(c->p->lost_err));
-    }
-    for (int i = 0; i < 3; i++)
-        tpio_loop_run_once(c->loop, 0);
-    cr_assert_eq(tpio_loop_close(c->loop), 0);
-    cr_assert_eq(c->cb_calls, c->done ? 1 : 0);
-    th_proto_free(c->p);
-    free(c);
 }
 
 static int listen_on(int family, const char *addr, uint16_t *port)
@@ -213,7 +217,7 @@ static int accept_nb(int l)
 }
 
 /* Peer reads n bytes, running the loop meanwhile. */
-static void peer_expect(conn_t *c, int peer, const char *want)
+static void peer_expect(int peer, const char *want)
 {
     size_t n = strlen(want), got = 0;
     char buf[256] = {0};
@@ -225,7 +229,7 @@ static void peer_expect(conn_t *c, int peer, const char *want)
         else if (r == 0)
             break;
         else if (errno == EAGAIN)
-            tpio_loop_run_once(c->loop, 0.005);
+            tpio_loop_run_once(th_fx.loop, 0.005);
         else
             break;
     }
@@ -286,13 +290,13 @@ static void check_connected(conn_t *c, int peer)
     cr_assert_eq(th_kind(c->t), TPIO_TRANSPORT_TCP);
 
     cr_assert_eq(send(peer, "hi", 2, MSG_NOSIGNAL), 2);
-    cr_assert(th_run_until_count(c->loop, &c->p->rxlen, 2, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &c->p->rxlen, 2, TMO));
     cr_assert_eq(memcmp(c->p->rx, "hi", 2), 0);
     cr_assert_eq(tpio_transport_write(c->t, "yo", 2), 0);
-    peer_expect(c, peer, "yo");
+    peer_expect(peer, "yo");
     cr_assert_eq(tpio_transport_close(c->t), 0);
-    cr_assert_eq(peer_eof(c->loop, peer), 0);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert_eq(peer_eof(th_fx.loop, peer), 0);
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,lost:0");
 }
 
@@ -300,7 +304,6 @@ static void check_connected(conn_t *c, int peer)
 
 Test(connect, numeric_ipv4, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
@@ -312,7 +315,6 @@ Test(connect, numeric_ipv4, .timeout = 20)
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, numeric_ipv6, .timeout = 20)
@@ -323,7 +325,6 @@ Test(connect, numeric_ipv6, .timeout = 20)
         cr_log_warn("no IPv6 loopback (%s): IPv6 case skipped", strerror(-l));
         return;
     }
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "::1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
@@ -339,14 +340,12 @@ Test(connect, numeric_ipv6, .timeout = 20)
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, completion_before_early_data, .timeout = 20)
 {
     /* The peer accepts and sends before the client's loop ran: the
      * completion still sees only "made". */
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
@@ -360,45 +359,41 @@ Test(connect, completion_before_early_data, .timeout = 20)
         if (peer < 0) {
             struct pollfd pf = {.fd = l, .events = POLLIN};
             if (poll(&pf, 1, 2) == 0)
-                tpio_loop_run_once(c->loop, 0);
+                tpio_loop_run_once(th_fx.loop, 0);
         }
     }
     cr_assert_geq(peer, 0);
     cr_assert_eq(send(peer, "early", 5, MSG_NOSIGNAL), 5);
     wait_done(c, TMO);
     expect_success(c);
-    cr_assert(th_run_until_count(c->loop, &c->p->rxlen, 5, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &c->p->rxlen, 5, TMO));
     cr_assert_str_eq(c->p->events, "made,data");
     cr_assert_eq(memcmp(c->p->rx, "early", 5), 0);
     close(peer);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,eof,lost:0");
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, localhost_through_resolver, .timeout = 30)
 {
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
     tpio_connect_opts_t o = {.size = sizeof o, .host = "localhost", .port = port, .family = AF_INET};
     start(c, &o);
     /* a connection attempt exists: the loop cannot close */
-    cr_assert_eq(tpio_loop_close(c->loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     wait_done(c, 20);
     expect_success(c);
     int peer = accept_nb(l);
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, local_address_binding, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
@@ -420,36 +415,30 @@ Test(connect, local_address_binding, .timeout = 20)
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, refused, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, refused_with_happy_eyeballs, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .happy_eyeballs_delay = 0.05};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, unknown_host, .timeout = 40)
 {
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "nonexistent.invalid", .port = 80};
     start(c, &o);
     wait_done(c, 30);
@@ -459,12 +448,10 @@ Test(connect, unknown_host, .timeout = 40)
               "err %d (%s) is not a TPIO_EAI_* code", c->err, tpio_err_name(c->err));
     cr_assert_eq(strncmp(tpio_err_name(c->err), "TPIO_EAI_", 9), 0);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, happy_eyeballs_connects, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
@@ -476,7 +463,6 @@ Test(connect, happy_eyeballs_connects, .timeout = 20)
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 /* Several resolved addresses, tried in order. The resolver here may give one
@@ -507,7 +493,7 @@ static void connect_list(conn_t *c, struct sockaddr_in *addrs, int n, double he_
                                   .ai_addr = (struct sockaddr *)&addrs[i],
                                   .ai_addrlen = sizeof addrs[i],
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
-    int r = tpio__connect_addrs(c->loop, factory, c, ai, he_delay, on_conn, c);
+    int r = tpio__connect_addrs(th_fx.loop, factory, c, ai, he_delay, on_conn, c);
     cr_assert_eq(r, 0, "tpio__connect_addrs: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside the call");
 }
@@ -518,7 +504,6 @@ static void first_refused_second_accepts(double he_delay)
     int l = listen_on(AF_INET, "127.0.0.1", &good);
     cr_assert_geq(l, 0);
     struct sockaddr_in addrs[2] = {loopback(closed_port()), loopback(good)};
-    conn_t *c = conn_new();
     connect_list(c, addrs, 2, he_delay);
     wait_done(c, TMO);
     expect_success(c);
@@ -530,7 +515,6 @@ static void first_refused_second_accepts(double he_delay)
     check_connected(c, peer);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, multiple_addresses_first_fails, .timeout = 30)
@@ -546,12 +530,10 @@ Test(connect, multiple_addresses_happy_eyeballs, .timeout = 30)
 Test(connect, all_addresses_fail_reports_first_error, .timeout = 30)
 {
     struct sockaddr_in addrs[2] = {loopback(closed_port()), loopback(closed_port())};
-    conn_t *c = conn_new();
     connect_list(c, addrs, 2, 0);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 /* The first address does not answer (its listener's accept queue is full,
@@ -573,12 +555,11 @@ Test(connect, happy_eyeballs_races_a_silent_address, .timeout = 30)
     int l = listen_on(AF_INET, "127.0.0.1", &good);
     cr_assert_geq(l, 0);
     struct sockaddr_in addrs[2] = {loopback(silent), loopback(good)};
-    conn_t *c = conn_new();
-    double t0 = th_time(c->loop);
+    double t0 = th_time(th_fx.loop);
     connect_list(c, addrs, 2, 0.05);
     wait_done(c, TMO);
     expect_success(c);
-    double took = th_time(c->loop) - t0;
+    double took = th_time(th_fx.loop) - t0;
     cr_assert_geq(took, 0.05, "the second attempt started before the delay (%.3f s)", took);
     struct sockaddr_storage a;
     socklen_t al = sizeof a;
@@ -590,14 +571,12 @@ Test(connect, happy_eyeballs_races_a_silent_address, .timeout = 30)
     close(l);
     close(filler);
     close(ls);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
 {
     /* The specification's "Connecting Existing Sockets": the other end sends
      * "abc"; the protocol receives it and closes the transport. */
-    conn_t *c = conn_new();
     c->tmpl.close_on_data = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -606,7 +585,7 @@ Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,lost:0");
     cr_assert_eq(c->p->rxlen, 3);
     cr_assert_eq(memcmp(c->p->rx, "abc", 3), 0);
@@ -614,12 +593,10 @@ Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
     char ch;
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 0);
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_unix_kind, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
@@ -633,21 +610,19 @@ Test(connect, use_sock_unix_kind, .timeout = 20)
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 1);
     cr_assert_eq(ch, 'x');
     cr_assert_eq(tpio_transport_close(c->t), 0);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,lost:0");
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 0);
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_pipe_is_not_a_socket, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int pp[2];
     cr_assert_eq(pipe(pp), 0);
     int fl = fcntl(pp[0], F_GETFL), fdfl = fcntl(pp[0], F_GETFD);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = pp[0]};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c), -ENOTSOCK);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c), -ENOTSOCK);
     /* untouched: still open, same flags, still works */
     cr_assert_eq(fcntl(pp[0], F_GETFL), fl);
     cr_assert_eq(fcntl(pp[0], F_GETFD), fdfl);
@@ -656,41 +631,37 @@ Test(connect, use_sock_pipe_is_not_a_socket, .timeout = 20)
     cr_assert_eq(read(pp[0], &ch, 1), 1);
     cr_assert_eq(ch, 'z');
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
     close(pp[0]);
     close(pp[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_datagram_socket_rejected, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int d = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(d, 0);
     int fl = fcntl(d, F_GETFL);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = d};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     int type = 0;
     socklen_t tl = sizeof type;
     cr_assert_eq(getsockopt(d, SOL_SOCKET, SO_TYPE, &type, &tl), 0);
     cr_assert_eq(type, SOCK_DGRAM);
     /* and the same through connect_accepted_socket */
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, d, on_conn, c), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, d, on_conn, c), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
     close(d);
-    conn_finish(c);
 }
 
 Test(connect, accepted_socket, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
     cr_assert_geq(l, 0);
@@ -701,7 +672,7 @@ Test(connect, accepted_socket, .timeout = 20)
     int s = accept4(l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
     cr_assert_geq(s, 0);
     cr_assert_eq(fcntl(cl, F_SETFL, O_NONBLOCK), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, s, on_conn, c), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, s, on_conn, c), 0);
     cr_assert(!c->done);
     if (c->created)
         cr_assert(!c->created->made);
@@ -711,12 +682,10 @@ Test(connect, accepted_socket, .timeout = 20)
     check_connected(c, cl);
     close(cl);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_connection, .timeout = 20)
 {
-    conn_t *c = conn_new();
     c->refuse = true;
     uint16_t port = 0;
     int l = listen_on(AF_INET, "127.0.0.1", &port);
@@ -728,10 +697,9 @@ Test(connect, factory_refuses_connection, .timeout = 20)
     cr_assert_eq(c->factory_calls, 1);
     /* the socket was closed */
     int peer = accept_nb(l);
-    cr_assert_eq(peer_eof(c->loop, peer), 0);
+    cr_assert_eq(peer_eof(th_fx.loop, peer), 0);
     close(peer);
     close(l);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_use_sock, .timeout = 20)
@@ -739,22 +707,20 @@ Test(connect, factory_refuses_use_sock, .timeout = 20)
     /* tpio.h: a factory returning NULL closes the connection, and "for
      * tpio_loop_create_connection the completion reports -ECONNABORTED" (use_sock
      * included: the socket is owned from the 0 return on). */
-    conn_t *c = conn_new();
     c->refuse = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
-    int r = tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c);
+    int r = tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c);
     cr_assert_eq(r, 0, "factory refusal returned %s instead of reaching the completion",
                  tpio_err_name(r));
     cr_assert(!c->done);
     wait_done(c, TMO);
     expect_failure(c, -ECONNABORTED);
     cr_assert_eq(c->factory_calls, 1);
-    cr_assert_eq(peer_eof(c->loop, sv[1]), 0); /* the library closed sv[0] */
+    cr_assert_eq(peer_eof(th_fx.loop, sv[1]), 0); /* the library closed sv[0] */
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_accepted_socket, .timeout = 20)
@@ -762,52 +728,49 @@ Test(connect, factory_refuses_accepted_socket, .timeout = 20)
     /* Either the call succeeds and the completion reports -ECONNABORTED (and
      * the socket, owned from the 0 return, is closed), or the call itself
      * fails with -ECONNABORTED and then leaves the socket untouched. */
-    conn_t *c = conn_new();
     c->refuse = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     int fl = fcntl(sv[0], F_GETFL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], on_conn, c);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], on_conn, c);
     cr_assert(!c->done);
     if (r == 0) {
         wait_done(c, TMO);
         expect_failure(c, -ECONNABORTED);
         cr_assert_eq(c->factory_calls, 1);
-        cr_assert_eq(peer_eof(c->loop, sv[1]), 0);
+        cr_assert_eq(peer_eof(th_fx.loop, sv[1]), 0);
     } else {
         cr_assert_eq(r, -ECONNABORTED, "returned %s", tpio_err_name(r));
         cr_assert_eq(fcntl(sv[0], F_GETFL), fl,
                      "error return, but the socket was modified (flags %#x -> %#x)", fl,
                      fcntl(sv[0], F_GETFL));
         for (int i = 0; i < 5; i++)
-            tpio_loop_run_once(c->loop, 0.001);
+            tpio_loop_run_once(th_fx.loop, 0.001);
         cr_assert_eq(c->cb_calls, 0);
         close(sv[0]);
     }
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, bad_arguments, .timeout = 20)
 {
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = 9};
     cr_assert_eq(tpio_loop_create_connection(NULL, factory, c, &o, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, NULL, c, &o, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, NULL, on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, NULL, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, NULL, c, &o, on_conn, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, NULL, on_conn, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, NULL, c), -EINVAL);
     tpio_connect_opts_t nohost = {.size = sizeof nohost, .port = 9};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &nohost, on_conn, c), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &nohost, on_conn, c), -EINVAL);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, NULL, c, sv[0], on_conn, c), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], NULL, c), -EINVAL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, -1, on_conn, c);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, NULL, c, sv[0], on_conn, c), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], NULL, c), -EINVAL);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, -1, on_conn, c);
     cr_assert(r == -EINVAL || r == -EBADF, "sock -1 gave %s", tpio_err_name(r));
     tpio_connect_opts_t badsock = {.size = sizeof badsock, .use_sock = TPIO_ON, .sock = -1};
-    r = tpio_loop_create_connection(c->loop, factory, c, &badsock, on_conn, c);
+    r = tpio_loop_create_connection(th_fx.loop, factory, c, &badsock, on_conn, c);
     cr_assert(r == -EINVAL || r == -EBADF, "use_sock -1 gave %s", tpio_err_name(r));
     /* the socketpair end was not taken over by the failed calls */
     cr_assert_neq(fcntl(sv[0], F_GETFD), -1);
@@ -815,8 +778,7 @@ Test(connect, bad_arguments, .timeout = 20)
     close(sv[0]);
     close(sv[1]);
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }

@@ -25,6 +25,11 @@
 
 #define TMO 5.0
 
+/* Each test gets th_fx.loop; th_fx_fini finishes the pair (waits for its
+ * connection_lost, closes the peer), checks that no error was reported and
+ * closes the loop. */
+TestSuite(flow, .init = th_fx_init, .fini = th_fx_fini);
+
 /* ---- recording pause/resume with the buffer size at the time ------------ */
 
 static size_t g_pause_sz[32], g_npause;
@@ -107,12 +112,13 @@ static void limits_are(tpio_transport_t *t, size_t low, size_t high)
     cr_assert_eq(h, high, "high %zu, expected %zu", h, high);
 }
 
-static void close_and_finish(th_pair_t *pr, const char *events)
+/* Close, then the events up to connection_lost are these (fini then finishes
+ * the pair). */
+static void close_expecting(th_pair_t *pr, const char *events)
 {
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, events);
-    th_pair_finish(pr);
 }
 
 #define D TPIO_LIMIT_DEFAULT
@@ -163,7 +169,7 @@ Test(flow, limits_defaults_and_derivation, .timeout = 20)
     limits_are(t, 0, 0);
     /* nothing buffered: high 0 alone does not pause */
     cr_assert_str_eq(pr->p->events, "made");
-    close_and_finish(pr, "made,lost:0");
+    close_expecting(pr, "made,lost:0");
 }
 
 Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
@@ -187,7 +193,7 @@ Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_eq(g_resume_sz[0], 0); /* low 0: only once empty */
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, pause_only_strictly_above_high, .timeout = 30)
@@ -215,7 +221,7 @@ Test(flow, pause_only_strictly_above_high, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_leq(g_resume_sz[0], high / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, set_limits_can_pause_at_once, .timeout = 30)
@@ -236,7 +242,7 @@ Test(flow, set_limits_can_pause_at_once, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], (b0 - 1) / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
@@ -253,7 +259,7 @@ Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_eq(g_resume_sz[0], 0);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, writelines_pauses_too, .timeout = 30)
@@ -280,7 +286,7 @@ Test(flow, writelines_pauses_too, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], high / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
@@ -304,7 +310,7 @@ Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], 250);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
 Test(flow, repeated_cycles, .timeout = 40)
@@ -324,7 +330,7 @@ Test(flow, repeated_cycles, .timeout = 40)
         cr_assert_gt(g_pause_sz[cycle], 65536);
     }
     cr_assert_str_eq(pr->p->events, "made,pause,resume,pause,resume,pause,resume");
-    close_and_finish(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
 Test(flow, resume_writing_may_write_again, .timeout = 40)
@@ -339,7 +345,7 @@ Test(flow, resume_writing_may_write_again, .timeout = 40)
     cr_assert_str_eq(pr->p->events, "made,pause,resume,pause,resume,pause,resume");
     cr_assert_eq(g_npause, 3);
     cr_assert_eq(g_nresume, 3);
-    close_and_finish(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
 Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
@@ -358,7 +364,6 @@ Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
     cr_assert_eq(got, pr->wtotal);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, "made,pause,resume,lost:0");
-    th_pair_finish(pr);
 }
 
 Test(flow, abort_while_paused_no_resume, .timeout = 30)
@@ -373,5 +378,4 @@ Test(flow, abort_while_paused_no_resume, .timeout = 30)
     th_run_iters(pr->loop, 3);
     cr_assert_str_eq(pr->p->events, "made,pause,lost:0");
     cr_assert_eq(g_nresume, 0);
-    th_pair_finish(pr);
 }

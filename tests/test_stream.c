@@ -28,6 +28,11 @@
 
 #define TMO 5.0
 
+/* Each test gets th_fx.loop; th_fx_fini finishes the pair a test made (waits
+ * for its connection_lost, closes the peer), checks that no error was
+ * reported and closes the loop. */
+TestSuite(stream, .init = th_fx_init, .fini = th_fx_fini);
+
 /* ===================================================================== */
 /* Lifecycle                                                             */
 /* ===================================================================== */
@@ -58,7 +63,6 @@ Test(stream, tcp_lifecycle_data_then_eof, .timeout = 20)
     /* the transport closed itself: the peer sees EOF */
     cr_assert_eq(th_peer_expect_eof(pr), 0);
     cr_assert_eq(pr->cb_calls, 1);
-    th_pair_finish(pr);
 }
 
 Test(stream, accepted_socket_made_on_loop_before_data, .timeout = 20)
@@ -73,7 +77,6 @@ Test(stream, accepted_socket_made_on_loop_before_data, .timeout = 20)
     cr_assert_eq(p->rxlen, 3);
     cr_assert_eq(memcmp(p->rx, "abc", 3), 0);
     cr_assert_eq(pr->cb_calls, 1);
-    th_pair_finish(pr);
 }
 
 Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
@@ -94,7 +97,6 @@ Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
     cr_assert_eq(p->lost_err, 0);
     /* the dropped "x" never arrives */
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
@@ -123,7 +125,6 @@ Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
     cr_assert_eq(got, pr->wtotal, "peer got %zu of %zu bytes", got, pr->wtotal);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
 Test(stream, abort_drops_buffer, .timeout = 30)
@@ -157,7 +158,6 @@ Test(stream, abort_drops_buffer, .timeout = 30)
     cr_assert_eq(end, 0, "peer ended with %d", end);
     cr_assert_eq(got, in_kernel, "peer got %zu bytes, kernel had %zu (buffered %zu)", got,
                  in_kernel, buffered);
-    th_pair_finish(pr);
 }
 
 Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
@@ -179,7 +179,6 @@ Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
     th_run_iters(pr->loop, 3);
     cr_assert_str_eq(p->events, "made,lost:0");
     cr_assert_eq(lost_count, 1);
-    th_pair_finish(pr);
 }
 
 Test(stream, close_inside_data_received, .timeout = 20)
@@ -193,7 +192,6 @@ Test(stream, close_inside_data_received, .timeout = 20)
     cr_assert_str_eq(p->events, "made,data,lost:0");
     cr_assert_eq(p->rxlen, 3);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
@@ -218,7 +216,6 @@ Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -247,7 +244,6 @@ Test(stream, write_eof_half_close, .timeout = 20)
     cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
 }
 
 Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
@@ -270,7 +266,6 @@ Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
     cr_assert_eq(p->rx[0], 'q');
-    th_pair_finish(pr);
 }
 
 Test(stream, write_eof_unix_socket, .timeout = 20)
@@ -290,7 +285,6 @@ Test(stream, write_eof_unix_socket, .timeout = 20)
     cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -311,7 +305,6 @@ Test(stream, small_write_sent_at_once, .timeout = 20)
     cr_assert_eq(recv(pr->peer, rb, sizeof rb, 0), 5);
     cr_assert_str_eq(rb, "hello");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, buffered_write_copies_caller_data, .timeout = 30)
@@ -333,7 +326,6 @@ Test(stream, buffered_write_copies_caller_data, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, write_bad_and_empty_args, .timeout = 20)
@@ -361,7 +353,6 @@ Test(stream, write_bad_and_empty_args, .timeout = 20)
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, writelines_concatenates, .timeout = 20)
@@ -382,7 +373,6 @@ Test(stream, writelines_concatenates, .timeout = 20)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
 /* Build n scattered pieces of the pattern stream starting at offset off; the
@@ -447,7 +437,6 @@ Test(stream, writelines_more_than_iov_max, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,lost:0");
     free(iov);
     free(iov2);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -470,7 +459,6 @@ Test(stream, peer_reset_while_idle, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:ECONNRESET");
     cr_assert_eq(p->lost_err, -ECONNRESET);
-    th_pair_finish(pr);
 }
 
 Test(stream, peer_reset_while_writing, .timeout = 30)
@@ -486,7 +474,6 @@ Test(stream, peer_reset_while_writing, .timeout = 30)
                   strcmp(p->events, "made,lost:EPIPE") == 0,
               "events: %s", p->events);
     cr_assert(p->lost_err == -ECONNRESET || p->lost_err == -EPIPE);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -527,7 +514,6 @@ Test(stream, pause_resume_reading, .timeout = 20)
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
     cr_assert_eq(p->rxlen, 5);
     cr_assert_eq(memcmp(p->rx, "abcde", 5), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, pause_reading_inside_connection_made, .timeout = 20)
@@ -548,7 +534,6 @@ Test(stream, pause_reading_inside_connection_made, .timeout = 20)
     cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
 }
 
 Test(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
@@ -564,7 +549,6 @@ Test(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
     cr_assert(th_is_closing(pr->t));
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -651,7 +635,6 @@ Test(stream, extra_info_tcp_client, .timeout = 20)
     cr_assert_eq(tpio_format_addr(x.addr, x.addrlen, got, sizeof got), 0);
     cr_assert_str_eq(got, want);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
-    th_pair_finish(pr);
 }
 
 typedef struct srv_ctx {
@@ -672,13 +655,11 @@ static tpio_protocol_t *srv_factory(void *arg)
 
 Test(stream, extra_info_tcp_server_side, .timeout = 20)
 {
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
     srv_ctx_t *c = calloc(1, sizeof *c);
     c->tmpl.base.ops = &th_proto_ops;
     tpio_server_opts_t so = {.size = sizeof so, .host = "127.0.0.1", .port = 0};
     tpio_server_t *s;
-    cr_assert_eq(tpio_loop_create_server(loop, srv_factory, c, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, srv_factory, c, &so, &s), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
@@ -686,7 +667,7 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_eq(connect(cl, (struct sockaddr *)&ss, sl), 0);
     double end = th_now_s() + TMO;
     while ((!c->made || !c->made->made) && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.01);
+        tpio_loop_run_once(th_fx.loop, 0.01);
     cr_assert_not_null(c->made);
     th_proto_t *p = c->made;
     cr_assert_str_eq(p->events, "made");
@@ -705,13 +686,12 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_str_eq(got, want);
 
     close(cl);
-    cr_assert(th_run_until(loop, &p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,eof,lost:0");
     cr_assert_eq(c->calls, 1);
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(tpio_server_wait_closed(s, th_set_flag, &c->closed), 0);
-    cr_assert(th_run_until(loop, &c->closed, TMO));
-    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert(th_run_until(th_fx.loop, &c->closed, TMO));
     th_proto_free(p);
     free(c);
 }
@@ -779,10 +759,9 @@ Test(stream, set_protocol_switches_receiver, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p2->lost, TMO));
     cr_assert_str_eq(p2->events, "data,eof,lost:0");
     cr_assert_str_eq(p1->events, "made,data");
-    /* th_pair_finish waits on pr->p: point it at the protocol that got lost */
+    /* fini finishes the pair on pr->p: point it at the protocol that got lost */
     th_proto_free(p1);
     pr->p = p2;
-    th_pair_finish(pr);
 }
 
 /* BufferedProtocol events for one read: "getbuf,updated", possibly followed by
@@ -828,7 +807,6 @@ Test(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
     th_proto_free(p1);
     th_proto_free(p2);
     pr->p = p3;
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -856,7 +834,6 @@ Test(stream, buffered_protocol_basic, .timeout = 20)
     cr_assert_eq(memcmp(p->rx, "hello", 5), 0);
     cr_assert_eq(g_hint, -1);
     cr_assert_eq(g_getbuf_calls, 2);
-    th_pair_finish(pr);
 }
 
 /* Check "made,(getbuf[,updated])*,getbuf,eof,lost:0" and count updates. */
@@ -902,7 +879,6 @@ Test(stream, buffered_protocol_small_buffer, .timeout = 20)
     cr_assert_lt(p->elen, sizeof p->events - 64, "event log overflowed");
     size_t updates = check_buffered_grammar(p->events);
     cr_assert_geq(updates, (N + 6) / 7);
-    th_pair_finish(pr);
 }
 
 /* "made" followed by `reads` x "getbuf,updated", then `tail`. */
@@ -943,7 +919,6 @@ Test(stream, buffered_reads_again_while_buffer_fills, .timeout = 20)
     cr_assert_eq(p->rxlen, N);
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
     tpio_transport_close(pr->t);
-    th_pair_finish(pr);
 }
 
 /* The run of reads in one event is bounded: 32 reads (2048 of 2560 bytes),
@@ -963,7 +938,6 @@ Test(stream, buffered_reads_per_event_are_bounded, .timeout = 20)
     cr_assert_eq(p->rxlen, N);
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
     tpio_transport_close(pr->t);
-    th_pair_finish(pr);
 }
 
 static void pause_in_updated(tpio_protocol_t *bp, size_t n)
@@ -997,7 +971,6 @@ Test(stream, pause_inside_buffer_updated_stops_further_reads, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     expect_reads(p->events, 10, ",getbuf,eof,lost:0");
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
-    th_pair_finish(pr);
 }
 
 /* close() inside buffer_updated: no further read, connection_lost(0). */
@@ -1010,7 +983,6 @@ Test(stream, close_inside_buffer_updated_stops_further_reads, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     expect_reads(p->events, 1, ",lost:0");
     cr_assert_eq(p->rxlen, 100);
-    th_pair_finish(pr);
 }
 
 typedef struct err_rec {
@@ -1069,7 +1041,6 @@ static void run_bad_getbuf(void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
     cr_assert_eq(rec.transport, t);
     cr_assert_eq(rec.protocol, &p->base);
     cr_assert(rec.has_message);
-    th_pair_finish(pr);
 }
 
 Test(stream, buffered_protocol_empty_buffer_is_fatal, .timeout = 20)
