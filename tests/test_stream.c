@@ -3,6 +3,13 @@
  * close/abort, eof handling, write/writelines, write_eof, peer reset,
  * pause/resume reading, get_extra_info, set_protocol and BufferedProtocol.
  *
+ * What TCP and Unix sockets share is written once (TestBothKinds) and runs
+ * on each kind of helpers' th_kinds table, as stream::<name>_tcp and
+ * stream::<name>_unix: a TCP client transport made by create_connection, and
+ * one end of a Unix socketpair wrapped by connect_accepted_socket. What is
+ * particular to a kind (peer reset, TCP_NODELAY, data already waiting when
+ * the transport is made) stays a plain Test().
+ *
  * "The peer" is a plain non-blocking socket the test reads and writes
  * directly. Nothing sleeps to wait for an event: the loop runs until a flag
  * is set, with a deadline.
@@ -37,14 +44,14 @@ TestSuite(stream, .init = th_fx_init, .fini = th_fx_fini);
 /* Lifecycle                                                             */
 /* ===================================================================== */
 
-Test(stream, tcp_lifecycle_data_then_eof, .timeout = 20)
+TestBothKinds(stream, lifecycle_data_then_eof, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_str_eq(p->events, "made");
     cr_assert_eq(p->t, pr->t);
     cr_assert_eq(th_protocol(pr->t), &p->base);
-    cr_assert_eq(th_kind(pr->t), TPIO_TRANSPORT_TCP);
+    cr_assert_eq(th_kind(pr->t), K->kind);
     cr_assert_eq(th_transport_loop(pr->t), pr->loop);
     cr_assert(!th_is_closing(pr->t));
     cr_assert(th_is_reading(pr->t));
@@ -79,9 +86,9 @@ Test(stream, accepted_socket_made_on_loop_before_data, .timeout = 20)
     cr_assert_eq(pr->cb_calls, 1);
 }
 
-Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
+TestBothKinds(stream, close_without_buffer_schedules_lost, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_str_eq(p->events, "made", "connection_lost ran inside tpio_transport_close");
@@ -99,9 +106,9 @@ Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
 }
 
-Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
+TestBothKinds(stream, close_flushes_buffer_before_lost, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     th_shrink_bufs(pr);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
@@ -127,9 +134,9 @@ Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
     cr_assert_str_eq(p->events, "made,lost:0");
 }
 
-Test(stream, abort_drops_buffer, .timeout = 30)
+TestBothKinds(stream, abort_drops_buffer, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
@@ -160,9 +167,9 @@ Test(stream, abort_drops_buffer, .timeout = 30)
                  in_kernel, buffered);
 }
 
-Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
+TestBothKinds(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
@@ -181,11 +188,11 @@ Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
     cr_assert_eq(lost_count, 1);
 }
 
-Test(stream, close_inside_data_received, .timeout = 20)
+TestBothKinds(stream, close_inside_data_received, .timeout = 20)
 {
     th_proto_t k = {0};
     k.close_on_data = true;
-    th_pair_t *pr = th_tcp_pair(NULL, &k);
+    th_pair_t *pr = K->pair(NULL, &k);
     th_proto_t *p = pr->p;
     th_peer_send(pr, "abc", 3);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
@@ -194,11 +201,11 @@ Test(stream, close_inside_data_received, .timeout = 20)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
 }
 
-Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
+TestBothKinds(stream, eof_received_true_keeps_half_open, .timeout = 20)
 {
     th_proto_t k = {0};
     k.eof_ret = true;
-    th_pair_t *pr = th_tcp_pair(NULL, &k);
+    th_pair_t *pr = K->pair(NULL, &k);
     th_proto_t *p = pr->p;
     th_peer_send(pr, "ping", 4);
     cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
@@ -222,9 +229,9 @@ Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
 /* write_eof                                                             */
 /* ===================================================================== */
 
-Test(stream, write_eof_half_close, .timeout = 20)
+TestBothKinds(stream, write_eof_half_close, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert(th_can_write_eof(pr->t));
     cr_assert_eq(tpio_transport_write(pr->t, "abc", 3), 0);
@@ -246,9 +253,9 @@ Test(stream, write_eof_half_close, .timeout = 20)
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
 }
 
-Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
+TestBothKinds(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     th_shrink_bufs(pr);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
@@ -268,32 +275,13 @@ Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
     cr_assert_eq(p->rx[0], 'q');
 }
 
-Test(stream, write_eof_unix_socket, .timeout = 20)
-{
-    th_pair_t *pr = th_unix_pair(NULL, NULL, NULL, 0, false);
-    th_proto_t *p = pr->p;
-    cr_assert(th_can_write_eof(pr->t));
-    cr_assert_eq(tpio_transport_write(pr->t, "abc", 3), 0);
-    cr_assert_eq(tpio_transport_write_eof(pr->t), 0);
-    char buf[4];
-    cr_assert_eq(th_peer_recv_exact(pr, buf, 3), 3);
-    cr_assert_eq(memcmp(buf, "abc", 3), 0);
-    cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_peer_send(pr, "de", 2);
-    cr_assert(th_pair_run_until_rx(pr, p, 2));
-    cr_assert_eq(memcmp(p->rx, "de", 2), 0);
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-}
-
 /* ===================================================================== */
 /* write / writelines                                                    */
 /* ===================================================================== */
 
-Test(stream, small_write_sent_at_once, .timeout = 20)
+TestBothKinds(stream, small_write_sent_at_once, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     char buf[6] = "hello";
     cr_assert_eq(tpio_transport_write(pr->t, buf, 5), 0);
     cr_assert_eq(th_wbuf_size(pr->t), 0);
@@ -307,9 +295,9 @@ Test(stream, small_write_sent_at_once, .timeout = 20)
     cr_assert_eq(tpio_transport_close(pr->t), 0);
 }
 
-Test(stream, buffered_write_copies_caller_data, .timeout = 30)
+TestBothKinds(stream, buffered_write_copies_caller_data, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_shrink_bufs(pr);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
     th_fill_until_buffered(pr);
@@ -328,9 +316,9 @@ Test(stream, buffered_write_copies_caller_data, .timeout = 30)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
 }
 
-Test(stream, write_bad_and_empty_args, .timeout = 20)
+TestBothKinds(stream, write_bad_and_empty_args, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     cr_assert_eq(tpio_transport_write(pr->t, NULL, 5), -EINVAL);
     cr_assert_eq(tpio_transport_write(pr->t, "abc", 0), 0);
     cr_assert_eq(tpio_transport_write(pr->t, NULL, 0), 0);
@@ -355,9 +343,9 @@ Test(stream, write_bad_and_empty_args, .timeout = 20)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
 }
 
-Test(stream, writelines_concatenates, .timeout = 20)
+TestBothKinds(stream, writelines_concatenates, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     tpio_buf_t iov[4] = {
         {.base = "ab", .len = 2},
         {.base = "", .len = 0},
@@ -401,9 +389,9 @@ static unsigned char *scatter(tpio_buf_t *iov, int n, size_t off, size_t *total)
     return src;
 }
 
-Test(stream, writelines_more_than_iov_max, .timeout = 30)
+TestBothKinds(stream, writelines_more_than_iov_max, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     enum { N = 3000 };
     tpio_buf_t *iov = calloc(N, sizeof *iov);
     size_t total;
@@ -480,9 +468,9 @@ Test(stream, peer_reset_while_writing, .timeout = 30)
 /* pause_reading / resume_reading                                        */
 /* ===================================================================== */
 
-Test(stream, pause_resume_reading, .timeout = 20)
+TestBothKinds(stream, pause_resume_reading, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert(th_is_reading(pr->t));
     cr_assert_eq(tpio_transport_pause_reading(pr->t), 0);
@@ -536,9 +524,9 @@ Test(stream, pause_reading_inside_connection_made, .timeout = 20)
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
 }
 
-Test(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
+TestBothKinds(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert(!th_is_reading(pr->t));
@@ -572,7 +560,8 @@ static bool same_addr(const struct sockaddr *a, socklen_t al, const struct socka
     return memcmp(a, b, al) == 0;
 }
 
-static void check_extra_info_tcp(tpio_transport_t *t)
+/* "socket", "peername" and "sockname" as the descriptor says; absent keys. */
+static void check_extra_info(tpio_transport_t *t)
 {
     int fd = th_fd(t);
     cr_assert_geq(fd, 0);
@@ -611,24 +600,44 @@ static void check_extra_info_tcp(tpio_transport_t *t)
     x.type = TPIO_EXTRA_FD;
     cr_assert_eq(tpio_transport_get_extra_info(t, "sslcontext", &x), -ENOENT);
     cr_assert_eq(x.type, TPIO_EXTRA_NONE);
+}
 
+/* A TCP transport has TCP_NODELAY. */
+static void check_tcp_nodelay(tpio_transport_t *t)
+{
     int one = 0;
     socklen_t ol = sizeof one;
-    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, &ol), 0);
+    cr_assert_eq(getsockopt(th_fd(t), IPPROTO_TCP, TCP_NODELAY, &one, &ol), 0);
     cr_assert_neq(one, 0, "TCP_NODELAY not set");
+}
+
+/* The peer's sockname is the transport's peername. */
+static void check_peername_is_peer(th_pair_t *pr, tpio_extra_t *x, struct sockaddr_storage *ps)
+{
+    socklen_t pl = sizeof *ps;
+    cr_assert_eq(getsockname(pr->peer, (struct sockaddr *)ps, &pl), 0);
+    cr_assert_eq(tpio_transport_get_extra_info(pr->t, "peername", x), 0);
+    cr_assert(same_addr(x->addr, x->addrlen, (struct sockaddr *)ps, pl));
+}
+
+TestBothKinds(stream, extra_info, .timeout = 20)
+{
+    th_pair_t *pr = K->pair(NULL, NULL);
+    check_extra_info(pr->t);
+    tpio_extra_t x;
+    struct sockaddr_storage ps;
+    check_peername_is_peer(pr, &x, &ps);
+    cr_assert_eq(tpio_transport_close(pr->t), 0);
 }
 
 Test(stream, extra_info_tcp_client, .timeout = 20)
 {
     th_pair_t *pr = th_tcp_pair(NULL, NULL);
-    check_extra_info_tcp(pr->t);
-    /* peername is the peer's sockname */
-    struct sockaddr_storage ps;
-    socklen_t pl = sizeof ps;
-    cr_assert_eq(getsockname(pr->peer, (struct sockaddr *)&ps, &pl), 0);
+    /* the rest of check_extra_info(): extra_info_tcp */
+    check_tcp_nodelay(pr->t);
     tpio_extra_t x;
-    cr_assert_eq(tpio_transport_get_extra_info(pr->t, "peername", &x), 0);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ps, pl));
+    struct sockaddr_storage ps;
+    check_peername_is_peer(pr, &x, &ps);
     char want[64], got[64];
     snprintf(want, sizeof want, "('127.0.0.1', %u)",
              ntohs(((struct sockaddr_in *)&ps)->sin_port));
@@ -672,7 +681,8 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     th_proto_t *p = c->made;
     cr_assert_str_eq(p->events, "made");
     cr_assert_eq(th_kind(p->t), TPIO_TRANSPORT_TCP);
-    check_extra_info_tcp(p->t);
+    check_extra_info(p->t);
+    check_tcp_nodelay(p->t);
     struct sockaddr_storage cs;
     socklen_t csl = sizeof cs;
     cr_assert_eq(getsockname(cl, (struct sockaddr *)&cs, &csl), 0);
@@ -737,9 +747,9 @@ Test(stream, format_addr, .timeout = 10)
 /* set_protocol / get_protocol                                           */
 /* ===================================================================== */
 
-Test(stream, set_protocol_switches_receiver, .timeout = 20)
+TestBothKinds(stream, set_protocol_switches_receiver, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p1 = pr->p;
     th_peer_send(pr, "one", 3);
     cr_assert(th_pair_run_until_rx(pr, p1, 3));
@@ -772,9 +782,9 @@ static bool one_buffered_read(const char *ev)
     return strcmp(ev, "getbuf,updated") == 0 || strcmp(ev, "getbuf,updated,getbuf") == 0;
 }
 
-Test(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
+TestBothKinds(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p1 = pr->p;
     th_peer_send(pr, "one", 3);
     cr_assert(th_pair_run_until_rx(pr, p1, 3));
@@ -1021,12 +1031,12 @@ static void *null_getbuf(tpio_protocol_t *bp, ssize_t hint, size_t *len)
     return NULL;
 }
 
-static void run_bad_getbuf(void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
+static void run_bad_getbuf(const th_kind_t *K, void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
 {
     tpio_protocol_ops_t ops = th_buffered_proto_ops;
     ops.get_buffer = fn;
     err_rec_t rec = {0};
-    th_pair_t *pr = th_unix_pair(&ops, NULL, NULL, 0, false);
+    th_pair_t *pr = K->pair(&ops, NULL);
     tpio_loop_set_error_handler(pr->loop, rec_handler, &rec);
     th_proto_t *p = pr->p;
     tpio_transport_t *t = pr->t;
@@ -1043,12 +1053,12 @@ static void run_bad_getbuf(void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
     cr_assert(rec.has_message);
 }
 
-Test(stream, buffered_protocol_empty_buffer_is_fatal, .timeout = 20)
+TestBothKinds(stream, buffered_protocol_empty_buffer_is_fatal, .timeout = 20)
 {
-    run_bad_getbuf(empty_getbuf);
+    run_bad_getbuf(K, empty_getbuf);
 }
 
-Test(stream, buffered_protocol_null_buffer_is_fatal, .timeout = 20)
+TestBothKinds(stream, buffered_protocol_null_buffer_is_fatal, .timeout = 20)
 {
-    run_bad_getbuf(null_getbuf);
+    run_bad_getbuf(K, null_getbuf);
 }
