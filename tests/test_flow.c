@@ -4,6 +4,9 @@
  * Data is made to buffer deterministically: the peer is a plain socket that
  * is not read, both kernel buffers are shrunk, and the loop does not run
  * while the test writes, so nothing drains until the peer reads.
+ *
+ * Every test runs on each kind of helpers' th_kinds table (TestBothKinds):
+ * flow::<name>_tcp and flow::<name>_unix.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -69,9 +72,9 @@ static const tpio_protocol_ops_t *flow_ops(void)
     return &g_flow_ops;
 }
 
-static th_pair_t *flow_pair(void)
+static th_pair_t *flow_pair(const th_kind_t *K)
 {
-    th_pair_t *pr = th_tcp_pair(flow_ops(), NULL);
+    th_pair_t *pr = K->pair(flow_ops(), NULL);
     g_pr = pr;
     th_shrink_bufs(pr);
     return pr;
@@ -125,9 +128,9 @@ static void close_expecting(th_pair_t *pr, const char *events)
 
 /* ===================================================================== */
 
-Test(flow, limits_defaults_and_derivation, .timeout = 20)
+TestBothKinds(flow, limits_defaults_and_derivation, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     tpio_transport_t *t = pr->t;
     limits_are(t, 16384, 65536);
     cr_assert_eq(th_wbuf_size(t), 0);
@@ -172,9 +175,9 @@ Test(flow, limits_defaults_and_derivation, .timeout = 20)
     close_expecting(pr, "made,lost:0");
 }
 
-Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
+TestBothKinds(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 0, D), 0);
     limits_are(pr->t, 0, 0);
     /* sent at once: nothing buffered, no pause */
@@ -196,9 +199,9 @@ Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, pause_only_strictly_above_high, .timeout = 30)
+TestBothKinds(flow, pause_only_strictly_above_high, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
     th_fill_until_buffered(pr);
     size_t b0 = th_wbuf_size(pr->t);
@@ -224,9 +227,9 @@ Test(flow, pause_only_strictly_above_high, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, set_limits_can_pause_at_once, .timeout = 30)
+TestBothKinds(flow, set_limits_can_pause_at_once, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
     th_fill_until_buffered(pr);
     size_t b0 = th_wbuf_size(pr->t);
@@ -245,9 +248,9 @@ Test(flow, set_limits_can_pause_at_once, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
+TestBothKinds(flow, low_zero_resumes_only_when_empty, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 1024, 0), 0);
     limits_are(pr->t, 0, 1024);
     th_fill_until_buffered(pr);
@@ -262,9 +265,9 @@ Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, writelines_pauses_too, .timeout = 30)
+TestBothKinds(flow, writelines_pauses_too, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
     th_fill_until_buffered(pr);
     size_t b0 = th_wbuf_size(pr->t);
@@ -289,11 +292,11 @@ Test(flow, writelines_pauses_too, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
+TestBothKinds(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
 {
     /* writelines with nothing buffered: what the kernel does not take is
      * buffered, and that may go above high at once */
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 1000, D), 0);
     enum { N = 64, PIECE = 8192 };
     unsigned char *src = malloc((size_t)N * PIECE);
@@ -313,9 +316,9 @@ Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
     close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, repeated_cycles, .timeout = 40)
+TestBothKinds(flow, repeated_cycles, .timeout = 40)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     limits_are(pr->t, 16384, 65536);
     for (int cycle = 0; cycle < 3; cycle++) {
         th_fill_until_buffered(pr);
@@ -333,9 +336,9 @@ Test(flow, repeated_cycles, .timeout = 40)
     close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
-Test(flow, resume_writing_may_write_again, .timeout = 40)
+TestBothKinds(flow, resume_writing_may_write_again, .timeout = 40)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     g_refills = 2;
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 200000);
@@ -348,11 +351,11 @@ Test(flow, resume_writing_may_write_again, .timeout = 40)
     close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
-Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
+TestBothKinds(flow, close_while_paused_resumes_then_lost, .timeout = 30)
 {
     /* asyncio's _write_ready calls resume_writing as the buffer drains,
      * before connection_lost, also on a closing transport */
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 100000);
     cr_assert_str_eq(pr->p->events, "made,pause");
@@ -366,9 +369,9 @@ Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume,lost:0");
 }
 
-Test(flow, abort_while_paused_no_resume, .timeout = 30)
+TestBothKinds(flow, abort_while_paused_no_resume, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 100000);
     cr_assert_str_eq(pr->p->events, "made,pause");
