@@ -235,6 +235,23 @@ tpio_protocol_t *th_factory(void *arg)
 
 /* ---- a transport under test plus its plain-socket peer ------------------ */
 
+bool th_same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                  socklen_t bl)
+{
+    if (al != bl || a->sa_family != b->sa_family)
+        return false;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return memcmp(a, b, al) == 0;
+}
+
 double th_now_s(void)
 {
     struct timespec ts;

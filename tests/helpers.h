@@ -37,6 +37,11 @@ bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout);
 bool th_run_until_count(tpio_loop_t *loop, const size_t *count, size_t target,
                         double timeout);
 
+/* The same socket address: family, port and address for IPv4 and IPv6 (not
+ * the padding), the bytes for others (a Unix path, an unnamed socket). */
+bool th_same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                  socklen_t bl);
+
 /* Monotonic clock, in seconds. */
 double th_now_s(void);
 /* The byte at offset k of the test pattern stream. */

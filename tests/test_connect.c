@@ -255,19 +255,6 @@ static int peer_eof(tpio_loop_t *loop, int peer)
     return -ETIMEDOUT;
 }
 
-static bool same_port_addr(const struct sockaddr *a, const struct sockaddr *b)
-{
-    if (a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
-}
-
 /* The transport's sockname is the peer's peername and vice versa; data flows
  * both ways; then close. */
 static void check_connected(conn_t *c, int peer)
@@ -276,12 +263,12 @@ static void check_connected(conn_t *c, int peer)
     socklen_t al = sizeof a, bl = sizeof b;
     cr_assert_eq(tpio_transport_get_sockname(c->t, &a, &al), 0);
     cr_assert_eq(getpeername(peer, (struct sockaddr *)&b, &bl), 0);
-    cr_assert(same_port_addr((struct sockaddr *)&a, (struct sockaddr *)&b));
+    cr_assert(th_same_addr((struct sockaddr *)&a, al, (struct sockaddr *)&b, bl));
     al = sizeof a;
     bl = sizeof b;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(getsockname(peer, (struct sockaddr *)&b, &bl), 0);
-    cr_assert(same_port_addr((struct sockaddr *)&a, (struct sockaddr *)&b));
+    cr_assert(th_same_addr((struct sockaddr *)&a, al, (struct sockaddr *)&b, bl));
 
     int nd = 0;
     socklen_t ndl = sizeof nd;

@@ -1,6 +1,11 @@
 /* create_server and the server object: binding, socket options, accepting,
  * start_serving, close / wait_closed, close_clients / abort_clients, errors,
- * many concurrent clients and accept() resource exhaustion. */
+ * many concurrent clients and accept() resource exhaustion.
+ *
+ * What a TCP server shares with a Unix one (accepting, echo, refusing, close
+ * and wait_closed, close_clients / abort_clients, half-close with a tpio
+ * client) is written once (TestBothKinds) and runs on each kind of helpers'
+ * th_kinds table as server::<name>_tcp and server::<name>_unix. */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -16,6 +21,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <tpio.h>
@@ -281,6 +288,44 @@ static int client_connect_ok(int family, uint16_t port)
     int fd = client_connect(family, port);
     cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
     return fd;
+}
+
+/* A server of kind K for context x (closed by the fixture at the end); its
+ * address is th_fx.srv_addr. */
+static tpio_server_t *start_kind_server(const th_kind_t *K, srv_ctx_t *x)
+{
+    tpio_server_t *s = NULL;
+    int r = K->create_server(srv_factory, x, &s);
+    cr_assert_eq(r, 0, "%s server: %s", K->name, tpio_err_name(r));
+    cr_assert_not_null(s);
+    cr_assert_null(x->server, "one server per context");
+    x->server = s;
+    return s;
+}
+
+/* A plain client connected to the last kind server (th_fx.srv_addr). */
+static int kind_client_ok(int rcvbuf)
+{
+    int fd = th_client_connect(rcvbuf);
+    cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
+    return fd;
+}
+
+/* A tpio client of kind K connecting to the last kind server, with a
+ * recording protocol (eof_received answers eof_ret): runs until the
+ * completion, which must come from the loop. */
+static void kind_client(const th_kind_t *K, bool eof_ret, th_conn_t *cc)
+{
+    static th_proto_t tmpl;
+    memset(&tmpl, 0, sizeof tmpl);
+    tmpl.base.ops = &th_proto_ops;
+    tmpl.eof_ret = eof_ret;
+    memset(cc, 0, sizeof *cc);
+    cr_assert_eq(K->create_connection(th_factory, &tmpl, th_on_conn, cc), 0);
+    cr_assert_eq(cc->calls, 0, "completion ran inside the call");
+    cr_assert(th_run_until(th_fx.loop, &cc->done, 10.0));
+    cr_assert_eq(cc->calls, 1);
+    cr_assert(cc->in_loop);
 }
 
 static void client_send(int fd, const void *data, size_t len)
@@ -752,11 +797,10 @@ Test(server, bad_arguments, .timeout = TMO)
 /* accepting                                                                 */
 /* ------------------------------------------------------------------------- */
 
-Test(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
+TestBothKinds(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
-    int a = client_connect_ok(AF_INET, port);
+    tpio_server_t *s = start_kind_server(K, c);
+    int a = kind_client_ok(0);
     /* the kernel completed the handshake; nothing ran yet */
     cr_assert_eq(c->calls, 0);
     cr_assert(wait_accepted(c, 1, 5.0));
@@ -766,7 +810,7 @@ Test(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
     tpio_transport_t *t = p->t;
     cr_assert_not_null(t);
     cr_assert_eq(th_protocol(t), &p->base);
-    cr_assert_eq(th_kind(t), TPIO_TRANSPORT_TCP);
+    cr_assert_eq(th_kind(t), K->kind);
     cr_assert_eq(th_transport_loop(t), th_fx.loop);
     cr_assert_not(th_is_closing(t));
     cr_assert(th_is_reading(t));
@@ -774,29 +818,27 @@ Test(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
 
     int fd = th_fd(t);
     cr_assert_geq(fd, 0);
-    cr_assert_eq(getsockopt_int(fd, IPPROTO_TCP, TCP_NODELAY), 1, "no TCP_NODELAY");
+    if (K->kind == TPIO_TRANSPORT_TCP)
+        cr_assert_eq(getsockopt_int(fd, IPPROTO_TCP, TCP_NODELAY), 1, "no TCP_NODELAY");
     cr_assert(fcntl(fd, F_GETFL) & O_NONBLOCK);
 
-    /* peername = the client's address, sockname = the server's */
-    struct sockaddr_in cl, pn, sn;
+    /* peername = the client's address (family, length, port and address for
+     * TCP; unnamed for a Unix client), sockname = the server's */
+    struct sockaddr_storage cl;
     socklen_t l = sizeof cl;
     cr_assert_eq(getsockname(a, (struct sockaddr *)&cl, &l), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_transport_get_peername(t, &ss, &sl), 0);
-    cr_assert_eq(sl, sizeof(struct sockaddr_in));
-    memcpy(&pn, &ss, sizeof pn);
-    cr_assert_eq(pn.sin_family, AF_INET);
-    cr_assert_eq(pn.sin_port, cl.sin_port);
-    cr_assert_eq(pn.sin_addr.s_addr, cl.sin_addr.s_addr);
+    cr_assert(th_same_addr((struct sockaddr *)&ss, sl, (struct sockaddr *)&cl, l));
     sl = sizeof ss;
     cr_assert_eq(tpio_transport_get_sockname(t, &ss, &sl), 0);
-    memcpy(&sn, &ss, sizeof sn);
-    cr_assert_eq(ntohs(sn.sin_port), port);
+    cr_assert(th_same_addr((struct sockaddr *)&ss, sl, (struct sockaddr *)&th_fx.srv_addr,
+                           th_fx.srv_addrlen));
     tpio_extra_t ex;
     cr_assert_eq(tpio_transport_get_extra_info(t, "peername", &ex), 0);
     cr_assert_eq(ex.type, TPIO_EXTRA_ADDR);
-    cr_assert_eq(((const struct sockaddr_in *)ex.addr)->sin_port, cl.sin_port);
+    cr_assert(th_same_addr(ex.addr, ex.addrlen, (struct sockaddr *)&cl, l));
     cr_assert_eq(tpio_transport_get_extra_info(t, "socket", &ex), 0);
     cr_assert_eq(ex.type, TPIO_EXTRA_FD);
     cr_assert_eq(ex.fd, fd);
@@ -817,11 +859,11 @@ Test(server, accepted_connection_callbacks_and_properties, .timeout = TMO)
     close(a);
 }
 
-Test(server, echo_and_server_side_close, .timeout = TMO)
+TestBothKinds(server, echo_and_server_side_close, .timeout = TMO)
 {
     c->tmpl.echo = true;
-    tpio_server_t *s = start_server_v4(c);
-    int a = client_connect_ok(AF_INET, srv_port(s, 0));
+    start_kind_server(K, c);
+    int a = kind_client_ok(0);
     cr_assert(wait_accepted(c, 1, 5.0));
     client_send(a, "ping", 4);
     char buf[16] = {0};
@@ -838,13 +880,12 @@ Test(server, echo_and_server_side_close, .timeout = TMO)
     close(a);
 }
 
-Test(server, connection_count_tracks_live_connections, .timeout = TMO)
+TestBothKinds(server, connection_count_tracks_live_connections, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
+    tpio_server_t *s = start_kind_server(K, c);
     int fds[3];
     for (int i = 0; i < 3; i++)
-        fds[i] = client_connect_ok(AF_INET, port);
+        fds[i] = kind_client_ok(0);
     cr_assert(wait_accepted(c, 3, 5.0));
     cr_assert_eq(th_conn_count(s), 3);
     close(fds[1]);
@@ -867,15 +908,14 @@ Test(server, connection_count_tracks_live_connections, .timeout = TMO)
     cr_assert_eq(th_conn_count(s), 0);
 }
 
-Test(server, factory_returning_null_refuses_the_connection, .timeout = TMO)
+TestBothKinds(server, factory_returning_null_refuses_the_connection, .timeout = TMO)
 {
     eh_rec_t e = {0};
     tpio_loop_set_error_handler(th_fx.loop, rec_handler, &e);
     c->tmpl.echo = true;
     c->refuse = 1;
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
-    int a = client_connect_ok(AF_INET, port);
+    tpio_server_t *s = start_kind_server(K, c);
+    int a = kind_client_ok(0);
     size_t total = 0;
     int r = client_drain(a, &total, false, NULL, 5.0);
     cr_assert(r == 0 || r == -ECONNRESET, "refused client: %s", tpio_err_name(r));
@@ -887,7 +927,7 @@ Test(server, factory_returning_null_refuses_the_connection, .timeout = TMO)
     close(a);
 
     /* the server keeps serving */
-    int b = client_connect_ok(AF_INET, port);
+    int b = kind_client_ok(0);
     cr_assert(wait_accepted(c, 1, 5.0));
     client_send(b, "again", 5);
     char buf[8] = {0};
@@ -997,12 +1037,11 @@ static void wc_cb(tpio_loop_t *loop, void *arg)
     g->fired++;
 }
 
-Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = TMO)
+TestBothKinds(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = TMO)
 {
     c->tmpl.echo = true;
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
-    int a = client_connect_ok(AF_INET, port);
+    tpio_server_t *s = start_kind_server(K, c);
+    int a = kind_client_ok(0);
     cr_assert(wait_accepted(c, 1, 5.0));
     th_proto_t *p = c->acc[0];
 
@@ -1021,9 +1060,9 @@ Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = 
     cr_assert_eq(tpio_server_close(s), 0); /* idempotent */
     cr_assert_eq(log.fired, 0);
 
-    /* no new connections */
-    int r = client_connect(AF_INET, port);
-    cr_assert_eq(r, -ECONNREFUSED, "connect after close: %d", r);
+    /* no new connections: refused (TCP), no socket file any more (Unix) */
+    int r = th_client_connect(0);
+    cr_assert_eq(r, K->gone_err, "connect after close: %s", tpio_err_name(r));
 
     /* the existing one still works */
     cr_assert_eq(th_conn_count(s), 1);
@@ -1047,9 +1086,9 @@ Test(server, close_keeps_connections_and_wait_closed_waits_for_them, .timeout = 
     cr_assert_eq(log.fired, 2);
 }
 
-Test(server, wait_closed_on_closed_idle_server_fires_next_iteration, .timeout = TMO)
+TestBothKinds(server, wait_closed_on_closed_idle_server_fires_next_iteration, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
+    tpio_server_t *s = start_kind_server(K, c);
     static wc_log_t log;
     wc_arg_t w1 = {&log, 1}, w2 = {&log, 2};
     cr_assert_eq(server_close(s), 0);
@@ -1061,9 +1100,9 @@ Test(server, wait_closed_on_closed_idle_server_fires_next_iteration, .timeout = 
     cr_assert_str_eq(log.order, "w1,w2");
 }
 
-Test(server, close_without_connections_then_loop_close, .timeout = TMO)
+TestBothKinds(server, close_without_connections_then_loop_close, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
+    tpio_server_t *s = start_kind_server(K, c);
     int lfd = th_server_socket(s, 0);
     cr_assert_eq(server_close(s), 0);
     cr_assert_eq(th_socket_count(s), 0);
@@ -1109,13 +1148,12 @@ static void drain_many(const int *fds, int n, size_t *totals,
 
 #define BIG (16u * 1024 * 1024)
 
-Test(server, close_clients_flushes_then_loses_each_connection, .timeout = TMO)
+TestBothKinds(server, close_clients_flushes_then_loses_each_connection, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
+    tpio_server_t *s = start_kind_server(K, c);
     int fds[2];
     for (int i = 0; i < 2; i++)
-        fds[i] = client_connect_rcvbuf(AF_INET, port, 65536);
+        fds[i] = kind_client_ok(65536);
     cr_assert(wait_accepted(c, 2, 5.0));
     unsigned char *data = make_pattern(BIG);
     for (int i = 0; i < 2; i++) {
@@ -1148,49 +1186,197 @@ Test(server, close_clients_flushes_then_loses_each_connection, .timeout = TMO)
         close(fds[i]);
 
     /* still serving */
-    int b = client_connect_ok(AF_INET, port);
+    int b = kind_client_ok(0);
     cr_assert(wait_accepted(c, 3, 5.0));
     close(b);
 }
 
-Test(server, abort_clients_loses_connections_at_once, .timeout = TMO)
+/* Three clients: the first has BIG bytes buffered under a high watermark
+ * that does not pause, the second nothing, the third BIG bytes under the
+ * default watermarks, which paused it. */
+TestBothKinds(server, abort_clients_loses_connections_at_once, .timeout = TMO)
 {
-    tpio_server_t *s = start_server_v4(c);
-    uint16_t port = srv_port(s, 0);
-    int fds[2];
-    for (int i = 0; i < 2; i++)
-        fds[i] = client_connect_rcvbuf(AF_INET, port, 65536);
-    cr_assert(wait_accepted(c, 2, 5.0));
+    tpio_server_t *s = start_kind_server(K, c);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = kind_client_ok(65536);
+    cr_assert(wait_accepted(c, 3, 5.0));
     unsigned char *data = make_pattern(BIG);
-    tpio_transport_t *t0 = c->acc[0]->t;
+    tpio_transport_t *t0 = c->acc[0]->t, *t2 = c->acc[2]->t;
     cr_assert_eq(tpio_transport_set_write_buffer_limits(t0, 64 * 1024 * 1024, TPIO_LIMIT_DEFAULT), 0);
     cr_assert_eq(tpio_transport_write(t0, data, BIG), 0);
     cr_assert_gt(th_wbuf_size(t0), 0);
+    cr_assert_eq(tpio_transport_write(t2, data, BIG), 0);
+    cr_assert_gt(th_wbuf_size(t2), 0);
+    cr_assert_str_eq(c->acc[2]->events, "made,pause");
     free(data);
 
     cr_assert_eq(tpio_server_abort_clients(s), 0);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         cr_assert(th_is_closing(c->acc[i]->t));
         cr_assert_not(c->acc[i]->lost, "connection_lost ran inside abort_clients");
     }
     /* lost at once: the client does not read, nothing is flushed */
-    cr_assert(th_run_until_count(th_fx.loop, &c->lost, 2, 1.0));
+    cr_assert(th_run_until_count(th_fx.loop, &c->lost, 3, 1.0));
     for (int i = 0; i < 2; i++)
         cr_assert_str_eq(c->acc[i]->events, "made,lost:0");
+    /* paused, then aborted: no resume_writing */
+    cr_assert_str_eq(c->acc[2]->events, "made,pause,lost:0");
     cr_assert_eq(th_conn_count(s), 0);
     cr_assert(th_is_serving(s));
 
-    size_t totals[2], bad = 0;
-    int results[2];
-    drain_many(fds, 2, totals, results, &bad, 10.0);
-    for (int i = 0; i < 2; i++)
+    size_t totals[3], bad = 0;
+    int results[3];
+    drain_many(fds, 3, totals, results, &bad, 10.0);
+    for (int i = 0; i < 3; i++)
         cr_assert(results[i] == 0 || results[i] == -ECONNRESET, "client %d: %s", i,
                   tpio_err_name(results[i]));
     cr_assert_lt(totals[0], BIG, "aborted transport flushed its buffer");
     cr_assert_eq(totals[1], 0);
+    cr_assert_lt(totals[2], BIG, "aborted transport flushed its buffer");
     cr_assert_eq(bad, 0);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         close(fds[i]);
+}
+
+/* ------------------------------------------------------------------------- */
+/* half-close, with a tpio client                                            */
+/* ------------------------------------------------------------------------- */
+
+TestBothKinds(server, half_close_client_to_server, .timeout = 20)
+{
+    c->tmpl.eof_ret = true; /* the server keeps its side open after EOF */
+    start_kind_server(K, c);
+    th_conn_t cc;
+    kind_client(K, false, &cc);
+    cr_assert_eq(cc.err, 0);
+    cr_assert(th_can_write_eof(cc.t));
+    cr_assert_eq(tpio_transport_write(cc.t, "request", 7), 0);
+    cr_assert_eq(tpio_transport_write_eof(cc.t), 0);
+    cr_assert_eq(tpio_transport_write(cc.t, "late", 4), -ESHUTDOWN);
+    cr_assert_not(th_is_closing(cc.t));
+    cr_assert(wait_accepted(c, 1, 10.0));
+    th_proto_t *sp = c->acc[0];
+    cr_assert(th_run_until(th_fx.loop, &sp->eof, 10.0));
+    cr_assert_str_eq(sp->events, "made,data,eof");
+    cr_assert_eq(sp->rxlen, 7);
+    cr_assert_eq(memcmp(sp->rx, "request", 7), 0);
+    cr_assert_not(th_is_closing(sp->t));
+    /* The server still writes after the client's EOF, then closes. */
+    cr_assert_eq(tpio_transport_write(sp->t, "response", 8), 0);
+    cr_assert_eq(tpio_transport_close(sp->t), 0);
+    bool clost = false;
+    cc.p->lost_flag = &clost;
+    cr_assert(th_run_until(th_fx.loop, &clost, 10.0));
+    cr_assert(th_run_until_count(th_fx.loop, &c->lost, 1, 10.0));
+    cr_assert_eq(cc.p->rxlen, 8);
+    cr_assert_eq(memcmp(cc.p->rx, "response", 8), 0);
+    cr_assert_str_eq(cc.p->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
+    th_proto_free(cc.p);
+}
+
+TestBothKinds(server, half_close_server_to_client, .timeout = 20)
+{
+    start_kind_server(K, c);
+    th_conn_t cc;
+    kind_client(K, true, &cc); /* the client keeps its side open after EOF */
+    cr_assert_eq(cc.err, 0);
+    cr_assert(wait_accepted(c, 1, 10.0));
+    th_proto_t *sp = c->acc[0];
+    cr_assert_eq(tpio_transport_write(sp->t, "greeting", 8), 0);
+    cr_assert_eq(tpio_transport_write_eof(sp->t), 0);
+    cr_assert(th_run_until(th_fx.loop, &cc.p->eof, 10.0));
+    cr_assert_str_eq(cc.p->events, "made,data,eof");
+    cr_assert_eq(memcmp(cc.p->rx, "greeting", 8), 0);
+    cr_assert_not(th_is_closing(cc.t));
+    /* The client answers on its still-open side, then closes. */
+    cr_assert_eq(tpio_transport_write(cc.t, "answer", 6), 0);
+    cr_assert_eq(tpio_transport_close(cc.t), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c->lost, 1, 10.0));
+    cr_assert(th_run_until(th_fx.loop, &cc.p->lost, 10.0));
+    cr_assert_eq(sp->rxlen, 6);
+    cr_assert_eq(memcmp(sp->rx, "answer", 6), 0);
+    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
+    cr_assert_str_eq(cc.p->events, "made,data,eof,lost:0");
+    th_proto_free(cc.p);
+}
+
+/* ------------------------------------------------------------------------- */
+/* close, then close_clients: wait_closed comes after every connection_lost  */
+/* ------------------------------------------------------------------------- */
+
+typedef struct order {
+    char log[256];
+    size_t slost_at_wc;
+    size_t conns_at_wc;
+    size_t *slost;
+    tpio_server_t *s;
+    bool wc;
+} order_t;
+
+static void order_wc(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    order_t *o = arg;
+    o->wc = true;
+    o->slost_at_wc = *o->slost;
+    o->conns_at_wc = th_conn_count(o->s);
+    strcat(o->log, "wc");
+}
+
+TestBothKinds(server, close_clients_and_wait_closed_ordering, .timeout = 30)
+{
+    tpio_server_t *s = start_kind_server(K, c);
+    order_t o = {.slost = &c->lost, .s = s};
+    /* Registered before close: fires only once closed and empty. */
+    cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o), 0);
+
+    th_conn_t cc[2];
+    bool clost[2] = {false, false};
+    for (int i = 0; i < 2; i++) {
+        kind_client(K, false, &cc[i]);
+        cr_assert_eq(cc[i].err, 0);
+        cc[i].p->lost_flag = &clost[i];
+    }
+    cr_assert(wait_accepted(c, 2, 10.0));
+    cr_assert_eq(th_conn_count(s), 2);
+
+    cr_assert_eq(server_close(s), 0);
+    cr_assert_not(th_is_serving(s));
+    if (K->family == AF_UNIX) {
+        /* the socket file goes with close */
+        struct stat st;
+        cr_assert_eq(stat(((struct sockaddr_un *)&th_fx.srv_addr)->sun_path, &st), -1);
+    }
+    /* Connections stay open after close; wait_closed does not fire. */
+    th_run_timer(th_fx.loop, 0.1, 10.0);
+    cr_assert_not(o.wc);
+    cr_assert_eq(th_conn_count(s), 2);
+    cr_assert_str_eq(c->acc[0]->events, "made");
+    cr_assert_str_eq(cc[0].p->events, "made");
+    /* Established connections still work. */
+    cr_assert_eq(tpio_transport_write(cc[0].t, "still", 5), 0);
+    cr_assert(wait_rx(c->acc[0], 5, 10.0));
+    /* A new client finds nothing there: refused (TCP), no file (Unix). */
+    th_conn_t late;
+    kind_client(K, false, &late);
+    cr_assert_eq(late.err, K->gone_err, "late client: %s", tpio_err_name(late.err));
+
+    cr_assert_eq(tpio_server_close_clients(s), 0);
+    cr_assert(th_run_until(th_fx.loop, &o.wc, 10.0));
+    cr_assert_eq(o.slost_at_wc, 2, "wait_closed ran before every connection_lost");
+    cr_assert_eq(o.conns_at_wc, 0);
+    cr_assert_str_eq(o.log, "wc");
+    cr_assert_str_eq(c->acc[0]->events, "made,data,lost:0");
+    cr_assert_str_eq(c->acc[1]->events, "made,lost:0");
+    cr_assert(th_run_until(th_fx.loop, &clost[0], 10.0));
+    cr_assert(th_run_until(th_fx.loop, &clost[1], 10.0));
+    cr_assert_str_eq(cc[0].p->events, "made,eof,lost:0");
+    cr_assert_str_eq(cc[1].p->events, "made,eof,lost:0");
+    th_proto_free(cc[0].p);
+    th_proto_free(cc[1].p);
+    /* The server object is gone once its wait_closed callbacks returned. */
 }
 
 /* ------------------------------------------------------------------------- */

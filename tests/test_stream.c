@@ -543,23 +543,6 @@ TestBothKinds(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
 /* get_extra_info                                                        */
 /* ===================================================================== */
 
-static bool same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
-                      socklen_t bl)
-{
-    if (al != bl || a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
-    }
-    return memcmp(a, b, al) == 0;
-}
-
 /* "socket", "peername" and "sockname" as the descriptor says; absent keys. */
 static void check_extra_info(tpio_transport_t *t)
 {
@@ -578,21 +561,21 @@ static void check_extra_info(tpio_transport_t *t)
     cr_assert_eq(tpio_transport_get_extra_info(t, "peername", &x), 0);
     cr_assert_eq(x.type, TPIO_EXTRA_ADDR);
     cr_assert_not_null(x.addr);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
     struct sockaddr_storage g;
     socklen_t gl = sizeof g;
     cr_assert_eq(tpio_transport_get_peername(t, &g, &gl), 0);
-    cr_assert(same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
 
     sl = sizeof ss;
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&ss, &sl), 0);
     memset(&x, 0, sizeof x);
     cr_assert_eq(tpio_transport_get_extra_info(t, "sockname", &x), 0);
     cr_assert_eq(x.type, TPIO_EXTRA_ADDR);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
     gl = sizeof g;
     cr_assert_eq(tpio_transport_get_sockname(t, &g, &gl), 0);
-    cr_assert(same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
 
     x.type = TPIO_EXTRA_FD;
     cr_assert_eq(tpio_transport_get_extra_info(t, "no-such-key", &x), -ENOENT);
@@ -617,7 +600,7 @@ static void check_peername_is_peer(th_pair_t *pr, tpio_extra_t *x, struct sockad
     socklen_t pl = sizeof *ps;
     cr_assert_eq(getsockname(pr->peer, (struct sockaddr *)ps, &pl), 0);
     cr_assert_eq(tpio_transport_get_extra_info(pr->t, "peername", x), 0);
-    cr_assert(same_addr(x->addr, x->addrlen, (struct sockaddr *)ps, pl));
+    cr_assert(th_same_addr(x->addr, x->addrlen, (struct sockaddr *)ps, pl));
 }
 
 TestBothKinds(stream, extra_info, .timeout = 20)
@@ -688,7 +671,7 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_eq(getsockname(cl, (struct sockaddr *)&cs, &csl), 0);
     tpio_extra_t x;
     cr_assert_eq(tpio_transport_get_extra_info(p->t, "peername", &x), 0);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&cs, csl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&cs, csl));
     char want[64], got[64];
     snprintf(want, sizeof want, "('127.0.0.1', %u)",
              ntohs(((struct sockaddr_in *)&cs)->sin_port));
