@@ -41,6 +41,7 @@ typedef struct conn {
     bool cb_in_loop;
     pthread_t cb_thread;
     int fd_flags;             /* O_* flags of the transport's fd in the callback */
+    int l;                    /* the test's listener (listen_v4), or -1 */
     char events_at_cb[64];
 } conn_t;
 
@@ -86,6 +87,7 @@ static void conn_init(void)
     th_fx_init();
     memset(c, 0, sizeof *c);
     c->tmpl.base.ops = &th_proto_ops;
+    c->l = -1;
 }
 
 static void conn_fini(void)
@@ -102,6 +104,8 @@ static void conn_fini(void)
     th_fx_fini();
     TH_FX_CHECK(c->cb_calls == (c->done ? 1u : 0u), "%zu completions", c->cb_calls);
     th_proto_free(c->p);
+    if (c->l >= 0)
+        close(c->l);
 }
 
 TestSuite(connect, .init = conn_init, .fini = conn_fini);
@@ -287,36 +291,48 @@ static void check_connected(conn_t *c, int peer)
     cr_assert_str_eq(c->p->events, "made,data,lost:0");
 }
 
+/* The test's listener on 127.0.0.1 (fini closes it): its port. */
+static uint16_t listen_v4(void)
+{
+    uint16_t port = 0;
+    c->l = listen_on(AF_INET, "127.0.0.1", &port);
+    cr_assert_geq(c->l, 0);
+    return port;
+}
+
+/* The listener's peer accepts and checks the connection (check_connected). */
+static void peer_checks_connection(void)
+{
+    int peer = accept_nb(c->l);
+    check_connected(c, peer);
+    close(peer);
+}
+
 /* ===================================================================== */
 
 Test(connect, numeric_ipv4, .timeout = 20)
 {
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
 }
 
 Test(connect, numeric_ipv6, .timeout = 20)
 {
     uint16_t port = 0;
-    int l = listen_on(AF_INET6, "::1", &port);
-    if (l < 0) {
-        cr_log_warn("no IPv6 loopback (%s): IPv6 case skipped", strerror(-l));
+    c->l = listen_on(AF_INET6, "::1", &port);
+    if (c->l < 0) {
+        cr_log_warn("no IPv6 loopback (%s): IPv6 case skipped", strerror(-c->l));
         return;
     }
     tpio_connect_opts_t o = {.size = sizeof o, .host = "::1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
+    int peer = accept_nb(c->l);
     tpio_extra_t x;
     cr_assert_eq(tpio_transport_get_extra_info(c->t, "peername", &x), 0);
     cr_assert_eq(x.addr->sa_family, AF_INET6);
@@ -326,25 +342,22 @@ Test(connect, numeric_ipv6, .timeout = 20)
     cr_assert_str_eq(got, want);
     check_connected(c, peer);
     close(peer);
-    close(l);
 }
 
 Test(connect, completion_before_early_data, .timeout = 20)
 {
     /* The peer accepts and sends before the client's loop ran: the
      * completion still sees only "made". */
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
-    cr_assert_eq(fcntl(l, F_SETFL, O_NONBLOCK), 0);
+    uint16_t port = listen_v4();
+    cr_assert_eq(fcntl(c->l, F_SETFL, O_NONBLOCK), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     int peer = -1;
     double end = th_now_s() + TMO;
     while (peer < 0 && th_now_s() < end) {
-        peer = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        peer = accept4(c->l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (peer < 0) {
-            struct pollfd pf = {.fd = l, .events = POLLIN};
+            struct pollfd pf = {.fd = c->l, .events = POLLIN};
             if (poll(&pf, 1, 2) == 0)
                 tpio_loop_run_once(th_fx.loop, 0);
         }
@@ -359,31 +372,23 @@ Test(connect, completion_before_early_data, .timeout = 20)
     close(peer);
     cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,eof,lost:0");
-    close(l);
 }
 
 Test(connect, localhost_through_resolver, .timeout = 30)
 {
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "localhost", .port = port, .family = AF_INET};
     start(c, &o);
     /* a connection attempt exists: the loop cannot close */
     cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     wait_done(c, 20);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
 }
 
 Test(connect, local_address_binding, .timeout = 20)
 {
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     uint16_t lport = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .local_host = "127.0.0.1",
                              .local_port = lport};
@@ -395,13 +400,12 @@ Test(connect, local_address_binding, .timeout = 20)
     cr_assert_eq(tpio_transport_get_sockname(c->t, &a, &al), 0);
     cr_assert_eq(a.ss_family, AF_INET);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), lport);
-    int peer = accept_nb(l);
+    int peer = accept_nb(c->l);
     al = sizeof a;
     cr_assert_eq(getpeername(peer, (struct sockaddr *)&a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), lport);
     check_connected(c, peer);
     close(peer);
-    close(l);
 }
 
 Test(connect, refused, .timeout = 20)
@@ -439,17 +443,12 @@ Test(connect, unknown_host, .timeout = 40)
 
 Test(connect, happy_eyeballs_connects, .timeout = 20)
 {
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .happy_eyeballs_delay = 0.05};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
 }
 
 /* Several resolved addresses, tried in order. The resolver here may give one
@@ -487,9 +486,7 @@ static void connect_list(conn_t *c, struct sockaddr_in *addrs, int n, double he_
 
 static void first_refused_second_accepts(double he_delay)
 {
-    uint16_t good = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &good);
-    cr_assert_geq(l, 0);
+    uint16_t good = listen_v4();
     struct sockaddr_in addrs[2] = {loopback(closed_port()), loopback(good)};
     connect_list(c, addrs, 2, he_delay);
     wait_done(c, TMO);
@@ -498,10 +495,7 @@ static void first_refused_second_accepts(double he_delay)
     socklen_t al = sizeof a;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), good);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
 }
 
 Test(connect, multiple_addresses_first_fails, .timeout = 30)
@@ -539,8 +533,7 @@ Test(connect, happy_eyeballs_races_a_silent_address, .timeout = 30)
     /* fill the accept queue: one established connection makes it full */
     int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_eq(connect(filler, (struct sockaddr *)&sa, sizeof sa), 0);
-    int l = listen_on(AF_INET, "127.0.0.1", &good);
-    cr_assert_geq(l, 0);
+    good = listen_v4();
     struct sockaddr_in addrs[2] = {loopback(silent), loopback(good)};
     double t0 = th_time(th_fx.loop);
     connect_list(c, addrs, 2, 0.05);
@@ -552,10 +545,7 @@ Test(connect, happy_eyeballs_races_a_silent_address, .timeout = 30)
     socklen_t al = sizeof a;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), good);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
     close(filler);
     close(ls);
 }
@@ -649,14 +639,12 @@ Test(connect, use_sock_datagram_socket_rejected, .timeout = 20)
 
 Test(connect, accepted_socket, .timeout = 20)
 {
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     int cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     cr_assert_eq(connect(cl, (struct sockaddr *)&a, sizeof a), 0);
-    int s = accept4(l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
+    int s = accept4(c->l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
     cr_assert_geq(s, 0);
     cr_assert_eq(fcntl(cl, F_SETFL, O_NONBLOCK), 0);
     cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, s, on_conn, c), 0);
@@ -668,25 +656,21 @@ Test(connect, accepted_socket, .timeout = 20)
     cr_assert_eq(th_fd(c->t), s);
     check_connected(c, cl);
     close(cl);
-    close(l);
 }
 
 Test(connect, factory_refuses_connection, .timeout = 20)
 {
     c->refuse = true;
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNABORTED);
     cr_assert_eq(c->factory_calls, 1);
     /* the socket was closed */
-    int peer = accept_nb(l);
+    int peer = accept_nb(c->l);
     cr_assert_eq(peer_eof(th_fx.loop, peer), 0);
     close(peer);
-    close(l);
 }
 
 Test(connect, factory_refuses_use_sock, .timeout = 20)

@@ -58,6 +58,7 @@ typedef struct fx {
     th_proto_t tmpl;
     size_t factory_calls;
     bool use_wp;
+    int fds[2];            /* the pipe of read_pipe() / write_pipe() */
 } fx_t;
 
 static fx_t f;
@@ -98,6 +99,8 @@ static void fx_next(void)
     f.tmpl.base.ops = &th_proto_ops;
 }
 
+/* The read (write) end fd becomes the transport c; its protocol is freed by
+ * fini. */
 static void open_read(fx_t *f, int fd, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
@@ -108,6 +111,7 @@ static void open_read(fx_t *f, int fd, th_conn_t *c)
     cr_assert_eq(c->err, 0);
     cr_assert_str_eq(c->p->events, "made");
     cr_assert_eq(th_kind(c->t), TPIO_TRANSPORT_PIPE_READ);
+    th_fx_own(c->p);
 }
 
 static void open_write(fx_t *f, int fd, th_conn_t *c)
@@ -120,12 +124,31 @@ static void open_write(fx_t *f, int fd, th_conn_t *c)
     cr_assert_eq(c->err, 0);
     cr_assert_str_eq(c->p->events, "made");
     cr_assert_eq(th_kind(c->t), TPIO_TRANSPORT_PIPE_WRITE);
+    th_fx_own(c->p);
 }
 
 static void make_pipe(int fds[2])
 {
     cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
     cr_assert_eq(fcntl(fds[1], F_SETPIPE_SZ, PIPE_CAP), PIPE_CAP);
+}
+
+static void set_nonblock(int fd);
+
+/* A fresh pipe, f.fds, whose read end becomes the transport c. */
+static void read_pipe(th_conn_t *c)
+{
+    make_pipe(f.fds);
+    open_read(&f, f.fds[0], c);
+}
+
+/* A fresh pipe, f.fds, whose write end becomes the transport c; the test
+ * has the read end, non-blocking. */
+static void write_pipe(th_conn_t *c)
+{
+    make_pipe(f.fds);
+    set_nonblock(f.fds[0]);
+    open_write(&f, f.fds[1], c);
 }
 
 static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n)
@@ -195,34 +218,29 @@ Test(pipe, read_data_then_eof, .timeout = 20)
 {
     for (int eof_ret = 0; eof_ret < 2; eof_ret++) {
         f.tmpl.eof_ret = eof_ret; /* ignored for pipes: lost follows anyway */
-        int fds[2];
-        make_pipe(fds);
         th_conn_t c;
-        open_read(&f, fds[0], &c);
+        read_pipe(&c);
         cr_assert(th_is_reading(c.t));
         cr_assert_not(th_is_closing(c.t));
         const char msg[] = "bytes through a pipe";
-        cr_assert_eq(write(fds[1], msg, sizeof msg - 1), (ssize_t)sizeof msg - 1);
+        cr_assert_eq(write(f.fds[1], msg, sizeof msg - 1), (ssize_t)sizeof msg - 1);
         cr_assert(run_until_rx(th_fx.loop, c.p, sizeof msg - 1));
         cr_assert_eq(c.p->rxlen, sizeof msg - 1);
         cr_assert_eq(memcmp(c.p->rx, msg, sizeof msg - 1), 0);
         cr_assert_str_eq(c.p->events, "made,data");
-        close(fds[1]);
+        close(f.fds[1]);
         cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
         cr_assert_str_eq(c.p->events, "made,data,eof,lost:0", "eof_ret=%d: %s", eof_ret,
                          c.p->events);
-        th_proto_free(c.p);
         fx_next();
     }
 }
 
 Test(pipe, read_close_closes_the_fd, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_read(&f, fds[0], &c);
-    cr_assert(fcntl(fds[0], F_GETFL) & O_NONBLOCK, "read pipe not made non-blocking");
+    read_pipe(&c);
+    cr_assert(fcntl(f.fds[0], F_GETFL) & O_NONBLOCK, "read pipe not made non-blocking");
     cr_assert_eq(tpio_transport_close(c.t), 0);
     cr_assert(th_is_closing(c.t));
     cr_assert_not(th_is_reading(c.t));
@@ -230,21 +248,18 @@ Test(pipe, read_close_closes_the_fd, .timeout = 10)
     cr_assert_str_eq(c.p->events, "made,lost:0");
     /* The transport closed the read end: writing gives EPIPE. */
     errno = 0;
-    cr_assert_eq(write(fds[1], "x", 1), -1);
+    cr_assert_eq(write(f.fds[1], "x", 1), -1);
     cr_assert_eq(errno, EPIPE);
-    close(fds[1]);
-    th_proto_free(c.p);
+    close(f.fds[1]);
 }
 
 Test(pipe, read_pause_resume_hold, .timeout = 20)
 {
     f.tmpl.pause_in_made = true;
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_read(&f, fds[0], &c);
+    read_pipe(&c);
     cr_assert_not(th_is_reading(c.t));
-    cr_assert_eq(write(fds[1], "first", 5), 5);
+    cr_assert_eq(write(f.fds[1], "first", 5), 5);
     th_run_timer(th_fx.loop, 0.1, TMO);
     cr_assert_str_eq(c.p->events, "made");
     cr_assert_eq(c.p->rxlen, 0);
@@ -255,8 +270,8 @@ Test(pipe, read_pause_resume_hold, .timeout = 20)
     cr_assert_eq(tpio_transport_pause_reading(c.t), 0);
     cr_assert_eq(tpio_transport_pause_reading(c.t), 0);
     cr_assert_not(th_is_reading(c.t));
-    cr_assert_eq(write(fds[1], "second", 6), 6);
-    close(fds[1]); /* EOF is held too */
+    cr_assert_eq(write(f.fds[1], "second", 6), 6);
+    close(f.fds[1]); /* EOF is held too */
     th_run_timer(th_fx.loop, 0.1, TMO);
     cr_assert_str_eq(c.p->events, "made,data");
     cr_assert_eq(c.p->rxlen, 5);
@@ -265,7 +280,6 @@ Test(pipe, read_pause_resume_hold, .timeout = 20)
     cr_assert_eq(c.p->rxlen, 11);
     cr_assert_eq(memcmp(c.p->rx, "firstsecond", 11), 0);
     cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
-    th_proto_free(c.p);
 }
 
 Test(pipe, read_buffered_protocol, .timeout = 10)
@@ -307,19 +321,15 @@ Test(pipe, socketpair_as_read_pipe, .timeout = 10)
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
     cr_assert_eq(memcmp(c.p->rx, "over a socket", 13), 0);
-    th_proto_free(c.p);
 }
 
 /* ---- write pipes ------------------------------------------------------------------ */
 
 Test(pipe, write_then_reader_sees_bytes, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
-    cr_assert(fcntl(fds[1], F_GETFL) & O_NONBLOCK, "write pipe not made non-blocking");
+    write_pipe(&c);
+    cr_assert(fcntl(f.fds[1], F_GETFL) & O_NONBLOCK, "write pipe not made non-blocking");
     cr_assert(th_can_write_eof(c.t));
     unsigned char *data = pattern(0, 1000);
     cr_assert_eq(tpio_transport_write(c.t, data, 1000), 0);
@@ -331,7 +341,7 @@ Test(pipe, write_then_reader_sees_bytes, .timeout = 10)
     iov[1].base = more + 10;
     iov[1].len = 14;
     cr_assert_eq(tpio_transport_writelines(c.t, iov, 2), 0);
-    drain_t d = {.fd = fds[0]};
+    drain_t d = {.fd = f.fds[0]};
     drain_some(&d);
     cr_assert_eq(d.got, 1024);
     cr_assert_not(d.bad);
@@ -340,19 +350,15 @@ Test(pipe, write_then_reader_sees_bytes, .timeout = 10)
     cr_assert_str_eq(c.p->events, "made,lost:0");
     drain_to_eof(th_fx.loop, &d);
     cr_assert_eq(d.got, 1024);
-    close(fds[0]);
+    close(f.fds[0]);
     free(data);
     free(more);
-    th_proto_free(c.p);
 }
 
 Test(pipe, write_eof_flushes_then_lost, .timeout = 20)
 {
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     const size_t total = 200 * 1024;
     unsigned char *data = pattern(0, total);
     cr_assert_eq(tpio_transport_write(c.t, data, total), 0);
@@ -367,23 +373,19 @@ Test(pipe, write_eof_flushes_then_lost, .timeout = 20)
     /* Not lost while data is buffered. */
     th_run_timer(th_fx.loop, 0.05, TMO);
     cr_assert_not(c.p->lost);
-    drain_t d = {.fd = fds[0]};
+    drain_t d = {.fd = f.fds[0]};
     drain_to_eof(th_fx.loop, &d);
     cr_assert_eq(d.got, total);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
-    close(fds[0]);
+    close(f.fds[0]);
     free(data);
-    th_proto_free(c.p);
 }
 
 Test(pipe, close_flushes_then_lost, .timeout = 20)
 {
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     const size_t total = 100 * 1024; /* 36 KiB buffered: below high, no pause */
     unsigned char *data = pattern(0, total);
     cr_assert_eq(tpio_transport_write(c.t, data, total), 0);
@@ -393,45 +395,37 @@ Test(pipe, close_flushes_then_lost, .timeout = 20)
     /* After close() (not write_eof) writes are dropped silently. */
     cr_assert_eq(tpio_transport_write(c.t, "dropped", 7), 0);
     cr_assert_eq(th_wbuf_size(c.t), total - PIPE_CAP);
-    drain_t d = {.fd = fds[0]};
+    drain_t d = {.fd = f.fds[0]};
     drain_to_eof(th_fx.loop, &d);
     cr_assert_eq(d.got, total);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:0");
-    close(fds[0]);
+    close(f.fds[0]);
     free(data);
-    th_proto_free(c.p);
 }
 
 Test(pipe, abort_drops_buffer, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     unsigned char *data = pattern(0, 100 * 1024);
     cr_assert_eq(tpio_transport_write(c.t, data, 100 * 1024), 0);
     cr_assert_eq(tpio_transport_abort(c.t), 0);
     cr_assert(th_is_closing(c.t));
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:0");
-    drain_t d = {.fd = fds[0]};
+    drain_t d = {.fd = f.fds[0]};
     drain_to_eof(th_fx.loop, &d);
     cr_assert_eq(d.got, PIPE_CAP);
-    close(fds[0]);
+    close(f.fds[0]);
     free(data);
-    th_proto_free(c.p);
 }
 
 Test(pipe, write_flow_control, .timeout = 30)
 {
     f.use_wp = true;
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     wp_t *w = tpio_container_of(c.p, wp_t, th);
     size_t low = 0, high = 0;
     cr_assert_eq(tpio_transport_get_write_buffer_limits(c.t, &high, &low), 0);
@@ -464,7 +458,7 @@ Test(pipe, write_flow_control, .timeout = 30)
     cr_assert_eq(th_wbuf_size(c.t), w->size_at_pause);
 
     /* Drain: resume_writing once the buffer is at low or below. */
-    drain_t d = {.fd = fds[0]};
+    drain_t d = {.fd = f.fds[0]};
     double end = th_time(th_fx.loop) + TMO;
     while (c.p->resumes == 0 && th_time(th_fx.loop) < end) {
         drain_some(&d);
@@ -480,53 +474,43 @@ Test(pipe, write_flow_control, .timeout = 30)
     cr_assert_eq(d.got, written);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
-    close(fds[0]);
+    close(f.fds[0]);
     free(buf);
-    th_proto_free(c.p);
 }
 
 Test(pipe, reader_closes_with_buffered_data, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     unsigned char *data = pattern(0, 100 * 1024);
     cr_assert_eq(tpio_transport_write(c.t, data, 100 * 1024), 0);
     cr_assert_gt(th_wbuf_size(c.t), 0);
-    close(fds[0]);
+    close(f.fds[0]);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
     free(data);
-    th_proto_free(c.p);
 }
 
 Test(pipe, reader_closes_while_idle, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     /* Nothing is written: the transport notices on its own. */
-    close(fds[0]);
+    close(f.fds[0]);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:0");
-    th_proto_free(c.p);
 }
 
 Test(pipe, write_to_a_gone_reader_is_epipe, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
-    close(fds[0]);
+    write_pipe(&c);
+    close(f.fds[0]);
     /* Before the loop noticed: the write itself meets EPIPE, reported through
      * connection_lost, not as the write's result. */
     cr_assert_eq(tpio_transport_write(c.t, "lost", 4), 0);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
-    th_proto_free(c.p);
 }
 
 Test(pipe, sigpipe_ignored_by_first_write_pipe, .timeout = 10)
@@ -534,18 +518,15 @@ Test(pipe, sigpipe_ignored_by_first_write_pipe, .timeout = 10)
     struct sigaction sa = {.sa_handler = SIG_DFL};
     sigemptyset(&sa.sa_mask);
     cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     struct sigaction now;
     cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
     cr_assert_eq(now.sa_handler, SIG_IGN);
-    close(fds[0]);
+    close(f.fds[0]);
     cr_assert_eq(tpio_transport_write(c.t, "x", 1), 0); /* would kill us under SIG_DFL */
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:EPIPE");
-    th_proto_free(c.p);
 }
 
 static void dummy_handler(int sig) { (void)sig; }
@@ -555,17 +536,14 @@ Test(pipe, sigpipe_user_handler_kept, .timeout = 10)
     struct sigaction sa = {.sa_handler = dummy_handler};
     sigemptyset(&sa.sa_mask);
     cr_assert_eq(sigaction(SIGPIPE, &sa, NULL), 0);
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     struct sigaction now;
     cr_assert_eq(sigaction(SIGPIPE, NULL, &now), 0);
     cr_assert_eq(now.sa_handler, dummy_handler);
     cr_assert_eq(tpio_transport_close(c.t), 0);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
-    close(fds[0]);
-    th_proto_free(c.p);
+    close(f.fds[0]);
 }
 
 Test(pipe, write_pipe_into_read_pipe_1mib, .timeout = 30)
@@ -586,8 +564,6 @@ Test(pipe, write_pipe_into_read_pipe_1mib, .timeout = 30)
     cr_assert_str_eq(r.p->events, "made,data,eof,lost:0");
     cr_assert_str_eq(w.p->events, "made,pause,resume,lost:0");
     free(data);
-    th_proto_free(r.p);
-    th_proto_free(w.p);
 }
 
 /* ---- FIFOs ------------------------------------------------------------------------- */
@@ -633,8 +609,6 @@ Test(pipe, fifo_write_pipe_to_read_pipe, .timeout = 20)
     cr_assert_str_eq(r.p->events, "made,data,eof,lost:0");
     cr_assert_str_eq(w.p->events, "made,pause,resume,lost:0");
     free(data);
-    th_proto_free(r.p);
-    th_proto_free(w.p);
     fifo_cleanup(&ff);
 }
 
@@ -647,7 +621,6 @@ Test(pipe, fifo_reader_closes_while_idle, .timeout = 10)
     close(ff.rd);
     cr_assert(th_run_until(th_fx.loop, &w.p->lost, TMO));
     cr_assert_str_eq(w.p->events, "made,lost:0");
-    th_proto_free(w.p);
     fifo_cleanup(&ff);
 }
 
@@ -664,7 +637,6 @@ Test(pipe, fifo_reader_closes_with_buffered_data, .timeout = 10)
     cr_assert(th_run_until(th_fx.loop, &w.p->lost, TMO));
     cr_assert_str_eq(w.p->events, "made,lost:EPIPE");
     free(data);
-    th_proto_free(w.p);
     fifo_cleanup(&ff);
 }
 
@@ -729,10 +701,8 @@ Test(pipe, unpollable_char_device_is_not_watchable, .timeout = 10)
 
 Test(pipe, read_pipe_has_no_write_side, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
     th_conn_t c;
-    open_read(&f, fds[0], &c);
+    read_pipe(&c);
     tpio_buf_t iov = {.base = "x", .len = 1};
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
@@ -750,8 +720,8 @@ Test(pipe, read_pipe_has_no_write_side, .timeout = 10)
     tpio_extra_t e;
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "pipe", &e), 0);
     cr_assert_eq(e.type, TPIO_EXTRA_FD);
-    cr_assert_eq(e.fd, fds[0]);
-    cr_assert_eq(th_fd(c.t), fds[0]);
+    cr_assert_eq(e.fd, f.fds[0]);
+    cr_assert_eq(th_fd(c.t), f.fds[0]);
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "socket", &e), -ENOENT);
     cr_assert_eq(e.type, TPIO_EXTRA_NONE);
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "peername", &e), -ENOENT);
@@ -761,28 +731,24 @@ Test(pipe, read_pipe_has_no_write_side, .timeout = 10)
     cr_assert_eq(th_transport_loop(c.t), th_fx.loop);
 
     /* Nothing of that disturbed the transport. */
-    cr_assert_eq(write(fds[1], "ok", 2), 2);
-    close(fds[1]);
+    cr_assert_eq(write(f.fds[1], "ok", 2), 2);
+    close(f.fds[1]);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
-    th_proto_free(c.p);
 }
 
 Test(pipe, write_pipe_has_no_read_side, .timeout = 10)
 {
-    int fds[2];
-    make_pipe(fds);
-    set_nonblock(fds[0]);
     th_conn_t c;
-    open_write(&f, fds[1], &c);
+    write_pipe(&c);
     cr_assert_eq(tpio_transport_pause_reading(c.t), -ENOTSUP);
     cr_assert_eq(tpio_transport_resume_reading(c.t), -ENOTSUP);
     cr_assert_eq(tpio_datagram_sendto(c.t, "x", 1, NULL, 0), -ENOTSUP);
     tpio_extra_t e;
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "pipe", &e), 0);
     cr_assert_eq(e.type, TPIO_EXTRA_FD);
-    cr_assert_eq(e.fd, fds[1]);
-    cr_assert_eq(th_fd(c.t), fds[1]);
+    cr_assert_eq(e.fd, f.fds[1]);
+    cr_assert_eq(th_fd(c.t), f.fds[1]);
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "socket", &e), -ENOENT);
     cr_assert_eq(tpio_transport_get_extra_info(c.t, "peername", &e), -ENOENT);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(c.t, 1000, TPIO_LIMIT_DEFAULT), 0);
@@ -792,13 +758,12 @@ Test(pipe, write_pipe_has_no_read_side, .timeout = 10)
     cr_assert_eq(low, 250);
     cr_assert_eq(tpio_transport_write(c.t, "still works", 11), 0);
     char buf[16];
-    cr_assert_eq(read(fds[0], buf, sizeof buf), 11);
+    cr_assert_eq(read(f.fds[0], buf, sizeof buf), 11);
     cr_assert_eq(memcmp(buf, "still works", 11), 0);
     cr_assert_eq(tpio_transport_close(c.t), 0);
     cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
     cr_assert_str_eq(c.p->events, "made,lost:0");
-    close(fds[0]);
-    th_proto_free(c.p);
+    close(f.fds[0]);
 }
 
 /* A terminal whose other side closed answers read() with EIO: asyncio ends
@@ -824,6 +789,5 @@ Test(pipe, read_pipe_on_a_terminal_ends_quietly_on_eio, .timeout = 10)
     cr_assert_eq(c.p->lost_err, -EIO, "lost with %s", tpio_err_name(c.p->lost_err));
     cr_assert_eq(strncmp(c.p->events, "made,data", 9), 0, "%s", c.p->events);
     cr_assert_str_eq(c.p->events + strlen(c.p->events) - strlen("lost:EIO"), "lost:EIO");
-    th_proto_free(c.p);
     th_assert_no_reports(&th_fx.rep); /* it ended quietly */
 }

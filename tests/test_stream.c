@@ -44,6 +44,15 @@ TestSuite(stream, .init = th_fx_init, .fini = th_fx_fini);
 /* Lifecycle                                                             */
 /* ===================================================================== */
 
+/* The peer shuts its write side: eof_received (false) makes the transport
+ * close itself, and p's events up to connection_lost are these. */
+static void peer_eof_ends(th_pair_t *pr, th_proto_t *p, const char *events)
+{
+    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
+    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
+    cr_assert_str_eq(p->events, events);
+}
+
 TestBothKinds(stream, lifecycle_data_then_eof, .timeout = 20)
 {
     th_pair_t *pr = K->pair(NULL, NULL);
@@ -63,9 +72,7 @@ TestBothKinds(stream, lifecycle_data_then_eof, .timeout = 20)
     cr_assert_eq(p->rxlen, 5);
     cr_assert_eq(memcmp(p->rx, "hello", 5), 0);
 
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
     cr_assert_eq(p->lost_err, 0);
     /* the transport closed itself: the peer sees EOF */
     cr_assert_eq(th_peer_expect_eof(pr), 0);
@@ -248,9 +255,7 @@ TestBothKinds(stream, write_eof_half_close, .timeout = 20)
     cr_assert(th_pair_run_until_rx(pr, p, 3));
     cr_assert_eq(memcmp(p->rx, "xyz", 3), 0);
     cr_assert_str_eq(p->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
 }
 
 TestBothKinds(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
@@ -269,9 +274,7 @@ TestBothKinds(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
     cr_assert_str_eq(p->events, "made");
     th_peer_send(pr, "q", 1);
     cr_assert(th_pair_run_until_rx(pr, p, 1));
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
     cr_assert_eq(p->rx[0], 'q');
 }
 
@@ -519,9 +522,7 @@ Test(stream, pause_reading_inside_connection_made, .timeout = 20)
     cr_assert(th_pair_run_until_rx(pr, p, 5));
     cr_assert_eq(memcmp(p->rx, "early", 5), 0);
     cr_assert_str_eq(p->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
 }
 
 TestBothKinds(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
@@ -748,9 +749,7 @@ TestBothKinds(stream, set_protocol_switches_receiver, .timeout = 20)
     cr_assert_str_eq(p2->events, "data");
     cr_assert_str_eq(p1->events, "made,data");
     cr_assert_eq(p1->rxlen, 3);
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p2->lost, TMO));
-    cr_assert_str_eq(p2->events, "data,eof,lost:0");
+    peer_eof_ends(pr, p2, "data,eof,lost:0");
     cr_assert_str_eq(p1->events, "made,data");
     /* fini finishes the pair on pr->p: point it at the protocol that got lost */
     th_proto_free(p1);
@@ -794,9 +793,7 @@ TestBothKinds(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
     cr_assert_str_eq(p2->events, p2ev);
     cr_assert_eq(p2->rxlen, 3);
     cr_assert_str_eq(p1->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p3->lost, TMO));
-    cr_assert_str_eq(p3->events, "data,eof,lost:0");
+    peer_eof_ends(pr, p3, "data,eof,lost:0");
     th_proto_free(p1);
     th_proto_free(p2);
     pr->p = p3;
