@@ -657,11 +657,20 @@ void th_fx_close_loop(void)
     FX_CLOSE_LOOP(CR_CHECK);
 }
 
-th_proto_t *th_fx_own(th_proto_t *p)
+void *th_fx_own_with(void *p, void (*free_fn)(void *))
 {
     cr_assert_lt(th_fx.nowned, TH_FX_MAX_OWNED);
-    th_fx.owned[th_fx.nowned++] = p;
+    th_fx.owned[th_fx.nowned].p = p;
+    th_fx.owned[th_fx.nowned].free = free_fn;
+    th_fx.nowned++;
     return p;
+}
+
+static void proto_free(void *p) { th_proto_free(p); }
+
+th_proto_t *th_fx_own(th_proto_t *p)
+{
+    return th_fx_own_with(p, proto_free);
 }
 
 const char *th_fx_dir(void)
@@ -692,7 +701,7 @@ void th_fx_fini(void)
     if (th_fx.loop)
         FX_CLOSE_LOOP(FX_CHECK);
     for (size_t i = 0; i < th_fx.nowned; i++)
-        th_proto_free(th_fx.owned[i]);
+        th_fx.owned[i].free(th_fx.owned[i].p);
     th_fx.nowned = 0;
     if (th_fx.dir[0])
         FX_CHECK(rmdir(th_fx.dir) == 0, "directory %s not empty: %s", th_fx.dir,

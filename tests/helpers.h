@@ -210,7 +210,10 @@ typedef struct th_fx {
     th_reports_t rep;       /* the loop's error handler calls */
     bool reports_allowed;   /* the test checks th_fx.rep itself */
     th_pair_t *pair;        /* made by th_tcp_pair / th_unix_pair */
-    th_proto_t *owned[TH_FX_MAX_OWNED];
+    struct {
+        void *p;
+        void (*free)(void *);
+    } owned[TH_FX_MAX_OWNED];
     size_t nowned;
     char dir[64];           /* th_fx_dir(): "" until asked for */
     /* the address of the last server a th_kind made (th_kind.create_server) */
@@ -236,6 +239,8 @@ void th_fx_renew_loop(void);
 void th_fx_close_loop(void);
 /* The protocol is freed by fini, after the loop closed. Returns p. */
 th_proto_t *th_fx_own(th_proto_t *p);
+/* The same for another object, which fini frees with free_fn. */
+void *th_fx_own_with(void *p, void (*free_fn)(void *));
 /* A fresh directory (made on first use) that fini removes: it must be empty. */
 const char *th_fx_dir(void);
 

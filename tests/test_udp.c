@@ -208,7 +208,8 @@ static void fx_init(void)
 
 TestSuite(udp, .init = fx_init, .fini = th_fx_fini);
 
-/* create_datagram_endpoint and wait for its completion; returns the err. */
+/* create_datagram_endpoint and wait for its completion; returns the err. The
+ * protocol of an endpoint made is freed by fini. */
 static int endpoint(fx_t *f, const tpio_datagram_opts_t *o, ep_t *e)
 {
     memset(e, 0, sizeof *e);
@@ -221,6 +222,7 @@ static int endpoint(fx_t *f, const tpio_datagram_opts_t *o, ep_t *e)
     cr_assert(th_run_until(th_fx.loop, &e->done, TMO));
     cr_assert_eq(e->calls, 1);
     if (e->err == 0) {
+        th_fx_own_with(e->p, free); /* fini frees the protocol */
         cr_assert_not_null(e->t);
         cr_assert_not(e->p->made_in_call);
         cr_assert_str_eq(e->p->events, "made");
@@ -373,8 +375,6 @@ Test(udp, server_client_exchange, .timeout = 20)
     cr_assert_str_eq(srv.p->events, "made,dgram:5,dgram:5,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:6,lost:0");
     cr_assert_eq(f.factory_calls, 2);
-    free(srv.p);
-    free(cli.p);
 }
 
 Test(udp, empty_datagrams, .timeout = 20)
@@ -400,8 +400,6 @@ Test(udp, empty_datagrams, .timeout = 20)
     close_ep(&srv);
     cr_assert_str_eq(srv.p->events, "made,dgram:0,dgram:0,dgram:5,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:0,lost:0");
-    free(srv.p);
-    free(cli.p);
 }
 
 Test(udp, icmp_refusal_is_error_received, .timeout = 20)
@@ -428,7 +426,6 @@ Test(udp, icmp_refusal_is_error_received, .timeout = 20)
     cr_assert_not(cli.p->lost);
     close_ep(&cli);
     cr_assert_str_eq(cli.p->events, "made,err:ECONNREFUSED,lost:0");
-    free(cli.p);
 }
 
 Test(udp, send_error_reaches_error_received_from_the_loop, .timeout = 20)
@@ -463,8 +460,6 @@ Test(udp, send_error_reaches_error_received_from_the_loop, .timeout = 20)
     cr_assert_str_eq(cli.p->events, "made,err:EMSGSIZE,lost:0");
     cr_assert_str_eq(srv.p->events, "made,err:EAFNOSUPPORT,dgram:65507,lost:0");
     free(buf);
-    free(srv.p);
-    free(cli.p);
 }
 
 Test(udp, close_and_abort_drop_later_sends, .timeout = 20)
@@ -482,8 +477,6 @@ Test(udp, close_and_abort_drop_later_sends, .timeout = 20)
     cr_assert(th_run_until(th_fx.loop, &srv.p->lost, TMO));
     cr_assert_str_eq(cli.p->events, "made,lost:0");
     cr_assert_str_eq(srv.p->events, "made,lost:0");
-    free(srv.p);
-    free(cli.p);
 }
 
 /* ---- use_sock and families ---------------------------------------------------------- */
@@ -530,7 +523,6 @@ Test(udp, use_sock_existing_dgram_socket, .timeout = 20)
     int again = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     cr_assert_eq(bind(again, (struct sockaddr *)&a, sizeof a), 0, "%s", strerror(errno));
     close(again);
-    free(e.p);
 }
 
 Test(udp, use_sock_rejections_leave_fd_untouched, .timeout = 10)
@@ -619,7 +611,6 @@ Test(udp, family_only_is_unbound_and_can_sendto, .timeout = 20)
     close(peer);
     close_ep(&e);
     cr_assert_str_eq(e.p->events, "made,dgram:6,lost:0");
-    free(e.p);
     /* Families that make no sense here. */
     tpio_datagram_opts_t o2 = {.size = sizeof o2, .family = AF_INET, .local_path = "/tmp/nope"};
     cr_assert_eq(endpoint(&f, &o2, &e), -EINVAL);
@@ -651,8 +642,6 @@ Test(udp, reuse_port_shares_a_port, .timeout = 20)
     cr_assert_eq(endpoint(&f, &oc, &c), -EADDRINUSE);
     close_ep(&a);
     close_ep(&b);
-    free(a.p);
-    free(b.p);
     cr_assert_eq(f.factory_calls, 2);
 }
 
@@ -667,7 +656,6 @@ Test(udp, allow_broadcast_sets_so_broadcast, .timeout = 10)
         cr_assert_eq(getsockopt(th_fd(e.t), SOL_SOCKET, SO_BROADCAST, &v, &l), 0);
         cr_assert_eq(v != 0, want != 0, "SO_BROADCAST=%d with allow_broadcast=%d", v, want);
         close_ep(&e);
-        free(e.p);
     }
     tpio_datagram_opts_t o = {.size = sizeof o, .family = AF_INET, .allow_broadcast = TPIO_ON};
     ep_t e;
@@ -677,7 +665,6 @@ Test(udp, allow_broadcast_sets_so_broadcast, .timeout = 10)
     cr_assert_eq(getsockopt(th_fd(e.t), SOL_SOCKET, SO_BROADCAST, &v, &l), 0);
     cr_assert_neq(v, 0);
     close_ep(&e);
-    free(e.p);
 }
 
 Test(udp, names_go_through_the_resolver, .timeout = 30)
@@ -698,8 +685,6 @@ Test(udp, names_go_through_the_resolver, .timeout = 30)
     cr_assert_eq(memcmp(srv.p->last, "by name", 7), 0);
     close_ep(&cli);
     close_ep(&srv);
-    free(srv.p);
-    free(cli.p);
 
     /* A name that does not resolve: a resolver code in the completion. */
     ep_t bad;
@@ -770,8 +755,6 @@ Test(udp, unix_datagram_paths, .timeout = 20)
     close_ep(&srv);
     cr_assert_str_eq(srv.p->events, "made,dgram:10,dgram:0,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:4,lost:0");
-    free(srv.p);
-    free(cli.p);
     cr_assert_eq(unlink(spath), 0);
     cr_assert_eq(unlink(cpath), 0);
 
@@ -921,7 +904,6 @@ Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
     close_ep(&e);
     cr_assert_str_eq(e.p->events, "made,pause,resume,lost:0");
     close(sv[1]);
-    free(e.p);
 }
 
 Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
@@ -969,7 +951,6 @@ Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
                      next, N);
         cr_assert_str_eq(e.p->events, "made,lost:0");
         close(sv[1]);
-        free(e.p);
     }
 }
 
@@ -1131,7 +1112,5 @@ Test(udp, bulk_100k_mixed_sizes_echo, .timeout = 60)
     close_ep(&srv);
     cr_assert_str_eq(cli.p->events, "made,lost:0");
     cr_assert_str_eq(srv.p->events, "made,lost:0");
-    free(srv.p);
-    free(cli.p);
     free(b);
 }

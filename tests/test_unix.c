@@ -145,14 +145,40 @@ static void connect_client(fx_t *f, const tpio_unix_opts_t *o, th_conn_t *c)
     cr_assert(c->in_loop);
 }
 
+/* A server on f.path. */
+static tpio_server_t *serve_path(void)
+{
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
+    return s;
+}
+
+/* A client connected to f.path. */
+static void connect_path(th_conn_t *c)
+{
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
+    connect_client(&f, &co, c);
+    cr_assert_eq(c->err, 0);
+}
+
+/* The client closes: its connection_lost, then the server side's (the
+ * first server-side connection_lost of the test). */
+static void client_closes(th_conn_t *c)
+{
+    bool clost = false;
+    c->p->lost_flag = &clost;
+    cr_assert_eq(tpio_transport_close(c->t), 0);
+    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
+}
+
 /* ---- a server and a client on a path ---------------------------------------- */
 
 Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
 {
     f.stmpl.echo = true;
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
     cr_assert(th_is_serving(s));
     cr_assert_eq(th_socket_count(s), 1);
     struct stat st;
@@ -165,9 +191,7 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     assert_path_addr(&ss, sl, f.path);
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
+    connect_path(&c);
     cr_assert_eq(f.cfactory_calls, 1);
     cr_assert_not_null(c.t);
     cr_assert_str_eq(c.p->events, "made");
@@ -207,11 +231,7 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     cr_assert_eq(sp->rxlen, sizeof msg - 1);
     cr_assert_eq(memcmp(sp->rx, msg, sizeof msg - 1), 0);
 
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    cr_assert_eq(tpio_transport_close(c.t), 0);
-    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
-    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
     cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
     cr_assert_eq(th_conn_count(s), 0);
@@ -265,11 +285,7 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     cr_assert_eq(c2.err, -ENOENT);
     cr_assert_null(c2.t);
 
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
-    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
     cr_assert_str_eq(f.sp[0]->events, "made,data,eof,lost:0");
     th_proto_free(c.p);
@@ -319,20 +335,12 @@ Test(unix_stream, abstract_name_lengths, .timeout = 10)
 Test(unix_stream, stale_socket_file_is_removed, .timeout = 20)
 {
     make_stale_socket(f.path);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
+    connect_path(&c);
     cr_assert(th_run_until_count(th_fx.loop, &f.ns, 1, TMO));
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
-    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,lost:0");
     cr_assert_str_eq(f.sp[0]->events, "made,eof,lost:0");
     th_proto_free(c.p);
@@ -371,9 +379,7 @@ Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 1
 
 Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
 {
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert_eq(tpio_server_close(s), 0);
@@ -419,15 +425,9 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     cr_assert_eq(st.st_ino, st2.st_ino);
     /* ... and it still accepts. */
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
+    connect_path(&c);
     cr_assert(th_run_until_count(th_fx.loop, &f.ns, 1, TMO));
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
-    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     th_proto_free(c.p);
     close_server(s2);
     cr_assert_eq(stat(f.path, &st), -1);
