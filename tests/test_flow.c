@@ -126,6 +126,17 @@ static void close_expecting(th_pair_t *pr, const char *events)
 
 #define D TPIO_LIMIT_DEFAULT
 
+/* Make the transport buffer, under a high watermark out of the way (no
+ * pause): how much it buffered. */
+static size_t fill_unpaused(th_pair_t *pr)
+{
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
+    th_fill_until_buffered(pr);
+    size_t b0 = th_wbuf_size(pr->t);
+    cr_assert_gt(b0, 0);
+    return b0;
+}
+
 /* ===================================================================== */
 
 TestBothKinds(flow, limits_defaults_and_derivation, .timeout = 20)
@@ -202,10 +213,7 @@ TestBothKinds(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 3
 TestBothKinds(flow, pause_only_strictly_above_high, .timeout = 30)
 {
     th_pair_t *pr = flow_pair(K);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
-    cr_assert_gt(b0, 0);
+    size_t b0 = fill_unpaused(pr);
     size_t high = b0 + 100;
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)high, D), 0);
     limits_are(pr->t, high / 4, high);
@@ -230,10 +238,7 @@ TestBothKinds(flow, pause_only_strictly_above_high, .timeout = 30)
 TestBothKinds(flow, set_limits_can_pause_at_once, .timeout = 30)
 {
     th_pair_t *pr = flow_pair(K);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
-    cr_assert_gt(b0, 0);
+    size_t b0 = fill_unpaused(pr);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)b0, D), 0);
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)b0 - 1, D), 0);
@@ -268,9 +273,7 @@ TestBothKinds(flow, low_zero_resumes_only_when_empty, .timeout = 30)
 TestBothKinds(flow, writelines_pauses_too, .timeout = 30)
 {
     th_pair_t *pr = flow_pair(K);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
+    size_t b0 = fill_unpaused(pr);
     size_t high = b0 + 10;
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)high, D), 0);
     unsigned char src[12];

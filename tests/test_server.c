@@ -709,15 +709,8 @@ Test(server, reuse_port_shares_a_port, .timeout = TMO)
 
 Test(server, port_in_use_is_eaddrinuse, .timeout = TMO)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(lfd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(lfd, 5), 0);
-    socklen_t l = sizeof a;
-    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &l), 0);
-    uint16_t port = ntohs(a.sin_port);
+    uint16_t port;
+    int lfd = th_listen_v4(&port);
 
     int fds_before = count_open_fds();
     tpio_server_opts_t opts = {.size = sizeof opts, .host = "127.0.0.1", .port = port};
@@ -978,23 +971,17 @@ Test(server, start_serving_off_then_on, .timeout = TMO)
 
 Test(server, serves_sockets_passed_in, .timeout = TMO)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(lfd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(lfd, 16), 0);
-    socklen_t l = sizeof a;
-    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &l), 0);
+    uint16_t port;
+    int lfd = th_listen_v4(&port);
 
     c->tmpl.echo = true;
     tpio_server_opts_t opts = {.size = sizeof opts, .socks = &lfd, .nsocks = 1};
     tpio_server_t *s = start_server(c, &opts);
     cr_assert_eq(th_socket_count(s), 1);
     cr_assert_eq(th_server_socket(s, 0), lfd);
-    cr_assert_eq(srv_port(s, 0), ntohs(a.sin_port));
+    cr_assert_eq(srv_port(s, 0), port);
     cr_assert(th_is_serving(s));
-    int cfd = client_connect_ok(AF_INET, ntohs(a.sin_port));
+    int cfd = client_connect_ok(AF_INET, port);
     cr_assert(wait_accepted(c, 1, 5.0));
     client_send(cfd, "sock", 4);
     char buf[8] = {0};

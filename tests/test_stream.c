@@ -44,6 +44,17 @@ TestSuite(stream, .init = th_fx_init, .fini = th_fx_fini);
 /* Lifecycle                                                             */
 /* ===================================================================== */
 
+/* Make the transport buffer: small kernel buffers, a high watermark out of
+ * the way, the pattern written until some of it stays in the transport (the
+ * loop does not run meanwhile, so nothing drains). */
+static void fill_buffer(th_pair_t *pr)
+{
+    th_shrink_bufs(pr);
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20,
+                                                        TPIO_LIMIT_DEFAULT), 0);
+    th_fill_until_buffered(pr);
+}
+
 /* The peer shuts its write side: eof_received (false) makes the transport
  * close itself, and p's events up to connection_lost are these. */
 static void peer_eof_ends(th_pair_t *pr, th_proto_t *p, const char *events)
@@ -117,9 +128,7 @@ TestBothKinds(stream, close_flushes_buffer_before_lost, .timeout = 30)
 {
     th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t buffered = th_wbuf_size(pr->t);
     cr_assert_gt(buffered, 0);
 
@@ -147,9 +156,7 @@ TestBothKinds(stream, abort_drops_buffer, .timeout = 30)
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t buffered = th_wbuf_size(pr->t);
     cr_assert_gt(buffered, 0);
     size_t in_kernel = pr->wtotal - buffered;
@@ -180,9 +187,7 @@ TestBothKinds(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     th_run_iters(pr->loop, 3);
     cr_assert(!p->lost);
@@ -262,9 +267,7 @@ TestBothKinds(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
 {
     th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     cr_assert_eq(tpio_transport_write_eof(pr->t), 0);
     cr_assert_eq(tpio_transport_write(pr->t, "x", 1), -ESHUTDOWN);
     int end;
@@ -301,9 +304,7 @@ TestBothKinds(stream, small_write_sent_at_once, .timeout = 20)
 TestBothKinds(stream, buffered_write_copies_caller_data, .timeout = 30)
 {
     th_pair_t *pr = K->pair(NULL, NULL);
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t b0 = th_wbuf_size(pr->t);
     /* with something buffered, the whole write is buffered (appended) */
     th_write_pattern(pr, 1000);
@@ -405,9 +406,7 @@ TestBothKinds(stream, writelines_more_than_iov_max, .timeout = 30)
     free(src);
 
     /* and once more while data is buffered */
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t b0 = th_wbuf_size(pr->t);
     enum { M = 5000 };
     tpio_buf_t *iov2 = calloc(M, sizeof *iov2);
@@ -456,9 +455,7 @@ Test(stream, peer_reset_while_writing, .timeout = 30)
 {
     th_pair_t *pr = th_tcp_pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     peer_reset(pr);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert(strcmp(p->events, "made,lost:ECONNRESET") == 0 ||
