@@ -6,10 +6,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -232,6 +235,23 @@ tpio_protocol_t *th_factory(void *arg)
 
 /* ---- a transport under test plus its plain-socket peer ------------------ */
 
+bool th_same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                  socklen_t bl)
+{
+    if (al != bl || a->sa_family != b->sa_family)
+        return false;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return memcmp(a, b, al) == 0;
+}
+
 double th_now_s(void)
 {
     struct timespec ts;
@@ -273,7 +293,14 @@ th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops)
     cr_assert_not_null(pr);
     pr->tmpl.base.ops = ops ? ops : &th_proto_ops;
     pr->peer = -1;
-    cr_assert_eq(tpio_loop_new(&pr->loop, NULL), 0);
+    if (th_fx.loop) {
+        cr_assert_null(th_fx.pair, "one pair per test");
+        pr->loop = th_fx.loop;
+        th_fx.pair = pr;
+    } else {
+        cr_assert_eq(tpio_loop_new(&pr->loop, NULL), 0);
+        pr->own_loop = true;
+    }
     return pr;
 }
 
@@ -291,8 +318,8 @@ int th_listen_v4(uint16_t *port)
     return l;
 }
 
-/* A TCP client transport (tpio_loop_create_connection) and the accepted peer. */
-th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
+/* A new pair whose factory copies these knobs. */
+static th_pair_t *pair_with_knobs(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
 {
     th_pair_t *pr = th_pair_new(ops);
     if (knobs) {
@@ -302,16 +329,18 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
         pr->tmpl.pause_in_made = knobs->pause_in_made;
         pr->tmpl.bufsize = knobs->bufsize;
     }
-    uint16_t port;
-    int l = th_listen_v4(&port);
-    tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
-    cr_assert_eq(tpio_loop_create_connection(pr->loop, th_pair_count_factory, pr, &o,
-                                        th_pair_on_conn, pr, NULL), 0);
-    cr_assert(!pr->done, "completion ran inside tpio_loop_create_connection");
+    return pr;
+}
+
+/* After the call that asked for the transport returned 0: nothing ran inside
+ * it; run until the completion, which saw the connection made. */
+static void pair_expect_connected(th_pair_t *pr, const char *call)
+{
+    cr_assert(!pr->done, "completion ran inside %s", call);
     if (pr->created)
-        cr_assert(!pr->created->made, "connection_made ran inside tpio_loop_create_connection");
+        cr_assert(!pr->created->made, "connection_made ran inside %s", call);
     cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
-    cr_assert_eq(pr->err, 0, "connect failed: %s", tpio_err_name(pr->err));
+    cr_assert_eq(pr->err, 0, "%s failed: %s", call, tpio_err_name(pr->err));
     cr_assert_not_null(pr->t);
     cr_assert_not_null(pr->p);
     cr_assert_eq(pr->cb_calls, 1);
@@ -319,6 +348,18 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
     cr_assert_eq(pr->p, pr->created);
     cr_assert(pr->cb_in_loop);
     cr_assert_str_eq(pr->events_at_cb, "made");
+}
+
+/* A TCP client transport (tpio_loop_create_connection) and the accepted peer. */
+th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
+{
+    th_pair_t *pr = pair_with_knobs(ops, knobs);
+    uint16_t port;
+    int l = th_listen_v4(&port);
+    tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
+    cr_assert_eq(tpio_loop_create_connection(pr->loop, th_pair_count_factory, pr, &o,
+                                        th_pair_on_conn, pr, NULL), 0);
+    pair_expect_connected(pr, "tpio_loop_create_connection");
     pr->peer = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     cr_assert_geq(pr->peer, 0);
     close(l);
@@ -331,14 +372,7 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
 th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
                         const void *pre, size_t prelen, bool pre_eof)
 {
-    th_pair_t *pr = th_pair_new(ops);
-    if (knobs) {
-        pr->tmpl.eof_ret = knobs->eof_ret;
-        pr->tmpl.echo = knobs->echo;
-        pr->tmpl.close_on_data = knobs->close_on_data;
-        pr->tmpl.pause_in_made = knobs->pause_in_made;
-        pr->tmpl.bufsize = knobs->bufsize;
-    }
+    th_pair_t *pr = pair_with_knobs(ops, knobs);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     if (prelen)
@@ -349,17 +383,7 @@ th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
     pr->peer = sv[1];
     cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
                                               th_pair_on_conn, pr, NULL), 0);
-    cr_assert(!pr->done, "completion ran inside tpio_loop_connect_accepted_socket");
-    if (pr->created)
-        cr_assert(!pr->created->made, "connection_made ran inside the call");
-    cr_assert(th_run_until(pr->loop, &pr->done, TH_TMO), "no completion");
-    cr_assert_eq(pr->err, 0, "failed: %s", tpio_err_name(pr->err));
-    cr_assert_not_null(pr->t);
-    cr_assert_not_null(pr->p);
-    cr_assert_eq(pr->cb_calls, 1);
-    cr_assert_eq(pr->factory_calls, 1);
-    cr_assert(pr->cb_in_loop);
-    cr_assert_str_eq(pr->events_at_cb, "made");
+    pair_expect_connected(pr, "tpio_loop_connect_accepted_socket");
     return pr;
 }
 
@@ -374,7 +398,10 @@ void th_pair_finish(th_pair_t *pr)
     /* run a little more so any (erroneous) late callback would show */
     for (int i = 0; i < 3; i++)
         tpio_loop_run_once(pr->loop, 0);
-    cr_assert_eq(tpio_loop_close(pr->loop), 0);
+    if (pr->own_loop)
+        cr_assert_eq(tpio_loop_close(pr->loop), 0);
+    if (th_fx.pair == pr)
+        th_fx.pair = NULL;
     th_proto_free(pr->p);
     free(pr);
 }
@@ -575,4 +602,204 @@ void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int 
     c->t = t;
     c->p = p ? tpio_container_of(p, th_proto_t, base) : NULL;
     c->in_loop = th_is_running(loop);
+}
+
+/* ---- the per-test fixture: suite .init / .fini -------------------------- */
+
+th_fx_t th_fx;
+
+/* A failed check of fini: Criterion would only print an assertion made there
+ * and still pass the test, so say what failed and abort. */
+void th_fx_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+    const struct criterion_test *t = criterion_current_test;
+    const char *base = strrchr(file, '/');
+    fprintf(stderr, "[FAIL] %s::%s: teardown (%s:%d): %s: ", t ? t->category : "?",
+            t ? t->name : "?", base ? base + 1 : file, line, cond);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    abort();
+}
+#define FX_CHECK TH_FX_CHECK
+
+static void fx_new_loop(void)
+{
+    cr_assert_eq(tpio_loop_new(&th_fx.loop, NULL), 0);
+    cr_assert_eq(tpio_loop_set_error_handler(th_fx.loop, th_count_reports, &th_fx.rep), 0);
+}
+
+void th_fx_init(void)
+{
+    memset(&th_fx, 0, sizeof th_fx);
+    fx_new_loop();
+}
+
+/* What fini checks of the loop, as `check` says: no report unless allowed,
+ * and it closes. */
+#define FX_CLOSE_LOOP(check)                                                       \
+    do {                                                                           \
+        check(th_fx.reports_allowed || th_fx.rep.count == 0,                       \
+              "unexpected error report: %s", th_fx.rep.last);                      \
+        int rc_ = tpio_loop_close(th_fx.loop);                                     \
+        check(rc_ == 0, "the loop does not close: %s", tpio_err_name(rc_));        \
+        th_fx.loop = NULL;                                                         \
+    } while (0)
+#define CR_CHECK(cond, ...) cr_assert(cond, __VA_ARGS__)
+
+void th_fx_renew_loop(void)
+{
+    cr_assert_not_null(th_fx.loop);
+    FX_CLOSE_LOOP(CR_CHECK);
+    memset(&th_fx.rep, 0, sizeof th_fx.rep);
+    fx_new_loop();
+}
+
+void th_fx_close_loop(void)
+{
+    cr_assert_not_null(th_fx.loop);
+    FX_CLOSE_LOOP(CR_CHECK);
+}
+
+void *th_fx_own_with(void *p, void (*free_fn)(void *))
+{
+    cr_assert_lt(th_fx.nowned, TH_FX_MAX_OWNED);
+    th_fx.owned[th_fx.nowned].p = p;
+    th_fx.owned[th_fx.nowned].free = free_fn;
+    th_fx.nowned++;
+    return p;
+}
+
+static void proto_free(void *p) { th_proto_free(p); }
+
+th_proto_t *th_fx_own(th_proto_t *p)
+{
+    return th_fx_own_with(p, proto_free);
+}
+
+const char *th_fx_dir(void)
+{
+    if (!th_fx.dir[0]) {
+        snprintf(th_fx.dir, sizeof th_fx.dir, "/tmp/tpio-test-XXXXXX");
+        cr_assert_not_null(mkdtemp(th_fx.dir), "mkdtemp: %s", strerror(errno));
+    }
+    return th_fx.dir;
+}
+
+void th_fx_fini(void)
+{
+    th_pair_t *pr = th_fx.pair;
+    if (pr) {
+        /* th_pair_finish(), with checks that count in teardown */
+        FX_CHECK(th_run_until(pr->loop, &pr->p->lost, TH_TMO), "no connection_lost; events=%s",
+                 pr->p->events);
+        if (pr->peer >= 0)
+            close(pr->peer);
+        /* run a little more so any (erroneous) late callback would show */
+        for (int i = 0; i < 3; i++)
+            tpio_loop_run_once(pr->loop, 0);
+        th_proto_free(pr->p);
+        free(pr);
+        th_fx.pair = NULL;
+    }
+    if (th_fx.loop)
+        FX_CLOSE_LOOP(FX_CHECK);
+    for (size_t i = 0; i < th_fx.nowned; i++)
+        th_fx.owned[i].free(th_fx.owned[i].p);
+    th_fx.nowned = 0;
+    if (th_fx.dir[0])
+        FX_CHECK(rmdir(th_fx.dir) == 0, "directory %s not empty: %s", th_fx.dir,
+                 strerror(errno));
+    th_fx.dir[0] = '\0';
+}
+
+/* ---- the stream socket kinds: TCP and Unix ------------------------------ */
+
+static th_pair_t *unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs)
+{
+    return th_unix_pair(ops, knobs, NULL, 0, false);
+}
+
+static int tcp_server(tpio_protocol_factory_t factory, void *arg, tpio_server_t **out)
+{
+    tpio_server_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = 0};
+    int rc = tpio_loop_create_server(th_fx.loop, factory, arg, &o, out);
+    if (rc == 0) {
+        th_fx.srv_addrlen = sizeof th_fx.srv_addr;
+        cr_assert_eq(tpio_server_get_sockname(*out, 0, &th_fx.srv_addr, &th_fx.srv_addrlen), 0);
+    }
+    return rc;
+}
+
+static int tcp_connection(tpio_protocol_factory_t factory, void *arg, tpio_connect_cb_t cb,
+                          void *cb_arg)
+{
+    const struct sockaddr_in *a = (const struct sockaddr_in *)&th_fx.srv_addr;
+    cr_assert_eq(a->sin_family, AF_INET);
+    tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = ntohs(a->sin_port)};
+    return tpio_loop_create_connection(th_fx.loop, factory, arg, &o, cb, cb_arg, NULL);
+}
+
+/* The socket file of the server a test makes: s.sock, s1.sock... */
+static const char *unix_server_path(void)
+{
+    static char path[128];
+    static unsigned n;
+    if (n == 0)
+        snprintf(path, sizeof path, "%s/s.sock", th_fx_dir());
+    else
+        snprintf(path, sizeof path, "%s/s%u.sock", th_fx_dir(), n);
+    n++;
+    return path;
+}
+
+static int unix_server(tpio_protocol_factory_t factory, void *arg, tpio_server_t **out)
+{
+    const char *path = unix_server_path();
+    tpio_unix_opts_t o = {.size = sizeof o, .path = path};
+    int rc = tpio_loop_create_unix_server(th_fx.loop, factory, arg, &o, out);
+    if (rc == 0) {
+        struct sockaddr_un *a = (struct sockaddr_un *)&th_fx.srv_addr;
+        memset(a, 0, sizeof *a);
+        a->sun_family = AF_UNIX;
+        cr_assert_lt(strlen(path), sizeof a->sun_path);
+        strcpy(a->sun_path, path);
+        th_fx.srv_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+    }
+    return rc;
+}
+
+static int unix_connection(tpio_protocol_factory_t factory, void *arg, tpio_connect_cb_t cb,
+                           void *cb_arg)
+{
+    const struct sockaddr_un *a = (const struct sockaddr_un *)&th_fx.srv_addr;
+    cr_assert_eq(a->sun_family, AF_UNIX);
+    tpio_unix_opts_t o = {.size = sizeof o, .path = a->sun_path};
+    return tpio_loop_create_unix_connection(th_fx.loop, factory, arg, &o, cb, cb_arg, NULL);
+}
+
+const th_kind_t th_kinds[TH_NKINDS] = {
+    [TH_TCP] = {.name = "tcp", .kind = TPIO_TRANSPORT_TCP, .family = AF_INET,
+                .gone_err = -ECONNREFUSED, .pair = th_tcp_pair,
+                .create_server = tcp_server, .create_connection = tcp_connection},
+    [TH_UNIX] = {.name = "unix", .kind = TPIO_TRANSPORT_UNIX, .family = AF_UNIX,
+                 .gone_err = -ENOENT, .pair = unix_pair,
+                 .create_server = unix_server, .create_connection = unix_connection},
+};
+
+int th_client_connect(int rcvbuf)
+{
+    int fd = socket(th_fx.srv_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    if (rcvbuf > 0)
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    if (connect(fd, (const struct sockaddr *)&th_fx.srv_addr, th_fx.srv_addrlen) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* ---- the library's getters as values (each asserts that the call worked) -- */
 double th_time(const tpio_loop_t *loop);
@@ -35,6 +36,11 @@ bool th_run_until(tpio_loop_t *loop, const bool *flag, double timeout);
 /* Same, for a counter reaching `target`. */
 bool th_run_until_count(tpio_loop_t *loop, const size_t *count, size_t target,
                         double timeout);
+
+/* The same socket address: family, port and address for IPv4 and IPv6 (not
+ * the padding), the bytes for others (a Unix path, an unnamed socket). */
+bool th_same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
+                  socklen_t bl);
 
 /* Monotonic clock, in seconds. */
 double th_now_s(void);
@@ -81,7 +87,8 @@ tpio_protocol_t *th_factory(void *arg);
 #define TH_TMO 5.0
 
 typedef struct th_pair {
-    tpio_loop_t *loop;
+    tpio_loop_t *loop;        /* th_fx.loop, or the pair's own outside a fixture */
+    bool own_loop;
     th_proto_t tmpl;          /* knobs copied by the factory */
     th_proto_t *created;      /* last protocol the factory made */
     size_t factory_calls;
@@ -103,6 +110,8 @@ tpio_protocol_t *th_pair_count_factory(void *arg);
 /* Completion callback (arg: th_pair_t) that records its outcome. */
 void th_pair_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
                      int err, void *arg);
+/* A pair on th_fx.loop (registered as th_fx.pair, which fini finishes), or,
+ * outside a fixture, on a loop of its own. */
 th_pair_t *th_pair_new(const tpio_protocol_ops_t *ops);
 /* A listening TCP socket on 127.0.0.1; *port gets its port. */
 int th_listen_v4(uint16_t *port);
@@ -113,7 +122,8 @@ th_pair_t *th_tcp_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs);
  * shuts the peer's write side. */
 th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
                         const void *pre, size_t prelen, bool pre_eof);
-/* Run until the protocol's connection_lost ran, then close everything. */
+/* Run until the protocol's connection_lost ran, then close everything (the
+ * loop too if it is the pair's own). th_fx_fini() does this for th_fx.pair. */
 void th_pair_finish(th_pair_t *pr);
 /* Run a bounded number of loop iterations: used to check that something does
  * NOT happen. */
@@ -182,5 +192,98 @@ typedef struct th_conn {
 /* Completion callback; arg: a th_conn_t. */
 void th_on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, int err,
                 void *arg);
+
+/* ---- the per-test fixture: suite .init / .fini -------------------------- */
+
+/*
+ * TestSuite(name, .init = th_fx_init, .fini = th_fx_fini) (or a suite's own
+ * init/fini that call these) gives every test of the suite a fresh loop whose
+ * error reports are counted, and tears it all down after the test: the pair
+ * is finished (its connection_lost awaited, the peer closed), no report may
+ * have come (unless reports_allowed), the loop must close, owned protocols are
+ * freed and the test's directory must be empty.
+ *
+ * Criterion 2.4 ignores assertions made in .fini (the test still passes), so
+ * the checks of th_fx_fini print the failure, naming the test, and abort():
+ * the run fails, and ctest reports the crash in teardown.
+ */
+#define TH_FX_MAX_OWNED 64
+typedef struct th_fx {
+    tpio_loop_t *loop;      /* NULL once the test closed it (th_fx_close_loop) */
+    th_reports_t rep;       /* the loop's error handler calls */
+    bool reports_allowed;   /* the test checks th_fx.rep itself */
+    th_pair_t *pair;        /* made by th_tcp_pair / th_unix_pair */
+    struct {
+        void *p;
+        void (*free)(void *);
+    } owned[TH_FX_MAX_OWNED];
+    size_t nowned;
+    char dir[64];           /* th_fx_dir(): "" until asked for */
+    /* the address of the last server a th_kind made (th_kind.create_server) */
+    struct sockaddr_storage srv_addr;
+    socklen_t srv_addrlen;
+} th_fx_t;
+
+extern th_fx_t th_fx;
+
+/* A check for a suite's own .fini: like those of th_fx_fini, it prints the
+ * failure and aborts. */
+#define TH_FX_CHECK(cond, ...) \
+    ((cond) ? (void)0 : th_fx_fail(__FILE__, __LINE__, #cond, __VA_ARGS__))
+void th_fx_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), noreturn));
+
+void th_fx_init(void);
+void th_fx_fini(void);
+/* Check the loop as fini would (no report, it closes) and start a fresh one:
+ * for a test that runs several rounds. */
+void th_fx_renew_loop(void);
+/* Close the loop now, asserting that it closes; fini then has none to close. */
+void th_fx_close_loop(void);
+/* The protocol is freed by fini, after the loop closed. Returns p. */
+th_proto_t *th_fx_own(th_proto_t *p);
+/* The same for another object, which fini frees with free_fn. */
+void *th_fx_own_with(void *p, void (*free_fn)(void *));
+/* A fresh directory (made on first use) that fini removes: it must be empty. */
+const char *th_fx_dir(void);
+
+/* ---- the stream socket kinds: TCP and Unix ------------------------------ */
+
+/* What a behaviour that TCP and Unix stream sockets share needs of a kind. */
+typedef struct th_kind {
+    const char *name;             /* "tcp", "unix" */
+    tpio_transport_kind_t kind;   /* of its transports */
+    int family;                   /* AF_INET, AF_UNIX */
+    /* connecting where a server was closed: -ECONNREFUSED (TCP), -ENOENT
+     * (Unix: its socket file went with it) */
+    int gone_err;
+    /* a transport and its plain-socket peer (th_tcp_pair, th_unix_pair) */
+    th_pair_t *(*pair)(const tpio_protocol_ops_t *ops, const th_proto_t *knobs);
+    /* a server on th_fx.loop at a fresh address (127.0.0.1 and a free port, or
+     * a socket file in th_fx_dir()), which goes to th_fx.srv_addr */
+    int (*create_server)(tpio_protocol_factory_t factory, void *arg, tpio_server_t **out);
+    /* a tpio client connecting to th_fx.srv_addr */
+    int (*create_connection)(tpio_protocol_factory_t factory, void *arg,
+                             tpio_connect_cb_t cb, void *cb_arg);
+} th_kind_t;
+
+enum { TH_TCP, TH_UNIX, TH_NKINDS };
+extern const th_kind_t th_kinds[TH_NKINDS];
+
+/* A plain blocking client socket connected to th_fx.srv_addr (SO_RCVBUF set
+ * first when rcvbuf > 0): the descriptor, or -errno when connect() fails. */
+int th_client_connect(int rcvbuf);
+
+/*
+ * TestBothKinds(suite, name, .timeout = N) { ... K ... }: one body, run as
+ * one Test() per entry of th_kinds, named suite::name_tcp and
+ * suite::name_unix, so that a failure names the kind that failed. The body
+ * sees its kind as `const th_kind_t *K`.
+ */
+#define TestBothKinds(suite, name, ...)                                        \
+    static void suite##__##name(const th_kind_t *K);                           \
+    Test(suite, name##_tcp, __VA_ARGS__) { suite##__##name(&th_kinds[TH_TCP]); } \
+    Test(suite, name##_unix, __VA_ARGS__) { suite##__##name(&th_kinds[TH_UNIX]); } \
+    static void suite##__##name(const th_kind_t *K)
 
 #endif

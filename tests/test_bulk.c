@@ -329,8 +329,7 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
     }
     uint64_t tx_hash = fnv1a(FNV_INIT, payload, TOTAL);
 
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    tpio_loop_t *loop = th_fx.loop;
     srv_t srv = {0};
     srv_factory_arg_t fa = {.srv = &srv, .ops = server_ops};
     tpio_server_opts_t so = {.size = sizeof so, .host = "127.0.0.1", .port = 0};
@@ -388,10 +387,12 @@ static void run_bulk(const tpio_protocol_ops_t *server_ops)
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 5));
-    cr_assert_eq(tpio_loop_close(loop), 0);
     free(c);
     free(payload);
 }
+
+/* Each test gets th_fx.loop; fini checks that it closes and saw no report. */
+TestSuite(bulk, .init = th_fx_init, .fini = th_fx_fini);
 
 Test(bulk, echo_64mib_protocol, .timeout = 60)
 {

@@ -28,7 +28,6 @@
 #define TMO 5.0
 
 typedef struct conn {
-    tpio_loop_t *loop;
     th_proto_t tmpl;
     th_proto_t *created;
     size_t factory_calls;
@@ -42,6 +41,7 @@ typedef struct conn {
     bool cb_in_loop;
     pthread_t cb_thread;
     int fd_flags;             /* O_* flags of the transport's fd in the callback */
+    int l;                    /* the test's listener (listen_v4), or -1 */
     char events_at_cb[64];
 } conn_t;
 
@@ -76,19 +76,44 @@ static void on_conn(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
         snprintf(c->events_at_cb, sizeof c->events_at_cb, "%.60s", c->p->events);
 }
 
-static conn_t *conn_new(void)
+/* The suite's fixture: one connection attempt on th_fx.loop per test, set up
+ * by suite init; fini closes the transport (if any), waits for its
+ * connection_lost and closes the loop. */
+static conn_t fx;
+static conn_t *const c = &fx;
+
+static void conn_init(void)
 {
-    conn_t *c = calloc(1, sizeof *c);
-    cr_assert_not_null(c);
+    th_fx_init();
+    memset(c, 0, sizeof *c);
     c->tmpl.base.ops = &th_proto_ops;
-    cr_assert_eq(tpio_loop_new(&c->loop, NULL), 0);
-    return c;
+    c->l = -1;
 }
+
+static void conn_fini(void)
+{
+    if (c->p) {
+        if (!c->p->lost)
+            TH_FX_CHECK(tpio_transport_close(c->t) == 0, "close");
+        TH_FX_CHECK(th_run_until(th_fx.loop, &c->p->lost, TMO), "no connection_lost: %s",
+                    c->p->events);
+        TH_FX_CHECK(c->p->lost_err == 0, "lost with %s", tpio_err_name(c->p->lost_err));
+    }
+    for (int i = 0; i < 3; i++)
+        tpio_loop_run_once(th_fx.loop, 0);
+    th_fx_fini();
+    TH_FX_CHECK(c->cb_calls == (c->done ? 1u : 0u), "%zu completions", c->cb_calls);
+    th_proto_free(c->p);
+    if (c->l >= 0)
+        close(c->l);
+}
+
+TestSuite(connect, .init = conn_init, .fini = conn_fini);
 
 /* Start a connection; checks that nothing ran inside the call. */
 static void start(conn_t *c, const tpio_connect_opts_t *o)
 {
-    int r = tpio_loop_create_connection(c->loop, factory, c, o, on_conn, c, NULL);
+    int r = tpio_loop_create_connection(th_fx.loop, factory, c, o, on_conn, c, NULL);
     cr_assert_eq(r, 0, "tpio_loop_create_connection: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside tpio_loop_create_connection");
     if (c->created)
@@ -97,7 +122,7 @@ static void start(conn_t *c, const tpio_connect_opts_t *o)
 
 static void wait_done(conn_t *c, double tmo)
 {
-    cr_assert(th_run_until(c->loop, &c->done, tmo), "no completion");
+    cr_assert(th_run_until(th_fx.loop, &c->done, tmo), "no completion");
     cr_assert_eq(c->cb_calls, 1);
     cr_assert(c->cb_in_loop);
     cr_assert(pthread_equal(c->cb_thread, pthread_self()), "completion off the loop thread");
@@ -122,23 +147,6 @@ static void expect_failure(conn_t *c, int err)
                  tpio_err_name(err));
     cr_assert_null(c->t);
     cr_assert_null(c->p);
-}
-
-/* Close the transport (if any), wait for connection_lost, close the loop. */
-static void conn_finish(conn_t *c)
-{
-    if (c->p) {
-        if (!c->p->lost)
-            cr_assert_eq(tpio_transport_close(c->t), 0);
-        cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
-        cr_assert_eq(c->p->lost_err, 0, "lost with %s", tpio_err_name(c->p->lost_err));
-    }
-    for (int i = 0; i < 3; i++)
-        tpio_loop_run_once(c->loop, 0);
-    cr_assert_eq(tpio_loop_close(c->loop), 0);
-    cr_assert_eq(c->cb_calls, c->done ? 1 : 0);
-    th_proto_free(c->p);
-    free(c);
 }
 
 static int listen_on(int family, const char *addr, uint16_t *port)
@@ -213,7 +221,7 @@ static int accept_nb(int l)
 }
 
 /* Peer reads n bytes, running the loop meanwhile. */
-static void peer_expect(conn_t *c, int peer, const char *want)
+static void peer_expect(int peer, const char *want)
 {
     size_t n = strlen(want), got = 0;
     char buf[256] = {0};
@@ -225,7 +233,7 @@ static void peer_expect(conn_t *c, int peer, const char *want)
         else if (r == 0)
             break;
         else if (errno == EAGAIN)
-            tpio_loop_run_once(c->loop, 0.005);
+            tpio_loop_run_once(th_fx.loop, 0.005);
         else
             break;
     }
@@ -251,19 +259,6 @@ static int peer_eof(tpio_loop_t *loop, int peer)
     return -ETIMEDOUT;
 }
 
-static bool same_port_addr(const struct sockaddr *a, const struct sockaddr *b)
-{
-    if (a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
-}
-
 /* The transport's sockname is the peer's peername and vice versa; data flows
  * both ways; then close. */
 static void check_connected(conn_t *c, int peer)
@@ -272,12 +267,12 @@ static void check_connected(conn_t *c, int peer)
     socklen_t al = sizeof a, bl = sizeof b;
     cr_assert_eq(tpio_transport_get_sockname(c->t, &a, &al), 0);
     cr_assert_eq(getpeername(peer, (struct sockaddr *)&b, &bl), 0);
-    cr_assert(same_port_addr((struct sockaddr *)&a, (struct sockaddr *)&b));
+    cr_assert(th_same_addr((struct sockaddr *)&a, al, (struct sockaddr *)&b, bl));
     al = sizeof a;
     bl = sizeof b;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(getsockname(peer, (struct sockaddr *)&b, &bl), 0);
-    cr_assert(same_port_addr((struct sockaddr *)&a, (struct sockaddr *)&b));
+    cr_assert(th_same_addr((struct sockaddr *)&a, al, (struct sockaddr *)&b, bl));
 
     int nd = 0;
     socklen_t ndl = sizeof nd;
@@ -286,49 +281,58 @@ static void check_connected(conn_t *c, int peer)
     cr_assert_eq(th_kind(c->t), TPIO_TRANSPORT_TCP);
 
     cr_assert_eq(send(peer, "hi", 2, MSG_NOSIGNAL), 2);
-    cr_assert(th_run_until_count(c->loop, &c->p->rxlen, 2, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &c->p->rxlen, 2, TMO));
     cr_assert_eq(memcmp(c->p->rx, "hi", 2), 0);
     cr_assert_eq(tpio_transport_write(c->t, "yo", 2), 0);
-    peer_expect(c, peer, "yo");
+    peer_expect(peer, "yo");
     cr_assert_eq(tpio_transport_close(c->t), 0);
-    cr_assert_eq(peer_eof(c->loop, peer), 0);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert_eq(peer_eof(th_fx.loop, peer), 0);
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,lost:0");
+}
+
+/* The test's listener on 127.0.0.1 (fini closes it): its port. */
+static uint16_t listen_v4(void)
+{
+    uint16_t port = 0;
+    c->l = listen_on(AF_INET, "127.0.0.1", &port);
+    cr_assert_geq(c->l, 0);
+    return port;
+}
+
+/* The listener's peer accepts and checks the connection (check_connected). */
+static void peer_checks_connection(void)
+{
+    int peer = accept_nb(c->l);
+    check_connected(c, peer);
+    close(peer);
 }
 
 /* ===================================================================== */
 
 Test(connect, numeric_ipv4, .timeout = 20)
 {
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
-    conn_finish(c);
+    peer_checks_connection();
 }
 
 Test(connect, numeric_ipv6, .timeout = 20)
 {
     uint16_t port = 0;
-    int l = listen_on(AF_INET6, "::1", &port);
-    if (l < 0) {
-        cr_log_warn("no IPv6 loopback (%s): IPv6 case skipped", strerror(-l));
+    c->l = listen_on(AF_INET6, "::1", &port);
+    if (c->l < 0) {
+        cr_log_warn("no IPv6 loopback (%s): IPv6 case skipped", strerror(-c->l));
         return;
     }
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "::1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
+    int peer = accept_nb(c->l);
     tpio_extra_t x;
     cr_assert_eq(tpio_transport_get_extra_info(c->t, "peername", &x), 0);
     cr_assert_eq(x.addr->sa_family, AF_INET6);
@@ -338,70 +342,53 @@ Test(connect, numeric_ipv6, .timeout = 20)
     cr_assert_str_eq(got, want);
     check_connected(c, peer);
     close(peer);
-    close(l);
-    conn_finish(c);
 }
 
 Test(connect, completion_before_early_data, .timeout = 20)
 {
     /* The peer accepts and sends before the client's loop ran: the
      * completion still sees only "made". */
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
-    cr_assert_eq(fcntl(l, F_SETFL, O_NONBLOCK), 0);
+    uint16_t port = listen_v4();
+    cr_assert_eq(fcntl(c->l, F_SETFL, O_NONBLOCK), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     int peer = -1;
     double end = th_now_s() + TMO;
     while (peer < 0 && th_now_s() < end) {
-        peer = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        peer = accept4(c->l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (peer < 0) {
-            struct pollfd pf = {.fd = l, .events = POLLIN};
+            struct pollfd pf = {.fd = c->l, .events = POLLIN};
             if (poll(&pf, 1, 2) == 0)
-                tpio_loop_run_once(c->loop, 0);
+                tpio_loop_run_once(th_fx.loop, 0);
         }
     }
     cr_assert_geq(peer, 0);
     cr_assert_eq(send(peer, "early", 5, MSG_NOSIGNAL), 5);
     wait_done(c, TMO);
     expect_success(c);
-    cr_assert(th_run_until_count(c->loop, &c->p->rxlen, 5, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &c->p->rxlen, 5, TMO));
     cr_assert_str_eq(c->p->events, "made,data");
     cr_assert_eq(memcmp(c->p->rx, "early", 5), 0);
     close(peer);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,eof,lost:0");
-    close(l);
-    conn_finish(c);
 }
 
 Test(connect, localhost_through_resolver, .timeout = 30)
 {
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "localhost", .port = port, .family = AF_INET};
     start(c, &o);
     /* a connection attempt exists: the loop cannot close */
-    cr_assert_eq(tpio_loop_close(c->loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     wait_done(c, 20);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
-    conn_finish(c);
+    peer_checks_connection();
 }
 
 Test(connect, local_address_binding, .timeout = 20)
 {
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     uint16_t lport = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .local_host = "127.0.0.1",
                              .local_port = lport};
@@ -413,43 +400,36 @@ Test(connect, local_address_binding, .timeout = 20)
     cr_assert_eq(tpio_transport_get_sockname(c->t, &a, &al), 0);
     cr_assert_eq(a.ss_family, AF_INET);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), lport);
-    int peer = accept_nb(l);
+    int peer = accept_nb(c->l);
     al = sizeof a;
     cr_assert_eq(getpeername(peer, (struct sockaddr *)&a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), lport);
     check_connected(c, peer);
     close(peer);
-    close(l);
-    conn_finish(c);
 }
 
 Test(connect, refused, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, refused_with_happy_eyeballs, .timeout = 20)
 {
-    conn_t *c = conn_new();
     uint16_t port = free_port(AF_INET, "127.0.0.1");
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .happy_eyeballs_delay = 0.05};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, unknown_host, .timeout = 40)
 {
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "nonexistent.invalid", .port = 80};
     start(c, &o);
     wait_done(c, 30);
@@ -459,24 +439,16 @@ Test(connect, unknown_host, .timeout = 40)
               "err %d (%s) is not a TPIO_EAI_* code", c->err, tpio_err_name(c->err));
     cr_assert_eq(strncmp(tpio_err_name(c->err), "TPIO_EAI_", 9), 0);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 Test(connect, happy_eyeballs_connects, .timeout = 20)
 {
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port, .happy_eyeballs_delay = 0.05};
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
-    conn_finish(c);
+    peer_checks_connection();
 }
 
 /* Several resolved addresses, tried in order. The resolver here may give one
@@ -507,18 +479,15 @@ static void connect_list(conn_t *c, struct sockaddr_in *addrs, int n, double he_
                                   .ai_addr = (struct sockaddr *)&addrs[i],
                                   .ai_addrlen = sizeof addrs[i],
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
-    int r = tpio__connect_addrs(c->loop, factory, c, ai, he_delay, on_conn, c, NULL);
+    int r = tpio__connect_addrs(th_fx.loop, factory, c, ai, he_delay, on_conn, c, NULL);
     cr_assert_eq(r, 0, "tpio__connect_addrs: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside the call");
 }
 
 static void first_refused_second_accepts(double he_delay)
 {
-    uint16_t good = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &good);
-    cr_assert_geq(l, 0);
+    uint16_t good = listen_v4();
     struct sockaddr_in addrs[2] = {loopback(closed_port()), loopback(good)};
-    conn_t *c = conn_new();
     connect_list(c, addrs, 2, he_delay);
     wait_done(c, TMO);
     expect_success(c);
@@ -526,11 +495,7 @@ static void first_refused_second_accepts(double he_delay)
     socklen_t al = sizeof a;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), good);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
-    conn_finish(c);
+    peer_checks_connection();
 }
 
 Test(connect, multiple_addresses_first_fails, .timeout = 30)
@@ -546,12 +511,10 @@ Test(connect, multiple_addresses_happy_eyeballs, .timeout = 30)
 Test(connect, all_addresses_fail_reports_first_error, .timeout = 30)
 {
     struct sockaddr_in addrs[2] = {loopback(closed_port()), loopback(closed_port())};
-    conn_t *c = conn_new();
     connect_list(c, addrs, 2, 0);
     wait_done(c, TMO);
     expect_failure(c, -ECONNREFUSED);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }
 
 /* The first address does not answer (its listener's accept queue is full,
@@ -570,34 +533,27 @@ Test(connect, happy_eyeballs_races_a_silent_address, .timeout = 30)
     /* fill the accept queue: one established connection makes it full */
     int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_eq(connect(filler, (struct sockaddr *)&sa, sizeof sa), 0);
-    int l = listen_on(AF_INET, "127.0.0.1", &good);
-    cr_assert_geq(l, 0);
+    good = listen_v4();
     struct sockaddr_in addrs[2] = {loopback(silent), loopback(good)};
-    conn_t *c = conn_new();
-    double t0 = th_time(c->loop);
+    double t0 = th_time(th_fx.loop);
     connect_list(c, addrs, 2, 0.05);
     wait_done(c, TMO);
     expect_success(c);
-    double took = th_time(c->loop) - t0;
+    double took = th_time(th_fx.loop) - t0;
     cr_assert_geq(took, 0.05, "the second attempt started before the delay (%.3f s)", took);
     struct sockaddr_storage a;
     socklen_t al = sizeof a;
     cr_assert_eq(tpio_transport_get_peername(c->t, &a, &al), 0);
     cr_assert_eq(ntohs(((struct sockaddr_in *)&a)->sin_port), good);
-    int peer = accept_nb(l);
-    check_connected(c, peer);
-    close(peer);
-    close(l);
+    peer_checks_connection();
     close(filler);
     close(ls);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
 {
     /* The specification's "Connecting Existing Sockets": the other end sends
      * "abc"; the protocol receives it and closes the transport. */
-    conn_t *c = conn_new();
     c->tmpl.close_on_data = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -606,7 +562,7 @@ Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
     start(c, &o);
     wait_done(c, TMO);
     expect_success(c);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,lost:0");
     cr_assert_eq(c->p->rxlen, 3);
     cr_assert_eq(memcmp(c->p->rx, "abc", 3), 0);
@@ -614,12 +570,10 @@ Test(connect, use_sock_socketpair_spec_example, .timeout = 20)
     char ch;
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 0);
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_unix_kind, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
@@ -633,21 +587,19 @@ Test(connect, use_sock_unix_kind, .timeout = 20)
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 1);
     cr_assert_eq(ch, 'x');
     cr_assert_eq(tpio_transport_close(c->t), 0);
-    cr_assert(th_run_until(c->loop, &c->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->p->lost, TMO));
     cr_assert_str_eq(c->p->events, "made,lost:0");
     cr_assert_eq(recv(sv[1], &ch, 1, 0), 0);
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_pipe_is_not_a_socket, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int pp[2];
     cr_assert_eq(pipe(pp), 0);
     int fl = fcntl(pp[0], F_GETFL), fdfl = fcntl(pp[0], F_GETFD);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = pp[0]};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL), -ENOTSOCK);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c, NULL), -ENOTSOCK);
     /* untouched: still open, same flags, still works */
     cr_assert_eq(fcntl(pp[0], F_GETFL), fl);
     cr_assert_eq(fcntl(pp[0], F_GETFD), fdfl);
@@ -656,52 +608,46 @@ Test(connect, use_sock_pipe_is_not_a_socket, .timeout = 20)
     cr_assert_eq(read(pp[0], &ch, 1), 1);
     cr_assert_eq(ch, 'z');
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
     close(pp[0]);
     close(pp[1]);
-    conn_finish(c);
 }
 
 Test(connect, use_sock_datagram_socket_rejected, .timeout = 20)
 {
-    conn_t *c = conn_new();
     int d = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(d, 0);
     int fl = fcntl(d, F_GETFL);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = d};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c, NULL), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     int type = 0;
     socklen_t tl = sizeof type;
     cr_assert_eq(getsockopt(d, SOL_SOCKET, SO_TYPE, &type, &tl), 0);
     cr_assert_eq(type, SOCK_DGRAM);
     /* and the same through connect_accepted_socket */
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, d, on_conn, c, NULL), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, d, on_conn, c, NULL), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
     close(d);
-    conn_finish(c);
 }
 
 Test(connect, accepted_socket, .timeout = 20)
 {
-    conn_t *c = conn_new();
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     int cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     cr_assert_eq(connect(cl, (struct sockaddr *)&a, sizeof a), 0);
-    int s = accept4(l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
+    int s = accept4(c->l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
     cr_assert_geq(s, 0);
     cr_assert_eq(fcntl(cl, F_SETFL, O_NONBLOCK), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, s, on_conn, c, NULL), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, s, on_conn, c, NULL), 0);
     cr_assert(!c->done);
     if (c->created)
         cr_assert(!c->created->made);
@@ -710,28 +656,21 @@ Test(connect, accepted_socket, .timeout = 20)
     cr_assert_eq(th_fd(c->t), s);
     check_connected(c, cl);
     close(cl);
-    close(l);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_connection, .timeout = 20)
 {
-    conn_t *c = conn_new();
     c->refuse = true;
-    uint16_t port = 0;
-    int l = listen_on(AF_INET, "127.0.0.1", &port);
-    cr_assert_geq(l, 0);
+    uint16_t port = listen_v4();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = port};
     start(c, &o);
     wait_done(c, TMO);
     expect_failure(c, -ECONNABORTED);
     cr_assert_eq(c->factory_calls, 1);
     /* the socket was closed */
-    int peer = accept_nb(l);
-    cr_assert_eq(peer_eof(c->loop, peer), 0);
+    int peer = accept_nb(c->l);
+    cr_assert_eq(peer_eof(th_fx.loop, peer), 0);
     close(peer);
-    close(l);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_use_sock, .timeout = 20)
@@ -739,22 +678,20 @@ Test(connect, factory_refuses_use_sock, .timeout = 20)
     /* tpio.h: a factory returning NULL closes the connection, and "for
      * tpio_loop_create_connection the completion reports -ECONNABORTED" (use_sock
      * included: the socket is owned from the 0 return on). */
-    conn_t *c = conn_new();
     c->refuse = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     tpio_connect_opts_t o = {.size = sizeof o, .use_sock = TPIO_ON, .sock = sv[0]};
-    int r = tpio_loop_create_connection(c->loop, factory, c, &o, on_conn, c, NULL);
+    int r = tpio_loop_create_connection(th_fx.loop, factory, c, &o, on_conn, c, NULL);
     cr_assert_eq(r, 0, "factory refusal returned %s instead of reaching the completion",
                  tpio_err_name(r));
     cr_assert(!c->done);
     wait_done(c, TMO);
     expect_failure(c, -ECONNABORTED);
     cr_assert_eq(c->factory_calls, 1);
-    cr_assert_eq(peer_eof(c->loop, sv[1]), 0); /* the library closed sv[0] */
+    cr_assert_eq(peer_eof(th_fx.loop, sv[1]), 0); /* the library closed sv[0] */
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, factory_refuses_accepted_socket, .timeout = 20)
@@ -762,52 +699,49 @@ Test(connect, factory_refuses_accepted_socket, .timeout = 20)
     /* Either the call succeeds and the completion reports -ECONNABORTED (and
      * the socket, owned from the 0 return, is closed), or the call itself
      * fails with -ECONNABORTED and then leaves the socket untouched. */
-    conn_t *c = conn_new();
     c->refuse = true;
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     int fl = fcntl(sv[0], F_GETFL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], on_conn, c, NULL);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], on_conn, c, NULL);
     cr_assert(!c->done);
     if (r == 0) {
         wait_done(c, TMO);
         expect_failure(c, -ECONNABORTED);
         cr_assert_eq(c->factory_calls, 1);
-        cr_assert_eq(peer_eof(c->loop, sv[1]), 0);
+        cr_assert_eq(peer_eof(th_fx.loop, sv[1]), 0);
     } else {
         cr_assert_eq(r, -ECONNABORTED, "returned %s", tpio_err_name(r));
         cr_assert_eq(fcntl(sv[0], F_GETFL), fl,
                      "error return, but the socket was modified (flags %#x -> %#x)", fl,
                      fcntl(sv[0], F_GETFL));
         for (int i = 0; i < 5; i++)
-            tpio_loop_run_once(c->loop, 0.001);
+            tpio_loop_run_once(th_fx.loop, 0.001);
         cr_assert_eq(c->cb_calls, 0);
         close(sv[0]);
     }
     close(sv[1]);
-    conn_finish(c);
 }
 
 Test(connect, bad_arguments, .timeout = 20)
 {
-    conn_t *c = conn_new();
     tpio_connect_opts_t o = {.size = sizeof o, .host = "127.0.0.1", .port = 9};
     cr_assert_eq(tpio_loop_create_connection(NULL, factory, c, &o, on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, NULL, c, &o, on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, NULL, on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &o, NULL, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, NULL, c, &o, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, NULL, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &o, NULL, c, NULL), -EINVAL);
     tpio_connect_opts_t nohost = {.size = sizeof nohost, .port = 9};
-    cr_assert_eq(tpio_loop_create_connection(c->loop, factory, c, &nohost, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &nohost, on_conn, c, NULL), -EINVAL);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, NULL, c, sv[0], on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(c->loop, factory, c, sv[0], NULL, c, NULL), -EINVAL);
-    int r = tpio_loop_connect_accepted_socket(c->loop, factory, c, -1, on_conn, c, NULL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, NULL, c, sv[0], on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], NULL, c, NULL), -EINVAL);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, -1, on_conn, c, NULL);
     cr_assert(r == -EINVAL || r == -EBADF, "sock -1 gave %s", tpio_err_name(r));
     tpio_connect_opts_t badsock = {.size = sizeof badsock, .use_sock = TPIO_ON, .sock = -1};
-    r = tpio_loop_create_connection(c->loop, factory, c, &badsock, on_conn, c, NULL);
+    r = tpio_loop_create_connection(th_fx.loop, factory, c, &badsock, on_conn, c, NULL);
     cr_assert(r == -EINVAL || r == -EBADF, "use_sock -1 gave %s", tpio_err_name(r));
     /* the socketpair end was not taken over by the failed calls */
     cr_assert_neq(fcntl(sv[0], F_GETFD), -1);
@@ -815,8 +749,7 @@ Test(connect, bad_arguments, .timeout = 20)
     close(sv[0]);
     close(sv[1]);
     for (int i = 0; i < 5; i++)
-        tpio_loop_run_once(c->loop, 0.001);
+        tpio_loop_run_once(th_fx.loop, 0.001);
     cr_assert_eq(c->cb_calls, 0);
     cr_assert_eq(c->factory_calls, 0);
-    conn_finish(c);
 }

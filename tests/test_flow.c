@@ -4,6 +4,9 @@
  * Data is made to buffer deterministically: the peer is a plain socket that
  * is not read, both kernel buffers are shrunk, and the loop does not run
  * while the test writes, so nothing drains until the peer reads.
+ *
+ * Every test runs on each kind of helpers' th_kinds table (TestBothKinds):
+ * flow::<name>_tcp and flow::<name>_unix.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -24,6 +27,11 @@
 #include <unistd.h>
 
 #define TMO 5.0
+
+/* Each test gets th_fx.loop; th_fx_fini finishes the pair (waits for its
+ * connection_lost, closes the peer), checks that no error was reported and
+ * closes the loop. */
+TestSuite(flow, .init = th_fx_init, .fini = th_fx_fini);
 
 /* ---- recording pause/resume with the buffer size at the time ------------ */
 
@@ -64,9 +72,9 @@ static const tpio_protocol_ops_t *flow_ops(void)
     return &g_flow_ops;
 }
 
-static th_pair_t *flow_pair(void)
+static th_pair_t *flow_pair(const th_kind_t *K)
 {
-    th_pair_t *pr = th_tcp_pair(flow_ops(), NULL);
+    th_pair_t *pr = K->pair(flow_ops(), NULL);
     g_pr = pr;
     th_shrink_bufs(pr);
     return pr;
@@ -107,21 +115,33 @@ static void limits_are(tpio_transport_t *t, size_t low, size_t high)
     cr_assert_eq(h, high, "high %zu, expected %zu", h, high);
 }
 
-static void close_and_finish(th_pair_t *pr, const char *events)
+/* Close, then the events up to connection_lost are these (fini then finishes
+ * the pair). */
+static void close_expecting(th_pair_t *pr, const char *events)
 {
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, events);
-    th_pair_finish(pr);
 }
 
 #define D TPIO_LIMIT_DEFAULT
 
+/* Make the transport buffer, under a high watermark out of the way (no
+ * pause): how much it buffered. */
+static size_t fill_unpaused(th_pair_t *pr)
+{
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
+    th_fill_until_buffered(pr);
+    size_t b0 = th_wbuf_size(pr->t);
+    cr_assert_gt(b0, 0);
+    return b0;
+}
+
 /* ===================================================================== */
 
-Test(flow, limits_defaults_and_derivation, .timeout = 20)
+TestBothKinds(flow, limits_defaults_and_derivation, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     tpio_transport_t *t = pr->t;
     limits_are(t, 16384, 65536);
     cr_assert_eq(th_wbuf_size(t), 0);
@@ -163,12 +183,12 @@ Test(flow, limits_defaults_and_derivation, .timeout = 20)
     limits_are(t, 0, 0);
     /* nothing buffered: high 0 alone does not pause */
     cr_assert_str_eq(pr->p->events, "made");
-    close_and_finish(pr, "made,lost:0");
+    close_expecting(pr, "made,lost:0");
 }
 
-Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
+TestBothKinds(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 0, D), 0);
     limits_are(pr->t, 0, 0);
     /* sent at once: nothing buffered, no pause */
@@ -187,16 +207,13 @@ Test(flow, high_zero_pauses_whenever_anything_is_buffered, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_eq(g_resume_sz[0], 0); /* low 0: only once empty */
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, pause_only_strictly_above_high, .timeout = 30)
+TestBothKinds(flow, pause_only_strictly_above_high, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
-    cr_assert_gt(b0, 0);
+    th_pair_t *pr = flow_pair(K);
+    size_t b0 = fill_unpaused(pr);
     size_t high = b0 + 100;
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)high, D), 0);
     limits_are(pr->t, high / 4, high);
@@ -215,16 +232,13 @@ Test(flow, pause_only_strictly_above_high, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_leq(g_resume_sz[0], high / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, set_limits_can_pause_at_once, .timeout = 30)
+TestBothKinds(flow, set_limits_can_pause_at_once, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
-    cr_assert_gt(b0, 0);
+    th_pair_t *pr = flow_pair(K);
+    size_t b0 = fill_unpaused(pr);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)b0, D), 0);
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)b0 - 1, D), 0);
@@ -236,12 +250,12 @@ Test(flow, set_limits_can_pause_at_once, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], (b0 - 1) / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
+TestBothKinds(flow, low_zero_resumes_only_when_empty, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 1024, 0), 0);
     limits_are(pr->t, 0, 1024);
     th_fill_until_buffered(pr);
@@ -253,15 +267,13 @@ Test(flow, low_zero_resumes_only_when_empty, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_eq(g_nresume, 1);
     cr_assert_eq(g_resume_sz[0], 0);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, writelines_pauses_too, .timeout = 30)
+TestBothKinds(flow, writelines_pauses_too, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, D), 0);
-    th_fill_until_buffered(pr);
-    size_t b0 = th_wbuf_size(pr->t);
+    th_pair_t *pr = flow_pair(K);
+    size_t b0 = fill_unpaused(pr);
     size_t high = b0 + 10;
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)high, D), 0);
     unsigned char src[12];
@@ -280,14 +292,14 @@ Test(flow, writelines_pauses_too, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], high / 4);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
+TestBothKinds(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
 {
     /* writelines with nothing buffered: what the kernel does not take is
      * buffered, and that may go above high at once */
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, 1000, D), 0);
     enum { N = 64, PIECE = 8192 };
     unsigned char *src = malloc((size_t)N * PIECE);
@@ -304,12 +316,12 @@ Test(flow, writelines_into_empty_buffer_pauses, .timeout = 30)
     peer_drain_live(pr);
     cr_assert_str_eq(pr->p->events, "made,pause,resume");
     cr_assert_leq(g_resume_sz[0], 250);
-    close_and_finish(pr, "made,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,lost:0");
 }
 
-Test(flow, repeated_cycles, .timeout = 40)
+TestBothKinds(flow, repeated_cycles, .timeout = 40)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     limits_are(pr->t, 16384, 65536);
     for (int cycle = 0; cycle < 3; cycle++) {
         th_fill_until_buffered(pr);
@@ -324,12 +336,12 @@ Test(flow, repeated_cycles, .timeout = 40)
         cr_assert_gt(g_pause_sz[cycle], 65536);
     }
     cr_assert_str_eq(pr->p->events, "made,pause,resume,pause,resume,pause,resume");
-    close_and_finish(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
-Test(flow, resume_writing_may_write_again, .timeout = 40)
+TestBothKinds(flow, resume_writing_may_write_again, .timeout = 40)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     g_refills = 2;
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 200000);
@@ -339,14 +351,14 @@ Test(flow, resume_writing_may_write_again, .timeout = 40)
     cr_assert_str_eq(pr->p->events, "made,pause,resume,pause,resume,pause,resume");
     cr_assert_eq(g_npause, 3);
     cr_assert_eq(g_nresume, 3);
-    close_and_finish(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
+    close_expecting(pr, "made,pause,resume,pause,resume,pause,resume,lost:0");
 }
 
-Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
+TestBothKinds(flow, close_while_paused_resumes_then_lost, .timeout = 30)
 {
     /* asyncio's _write_ready calls resume_writing as the buffer drains,
      * before connection_lost, also on a closing transport */
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 100000);
     cr_assert_str_eq(pr->p->events, "made,pause");
@@ -358,12 +370,11 @@ Test(flow, close_while_paused_resumes_then_lost, .timeout = 30)
     cr_assert_eq(got, pr->wtotal);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, "made,pause,resume,lost:0");
-    th_pair_finish(pr);
 }
 
-Test(flow, abort_while_paused_no_resume, .timeout = 30)
+TestBothKinds(flow, abort_while_paused_no_resume, .timeout = 30)
 {
-    th_pair_t *pr = flow_pair();
+    th_pair_t *pr = flow_pair(K);
     th_fill_until_buffered(pr);
     th_write_pattern(pr, 100000);
     cr_assert_str_eq(pr->p->events, "made,pause");
@@ -373,5 +384,4 @@ Test(flow, abort_while_paused_no_resume, .timeout = 30)
     th_run_iters(pr->loop, 3);
     cr_assert_str_eq(pr->p->events, "made,pause,lost:0");
     cr_assert_eq(g_nresume, 0);
-    th_pair_finish(pr);
 }

@@ -18,6 +18,9 @@
 #include <tpio.h>
 #include "helpers.h"
 
+/* Each test gets th_fx.loop; fini checks that it closes and saw no report. */
+TestSuite(loop, .init = th_fx_init, .fini = th_fx_fini);
+
 /* ------------------------------------------------------------------------- */
 /* helpers                                                                   */
 /* ------------------------------------------------------------------------- */
@@ -75,15 +78,14 @@ static void never_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, new_and_close, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    cr_assert_not(th_is_running(loop));
-    cr_assert_geq(th_time(loop), 0.0);
-    close_loop(loop);
+    cr_assert_not(th_is_running(th_fx.loop));
+    cr_assert_geq(th_time(th_fx.loop), 0.0);
+    th_fx_close_loop();
 }
 
 Test(loop, several_loops_are_independent, .timeout = 30)
 {
-    tpio_loop_t *a = th_new_loop(), *b = th_new_loop();
+    tpio_loop_t *a = th_fx.loop, *b = th_new_loop();
     cr_assert_neq(a, b);
     size_t ca = 0, cb = 0;
     cr_assert_eq(tpio_loop_call_soon(a, count_cb, &ca, NULL), 0);
@@ -94,21 +96,19 @@ Test(loop, several_loops_are_independent, .timeout = 30)
     cr_assert_eq(cb, 0);
     cr_assert_geq(tpio_loop_run_once(b, 0), 0);
     cr_assert_eq(cb, 2);
-    close_loop(a);
     close_loop(b);
 }
 
 Test(loop, close_discards_pending_callbacks_and_timers, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     for (int i = 0; i < 100; i++)
-        cr_assert_eq(tpio_loop_call_soon(loop, never_cb, NULL, NULL), 0);
+        cr_assert_eq(tpio_loop_call_soon(th_fx.loop, never_cb, NULL, NULL), 0);
     for (int i = 0; i < 100; i++)
-        cr_assert_eq(tpio_loop_call_later(loop, 100.0 + i, never_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_call_at(loop, th_time(loop) + 50, never_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon_threadsafe(loop, never_cb, NULL), 0);
+        cr_assert_eq(tpio_loop_call_later(th_fx.loop, 100.0 + i, never_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, th_time(th_fx.loop) + 50, never_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon_threadsafe(th_fx.loop, never_cb, NULL), 0);
     /* everything is freed (ASan leak check) and nothing runs */
-    close_loop(loop);
+    th_fx_close_loop();
 }
 
 /* ------------------------------------------------------------------------- */
@@ -117,37 +117,34 @@ Test(loop, close_discards_pending_callbacks_and_timers, .timeout = 30)
 
 Test(loop, call_soon_fifo_order, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     static rec_item_t items[1000];
-    rec.loop = loop;
+    rec.loop = th_fx.loop;
     for (int i = 0; i < 1000; i++) {
         items[i] = (rec_item_t){&rec, i};
-        cr_assert_eq(tpio_loop_call_soon(loop, rec_cb, &items[i], NULL), 0);
+        cr_assert_eq(tpio_loop_call_soon(th_fx.loop, rec_cb, &items[i], NULL), 0);
     }
     cr_assert_eq(rec.n, 0, "call_soon ran a callback inside the call");
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(rec.n, 1000);
     for (int i = 0; i < 1000; i++)
         cr_assert_eq(rec.ids[i], i, "position %d got callback %d", i, rec.ids[i]);
-    close_loop(loop);
 }
 
 Test(loop, call_soon_handles_are_distinct_and_nonzero, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     size_t n = 0;
     tpio_handle_t h[64];
     for (int i = 0; i < 64; i++) {
         h[i] = 0;
-        cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, &h[i]), 0);
+        cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, &h[i]), 0);
         cr_assert_neq(h[i], 0);
         for (int j = 0; j < i; j++)
             cr_assert_neq(h[i], h[j]);
     }
     tpio_handle_t t1 = 0, t2 = 0;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.0, count_cb, &n, &t1), 0);
-    cr_assert_eq(tpio_loop_call_at(loop, 0.0, count_cb, &n, &t2), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.0, count_cb, &n, &t1), 0);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, 0.0, count_cb, &n, &t2), 0);
     cr_assert_neq(t1, 0);
     cr_assert_neq(t2, 0);
     cr_assert_neq(t1, t2);
@@ -155,8 +152,7 @@ Test(loop, call_soon_handles_are_distinct_and_nonzero, .timeout = 30)
         cr_assert_neq(t1, h[j]);
         cr_assert_neq(t2, h[j]);
     }
-    cr_assert(th_run_until_count(loop, &n, 66, 2.0));
-    close_loop(loop);
+    cr_assert(th_run_until_count(th_fx.loop, &n, 66, 2.0));
 }
 
 typedef struct nested {
@@ -180,16 +176,14 @@ static void nested_a(tpio_loop_t *loop, void *arg)
 
 Test(loop, callbacks_scheduled_in_a_callback_run_next_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    nested_t n = {loop, 0, 0};
-    cr_assert_eq(tpio_loop_call_soon(loop, nested_a, &n, NULL), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    nested_t n = {th_fx.loop, 0, 0};
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, nested_a, &n, NULL), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(n.a, 1);
     cr_assert_eq(n.b, 0, "a callback scheduled during the iteration ran in it");
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(n.a, 1);
     cr_assert_eq(n.b, 1);
-    close_loop(loop);
 }
 
 typedef struct resched {
@@ -206,20 +200,18 @@ static void resched_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, self_rescheduling_callback_runs_once_per_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     resched_t r = {0, 0};
-    cr_assert_eq(tpio_loop_call_soon(loop, resched_cb, &r, &r.last), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, resched_cb, &r, &r.last), 0);
     for (size_t i = 1; i <= 5; i++) {
         /* a blocking timeout: ready callbacks mean the loop must not wait */
         double t0 = th_now_s();
-        cr_assert_geq(tpio_loop_run_once(loop, 1.0), 0);
+        cr_assert_geq(tpio_loop_run_once(th_fx.loop, 1.0), 0);
         cr_assert_lt(th_now_s() - t0, 0.5, "run_once blocked with ready callbacks");
         cr_assert_eq(r.runs, i);
     }
-    cr_assert_eq(tpio_loop_cancel(loop, r.last), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, r.last), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(r.runs, 5);
-    close_loop(loop);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -228,18 +220,17 @@ Test(loop, self_rescheduling_callback_runs_once_per_iteration, .timeout = 30)
 
 Test(loop, call_later_fires_in_deadline_order, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
-    rec.loop = loop;
+    rec.loop = th_fx.loop;
     rec_item_t i3 = {&rec, 3}, i1 = {&rec, 1}, i2 = {&rec, 2};
-    double t0 = th_time(loop);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.03, rec_cb, &i3, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.01, rec_cb, &i1, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.02, rec_cb, &i2, NULL), 0);
+    double t0 = th_time(th_fx.loop);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.03, rec_cb, &i3, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.01, rec_cb, &i1, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.02, rec_cb, &i2, NULL), 0);
     cr_assert_eq(rec.n, 0);
     double end = th_now_s() + 3.0;
     while (rec.n < 3 && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.05);
+        tpio_loop_run_once(th_fx.loop, 0.05);
     cr_assert_eq(rec.n, 3);
     cr_assert_eq(rec.ids[0], 1);
     cr_assert_eq(rec.ids[1], 2);
@@ -247,51 +238,47 @@ Test(loop, call_later_fires_in_deadline_order, .timeout = 30)
     cr_assert_geq(rec.at[0], t0 + 0.01 - 1e-6);
     cr_assert_geq(rec.at[1], t0 + 0.02 - 1e-6);
     cr_assert_geq(rec.at[2], t0 + 0.03 - 1e-6);
-    close_loop(loop);
 }
 
 Test(loop, equal_deadlines_fire_in_fifo_order, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     static rec_item_t items[50];
-    rec.loop = loop;
-    double when = th_time(loop) + 0.02;
+    rec.loop = th_fx.loop;
+    double when = th_time(th_fx.loop) + 0.02;
     for (int i = 0; i < 50; i++) {
         items[i] = (rec_item_t){&rec, i};
-        cr_assert_eq(tpio_loop_call_at(loop, when, rec_cb, &items[i], NULL), 0);
+        cr_assert_eq(tpio_loop_call_at(th_fx.loop, when, rec_cb, &items[i], NULL), 0);
     }
     double end = th_now_s() + 3.0;
     while (rec.n < 50 && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.05);
+        tpio_loop_run_once(th_fx.loop, 0.05);
     cr_assert_eq(rec.n, 50);
     for (int i = 0; i < 50; i++) {
         cr_assert_eq(rec.ids[i], i, "position %d got timer %d", i, rec.ids[i]);
         cr_assert_geq(rec.at[i], when - 1e-6);
     }
-    close_loop(loop);
 }
 
 Test(loop, many_timers_fire_sorted_by_deadline_then_fifo, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
     enum { N = 3000 };
     static rec_item_t items[N];
     static double whens[N];
-    rec.loop = loop;
-    double base = th_time(loop) + 0.02;
+    rec.loop = th_fx.loop;
+    double base = th_time(th_fx.loop) + 0.02;
     unsigned seed = 12345;
     for (int i = 0; i < N; i++) {
         seed = seed * 1103515245u + 12345u;
         whens[i] = base + (double)((seed >> 16) % 40) * 0.001; /* many ties */
         items[i] = (rec_item_t){&rec, i};
-        if (tpio_loop_call_at(loop, whens[i], rec_cb, &items[i], NULL) != 0)
+        if (tpio_loop_call_at(th_fx.loop, whens[i], rec_cb, &items[i], NULL) != 0)
             cr_assert_fail("call_at %d failed", i);
     }
     double end = th_now_s() + 5.0;
     while (rec.n < N && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.05);
+        tpio_loop_run_once(th_fx.loop, 0.05);
     cr_assert_eq(rec.n, N);
     for (int k = 1; k < N; k++) {
         int a = rec.ids[k - 1], b = rec.ids[k];
@@ -302,54 +289,48 @@ Test(loop, many_timers_fire_sorted_by_deadline_then_fifo, .timeout = 30)
     for (int k = 0; k < N; k++)
         if (rec.at[k] < whens[rec.ids[k]] - 1e-6)
             cr_assert_fail("timer %d fired early", rec.ids[k]);
-    close_loop(loop);
 }
 
 Test(loop, call_at_fires_at_the_given_loop_time, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
-    rec.loop = loop;
+    rec.loop = th_fx.loop;
     rec_item_t it = {&rec, 7};
-    double when = th_time(loop) + 0.04;
-    cr_assert_eq(tpio_loop_call_at(loop, when, rec_cb, &it, NULL), 0);
+    double when = th_time(th_fx.loop) + 0.04;
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, when, rec_cb, &it, NULL), 0);
     double end = th_now_s() + 3.0;
     while (rec.n < 1 && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.1);
+        tpio_loop_run_once(th_fx.loop, 0.1);
     cr_assert_eq(rec.n, 1);
     cr_assert_eq(rec.ids[0], 7);
     cr_assert_geq(rec.at[0], when - 1e-6, "fired at %.6f, when %.6f", rec.at[0], when);
     cr_assert_lt(rec.at[0], when + 1.0);
-    close_loop(loop);
 }
 
 Test(loop, call_at_in_the_past_and_negative_delay_run_next_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     size_t n = 0;
-    cr_assert_eq(tpio_loop_call_at(loop, th_time(loop) - 10.0, count_cb, &n, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, -5.0, count_cb, &n, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.0, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, th_time(th_fx.loop) - 10.0, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, -5.0, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.0, count_cb, &n, NULL), 0);
     cr_assert_eq(n, 0);
     double t0 = th_now_s();
-    cr_assert_geq(tpio_loop_run_once(loop, 1.0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 1.0), 0);
     cr_assert_lt(th_now_s() - t0, 0.5);
     cr_assert_eq(n, 3);
-    close_loop(loop);
 }
 
 Test(loop, call_later_fires_no_earlier_than_delay, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
-    rec.loop = loop;
+    rec.loop = th_fx.loop;
     rec_item_t it = {&rec, 1};
-    double t0 = th_time(loop);
+    double t0 = th_time(th_fx.loop);
     double m0 = th_now_s();
-    cr_assert_eq(tpio_loop_call_later(loop, 0.05, rec_cb, &it, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.05, rec_cb, &it, NULL), 0);
     double end = m0 + 3.0;
     while (rec.n < 1 && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.007);
+        tpio_loop_run_once(th_fx.loop, 0.007);
     double m1 = th_now_s();
     cr_assert_eq(rec.n, 1);
     cr_assert_geq(rec.at[0], t0 + 0.05 - 1e-6, "loop time at firing %.6f < %.6f",
@@ -357,58 +338,51 @@ Test(loop, call_later_fires_no_earlier_than_delay, .timeout = 30)
     /* the loop clock is a real clock: real time passed too */
     cr_assert_geq(m1 - m0, 0.049, "only %.6f s of real time passed", m1 - m0);
     cr_assert_lt(rec.at[0] - t0, 1.0);
-    close_loop(loop);
 }
 
 Test(loop, loop_time_is_monotonic_and_advances, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    double prev = th_time(loop);
+    double prev = th_time(th_fx.loop);
     for (int i = 0; i < 10000; i++) {
-        double t = th_time(loop);
+        double t = th_time(th_fx.loop);
         cr_assert_geq(t, prev);
         prev = t;
     }
-    double t0 = th_time(loop);
+    double t0 = th_time(th_fx.loop);
     double m0 = th_now_s();
-    tpio_loop_run_once(loop, 0.03); /* nothing to do: waits ~30 ms */
+    tpio_loop_run_once(th_fx.loop, 0.03); /* nothing to do: waits ~30 ms */
     double m1 = th_now_s();
-    double t1 = th_time(loop);
+    double t1 = th_time(th_fx.loop);
     cr_assert_geq(m1 - m0, 0.025, "run_once(30) returned after %.6f s", m1 - m0);
     cr_assert_geq(t1 - t0, 0.025, "loop time advanced only %.6f s", t1 - t0);
     cr_assert_lt(t1 - t0, m1 - m0 + 0.05);
-    close_loop(loop);
 }
 
 Test(loop, run_once_blocking_wakes_for_a_timer, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     bool fired = false;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.02, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.02, th_set_flag, &fired, NULL), 0);
     double m0 = th_now_s();
     /* -1: wait until something happens; the timer is what happens */
-    cr_assert_geq(tpio_loop_run_once(loop, -1), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, -1), 0);
     cr_assert(fired, "run_once(-1) returned before running the due timer");
     cr_assert_lt(th_now_s() - m0, 1.0);
     /* a long timeout is cut short by a nearer timer */
     fired = false;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.02, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.02, th_set_flag, &fired, NULL), 0);
     m0 = th_now_s();
-    cr_assert_geq(tpio_loop_run_once(loop, 5.0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 5.0), 0);
     cr_assert(fired);
     cr_assert_lt(th_now_s() - m0, 1.0);
-    close_loop(loop);
 }
 
 Test(loop, run_once_zero_does_not_block, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    cr_assert_eq(tpio_loop_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 30.0, never_cb, NULL, NULL), 0);
     double m0 = th_now_s();
     for (int i = 0; i < 100; i++)
-        cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+        cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_lt(th_now_s() - m0, 1.0);
-    close_loop(loop);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -417,61 +391,53 @@ Test(loop, run_once_zero_does_not_block, .timeout = 30)
 
 Test(loop, cancel_timer_before_firing, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     tpio_handle_t h = 0;
     bool other = false;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.01, never_cb, NULL, &h), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.03, th_set_flag, &other, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.01, never_cb, NULL, &h), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.03, th_set_flag, &other, NULL), 0);
     cr_assert_neq(h, 0);
-    cr_assert_eq(tpio_loop_cancel(loop, h), 0);
-    cr_assert_eq(tpio_loop_cancel(loop, h), -ENOENT, "second cancel");
-    cr_assert(th_run_until(loop, &other, 3.0));
-    th_spin_for(loop, 0.03);
-    cr_assert_eq(tpio_loop_cancel(loop, h), -ENOENT);
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), 0);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT, "second cancel");
+    cr_assert(th_run_until(th_fx.loop, &other, 3.0));
+    th_spin_for(th_fx.loop, 0.03);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT);
 }
 
 Test(loop, cancel_after_firing_is_enoent, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     tpio_handle_t h1 = 0, h2 = 0;
     size_t n = 0;
-    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, &h1), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.001, count_cb, &n, &h2), 0);
-    cr_assert(th_run_until_count(loop, &n, 2, 3.0));
-    cr_assert_eq(tpio_loop_cancel(loop, h1), -ENOENT);
-    cr_assert_eq(tpio_loop_cancel(loop, h2), -ENOENT);
-    cr_assert_eq(tpio_loop_cancel(loop, h1), -ENOENT);
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, &h1), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.001, count_cb, &n, &h2), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &n, 2, 3.0));
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h1), -ENOENT);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h2), -ENOENT);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h1), -ENOENT);
 }
 
 Test(loop, cancel_invalid_handles, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    cr_assert_eq(tpio_loop_cancel(loop, 0), -ENOENT);
-    cr_assert_eq(tpio_loop_cancel(loop, (tpio_handle_t)0xdeadbeefcafeULL), -ENOENT);
-    cr_assert_eq(tpio_loop_cancel(loop, UINT64_MAX), -ENOENT);
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, 0), -ENOENT);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, (tpio_handle_t)0xdeadbeefcafeULL), -ENOENT);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, UINT64_MAX), -ENOENT);
 }
 
 Test(loop, cancel_call_soon_handle, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static rec_t rec;
-    rec.loop = loop;
+    rec.loop = th_fx.loop;
     rec_item_t a = {&rec, 1}, c = {&rec, 3};
     tpio_handle_t hb = 0;
-    cr_assert_eq(tpio_loop_call_soon(loop, rec_cb, &a, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, never_cb, NULL, &hb), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, rec_cb, &c, NULL), 0);
-    cr_assert_eq(tpio_loop_cancel(loop, hb), 0);
-    cr_assert_eq(tpio_loop_cancel(loop, hb), -ENOENT);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, rec_cb, &a, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, never_cb, NULL, &hb), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, rec_cb, &c, NULL), 0);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, hb), 0);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, hb), -ENOENT);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(rec.n, 2);
     cr_assert_eq(rec.ids[0], 1);
     cr_assert_eq(rec.ids[1], 3);
-    cr_assert_eq(tpio_loop_cancel(loop, hb), -ENOENT);
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, hb), -ENOENT);
 }
 
 typedef struct canceller {
@@ -489,25 +455,23 @@ static void canceller_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, cancel_from_a_callback_in_the_same_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     /* both ready in the same iteration: the first cancels the second */
     canceller_t c = {0, 1, false};
-    cr_assert_eq(tpio_loop_call_soon(loop, canceller_cb, &c, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, never_cb, NULL, &c.victim), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, canceller_cb, &c, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, never_cb, NULL, &c.victim), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert(c.ran);
     cr_assert_eq(c.result, 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
 
     /* same with two timers due at the same time */
     canceller_t d = {0, 1, false};
-    double when = th_time(loop) + 0.01;
-    cr_assert_eq(tpio_loop_call_at(loop, when, canceller_cb, &d, NULL), 0);
-    cr_assert_eq(tpio_loop_call_at(loop, when, never_cb, NULL, &d.victim), 0);
-    cr_assert(th_run_until(loop, &d.ran, 3.0));
+    double when = th_time(th_fx.loop) + 0.01;
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, when, canceller_cb, &d, NULL), 0);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, when, never_cb, NULL, &d.victim), 0);
+    cr_assert(th_run_until(th_fx.loop, &d.ran, 3.0));
     cr_assert_eq(d.result, 0);
-    th_spin_for(loop, 0.02);
-    close_loop(loop);
+    th_spin_for(th_fx.loop, 0.02);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -543,65 +507,59 @@ static void after_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, stop_from_callback_finishes_the_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    stopper_t s = {.loop = loop};
-    cr_assert_eq(tpio_loop_call_soon(loop, stopping_cb, &s, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, after_cb, &s, NULL), 0); /* same iteration */
-    cr_assert_eq(tpio_loop_call_soon(loop, after_cb, &s, NULL), 0);
-    cr_assert_not(th_is_running(loop));
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
-    cr_assert_not(th_is_running(loop));
+    stopper_t s = {.loop = th_fx.loop};
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, stopping_cb, &s, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, after_cb, &s, NULL), 0); /* same iteration */
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, after_cb, &s, NULL), 0);
+    cr_assert_not(th_is_running(th_fx.loop));
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
+    cr_assert_not(th_is_running(th_fx.loop));
     cr_assert(s.running_inside);
     cr_assert_eq(s.after_sched, 2, "callbacks already scheduled in the iteration must run");
     cr_assert_eq(s.scheduled_later, 0, "a callback scheduled during the last iteration ran");
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(s.scheduled_later, 1);
-    close_loop(loop);
 }
 
 Test(loop, stop_from_a_timer_ends_run, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     size_t ticks = 0;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.02, count_cb, &ticks, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.04, stop_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.02, count_cb, &ticks, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.04, stop_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 30.0, never_cb, NULL, NULL), 0);
     double m0 = th_now_s();
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     double el = th_now_s() - m0;
     cr_assert_eq(ticks, 1);
     cr_assert_geq(el, 0.035);
     cr_assert_lt(el, 2.0);
     /* run again works after a stop */
-    cr_assert_eq(tpio_loop_call_later(loop, 0.01, stop_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.01, stop_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
 }
 
 Test(loop, stop_before_run_runs_one_iteration, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    stopper_t s = {.loop = loop};
+    stopper_t s = {.loop = th_fx.loop};
     size_t n = 0;
-    nested_t nest = {loop, 0, 0};
-    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, nested_a, &nest, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 30.0, never_cb, NULL, NULL), 0);
-    tpio_loop_stop(loop);
+    nested_t nest = {th_fx.loop, 0, 0};
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, nested_a, &nest, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 30.0, never_cb, NULL, NULL), 0);
+    tpio_loop_stop(th_fx.loop);
     double m0 = th_now_s();
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     cr_assert_lt(th_now_s() - m0, 1.0, "run blocked although stop() was pending");
     cr_assert_eq(n, 1);
     cr_assert_eq(nest.a, 1);
     cr_assert_eq(nest.b, 0, "run after stop() ran a second iteration");
-    cr_assert_not(th_is_running(loop));
+    cr_assert_not(th_is_running(th_fx.loop));
 
     /* the stop request was consumed: the next run runs until a new stop */
-    cr_assert_eq(tpio_loop_call_soon(loop, stopping_cb, &s, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, after_cb, &s, NULL), 0);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, stopping_cb, &s, NULL), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, after_cb, &s, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     cr_assert_eq(s.after_sched, 1);
-    close_loop(loop);
 }
 
 typedef struct busy {
@@ -620,15 +578,13 @@ static void busy_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, stop_before_run_one_iteration_exactly, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     busy_t b = {0, false};
-    cr_assert_eq(tpio_loop_call_soon(loop, busy_cb, &b, NULL), 0);
-    tpio_loop_stop(loop);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, busy_cb, &b, NULL), 0);
+    tpio_loop_stop(th_fx.loop);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     cr_assert_eq(b.n, 1, "run after stop() ran %zu iterations", b.n);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0); /* iterations 2 and 3, stopped by busy_cb */
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0); /* iterations 2 and 3, stopped by busy_cb */
     cr_assert_eq(b.n, 3);
-    close_loop(loop);
 }
 
 static void nested_calls_cb(tpio_loop_t *loop, void *arg)
@@ -642,19 +598,17 @@ static void nested_calls_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, run_while_running_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
-    stopper_t s = {.loop = loop, .nested_run = 1, .nested_close = 1};
-    cr_assert_eq(tpio_loop_call_soon(loop, nested_calls_cb, &s, NULL), 0);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    stopper_t s = {.loop = th_fx.loop, .nested_run = 1, .nested_close = 1};
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, nested_calls_cb, &s, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     cr_assert(s.running_inside);
     cr_assert_eq(s.nested_run, -EBUSY);
     cr_assert_eq(s.nested_close, -EBUSY);
     /* the loop still works */
     size_t n = 0;
-    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, NULL), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, NULL), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(n, 1);
-    close_loop(loop);
 }
 
 static void is_running_cb(tpio_loop_t *loop, void *arg)
@@ -664,20 +618,18 @@ static void is_running_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, is_running_inside_run_once, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     int r = -1;
-    cr_assert_not(th_is_running(loop));
-    cr_assert_eq(tpio_loop_call_soon(loop, is_running_cb, &r, NULL), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_not(th_is_running(th_fx.loop));
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, is_running_cb, &r, NULL), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(r, 1);
-    cr_assert_not(th_is_running(loop));
+    cr_assert_not(th_is_running(th_fx.loop));
     r = -1;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.01, is_running_cb, &r, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.02, stop_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.01, is_running_cb, &r, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.02, stop_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     cr_assert_eq(r, 1);
-    cr_assert_not(th_is_running(loop));
-    close_loop(loop);
+    cr_assert_not(th_is_running(th_fx.loop));
 }
 
 /* ------------------------------------------------------------------------- */
@@ -738,10 +690,9 @@ static void ts_go_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, call_soon_threadsafe_many_threads, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static ts_ctx_t ctx;
     g_ts = &ctx;
-    ctx.loop = loop;
+    ctx.loop = th_fx.loop;
     ctx.main_thread = pthread_self();
     for (int i = 0; i < TS_THREADS; i++)
         ctx.last_seq[i] = -1;
@@ -752,8 +703,8 @@ Test(loop, call_soon_threadsafe_many_threads, .timeout = 30)
         cr_assert_eq(pthread_create(&th[i], NULL, ts_thread, &targ[i]), 0);
     }
     /* the threads start calling once the loop runs */
-    cr_assert_eq(tpio_loop_call_soon(loop, ts_go_cb, &ctx, NULL), 0);
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, ts_go_cb, &ctx, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     for (int i = 0; i < TS_THREADS; i++)
         pthread_join(th[i], NULL);
     cr_assert_eq(atomic_load(&ctx.failures), 0);
@@ -763,9 +714,8 @@ Test(loop, call_soon_threadsafe_many_threads, .timeout = 30)
     for (int i = 0; i < TS_THREADS; i++)
         cr_assert_eq(ctx.last_seq[i], TS_CALLS - 1);
     /* nothing left over */
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(ctx.count, TS_THREADS * TS_CALLS);
-    close_loop(loop);
 }
 
 typedef struct wake_ctx {
@@ -833,22 +783,20 @@ static void *wake_thread(void *arg)
 
 Test(loop, call_soon_threadsafe_wakes_a_blocked_loop, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static wake_ctx_t w;
-    w.loop = loop;
-    cr_assert_eq(tpio_loop_call_soon(loop, wake_record_tid, &w, NULL), 0);
+    w.loop = th_fx.loop;
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, wake_record_tid, &w, NULL), 0);
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wake_thread, &w), 0);
     /* nothing else to do: only the thread's call can end this run */
     double m0 = th_now_s();
-    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(tpio_loop_run_forever(th_fx.loop), 0);
     double el = th_now_s() - m0;
     pthread_join(th, NULL);
     cr_assert(w.stopped);
     cr_assert(atomic_load(&w.saw_sleeping), "the loop never blocked (busy loop?)");
     cr_assert_eq(w.stop_tid, atomic_load(&w.loop_tid), "callback ran off the loop thread");
     cr_assert_lt(el, 5.0);
-    close_loop(loop);
 }
 
 static void *wake_run_once_thread(void *arg)
@@ -873,21 +821,19 @@ static void *wake_run_once_thread(void *arg)
 
 Test(loop, call_soon_threadsafe_wakes_run_once_minus_one, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static wake_ctx_t w;
-    w.loop = loop;
+    w.loop = th_fx.loop;
     atomic_store(&w.loop_tid, (long)syscall(SYS_gettid));
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wake_run_once_thread, &w), 0);
     double m0 = th_now_s();
     /* the wakeup itself may take one iteration, the callback at most one more */
     for (int i = 0; i < 2 && !w.stopped; i++)
-        cr_assert_geq(tpio_loop_run_once(loop, -1), 0);
+        cr_assert_geq(tpio_loop_run_once(th_fx.loop, -1), 0);
     pthread_join(th, NULL);
     cr_assert(w.stopped);
     cr_assert(atomic_load(&w.saw_sleeping));
     cr_assert_lt(th_now_s() - m0, 5.0);
-    close_loop(loop);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -917,34 +863,30 @@ static void bulk_cb(tpio_loop_t *loop, void *arg)
 
 Test(loop, hundred_thousand_call_soon_in_one_batch, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     memset(&g_bulk, 0, sizeof g_bulk);
     g_bulk.scheduled = 100000; /* no rescheduling */
     for (size_t i = 0; i < 100000; i++)
-        cr_assert_eq(tpio_loop_call_soon(loop, bulk_cb, (void *)(uintptr_t)i, NULL), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+        cr_assert_eq(tpio_loop_call_soon(th_fx.loop, bulk_cb, (void *)(uintptr_t)i, NULL), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(g_bulk.ran, 100000);
     cr_assert_eq(g_bulk.disorder, 0);
-    close_loop(loop);
 }
 
 Test(loop, hundred_thousand_call_soon_steady_state, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     memset(&g_bulk, 0, sizeof g_bulk);
     /* 1000 in flight; each callback schedules the next until 100k were scheduled */
     for (size_t i = 0; i < 1000; i++)
-        cr_assert_eq(tpio_loop_call_soon(loop, bulk_cb, (void *)(uintptr_t)i, NULL), 0);
+        cr_assert_eq(tpio_loop_call_soon(th_fx.loop, bulk_cb, (void *)(uintptr_t)i, NULL), 0);
     g_bulk.scheduled = 1000;
     size_t iterations = 0;
     while (g_bulk.ran < 100000 && iterations < 1000) {
-        cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+        cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
         iterations++;
     }
     cr_assert_eq(g_bulk.ran, 100000);
     cr_assert_eq(g_bulk.disorder, 0);
     cr_assert_eq(iterations, 100, "each iteration runs exactly the 1000 ready callbacks");
-    close_loop(loop);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1026,9 +968,8 @@ static size_t count_char(const char *s, char ch)
 
 Test(loop, custom_error_handler_receives_context, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     static eh_t e;
-    tpio_loop_set_error_handler(loop, custom_handler, &e);
+    tpio_loop_set_error_handler(th_fx.loop, custom_handler, &e);
     tpio_error_context_t ctx = {
         .message = "something odd happened",
         .error = -ECONNRESET,
@@ -1037,10 +978,10 @@ Test(loop, custom_error_handler_receives_context, .timeout = 30)
         .server = NULL,
         .fd = 42,
     };
-    tpio_loop_call_error_handler(loop, &ctx);
+    tpio_loop_call_error_handler(th_fx.loop, &ctx);
     cr_assert_eq(e.calls, 1, "the handler is called synchronously");
     cr_assert_eq(g_eh_arg_seen, &e);
-    cr_assert_eq(e.loop, loop);
+    cr_assert_eq(e.loop, th_fx.loop);
     cr_assert_str_eq(e.message, "something odd happened");
     cr_assert_eq(e.error, -ECONNRESET);
     cr_assert_eq(e.fd, 42);
@@ -1051,16 +992,16 @@ Test(loop, custom_error_handler_receives_context, .timeout = 30)
     ctx.message = "second";
     ctx.error = 0;
     ctx.fd = -1;
-    tpio_loop_call_error_handler(loop, &ctx);
+    tpio_loop_call_error_handler(th_fx.loop, &ctx);
     cr_assert_eq(e.calls, 2);
     cr_assert_str_eq(e.message, "second");
     cr_assert_eq(e.error, 0);
     cr_assert_eq(e.fd, -1);
-    close_loop(loop);
 }
 
 Test(loop, default_error_handler_prints_one_line, .timeout = 30)
 {
+    /* a loop of its own: th_fx.loop has the fixture's handler */
     tpio_loop_t *loop = th_new_loop();
     static eh_t e;
     tpio_error_context_t ctx = {.message = "tpio-test-message-default-7319",
@@ -1143,24 +1084,22 @@ Test(loop, bad_arguments, .timeout = 30)
     cr_assert_eq(now, -1);
     cr_assert_eq(tpio_loop_new(NULL, NULL), -EINVAL);
 
-    tpio_loop_t *loop = th_new_loop();
-    cr_assert_eq(tpio_loop_call_soon(loop, NULL, &n, &h), -EINVAL);
-    cr_assert_eq(tpio_loop_call_later(loop, 0.1, NULL, &n, &h), -EINVAL);
-    cr_assert_eq(tpio_loop_call_at(loop, 0.1, NULL, &n, &h), -EINVAL);
-    cr_assert_eq(tpio_loop_call_soon_threadsafe(loop, NULL, &n), -EINVAL);
-    cr_assert_eq(tpio_loop_call_error_handler(loop, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_default_error_handler(loop, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_time(loop, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_is_running(loop, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, NULL, &n, &h), -EINVAL);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.1, NULL, &n, &h), -EINVAL);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, 0.1, NULL, &n, &h), -EINVAL);
+    cr_assert_eq(tpio_loop_call_soon_threadsafe(th_fx.loop, NULL, &n), -EINVAL);
+    cr_assert_eq(tpio_loop_call_error_handler(th_fx.loop, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_default_error_handler(th_fx.loop, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_time(th_fx.loop, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_is_running(th_fx.loop, NULL), -EINVAL);
     /* nothing got scheduled by the failed calls */
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(n, 0);
     /* handle pointer is optional */
-    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, NULL), 0);
-    cr_assert_eq(tpio_loop_call_later(loop, 0, count_cb, &n, NULL), 0);
-    cr_assert_eq(tpio_loop_call_at(loop, 0, count_cb, &n, NULL), 0);
-    cr_assert(th_run_until_count(loop, &n, 3, 2.0));
-    close_loop(loop);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0, count_cb, &n, NULL), 0);
+    cr_assert_eq(tpio_loop_call_at(th_fx.loop, 0, count_cb, &n, NULL), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &n, 3, 2.0));
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1169,28 +1108,27 @@ Test(loop, bad_arguments, .timeout = 30)
 
 Test(loop, close_with_a_server_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     th_proto_t tmpl = {0};
     tmpl.base.ops = &th_proto_ops;
     tpio_server_opts_t opts = {.size = sizeof opts, .host = "127.0.0.1", .port = 0};
     tpio_server_t *s = NULL;
-    cr_assert_eq(tpio_loop_create_server(loop, th_factory, &tmpl, &opts, &s), 0);
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, th_factory, &tmpl, &opts, &s), 0);
     cr_assert_not_null(s);
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     /* the loop keeps working */
     size_t n = 0;
-    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &n, NULL), 0);
-    cr_assert_geq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, count_cb, &n, NULL), 0);
+    cr_assert_geq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(n, 1);
     cr_assert(th_is_serving(s));
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
 
     bool closed = false;
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert_not(closed);
-    cr_assert(th_run_until(loop, &closed, 3.0));
-    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert(th_run_until(th_fx.loop, &closed, 3.0));
+    th_fx_close_loop();
 }
 
 typedef struct conn_result {
@@ -1213,7 +1151,6 @@ static void connect_done(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t
 
 Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
 {
-    tpio_loop_t *loop = th_new_loop();
     size_t server_lost = 0;
     th_proto_t tmpl = {0};
     tmpl.base.ops = &th_proto_ops;
@@ -1221,7 +1158,7 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     tmpl.lost_counter = &server_lost;
     tpio_server_opts_t opts = {.size = sizeof opts, .host = "127.0.0.1", .port = 0};
     tpio_server_t *s = NULL;
-    cr_assert_eq(tpio_loop_create_server(loop, th_factory, &tmpl, &opts, &s), 0);
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, th_factory, &tmpl, &opts, &s), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
@@ -1233,31 +1170,31 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     ctmpl.lost_flag = &client_lost;
     conn_result_t r = {0};
     tpio_connect_opts_t copts = {.size = sizeof copts, .host = "127.0.0.1", .port = port};
-    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, &ctmpl, &copts, connect_done, &r, NULL), 0);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, th_factory, &ctmpl, &copts, connect_done, &r, NULL), 0);
     cr_assert_not(r.done, "completion ran inside tpio_loop_create_connection");
     /* an attempt in progress (its completion has not run yet) */
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
-    cr_assert(th_run_until(loop, &r.done, 3.0));
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
+    cr_assert(th_run_until(th_fx.loop, &r.done, 3.0));
     cr_assert_eq(r.err, 0);
     cr_assert_not_null(r.t);
     th_proto_t *cp = tpio_container_of(r.p, th_proto_t, base);
-    double end = th_time(loop) + 3.0;
-    while (th_conn_count(s) < 1 && th_time(loop) < end)
-        tpio_loop_run_once(loop, 0.01);
+    double end = th_time(th_fx.loop) + 3.0;
+    while (th_conn_count(s) < 1 && th_time(th_fx.loop) < end)
+        tpio_loop_run_once(th_fx.loop, 0.01);
     cr_assert_eq(th_conn_count(s), 1);
     /* live transports */
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     cr_assert_eq(tpio_transport_close(r.t), 0);
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
-    cr_assert(th_run_until(loop, &client_lost, 3.0));
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
+    cr_assert(th_run_until(th_fx.loop, &client_lost, 3.0));
     cr_assert_str_eq(cp->events, "made,lost:0");
     th_proto_free(cp);
-    cr_assert(th_run_until_count(loop, &server_lost, 1, 3.0));
+    cr_assert(th_run_until_count(th_fx.loop, &server_lost, 1, 3.0));
     /* the server itself still exists */
-    cr_assert_eq(tpio_loop_close(loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     cr_assert_eq(tpio_server_close(s), 0);
     bool closed = false;
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
-    cr_assert(th_run_until(loop, &closed, 3.0));
-    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert(th_run_until(th_fx.loop, &closed, 3.0));
+    th_fx_close_loop();
 }

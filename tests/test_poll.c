@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* Each test gets th_fx.loop, closed (and checked) by fini. */
+TestSuite(poll, .init = th_fx_init, .fini = th_fx_fini);
+
 struct watcher {
     struct tpio__io io;
     struct watcher **other; /* the other watcher, freed by whoever runs first */
@@ -29,8 +32,6 @@ static void on_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
 
 Test(poll, watcher_removed_in_same_batch_is_not_dispatched, .timeout = 10)
 {
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
     int a[2], b[2];
     cr_assert_eq(pipe(a), 0);
     cr_assert_eq(pipe(b), 0);
@@ -44,9 +45,9 @@ Test(poll, watcher_removed_in_same_batch_is_not_dispatched, .timeout = 10)
     wa->calls = wb->calls = &calls;
     tpio__io_init(&wa->io, a[0], on_ready);
     tpio__io_init(&wb->io, b[0], on_ready);
-    cr_assert_eq(tpio__watch(loop, &wa->io, TPIO__IN), 0);
-    cr_assert_eq(tpio__watch(loop, &wb->io, TPIO__IN), 0);
-    cr_assert_eq(tpio_loop_run_once(loop, 1.0), 0);
+    cr_assert_eq(tpio__watch(th_fx.loop, &wa->io, TPIO__IN), 0);
+    cr_assert_eq(tpio__watch(th_fx.loop, &wb->io, TPIO__IN), 0);
+    cr_assert_eq(tpio_loop_run_once(th_fx.loop, 1.0), 0);
     cr_assert_eq(calls, 1, "the removed watcher was dispatched (%d calls)", calls);
     free(pa ? pa : pb); /* the survivor */
     cr_assert(!pa || !pb);
@@ -54,7 +55,6 @@ Test(poll, watcher_removed_in_same_batch_is_not_dispatched, .timeout = 10)
     close(a[1]);
     close(b[0]);
     close(b[1]);
-    cr_assert_eq(tpio_loop_close(loop), 0);
 }
 
 static void stop_cb(tpio_loop_t *loop, void *arg)
@@ -65,14 +65,11 @@ static void stop_cb(tpio_loop_t *loop, void *arg)
 
 Test(poll, run_once_blocks_again_after_a_stop, .timeout = 10)
 {
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
-    cr_assert_eq(tpio_loop_call_soon(loop, stop_cb, NULL, NULL), 0);
-    cr_assert_eq(tpio_loop_run_once(loop, 0), 0); /* runs stop() */
+    cr_assert_eq(tpio_loop_call_soon(th_fx.loop, stop_cb, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_run_once(th_fx.loop, 0), 0); /* runs stop() */
     bool fired = false;
-    cr_assert_eq(tpio_loop_call_later(loop, 0.05, th_set_flag, &fired, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.05, th_set_flag, &fired, NULL), 0);
     /* Nothing is ready: this iteration must wait for the timer, not spin. */
-    cr_assert_eq(tpio_loop_run_once(loop, 2.0), 0);
+    cr_assert_eq(tpio_loop_run_once(th_fx.loop, 2.0), 0);
     cr_assert(fired, "run_once returned without waiting after an earlier stop()");
-    cr_assert_eq(tpio_loop_close(loop), 0);
 }

@@ -181,14 +181,17 @@ static void sp_fini(sp_t *s)
 
 /* ---- fixture ------------------------------------------------------------------- */
 
+/* The suite's fixture, on top of th_fx (the loop; error reports: none
+ * expected): set up by suite init, checked and torn down by fini. */
 typedef struct fx {
-    tpio_loop_t *loop;
     sp_t sp;
     size_t factory_calls, cb_calls;
     bool done, refuse;
     int cb_err, rc_in_cb;
     tpio_transport_t *t;
 } fx_t;
+
+static fx_t f;
 
 static tpio_protocol_t *factory(void *arg)
 {
@@ -212,22 +215,33 @@ static void on_done(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, 
     f->rc_in_cb = tpio_subprocess_get_returncode(t, &code);
 }
 
-static void fx_init(fx_t *f)
+static void fx_init(void)
 {
-    memset(f, 0, sizeof *f);
-    cr_assert_eq(tpio_loop_new(&f->loop, NULL), 0);
-    sp_init(&f->sp);
+    th_fx_init();
+    memset(&f, 0, sizeof f);
+    sp_init(&f.sp);
 }
 
-static void fx_fini(fx_t *f)
+static void fx_fini(void)
 {
-    sp_fini(&f->sp);
-    cr_assert_eq(tpio_loop_close(f->loop), 0);
+    sp_fini(&f.sp);
+    th_fx_fini();
+}
+
+TestSuite(process, .init = fx_init, .fini = fx_fini);
+
+/* Another child in the same test: what fini checks, then a fresh fixture. */
+static void fx_next(void)
+{
+    sp_fini(&f.sp);
+    th_fx_renew_loop();
+    memset(&f, 0, sizeof f);
+    sp_init(&f.sp);
 }
 
 static int start(fx_t *f, const char *const *argv, const tpio_subprocess_opts_t *o)
 {
-    return tpio_loop_subprocess_exec(f->loop, factory, f, argv, o, on_done, f);
+    return tpio_loop_subprocess_exec(th_fx.loop, factory, f, argv, o, on_done, f);
 }
 
 /* Start, and run until the completion. */
@@ -235,7 +249,7 @@ static void start_ok(fx_t *f, const char *const *argv, const tpio_subprocess_opt
 {
     cr_assert_eq(start(f, argv, o), 0);
     cr_assert_eq(f->cb_calls, 0, "completion ran inside the call");
-    cr_assert(th_run_until(f->loop, &f->done, TMO));
+    cr_assert(th_run_until(th_fx.loop, &f->done, TMO));
     cr_assert_eq(f->cb_calls, 1);
     cr_assert_eq(f->cb_err, 0);
     cr_assert_eq(th_kind(f->t), TPIO_TRANSPORT_SUBPROCESS);
@@ -243,7 +257,7 @@ static void start_ok(fx_t *f, const char *const *argv, const tpio_subprocess_opt
 
 static void run_to_lost(fx_t *f)
 {
-    cr_assert(th_run_until(f->loop, &f->sp.lost, TMO), "events: %s", f->sp.ev);
+    cr_assert(th_run_until(th_fx.loop, &f->sp.lost, TMO), "events: %s", f->sp.ev);
     cr_assert_eq(f->sp.lost_err, 0);
 }
 
@@ -287,8 +301,6 @@ static const char *index_of(const char *hay, const char *needle)
 
 Test(process, exit_code_and_returncode, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     const char *argv[] = {"sh", "-c", "exit 3", NULL};
     start_ok(&f, argv, NULL);
     cr_assert_eq(f.factory_calls, 1);
@@ -303,14 +315,13 @@ Test(process, exit_code_and_returncode, .timeout = 60)
     index_of(e, "plost1:0");
     index_of(e, "plost2:0");
     index_of(e, "exited");
-    fx_fini(&f);
+    fx_next();
 
-    fx_init(&f); /* through PATH, status 0 */
+    /* through PATH, status 0 */
     const char *argv2[] = {"true", NULL};
     start_ok(&f, argv2, NULL);
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 0);
-    fx_fini(&f);
 }
 
 /* Inside process_exited the transport is still valid (connection_lost may
@@ -328,8 +339,6 @@ Test(process, signals_and_esrch_after_exit, .timeout = 60)
 {
     static const int sigs[] = {SIGKILL, SIGTERM, SIGUSR1};
     for (int k = 0; k < 3; k++) {
-        fx_t f;
-        fx_init(&f);
         f.sp.on_exited = esrch_after_exit;
         /* cat blocks on its stdin pipe until signalled */
         const char *argv[] = {"cat", NULL};
@@ -350,15 +359,13 @@ Test(process, signals_and_esrch_after_exit, .timeout = 60)
         cr_assert(strcmp(f.sp.ev, "made,plost0:0,exited,lost:0") == 0 ||
                       strcmp(f.sp.ev, "made,exited,plost0:0,lost:0") == 0,
                   "%s", f.sp.ev);
-        fx_fini(&f);
+        fx_next();
     }
     assert_no_children();
 }
 
 Test(process, transport_getters, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     const char *argv[] = {"cat", NULL};
     tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[2].mode = TPIO_STDIO_INHERIT;
@@ -407,14 +414,13 @@ Test(process, transport_getters, .timeout = 60)
     cr_assert(!th_is_closing(t));
 
     /* the loop refuses to close under a live subprocess */
-    cr_assert_eq(tpio_loop_close(f.loop), -EBUSY);
+    cr_assert_eq(tpio_loop_close(th_fx.loop), -EBUSY);
     /* closing stdin ends cat normally */
     cr_assert_eq(tpio_transport_write(in, "abc", 3), 0);
     cr_assert_eq(tpio_transport_close(in), 0);
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 0);
     cr_assert_str_eq(f.sp.out[1], "abc");
-    fx_fini(&f);
 }
 
 /* ---- volume and flow control ------------------------------------------------- */
@@ -455,8 +461,6 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
 {
     /* seq's output is known: more than 32 MiB of it, hashed as it comes */
     enum { N = 4400000 };
-    fx_t f;
-    fx_init(&f);
     seqstate_t q = {.hash = FNV0, .pause_at = 1 << 20};
     f.sp.nostore = true;
     f.sp.ctx = &q;
@@ -470,10 +474,10 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
 
     /* paused: nothing arrives while the loop runs for a while */
     size_t target = 1 << 20;
-    cr_assert(th_run_until(f.loop, &q.paused, TMO));
+    cr_assert(th_run_until(th_fx.loop, &q.paused, TMO));
     bool fired = false;
-    cr_assert_eq(tpio_loop_call_later(f.loop, 0.2, th_set_flag, &fired, NULL), 0);
-    cr_assert(th_run_until(f.loop, &fired, TMO));
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.2, th_set_flag, &fired, NULL), 0);
+    cr_assert(th_run_until(th_fx.loop, &fired, TMO));
     cr_assert_eq(q.got, q.at_pause);
     cr_assert_geq(q.got, target);
     cr_assert(!f.sp.exited, "seq cannot finish while we do not read");
@@ -492,7 +496,6 @@ Test(process, stdout_32mib_with_pause_reading, .timeout = 60)
     cr_assert_geq(len, BIG);
     cr_assert_eq(q.got, len);
     cr_assert(q.hash == want, "stdout differs");
-    fx_fini(&f);
 }
 
 typedef struct pump {
@@ -538,8 +541,6 @@ static void pump_data(sp_t *s, int fd, const void *d, size_t n)
 
 Test(process, stdin_to_stdout_32mib_flow_control, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     pump_t *u = calloc(1, sizeof *u);
     cr_assert_not_null(u);
     static tpio_protocol_ops_t ops;
@@ -562,7 +563,6 @@ Test(process, stdin_to_stdout_32mib_flow_control, .timeout = 60)
     cr_assert_eq(returncode(&f.sp), 0);
     cr_assert_eq(f.sp.pipe_err[0], 0);
     free(u);
-    fx_fini(&f);
 }
 
 /* ---- stdout and stderr ------------------------------------------------------------- */
@@ -570,16 +570,13 @@ Test(process, stdin_to_stdout_32mib_flow_control, .timeout = 60)
 Test(process, stdout_and_stderr_apart_and_merged, .timeout = 60)
 {
     const char *argv[] = {"sh", "-c", "echo out; echo err >&2; echo out2", NULL};
-    fx_t f;
-    fx_init(&f);
     start_ok(&f, argv, NULL);
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], "out\nout2\n");
     cr_assert_str_eq(f.sp.out[2], "err\n");
     cr_assert_eq(returncode(&f.sp), 0);
-    fx_fini(&f);
+    fx_next();
 
-    fx_init(&f);
     tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[2].mode = TPIO_STDIO_STDOUT;
     start_ok(&f, argv, &o);
@@ -589,7 +586,6 @@ Test(process, stdout_and_stderr_apart_and_merged, .timeout = 60)
     cr_assert_null(f.sp.out[2]);
     cr_assert(!f.sp.pipe_lost[2]);
     cr_assert_null(strstr(f.sp.ev, "plost2"));
-    fx_fini(&f);
 }
 
 /* ---- the order of the callbacks ------------------------------------------------ */
@@ -607,8 +603,6 @@ static void order_pipe_lost(sp_t *s, int fd)
 
 Test(process, exact_callback_order, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     f.sp.on_pipe_lost = order_pipe_lost;
     const char *argv[] = {
         "sh", "-c", "echo out; exec 1>&-; read x; echo err >&2; exec 2>&-; read y", NULL};
@@ -616,13 +610,10 @@ Test(process, exact_callback_order, .timeout = 60)
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.ev, "made,out1,plost1:0,out2,plost2:0,plost0:0,exited,lost:0");
     cr_assert_eq(returncode(&f.sp), 1); /* `read y` at EOF */
-    fx_fini(&f);
 }
 
 Test(process, simple_child_order, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     const char *argv[] = {"echo", "hi", NULL};
     start_ok(&f, argv, NULL);
     run_to_lost(&f);
@@ -637,25 +628,22 @@ Test(process, simple_child_order, .timeout = 60)
     cr_assert_str_eq(strrchr(e, ','), ",lost:0");
     cr_assert_str_eq(f.sp.out[1], "hi\n");
     cr_assert_eq(returncode(&f.sp), 0);
-    fx_fini(&f);
 }
 
 Test(process, exit_seen_while_grandchild_holds_stdout, .timeout = 60)
 {
     /* The grandchild keeps stdout and stderr open and waits on a copy of
      * stdin (fd 3: an asynchronous list's own stdin is /dev/null). */
-    fx_t f;
-    fx_init(&f);
     const char *argv[] = {"sh", "-c", "exec 3<&0; (read x <&3) & echo hi", NULL};
     start_ok(&f, argv, NULL);
-    cr_assert(th_run_until(f.loop, &f.sp.exited, TMO), "events: %s", f.sp.ev);
+    cr_assert(th_run_until(th_fx.loop, &f.sp.exited, TMO), "events: %s", f.sp.ev);
     cr_assert_eq(returncode(&f.sp), 0);
     cr_assert_str_eq(f.sp.ev, "made,out1,exited");
     cr_assert_str_eq(f.sp.out[1], "hi\n");
     /* the transport waits for its pipes */
     bool fired = false;
-    cr_assert_eq(tpio_loop_call_later(f.loop, 0.1, th_set_flag, &fired, NULL), 0);
-    cr_assert(th_run_until(f.loop, &fired, TMO));
+    cr_assert_eq(tpio_loop_call_later(th_fx.loop, 0.1, th_set_flag, &fired, NULL), 0);
+    cr_assert(th_run_until(th_fx.loop, &fired, TMO));
     cr_assert(!f.sp.lost && !f.sp.pipe_lost[1]);
     /* EOF on stdin ends the grandchild, which closes the pipes */
     cr_assert_eq(tpio_transport_close(th_pipe(f.t, 0)), 0);
@@ -665,7 +653,6 @@ Test(process, exit_seen_while_grandchild_holds_stdout, .timeout = 60)
     index_of(e, "plost1:0");
     index_of(e, "plost2:0");
     cr_assert_str_eq(strrchr(e, ','), ",lost:0");
-    fx_fini(&f);
     assert_no_children(); /* the grandchild is not ours */
 }
 
@@ -698,8 +685,7 @@ Test(process, two_hundred_children_all_reaped, .timeout = 60)
     rl.rlim_cur = rl.rlim_max;
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    tpio_loop_t *loop = th_fx.loop;
     many_t *m = calloc(K, sizeof *m);
     cr_assert_not_null(m);
     size_t lost = 0;
@@ -723,7 +709,6 @@ Test(process, two_hundred_children_all_reaped, .timeout = 60)
         sp_fini(&m[i].sp);
     }
     free(m);
-    cr_assert_eq(tpio_loop_close(loop), 0);
     assert_no_children();
 }
 
@@ -749,8 +734,6 @@ Test(process, exec_errors_fail_the_call, .timeout = 60)
     write_file(noexec, "#!/bin/sh\necho hi\n", 0644);
     write_file(garbage, "\x01\x02 not a program\n", 0755);
 
-    fx_t f;
-    fx_init(&f);
     size_t fds = count_fds();
     const char *missing[] = {"/nonexistent/prog", NULL};
     const char *missing_in_path[] = {"tpio-no-such-program", NULL};
@@ -779,9 +762,8 @@ Test(process, exec_errors_fail_the_call, .timeout = 60)
     cr_assert_eq(count_fds(), fds, "descriptors leaked");
     assert_no_children();
     /* nothing was left in the loop: a run does nothing and it closes */
-    cr_assert_eq(tpio_loop_run_once(f.loop, 0), 0);
+    cr_assert_eq(tpio_loop_run_once(th_fx.loop, 0), 0);
     cr_assert_eq(f.cb_calls, 0);
-    fx_fini(&f);
     unlink(noexec);
     unlink(garbage);
     rmdir(dir);
@@ -789,34 +771,31 @@ Test(process, exec_errors_fail_the_call, .timeout = 60)
 
 Test(process, factory_refusal_kills_and_reaps, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     f.refuse = true;
     const char *argv[] = {"cat", NULL};
     cr_assert_eq(start(&f, argv, NULL), -ECONNABORTED);
     cr_assert_eq(f.factory_calls, 1);
     assert_no_children();
     /* the pipe transports made for it end on the loop */
-    double end = th_time(f.loop) + TMO;
+    double end = th_time(th_fx.loop) + TMO;
     int rc;
-    while ((rc = tpio_loop_close(f.loop)) == -EBUSY && th_time(f.loop) < end)
-        tpio_loop_run_once(f.loop, 0.01);
+    while ((rc = tpio_loop_close(th_fx.loop)) == -EBUSY && th_time(th_fx.loop) < end)
+        tpio_loop_run_once(th_fx.loop, 0.01);
     cr_assert_eq(rc, 0);
+    th_fx.loop = NULL; /* closed: nothing left for fini to close */
     cr_assert_eq(f.cb_calls, 0);
 }
 
 Test(process, bad_arguments, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     const char *none[] = {NULL};
     const char *ok[] = {"true", NULL};
     cr_assert_eq(start(&f, NULL, NULL), -EINVAL);
     cr_assert_eq(start(&f, none, NULL), -EINVAL);
     cr_assert_eq(tpio_loop_subprocess_exec(NULL, factory, &f, ok, NULL, on_done, &f), -EINVAL);
-    cr_assert_eq(tpio_loop_subprocess_exec(f.loop, NULL, &f, ok, NULL, on_done, &f), -EINVAL);
-    cr_assert_eq(tpio_loop_subprocess_exec(f.loop, factory, &f, ok, NULL, NULL, &f), -EINVAL);
-    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, NULL, NULL, on_done, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_exec(th_fx.loop, NULL, &f, ok, NULL, on_done, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_exec(th_fx.loop, factory, &f, ok, NULL, NULL, &f), -EINVAL);
+    cr_assert_eq(tpio_loop_subprocess_shell(th_fx.loop, factory, &f, NULL, NULL, on_done, &f), -EINVAL);
     tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[0].mode = TPIO_STDIO_STDOUT; /* stderr only */
     cr_assert_eq(start(&f, ok, &o), -EINVAL);
@@ -831,7 +810,6 @@ Test(process, bad_arguments, .timeout = 60)
     cr_assert_eq(start(&f, ok, &o), -EBADF);
     cr_assert_eq(f.factory_calls, 0);
     assert_no_children();
-    fx_fini(&f);
 }
 
 /* ---- closing --------------------------------------------------------------------- */
@@ -841,8 +819,6 @@ static void close_in_made(sp_t *s) { cr_assert_eq(tpio_transport_close(s->t), 0)
 Test(process, close_kills_a_running_child, .timeout = 60)
 {
     for (int inside = 0; inside < 2; inside++) {
-        fx_t f;
-        fx_init(&f);
         if (inside)
             f.sp.on_made = close_in_made;
         const char *argv[] = {"cat", NULL};
@@ -860,7 +836,7 @@ Test(process, close_kills_a_running_child, .timeout = 60)
         index_of(e, "plost2:0");
         index_of(e, "exited");
         cr_assert_str_eq(strrchr(e, ','), ",lost:0");
-        fx_fini(&f);
+        fx_next();
     }
     assert_no_children();
 }
@@ -874,8 +850,6 @@ Test(process, no_descriptor_leaks_into_the_child, .timeout = 60)
     int p[2];
     cr_assert_geq(extra, 0);
     cr_assert_eq(pipe(p), 0);
-    fx_t f;
-    fx_init(&f);
     const char *argv[] = {"ls", "/proc/self/fd", NULL};
     start_ok(&f, argv, NULL);
     run_to_lost(&f);
@@ -889,7 +863,6 @@ Test(process, no_descriptor_leaks_into_the_child, .timeout = 60)
         seen[fd]++;
     }
     cr_assert(seen[0] && seen[1] && seen[2]);
-    fx_fini(&f);
     close(extra);
     close(p[0]);
     close(p[1]);
@@ -918,8 +891,6 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     cr_assert_eq(dup2(out[1], 0), 0);
     close(out[1]);
 
-    fx_t f;
-    fx_init(&f);
     tpio_subprocess_opts_t o = {.size = sizeof o};
     o.stdio[0] = (tpio_stdio_opt_t){TPIO_STDIO_FD, in[0]};
     o.stdio[1] = (tpio_stdio_opt_t){TPIO_STDIO_FD, 0};
@@ -928,7 +899,7 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     int rc = start(&f, argv, &o);
     dup2(saved0, 0); /* the child has its copies */
     cr_assert_eq(rc, 0);
-    cr_assert(th_run_until(f.loop, &f.done, TMO));
+    cr_assert(th_run_until(th_fx.loop, &f.done, TMO));
     cr_assert_null(th_pipe(f.t, 0));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.ev, "made,exited,lost:0");
@@ -938,7 +909,7 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     cr_assert_str_eq(buf, "got abc\nerr\n");
     close(out[0]);
     close(in[0]);
-    fx_fini(&f);
+    fx_next();
 
     /* A CLOEXEC source already in its own slot is still passed on. */
     cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
@@ -946,7 +917,6 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     close(in[1]);
     cr_assert_eq(dup3(in[0], 0, O_CLOEXEC), 0);
     close(in[0]);
-    fx_init(&f);
     o = TPIO_OPTS(tpio_subprocess_opts_t);
     o.stdio[0] = (tpio_stdio_opt_t){TPIO_STDIO_FD, 0};
     const char *cat[] = {"cat", NULL};
@@ -957,7 +927,6 @@ Test(process, given_descriptors_that_overlap_0_1_2, .timeout = 60)
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], "xyz");
     cr_assert_eq(returncode(&f.sp), 0);
-    fx_fini(&f);
 }
 
 Test(process, devnull_inherit_env_cwd_and_shell, .timeout = 60)
@@ -968,8 +937,6 @@ Test(process, devnull_inherit_env_cwd_and_shell, .timeout = 60)
     cr_assert_not_null(realpath(dir, real));
     snprintf(want, sizeof want, "bar\n%s\n", real);
 
-    fx_t f;
-    fx_init(&f);
     const char *env[] = {"FOO=bar", NULL};
     tpio_subprocess_opts_t o = {.size = sizeof o, .env = env, .cwd = dir};
     o.stdio[0].mode = TPIO_STDIO_DEVNULL;
@@ -983,22 +950,20 @@ Test(process, devnull_inherit_env_cwd_and_shell, .timeout = 60)
     cr_assert(strcmp(f.sp.ev, "made,out1,plost1:0,exited,lost:0") == 0 ||
                   strcmp(f.sp.ev, "made,out1,exited,plost1:0,lost:0") == 0,
               "%s", f.sp.ev);
-    fx_fini(&f);
+    fx_next();
     rmdir(dir);
 
-    fx_init(&f);
-    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, "echo $((6 * 7))", NULL, on_done, &f), 0);
-    cr_assert(th_run_until(f.loop, &f.done, TMO));
+    cr_assert_eq(tpio_loop_subprocess_shell(th_fx.loop, factory, &f, "echo $((6 * 7))", NULL, on_done, &f), 0);
+    cr_assert(th_run_until(th_fx.loop, &f.done, TMO));
     run_to_lost(&f);
     cr_assert_str_eq(f.sp.out[1], "42\n");
-    fx_fini(&f);
+    fx_next();
 
-    fx_init(&f); /* a command the shell cannot find: its status, 127 */
-    cr_assert_eq(tpio_loop_subprocess_shell(f.loop, factory, &f, "tpio-no-such-cmd", NULL, on_done, &f), 0);
-    cr_assert(th_run_until(f.loop, &f.done, TMO));
+    /* a command the shell cannot find: its status, 127 */
+    cr_assert_eq(tpio_loop_subprocess_shell(th_fx.loop, factory, &f, "tpio-no-such-cmd", NULL, on_done, &f), 0);
+    cr_assert(th_run_until(th_fx.loop, &f.done, TMO));
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 127);
-    fx_fini(&f);
 }
 
 static void note_error(tpio_loop_t *loop, const tpio_error_context_t *ctx, void *arg)
@@ -1015,15 +980,12 @@ Test(process, sigchld_ignored_reports_255, .timeout = 60)
     struct sigaction sa = {.sa_handler = SIG_IGN}, old;
     sigemptyset(&sa.sa_mask);
     cr_assert_eq(sigaction(SIGCHLD, &sa, &old), 0);
-    fx_t f;
-    fx_init(&f);
     int reported = 0;
-    tpio_loop_set_error_handler(f.loop, note_error, &reported);
+    tpio_loop_set_error_handler(th_fx.loop, note_error, &reported);
     const char *argv[] = {"sh", "-c", "exit 5", NULL};
     start_ok(&f, argv, NULL);
     run_to_lost(&f);
     cr_assert_eq(returncode(&f.sp), 255);
     cr_assert_eq(reported, -ECHILD);
-    fx_fini(&f);
     sigaction(SIGCHLD, &old, NULL);
 }

@@ -37,10 +37,11 @@ static tpio_protocol_t *closing_factory(void *arg)
     return &c->made->base;
 }
 
+TestSuite(server_edges, .init = th_fx_init, .fini = th_fx_fini);
+
 Test(server_edges, factory_closing_its_server_keeps_the_connection, .timeout = 20)
 {
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    tpio_loop_t *loop = th_fx.loop;
     struct ctx c = {0};
     tpio_server_opts_t o = {.size = sizeof o, .host = "127.0.0.1"};
     cr_assert_eq(tpio_loop_create_server(loop, closing_factory, &c, &o, &c.server), 0);
@@ -72,5 +73,4 @@ Test(server_edges, factory_closing_its_server_keeps_the_connection, .timeout = 2
     th_proto_free(c.made);
     for (int i = 0; i < 3; i++)
         tpio_loop_run_once(loop, 0);
-    cr_assert_eq(tpio_loop_close(loop), 0);
 }

@@ -3,6 +3,13 @@
  * close/abort, eof handling, write/writelines, write_eof, peer reset,
  * pause/resume reading, get_extra_info, set_protocol and BufferedProtocol.
  *
+ * What TCP and Unix sockets share is written once (TestBothKinds) and runs
+ * on each kind of helpers' th_kinds table, as stream::<name>_tcp and
+ * stream::<name>_unix: a TCP client transport made by create_connection, and
+ * one end of a Unix socketpair wrapped by connect_accepted_socket. What is
+ * particular to a kind (peer reset, TCP_NODELAY, data already waiting when
+ * the transport is made) stays a plain Test().
+ *
  * "The peer" is a plain non-blocking socket the test reads and writes
  * directly. Nothing sleeps to wait for an event: the loop runs until a flag
  * is set, with a deadline.
@@ -28,18 +35,43 @@
 
 #define TMO 5.0
 
+/* Each test gets th_fx.loop; th_fx_fini finishes the pair a test made (waits
+ * for its connection_lost, closes the peer), checks that no error was
+ * reported and closes the loop. */
+TestSuite(stream, .init = th_fx_init, .fini = th_fx_fini);
+
 /* ===================================================================== */
 /* Lifecycle                                                             */
 /* ===================================================================== */
 
-Test(stream, tcp_lifecycle_data_then_eof, .timeout = 20)
+/* Make the transport buffer: small kernel buffers, a high watermark out of
+ * the way, the pattern written until some of it stays in the transport (the
+ * loop does not run meanwhile, so nothing drains). */
+static void fill_buffer(th_pair_t *pr)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_shrink_bufs(pr);
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20,
+                                                        TPIO_LIMIT_DEFAULT), 0);
+    th_fill_until_buffered(pr);
+}
+
+/* The peer shuts its write side: eof_received (false) makes the transport
+ * close itself, and p's events up to connection_lost are these. */
+static void peer_eof_ends(th_pair_t *pr, th_proto_t *p, const char *events)
+{
+    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
+    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
+    cr_assert_str_eq(p->events, events);
+}
+
+TestBothKinds(stream, lifecycle_data_then_eof, .timeout = 20)
+{
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_str_eq(p->events, "made");
     cr_assert_eq(p->t, pr->t);
     cr_assert_eq(th_protocol(pr->t), &p->base);
-    cr_assert_eq(th_kind(pr->t), TPIO_TRANSPORT_TCP);
+    cr_assert_eq(th_kind(pr->t), K->kind);
     cr_assert_eq(th_transport_loop(pr->t), pr->loop);
     cr_assert(!th_is_closing(pr->t));
     cr_assert(th_is_reading(pr->t));
@@ -51,14 +83,11 @@ Test(stream, tcp_lifecycle_data_then_eof, .timeout = 20)
     cr_assert_eq(p->rxlen, 5);
     cr_assert_eq(memcmp(p->rx, "hello", 5), 0);
 
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
     cr_assert_eq(p->lost_err, 0);
     /* the transport closed itself: the peer sees EOF */
     cr_assert_eq(th_peer_expect_eof(pr), 0);
     cr_assert_eq(pr->cb_calls, 1);
-    th_pair_finish(pr);
 }
 
 Test(stream, accepted_socket_made_on_loop_before_data, .timeout = 20)
@@ -73,12 +102,11 @@ Test(stream, accepted_socket_made_on_loop_before_data, .timeout = 20)
     cr_assert_eq(p->rxlen, 3);
     cr_assert_eq(memcmp(p->rx, "abc", 3), 0);
     cr_assert_eq(pr->cb_calls, 1);
-    th_pair_finish(pr);
 }
 
-Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
+TestBothKinds(stream, close_without_buffer_schedules_lost, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_str_eq(p->events, "made", "connection_lost ran inside tpio_transport_close");
@@ -94,16 +122,13 @@ Test(stream, close_without_buffer_schedules_lost, .timeout = 20)
     cr_assert_eq(p->lost_err, 0);
     /* the dropped "x" never arrives */
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
-Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
+TestBothKinds(stream, close_flushes_buffer_before_lost, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t buffered = th_wbuf_size(pr->t);
     cr_assert_gt(buffered, 0);
 
@@ -123,18 +148,15 @@ Test(stream, close_flushes_buffer_before_lost, .timeout = 30)
     cr_assert_eq(got, pr->wtotal, "peer got %zu of %zu bytes", got, pr->wtotal);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
-Test(stream, abort_drops_buffer, .timeout = 30)
+TestBothKinds(stream, abort_drops_buffer, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t buffered = th_wbuf_size(pr->t);
     cr_assert_gt(buffered, 0);
     size_t in_kernel = pr->wtotal - buffered;
@@ -157,18 +179,15 @@ Test(stream, abort_drops_buffer, .timeout = 30)
     cr_assert_eq(end, 0, "peer ended with %d", end);
     cr_assert_eq(got, in_kernel, "peer got %zu bytes, kernel had %zu (buffered %zu)", got,
                  in_kernel, buffered);
-    th_pair_finish(pr);
 }
 
-Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
+TestBothKinds(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     size_t lost_count = 0;
     p->lost_counter = &lost_count;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     th_run_iters(pr->loop, 3);
     cr_assert(!p->lost);
@@ -179,28 +198,26 @@ Test(stream, close_then_abort_while_flushing_one_lost, .timeout = 30)
     th_run_iters(pr->loop, 3);
     cr_assert_str_eq(p->events, "made,lost:0");
     cr_assert_eq(lost_count, 1);
-    th_pair_finish(pr);
 }
 
-Test(stream, close_inside_data_received, .timeout = 20)
+TestBothKinds(stream, close_inside_data_received, .timeout = 20)
 {
     th_proto_t k = {0};
     k.close_on_data = true;
-    th_pair_t *pr = th_tcp_pair(NULL, &k);
+    th_pair_t *pr = K->pair(NULL, &k);
     th_proto_t *p = pr->p;
     th_peer_send(pr, "abc", 3);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,lost:0");
     cr_assert_eq(p->rxlen, 3);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
-Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
+TestBothKinds(stream, eof_received_true_keeps_half_open, .timeout = 20)
 {
     th_proto_t k = {0};
     k.eof_ret = true;
-    th_pair_t *pr = th_tcp_pair(NULL, &k);
+    th_pair_t *pr = K->pair(NULL, &k);
     th_proto_t *p = pr->p;
     th_peer_send(pr, "ping", 4);
     cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
@@ -218,16 +235,15 @@ Test(stream, eof_received_true_keeps_half_open, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
 /* write_eof                                                             */
 /* ===================================================================== */
 
-Test(stream, write_eof_half_close, .timeout = 20)
+TestBothKinds(stream, write_eof_half_close, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert(th_can_write_eof(pr->t));
     cr_assert_eq(tpio_transport_write(pr->t, "abc", 3), 0);
@@ -244,19 +260,14 @@ Test(stream, write_eof_half_close, .timeout = 20)
     cr_assert(th_pair_run_until_rx(pr, p, 3));
     cr_assert_eq(memcmp(p->rx, "xyz", 3), 0);
     cr_assert_str_eq(p->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
 }
 
-Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
+TestBothKinds(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     cr_assert_eq(tpio_transport_write_eof(pr->t), 0);
     cr_assert_eq(tpio_transport_write(pr->t, "x", 1), -ESHUTDOWN);
     int end;
@@ -266,40 +277,17 @@ Test(stream, write_eof_waits_for_buffer_flush, .timeout = 30)
     cr_assert_str_eq(p->events, "made");
     th_peer_send(pr, "q", 1);
     cr_assert(th_pair_run_until_rx(pr, p, 1));
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
     cr_assert_eq(p->rx[0], 'q');
-    th_pair_finish(pr);
-}
-
-Test(stream, write_eof_unix_socket, .timeout = 20)
-{
-    th_pair_t *pr = th_unix_pair(NULL, NULL, NULL, 0, false);
-    th_proto_t *p = pr->p;
-    cr_assert(th_can_write_eof(pr->t));
-    cr_assert_eq(tpio_transport_write(pr->t, "abc", 3), 0);
-    cr_assert_eq(tpio_transport_write_eof(pr->t), 0);
-    char buf[4];
-    cr_assert_eq(th_peer_recv_exact(pr, buf, 3), 3);
-    cr_assert_eq(memcmp(buf, "abc", 3), 0);
-    cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_peer_send(pr, "de", 2);
-    cr_assert(th_pair_run_until_rx(pr, p, 2));
-    cr_assert_eq(memcmp(p->rx, "de", 2), 0);
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
 /* write / writelines                                                    */
 /* ===================================================================== */
 
-Test(stream, small_write_sent_at_once, .timeout = 20)
+TestBothKinds(stream, small_write_sent_at_once, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     char buf[6] = "hello";
     cr_assert_eq(tpio_transport_write(pr->t, buf, 5), 0);
     cr_assert_eq(th_wbuf_size(pr->t), 0);
@@ -311,15 +299,12 @@ Test(stream, small_write_sent_at_once, .timeout = 20)
     cr_assert_eq(recv(pr->peer, rb, sizeof rb, 0), 5);
     cr_assert_str_eq(rb, "hello");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
-    th_pair_finish(pr);
 }
 
-Test(stream, buffered_write_copies_caller_data, .timeout = 30)
+TestBothKinds(stream, buffered_write_copies_caller_data, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    th_pair_t *pr = K->pair(NULL, NULL);
+    fill_buffer(pr);
     size_t b0 = th_wbuf_size(pr->t);
     /* with something buffered, the whole write is buffered (appended) */
     th_write_pattern(pr, 1000);
@@ -333,12 +318,11 @@ Test(stream, buffered_write_copies_caller_data, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
-Test(stream, write_bad_and_empty_args, .timeout = 20)
+TestBothKinds(stream, write_bad_and_empty_args, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     cr_assert_eq(tpio_transport_write(pr->t, NULL, 5), -EINVAL);
     cr_assert_eq(tpio_transport_write(pr->t, "abc", 0), 0);
     cr_assert_eq(tpio_transport_write(pr->t, NULL, 0), 0);
@@ -361,12 +345,11 @@ Test(stream, write_bad_and_empty_args, .timeout = 20)
     cr_assert_str_eq(pr->p->events, "made");
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert_eq(th_peer_expect_eof(pr), 0);
-    th_pair_finish(pr);
 }
 
-Test(stream, writelines_concatenates, .timeout = 20)
+TestBothKinds(stream, writelines_concatenates, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     tpio_buf_t iov[4] = {
         {.base = "ab", .len = 2},
         {.base = "", .len = 0},
@@ -382,7 +365,6 @@ Test(stream, writelines_concatenates, .timeout = 20)
     cr_assert_eq(th_peer_expect_eof(pr), 0);
     cr_assert(th_run_until(pr->loop, &pr->p->lost, TMO));
     cr_assert_str_eq(pr->p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
 /* Build n scattered pieces of the pattern stream starting at offset off; the
@@ -411,9 +393,9 @@ static unsigned char *scatter(tpio_buf_t *iov, int n, size_t off, size_t *total)
     return src;
 }
 
-Test(stream, writelines_more_than_iov_max, .timeout = 30)
+TestBothKinds(stream, writelines_more_than_iov_max, .timeout = 30)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     enum { N = 3000 };
     tpio_buf_t *iov = calloc(N, sizeof *iov);
     size_t total;
@@ -424,9 +406,7 @@ Test(stream, writelines_more_than_iov_max, .timeout = 30)
     free(src);
 
     /* and once more while data is buffered */
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     size_t b0 = th_wbuf_size(pr->t);
     enum { M = 5000 };
     tpio_buf_t *iov2 = calloc(M, sizeof *iov2);
@@ -447,7 +427,6 @@ Test(stream, writelines_more_than_iov_max, .timeout = 30)
     cr_assert_str_eq(pr->p->events, "made,lost:0");
     free(iov);
     free(iov2);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -470,32 +449,28 @@ Test(stream, peer_reset_while_idle, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:ECONNRESET");
     cr_assert_eq(p->lost_err, -ECONNRESET);
-    th_pair_finish(pr);
 }
 
 Test(stream, peer_reset_while_writing, .timeout = 30)
 {
     th_pair_t *pr = th_tcp_pair(NULL, NULL);
     th_proto_t *p = pr->p;
-    th_shrink_bufs(pr);
-    cr_assert_eq(tpio_transport_set_write_buffer_limits(pr->t, (ssize_t)64 << 20, TPIO_LIMIT_DEFAULT), 0);
-    th_fill_until_buffered(pr);
+    fill_buffer(pr);
     peer_reset(pr);
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert(strcmp(p->events, "made,lost:ECONNRESET") == 0 ||
                   strcmp(p->events, "made,lost:EPIPE") == 0,
               "events: %s", p->events);
     cr_assert(p->lost_err == -ECONNRESET || p->lost_err == -EPIPE);
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
 /* pause_reading / resume_reading                                        */
 /* ===================================================================== */
 
-Test(stream, pause_resume_reading, .timeout = 20)
+TestBothKinds(stream, pause_resume_reading, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert(th_is_reading(pr->t));
     cr_assert_eq(tpio_transport_pause_reading(pr->t), 0);
@@ -527,7 +502,6 @@ Test(stream, pause_resume_reading, .timeout = 20)
     cr_assert_str_eq(p->events, "made,data,eof,lost:0");
     cr_assert_eq(p->rxlen, 5);
     cr_assert_eq(memcmp(p->rx, "abcde", 5), 0);
-    th_pair_finish(pr);
 }
 
 Test(stream, pause_reading_inside_connection_made, .timeout = 20)
@@ -545,15 +519,12 @@ Test(stream, pause_reading_inside_connection_made, .timeout = 20)
     cr_assert(th_pair_run_until_rx(pr, p, 5));
     cr_assert_eq(memcmp(p->rx, "early", 5), 0);
     cr_assert_str_eq(p->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p->lost, TMO));
-    cr_assert_str_eq(p->events, "made,data,eof,lost:0");
-    th_pair_finish(pr);
+    peer_eof_ends(pr, p, "made,data,eof,lost:0");
 }
 
-Test(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
+TestBothKinds(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p = pr->p;
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     cr_assert(!th_is_reading(pr->t));
@@ -564,31 +535,14 @@ Test(stream, pause_resume_reading_on_closing_transport, .timeout = 20)
     cr_assert(th_is_closing(pr->t));
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,lost:0");
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
 /* get_extra_info                                                        */
 /* ===================================================================== */
 
-static bool same_addr(const struct sockaddr *a, socklen_t al, const struct sockaddr *b,
-                      socklen_t bl)
-{
-    if (al != bl || a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
-    }
-    return memcmp(a, b, al) == 0;
-}
-
-static void check_extra_info_tcp(tpio_transport_t *t)
+/* "socket", "peername" and "sockname" as the descriptor says; absent keys. */
+static void check_extra_info(tpio_transport_t *t)
 {
     int fd = th_fd(t);
     cr_assert_geq(fd, 0);
@@ -605,21 +559,21 @@ static void check_extra_info_tcp(tpio_transport_t *t)
     cr_assert_eq(tpio_transport_get_extra_info(t, "peername", &x), 0);
     cr_assert_eq(x.type, TPIO_EXTRA_ADDR);
     cr_assert_not_null(x.addr);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
     struct sockaddr_storage g;
     socklen_t gl = sizeof g;
     cr_assert_eq(tpio_transport_get_peername(t, &g, &gl), 0);
-    cr_assert(same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
 
     sl = sizeof ss;
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&ss, &sl), 0);
     memset(&x, 0, sizeof x);
     cr_assert_eq(tpio_transport_get_extra_info(t, "sockname", &x), 0);
     cr_assert_eq(x.type, TPIO_EXTRA_ADDR);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&ss, sl));
     gl = sizeof g;
     cr_assert_eq(tpio_transport_get_sockname(t, &g, &gl), 0);
-    cr_assert(same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
+    cr_assert(th_same_addr((struct sockaddr *)&g, gl, (struct sockaddr *)&ss, sl));
 
     x.type = TPIO_EXTRA_FD;
     cr_assert_eq(tpio_transport_get_extra_info(t, "no-such-key", &x), -ENOENT);
@@ -627,31 +581,50 @@ static void check_extra_info_tcp(tpio_transport_t *t)
     x.type = TPIO_EXTRA_FD;
     cr_assert_eq(tpio_transport_get_extra_info(t, "sslcontext", &x), -ENOENT);
     cr_assert_eq(x.type, TPIO_EXTRA_NONE);
+}
 
+/* A TCP transport has TCP_NODELAY. */
+static void check_tcp_nodelay(tpio_transport_t *t)
+{
     int one = 0;
     socklen_t ol = sizeof one;
-    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, &ol), 0);
+    cr_assert_eq(getsockopt(th_fd(t), IPPROTO_TCP, TCP_NODELAY, &one, &ol), 0);
     cr_assert_neq(one, 0, "TCP_NODELAY not set");
+}
+
+/* The peer's sockname is the transport's peername. */
+static void check_peername_is_peer(th_pair_t *pr, tpio_extra_t *x, struct sockaddr_storage *ps)
+{
+    socklen_t pl = sizeof *ps;
+    cr_assert_eq(getsockname(pr->peer, (struct sockaddr *)ps, &pl), 0);
+    cr_assert_eq(tpio_transport_get_extra_info(pr->t, "peername", x), 0);
+    cr_assert(th_same_addr(x->addr, x->addrlen, (struct sockaddr *)ps, pl));
+}
+
+TestBothKinds(stream, extra_info, .timeout = 20)
+{
+    th_pair_t *pr = K->pair(NULL, NULL);
+    check_extra_info(pr->t);
+    tpio_extra_t x;
+    struct sockaddr_storage ps;
+    check_peername_is_peer(pr, &x, &ps);
+    cr_assert_eq(tpio_transport_close(pr->t), 0);
 }
 
 Test(stream, extra_info_tcp_client, .timeout = 20)
 {
     th_pair_t *pr = th_tcp_pair(NULL, NULL);
-    check_extra_info_tcp(pr->t);
-    /* peername is the peer's sockname */
-    struct sockaddr_storage ps;
-    socklen_t pl = sizeof ps;
-    cr_assert_eq(getsockname(pr->peer, (struct sockaddr *)&ps, &pl), 0);
+    /* the rest of check_extra_info(): extra_info_tcp */
+    check_tcp_nodelay(pr->t);
     tpio_extra_t x;
-    cr_assert_eq(tpio_transport_get_extra_info(pr->t, "peername", &x), 0);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&ps, pl));
+    struct sockaddr_storage ps;
+    check_peername_is_peer(pr, &x, &ps);
     char want[64], got[64];
     snprintf(want, sizeof want, "('127.0.0.1', %u)",
              ntohs(((struct sockaddr_in *)&ps)->sin_port));
     cr_assert_eq(tpio_format_addr(x.addr, x.addrlen, got, sizeof got), 0);
     cr_assert_str_eq(got, want);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
-    th_pair_finish(pr);
 }
 
 typedef struct srv_ctx {
@@ -672,13 +645,11 @@ static tpio_protocol_t *srv_factory(void *arg)
 
 Test(stream, extra_info_tcp_server_side, .timeout = 20)
 {
-    tpio_loop_t *loop;
-    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
     srv_ctx_t *c = calloc(1, sizeof *c);
     c->tmpl.base.ops = &th_proto_ops;
     tpio_server_opts_t so = {.size = sizeof so, .host = "127.0.0.1", .port = 0};
     tpio_server_t *s;
-    cr_assert_eq(tpio_loop_create_server(loop, srv_factory, c, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, srv_factory, c, &so, &s), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
@@ -686,18 +657,19 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_eq(connect(cl, (struct sockaddr *)&ss, sl), 0);
     double end = th_now_s() + TMO;
     while ((!c->made || !c->made->made) && th_now_s() < end)
-        tpio_loop_run_once(loop, 0.01);
+        tpio_loop_run_once(th_fx.loop, 0.01);
     cr_assert_not_null(c->made);
     th_proto_t *p = c->made;
     cr_assert_str_eq(p->events, "made");
     cr_assert_eq(th_kind(p->t), TPIO_TRANSPORT_TCP);
-    check_extra_info_tcp(p->t);
+    check_extra_info(p->t);
+    check_tcp_nodelay(p->t);
     struct sockaddr_storage cs;
     socklen_t csl = sizeof cs;
     cr_assert_eq(getsockname(cl, (struct sockaddr *)&cs, &csl), 0);
     tpio_extra_t x;
     cr_assert_eq(tpio_transport_get_extra_info(p->t, "peername", &x), 0);
-    cr_assert(same_addr(x.addr, x.addrlen, (struct sockaddr *)&cs, csl));
+    cr_assert(th_same_addr(x.addr, x.addrlen, (struct sockaddr *)&cs, csl));
     char want[64], got[64];
     snprintf(want, sizeof want, "('127.0.0.1', %u)",
              ntohs(((struct sockaddr_in *)&cs)->sin_port));
@@ -705,13 +677,12 @@ Test(stream, extra_info_tcp_server_side, .timeout = 20)
     cr_assert_str_eq(got, want);
 
     close(cl);
-    cr_assert(th_run_until(loop, &p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &p->lost, TMO));
     cr_assert_str_eq(p->events, "made,eof,lost:0");
     cr_assert_eq(c->calls, 1);
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &c->closed, NULL), 0);
-    cr_assert(th_run_until(loop, &c->closed, TMO));
-    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert(th_run_until(th_fx.loop, &c->closed, TMO));
     th_proto_free(p);
     free(c);
 }
@@ -757,9 +728,9 @@ Test(stream, format_addr, .timeout = 10)
 /* set_protocol / get_protocol                                           */
 /* ===================================================================== */
 
-Test(stream, set_protocol_switches_receiver, .timeout = 20)
+TestBothKinds(stream, set_protocol_switches_receiver, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p1 = pr->p;
     th_peer_send(pr, "one", 3);
     cr_assert(th_pair_run_until_rx(pr, p1, 3));
@@ -775,14 +746,11 @@ Test(stream, set_protocol_switches_receiver, .timeout = 20)
     cr_assert_str_eq(p2->events, "data");
     cr_assert_str_eq(p1->events, "made,data");
     cr_assert_eq(p1->rxlen, 3);
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p2->lost, TMO));
-    cr_assert_str_eq(p2->events, "data,eof,lost:0");
+    peer_eof_ends(pr, p2, "data,eof,lost:0");
     cr_assert_str_eq(p1->events, "made,data");
-    /* th_pair_finish waits on pr->p: point it at the protocol that got lost */
+    /* fini finishes the pair on pr->p: point it at the protocol that got lost */
     th_proto_free(p1);
     pr->p = p2;
-    th_pair_finish(pr);
 }
 
 /* BufferedProtocol events for one read: "getbuf,updated", possibly followed by
@@ -793,9 +761,9 @@ static bool one_buffered_read(const char *ev)
     return strcmp(ev, "getbuf,updated") == 0 || strcmp(ev, "getbuf,updated,getbuf") == 0;
 }
 
-Test(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
+TestBothKinds(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
 {
-    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    th_pair_t *pr = K->pair(NULL, NULL);
     th_proto_t *p1 = pr->p;
     th_peer_send(pr, "one", 3);
     cr_assert(th_pair_run_until_rx(pr, p1, 3));
@@ -822,13 +790,10 @@ Test(stream, set_protocol_between_protocol_and_buffered, .timeout = 20)
     cr_assert_str_eq(p2->events, p2ev);
     cr_assert_eq(p2->rxlen, 3);
     cr_assert_str_eq(p1->events, "made,data");
-    cr_assert_eq(shutdown(pr->peer, SHUT_WR), 0);
-    cr_assert(th_run_until(pr->loop, &p3->lost, TMO));
-    cr_assert_str_eq(p3->events, "data,eof,lost:0");
+    peer_eof_ends(pr, p3, "data,eof,lost:0");
     th_proto_free(p1);
     th_proto_free(p2);
     pr->p = p3;
-    th_pair_finish(pr);
 }
 
 /* ===================================================================== */
@@ -856,7 +821,6 @@ Test(stream, buffered_protocol_basic, .timeout = 20)
     cr_assert_eq(memcmp(p->rx, "hello", 5), 0);
     cr_assert_eq(g_hint, -1);
     cr_assert_eq(g_getbuf_calls, 2);
-    th_pair_finish(pr);
 }
 
 /* Check "made,(getbuf[,updated])*,getbuf,eof,lost:0" and count updates. */
@@ -902,7 +866,6 @@ Test(stream, buffered_protocol_small_buffer, .timeout = 20)
     cr_assert_lt(p->elen, sizeof p->events - 64, "event log overflowed");
     size_t updates = check_buffered_grammar(p->events);
     cr_assert_geq(updates, (N + 6) / 7);
-    th_pair_finish(pr);
 }
 
 /* "made" followed by `reads` x "getbuf,updated", then `tail`. */
@@ -943,7 +906,6 @@ Test(stream, buffered_reads_again_while_buffer_fills, .timeout = 20)
     cr_assert_eq(p->rxlen, N);
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
     tpio_transport_close(pr->t);
-    th_pair_finish(pr);
 }
 
 /* The run of reads in one event is bounded: 32 reads (2048 of 2560 bytes),
@@ -963,7 +925,6 @@ Test(stream, buffered_reads_per_event_are_bounded, .timeout = 20)
     cr_assert_eq(p->rxlen, N);
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
     tpio_transport_close(pr->t);
-    th_pair_finish(pr);
 }
 
 static void pause_in_updated(tpio_protocol_t *bp, size_t n)
@@ -997,7 +958,6 @@ Test(stream, pause_inside_buffer_updated_stops_further_reads, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     expect_reads(p->events, 10, ",getbuf,eof,lost:0");
     cr_assert_eq(memcmp(p->rx, payload, N), 0);
-    th_pair_finish(pr);
 }
 
 /* close() inside buffer_updated: no further read, connection_lost(0). */
@@ -1010,7 +970,6 @@ Test(stream, close_inside_buffer_updated_stops_further_reads, .timeout = 20)
     cr_assert(th_run_until(pr->loop, &p->lost, TMO));
     expect_reads(p->events, 1, ",lost:0");
     cr_assert_eq(p->rxlen, 100);
-    th_pair_finish(pr);
 }
 
 typedef struct err_rec {
@@ -1049,12 +1008,12 @@ static void *null_getbuf(tpio_protocol_t *bp, ssize_t hint, size_t *len)
     return NULL;
 }
 
-static void run_bad_getbuf(void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
+static void run_bad_getbuf(const th_kind_t *K, void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
 {
     tpio_protocol_ops_t ops = th_buffered_proto_ops;
     ops.get_buffer = fn;
     err_rec_t rec = {0};
-    th_pair_t *pr = th_unix_pair(&ops, NULL, NULL, 0, false);
+    th_pair_t *pr = K->pair(&ops, NULL);
     tpio_loop_set_error_handler(pr->loop, rec_handler, &rec);
     th_proto_t *p = pr->p;
     tpio_transport_t *t = pr->t;
@@ -1069,15 +1028,14 @@ static void run_bad_getbuf(void *(*fn)(tpio_protocol_t *, ssize_t, size_t *))
     cr_assert_eq(rec.transport, t);
     cr_assert_eq(rec.protocol, &p->base);
     cr_assert(rec.has_message);
-    th_pair_finish(pr);
 }
 
-Test(stream, buffered_protocol_empty_buffer_is_fatal, .timeout = 20)
+TestBothKinds(stream, buffered_protocol_empty_buffer_is_fatal, .timeout = 20)
 {
-    run_bad_getbuf(empty_getbuf);
+    run_bad_getbuf(K, empty_getbuf);
 }
 
-Test(stream, buffered_protocol_null_buffer_is_fatal, .timeout = 20)
+TestBothKinds(stream, buffered_protocol_null_buffer_is_fatal, .timeout = 20)
 {
-    run_bad_getbuf(null_getbuf);
+    run_bad_getbuf(K, null_getbuf);
 }

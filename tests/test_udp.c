@@ -157,12 +157,14 @@ static const tpio_protocol_ops_t dp_ops = {
     .error_received = dp_err,
 };
 
+/* The suite's fixture, on top of th_fx (the loop; error reports: none
+ * expected): set up by suite init, checked and torn down by fini. */
 typedef struct fx {
-    tpio_loop_t *loop;
-    th_reports_t rep;      /* error handler calls: none expected */
     dp_t tmpl;
     size_t factory_calls;
 } fx_t;
+
+static fx_t f;
 
 static tpio_protocol_t *dp_factory(void *arg)
 {
@@ -198,32 +200,29 @@ static void on_ep(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p, in
     e->p = p ? DP(p) : NULL;
 }
 
-static void fx_init(fx_t *f)
+static void fx_init(void)
 {
-    memset(f, 0, sizeof *f);
-    cr_assert_eq(tpio_loop_new(&f->loop, NULL), 0);
-    tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
+    th_fx_init();
+    memset(&f, 0, sizeof f);
 }
 
-static void fx_fini(fx_t *f)
-{
-    th_assert_no_reports(&f->rep);
-    cr_assert_eq(tpio_loop_close(f->loop), 0);
-}
+TestSuite(udp, .init = fx_init, .fini = th_fx_fini);
 
-/* create_datagram_endpoint and wait for its completion; returns the err. */
+/* create_datagram_endpoint and wait for its completion; returns the err. The
+ * protocol of an endpoint made is freed by fini. */
 static int endpoint(fx_t *f, const tpio_datagram_opts_t *o, ep_t *e)
 {
     memset(e, 0, sizeof *e);
     in_create_call = true;
-    int rc = tpio_loop_create_datagram_endpoint(f->loop, dp_factory, f, o, on_ep, e, NULL);
+    int rc = tpio_loop_create_datagram_endpoint(th_fx.loop, dp_factory, f, o, on_ep, e, NULL);
     in_create_call = false;
     if (rc)
         return rc;
     cr_assert_eq(e->calls, 0, "completion ran inside the call");
-    cr_assert(th_run_until(f->loop, &e->done, TMO));
+    cr_assert(th_run_until(th_fx.loop, &e->done, TMO));
     cr_assert_eq(e->calls, 1);
     if (e->err == 0) {
+        th_fx_own_with(e->p, free); /* fini frees the protocol */
         cr_assert_not_null(e->t);
         cr_assert_not(e->p->made_in_call);
         cr_assert_str_eq(e->p->events, "made");
@@ -235,11 +234,11 @@ static int endpoint(fx_t *f, const tpio_datagram_opts_t *o, ep_t *e)
     return e->err;
 }
 
-static void close_ep(fx_t *f, ep_t *e)
+static void close_ep(ep_t *e)
 {
     cr_assert_eq(tpio_transport_close(e->t), 0);
     cr_assert(th_is_closing(e->t));
-    cr_assert(th_run_until(f->loop, &e->p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &e->p->lost, TMO));
     cr_assert_eq(e->p->lost_err, 0);
 }
 
@@ -304,8 +303,6 @@ static void server_and_client(fx_t *f, ep_t *srv, ep_t *cli, struct sockaddr_in 
 
 Test(udp, server_client_exchange, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t srv, cli;
     struct sockaddr_in saddr;
     server_and_client(&f, &srv, &cli, &saddr);
@@ -334,7 +331,7 @@ Test(udp, server_client_exchange, .timeout = 20)
 
     /* client -> server, addr NULL on the connected client */
     cr_assert_eq(tpio_datagram_sendto(cli.t, "hello", 5, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 1));
     cr_assert_eq(srv.p->lastlen, 5);
     cr_assert_eq(memcmp(srv.p->last, "hello", 5), 0);
     cr_assert(same_sin(&srv.p->from, srv.p->fromlen, &cexpect));
@@ -342,13 +339,13 @@ Test(udp, server_client_exchange, .timeout = 20)
     cr_assert_eq(tpio_datagram_sendto(srv.t, "world!", 6, (struct sockaddr *)&srv.p->from,
                              srv.p->fromlen),
                  0);
-    cr_assert(run_until_dgrams(f.loop, cli.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, cli.p, 1));
     cr_assert_eq(cli.p->lastlen, 6);
     cr_assert_eq(memcmp(cli.p->last, "world!", 6), 0);
     cr_assert(same_sin(&cli.p->from, cli.p->fromlen, &saddr));
     /* The connected client may name its peer explicitly. */
     cr_assert_eq(tpio_datagram_sendto(cli.t, "again", 5, (struct sockaddr *)&saddr, sizeof saddr), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 2));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 2));
     cr_assert_eq(memcmp(srv.p->last, "again", 5), 0);
 
     /* Address rules. */
@@ -369,54 +366,44 @@ Test(udp, server_client_exchange, .timeout = 20)
     cr_assert_eq(th_wbuf_size(cli.t), 0);
 
     /* Nothing stray arrived anywhere. */
-    th_run_timer(f.loop, 0.05, TMO);
+    th_run_timer(th_fx.loop, 0.05, TMO);
     cr_assert_str_eq(srv.p->events, "made,dgram:5,dgram:5");
     cr_assert_str_eq(cli.p->events, "made,dgram:6");
 
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
+    close_ep(&cli);
+    close_ep(&srv);
     cr_assert_str_eq(srv.p->events, "made,dgram:5,dgram:5,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:6,lost:0");
     cr_assert_eq(f.factory_calls, 2);
-    free(srv.p);
-    free(cli.p);
-    fx_fini(&f);
 }
 
 Test(udp, empty_datagrams, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t srv, cli;
     struct sockaddr_in saddr;
     server_and_client(&f, &srv, &cli, &saddr);
     cr_assert_eq(tpio_datagram_sendto(cli.t, "", 0, NULL, 0), 0);
     cr_assert_eq(tpio_datagram_sendto(cli.t, NULL, 0, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 2));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 2));
     cr_assert_eq(srv.p->lastlen, 0);
     cr_assert_eq(srv.p->fromlen, sizeof(struct sockaddr_in));
     cr_assert_eq(tpio_datagram_sendto(srv.t, NULL, 0, (struct sockaddr *)&srv.p->from, srv.p->fromlen),
                  0);
-    cr_assert(run_until_dgrams(f.loop, cli.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, cli.p, 1));
     cr_assert(same_sin(&cli.p->from, cli.p->fromlen, &saddr));
     /* An empty datagram is not EOF: the endpoints carry on. */
     cr_assert_eq(tpio_datagram_sendto(cli.t, "after", 5, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 3));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 3));
     cr_assert_not(th_is_closing(srv.t));
     cr_assert_not(th_is_closing(cli.t));
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
+    close_ep(&cli);
+    close_ep(&srv);
     cr_assert_str_eq(srv.p->events, "made,dgram:0,dgram:0,dgram:5,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:0,lost:0");
-    free(srv.p);
-    free(cli.p);
-    fx_fini(&f);
 }
 
 Test(udp, icmp_refusal_is_error_received, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     uint16_t port = free_udp_port();
     ep_t cli;
     tpio_datagram_opts_t co = {.size = sizeof co, .remote_host = "127.0.0.1", .remote_port = port};
@@ -425,9 +412,9 @@ Test(udp, icmp_refusal_is_error_received, .timeout = 20)
      * few times on a loop timer all the same. */
     for (int i = 0; i < 20 && cli.p->nerrs == 0; i++) {
         cr_assert_eq(tpio_datagram_sendto(cli.t, "ping", 4, NULL, 0), 0);
-        double end = th_time(f.loop) + 0.25;
-        while (cli.p->nerrs == 0 && th_time(f.loop) < end)
-            tpio_loop_run_once(f.loop, 0.01);
+        double end = th_time(th_fx.loop) + 0.25;
+        while (cli.p->nerrs == 0 && th_time(th_fx.loop) < end)
+            tpio_loop_run_once(th_fx.loop, 0.01);
     }
     cr_assert_eq(cli.p->nerrs, 1, "events: %s", cli.p->events);
     cr_assert_eq(cli.p->last_err, -ECONNREFUSED);
@@ -435,18 +422,14 @@ Test(udp, icmp_refusal_is_error_received, .timeout = 20)
     /* The transport stays open and usable. */
     cr_assert_not(th_is_closing(cli.t));
     cr_assert_not(cli.p->lost);
-    th_run_timer(f.loop, 0.05, TMO);
+    th_run_timer(th_fx.loop, 0.05, TMO);
     cr_assert_not(cli.p->lost);
-    close_ep(&f, &cli);
+    close_ep(&cli);
     cr_assert_str_eq(cli.p->events, "made,err:ECONNREFUSED,lost:0");
-    free(cli.p);
-    fx_fini(&f);
 }
 
 Test(udp, send_error_reaches_error_received_from_the_loop, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t srv, cli;
     struct sockaddr_in saddr;
     server_and_client(&f, &srv, &cli, &saddr);
@@ -455,7 +438,7 @@ Test(udp, send_error_reaches_error_received_from_the_loop, .timeout = 20)
     unsigned char *buf = calloc(1, big);
     cr_assert_eq(tpio_datagram_sendto(cli.t, buf, big, NULL, 0), 0);
     cr_assert_str_eq(cli.p->events, "made", "a callback ran inside sendto");
-    cr_assert(th_run_until_count(f.loop, &cli.p->nerrs, 1, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &cli.p->nerrs, 1, TMO));
     cr_assert_str_eq(cli.p->events, "made,err:EMSGSIZE");
     cr_assert_not(th_is_closing(cli.t));
     /* Wrong address family on the unconnected server. */
@@ -466,26 +449,21 @@ Test(udp, send_error_reaches_error_received_from_the_loop, .timeout = 20)
     a6.sin6_addr = in6addr_loopback;
     cr_assert_eq(tpio_datagram_sendto(srv.t, "x", 1, (struct sockaddr *)&a6, sizeof a6), 0);
     cr_assert_str_eq(srv.p->events, "made");
-    cr_assert(th_run_until_count(f.loop, &srv.p->nerrs, 1, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &srv.p->nerrs, 1, TMO));
     cr_assert_str_eq(srv.p->events, "made,err:EAFNOSUPPORT");
     /* Both still work. */
     cr_assert_eq(tpio_datagram_sendto(cli.t, buf, 65507, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 1));
     cr_assert_eq(srv.p->lastlen, 65507);
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
+    close_ep(&cli);
+    close_ep(&srv);
     cr_assert_str_eq(cli.p->events, "made,err:EMSGSIZE,lost:0");
     cr_assert_str_eq(srv.p->events, "made,err:EAFNOSUPPORT,dgram:65507,lost:0");
     free(buf);
-    free(srv.p);
-    free(cli.p);
-    fx_fini(&f);
 }
 
 Test(udp, close_and_abort_drop_later_sends, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t srv, cli;
     struct sockaddr_in saddr;
     server_and_client(&f, &srv, &cli, &saddr);
@@ -494,22 +472,17 @@ Test(udp, close_and_abort_drop_later_sends, .timeout = 20)
     /* After close, datagrams are dropped (0, nothing sent). */
     cr_assert_eq(tpio_datagram_sendto(cli.t, "dropped", 7, NULL, 0), 0);
     cr_assert_eq(th_wbuf_size(cli.t), 0);
-    cr_assert(th_run_until(f.loop, &cli.p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &cli.p->lost, TMO));
     cr_assert_eq(tpio_transport_abort(srv.t), 0);
-    cr_assert(th_run_until(f.loop, &srv.p->lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &srv.p->lost, TMO));
     cr_assert_str_eq(cli.p->events, "made,lost:0");
     cr_assert_str_eq(srv.p->events, "made,lost:0");
-    free(srv.p);
-    free(cli.p);
-    fx_fini(&f);
 }
 
 /* ---- use_sock and families ---------------------------------------------------------- */
 
 Test(udp, use_sock_existing_dgram_socket, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = sin_of("127.0.0.1", 0);
     cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -534,7 +507,7 @@ Test(udp, use_sock_existing_dgram_socket, .timeout = 20)
     l = sizeof pa;
     cr_assert_eq(getsockname(peer, (struct sockaddr *)&pa, &l), 0);
     cr_assert_eq(sendto(peer, "from peer", 9, 0, (struct sockaddr *)&a, sizeof a), 9);
-    cr_assert(run_until_dgrams(f.loop, e.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, e.p, 1));
     cr_assert_eq(e.p->lastlen, 9);
     cr_assert(same_sin(&e.p->from, e.p->fromlen, &pa));
     cr_assert_eq(tpio_datagram_sendto(e.t, "reply", 5, (struct sockaddr *)&pa, sizeof pa), 0);
@@ -544,20 +517,16 @@ Test(udp, use_sock_existing_dgram_socket, .timeout = 20)
     cr_assert_eq(recv(peer, buf, sizeof buf, 0), 5);
     cr_assert_eq(memcmp(buf, "reply", 5), 0);
     close(peer);
-    close_ep(&f, &e);
+    close_ep(&e);
     cr_assert_str_eq(e.p->events, "made,dgram:9,lost:0");
     /* The transport closed the socket: the port is free again. */
     int again = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     cr_assert_eq(bind(again, (struct sockaddr *)&a, sizeof a), 0, "%s", strerror(errno));
     close(again);
-    free(e.p);
-    fx_fini(&f);
 }
 
 Test(udp, use_sock_rejections_leave_fd_untouched, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t e;
     /* A stream socket. */
     int st = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -588,25 +557,22 @@ Test(udp, use_sock_rejections_leave_fd_untouched, .timeout = 10)
     /* Missing arguments. */
     tpio_datagram_opts_t o7 = {.size = sizeof o7, .local_host = "127.0.0.1"};
     cr_assert_eq(tpio_loop_create_datagram_endpoint(NULL, dp_factory, &f, &o7, on_ep, &e, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, NULL, &f, &o7, on_ep, &e, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, NULL, on_ep, &e, NULL),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(th_fx.loop, NULL, &f, &o7, on_ep, &e, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(th_fx.loop, dp_factory, &f, NULL, on_ep, &e, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_datagram_endpoint(f.loop, dp_factory, &f, &o7, NULL, &e, NULL),
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(th_fx.loop, dp_factory, &f, &o7, NULL, &e, NULL),
                  -EINVAL);
-    th_run_timer(f.loop, 0.01, TMO);
+    th_run_timer(th_fx.loop, 0.01, TMO);
     cr_assert_eq(e.calls, 0);
     cr_assert_eq(f.factory_calls, 0);
     close(st);
     close(dg);
     close(pfd[0]);
     close(pfd[1]);
-    fx_fini(&f);
 }
 
 Test(udp, family_only_is_unbound_and_can_sendto, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t e;
     tpio_datagram_opts_t bad = {.size = sizeof bad};
     cr_assert_eq(endpoint(&f, &bad, &e), -EINVAL);
@@ -640,24 +606,20 @@ Test(udp, family_only_is_unbound_and_can_sendto, .timeout = 20)
     /* The kernel bound it at the first send; answers come back. */
     cr_assert_neq(from.sin_port, 0);
     cr_assert_eq(sendto(peer, "answer", 6, 0, (struct sockaddr *)&from, fl), 6);
-    cr_assert(run_until_dgrams(f.loop, e.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, e.p, 1));
     cr_assert_eq(memcmp(e.p->last, "answer", 6), 0);
     close(peer);
-    close_ep(&f, &e);
+    close_ep(&e);
     cr_assert_str_eq(e.p->events, "made,dgram:6,lost:0");
-    free(e.p);
     /* Families that make no sense here. */
     tpio_datagram_opts_t o2 = {.size = sizeof o2, .family = AF_INET, .local_path = "/tmp/nope"};
     cr_assert_eq(endpoint(&f, &o2, &e), -EINVAL);
     tpio_datagram_opts_t o3 = {.size = sizeof o3, .family = AF_UNIX, .local_host = "127.0.0.1"};
     cr_assert_eq(endpoint(&f, &o3, &e), -EINVAL);
-    fx_fini(&f);
 }
 
 Test(udp, reuse_port_shares_a_port, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t a, b, c;
     tpio_datagram_opts_t oa = {.size = sizeof oa, .local_host = "127.0.0.1", .reuse_port = TPIO_ON};
     cr_assert_eq(endpoint(&f, &oa, &a), 0);
@@ -678,18 +640,13 @@ Test(udp, reuse_port_shares_a_port, .timeout = 20)
     /* Without reuse_port the port is taken. */
     tpio_datagram_opts_t oc = {.size = sizeof oc, .local_host = "127.0.0.1", .local_port = port};
     cr_assert_eq(endpoint(&f, &oc, &c), -EADDRINUSE);
-    close_ep(&f, &a);
-    close_ep(&f, &b);
-    free(a.p);
-    free(b.p);
+    close_ep(&a);
+    close_ep(&b);
     cr_assert_eq(f.factory_calls, 2);
-    fx_fini(&f);
 }
 
 Test(udp, allow_broadcast_sets_so_broadcast, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     for (int want = 0; want < 2; want++) {
         ep_t e;
         tpio_datagram_opts_t o = {.size = sizeof o, .local_host = "127.0.0.1", .allow_broadcast = want};
@@ -698,8 +655,7 @@ Test(udp, allow_broadcast_sets_so_broadcast, .timeout = 10)
         socklen_t l = sizeof v;
         cr_assert_eq(getsockopt(th_fd(e.t), SOL_SOCKET, SO_BROADCAST, &v, &l), 0);
         cr_assert_eq(v != 0, want != 0, "SO_BROADCAST=%d with allow_broadcast=%d", v, want);
-        close_ep(&f, &e);
-        free(e.p);
+        close_ep(&e);
     }
     tpio_datagram_opts_t o = {.size = sizeof o, .family = AF_INET, .allow_broadcast = TPIO_ON};
     ep_t e;
@@ -708,15 +664,11 @@ Test(udp, allow_broadcast_sets_so_broadcast, .timeout = 10)
     socklen_t l = sizeof v;
     cr_assert_eq(getsockopt(th_fd(e.t), SOL_SOCKET, SO_BROADCAST, &v, &l), 0);
     cr_assert_neq(v, 0);
-    close_ep(&f, &e);
-    free(e.p);
-    fx_fini(&f);
+    close_ep(&e);
 }
 
 Test(udp, names_go_through_the_resolver, .timeout = 30)
 {
-    fx_t f;
-    fx_init(&f);
     ep_t srv, cli;
     tpio_datagram_opts_t so = {.size = sizeof so, .local_host = "localhost", .family = AF_INET};
     cr_assert_eq(endpoint(&f, &so, &srv), 0);
@@ -729,12 +681,10 @@ Test(udp, names_go_through_the_resolver, .timeout = 30)
                                .family = AF_INET};
     cr_assert_eq(endpoint(&f, &co, &cli), 0);
     cr_assert_eq(tpio_datagram_sendto(cli.t, "by name", 7, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 1));
     cr_assert_eq(memcmp(srv.p->last, "by name", 7), 0);
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
-    free(srv.p);
-    free(cli.p);
+    close_ep(&cli);
+    close_ep(&srv);
 
     /* A name that does not resolve: a resolver code in the completion. */
     ep_t bad;
@@ -747,15 +697,12 @@ Test(udp, names_go_through_the_resolver, .timeout = 30)
     cr_assert(err <= TPIO_EAI_NONAME && err >= TPIO_EAI_OTHER, "got %d (%s)", err,
               tpio_err_name(err));
     cr_assert_eq(f.factory_calls, 2);
-    fx_fini(&f);
 }
 
 /* ---- Unix datagram sockets ------------------------------------------------------------- */
 
 Test(udp, unix_datagram_paths, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     char dir[64], spath[128], cpath[128];
     snprintf(dir, sizeof dir, "/tmp/tpio-udg-XXXXXX");
     cr_assert_not_null(mkdtemp(dir));
@@ -794,22 +741,20 @@ Test(udp, unix_datagram_paths, .timeout = 20)
 
     cr_assert_eq(tpio_datagram_sendto(cli.t, "unix dgram", 10, NULL, 0), 0);
     cr_assert_eq(tpio_datagram_sendto(cli.t, NULL, 0, NULL, 0), 0);
-    cr_assert(run_until_dgrams(f.loop, srv.p, 2));
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 2));
     cr_assert_eq(srv.p->from.ss_family, AF_UNIX);
     cr_assert_str_eq(((struct sockaddr_un *)&srv.p->from)->sun_path, cpath);
     cr_assert_eq(tpio_datagram_sendto(srv.t, "back", 4, (struct sockaddr *)&srv.p->from,
                              srv.p->fromlen),
                  0);
-    cr_assert(run_until_dgrams(f.loop, cli.p, 1));
+    cr_assert(run_until_dgrams(th_fx.loop, cli.p, 1));
     cr_assert_eq(memcmp(cli.p->last, "back", 4), 0);
     cr_assert_str_eq(((struct sockaddr_un *)&cli.p->from)->sun_path, spath);
     cr_assert_eq(tpio_datagram_sendto(srv.t, "x", 1, NULL, 0), -EDESTADDRREQ);
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
+    close_ep(&cli);
+    close_ep(&srv);
     cr_assert_str_eq(srv.p->events, "made,dgram:10,dgram:0,lost:0");
     cr_assert_str_eq(cli.p->events, "made,dgram:4,lost:0");
-    free(srv.p);
-    free(cli.p);
     cr_assert_eq(unlink(spath), 0);
     cr_assert_eq(unlink(cpath), 0);
 
@@ -837,7 +782,6 @@ Test(udp, unix_datagram_paths, .timeout = 20)
     cr_assert_eq(endpoint(&f, &o4, &bad), -EINVAL);
     cr_assert_eq(rmdir(dir), 0);
     cr_assert_eq(f.factory_calls, 2);
-    fx_fini(&f);
 }
 
 /* ---- flow control (AF_UNIX datagram socketpair: a queue that really fills) ----------- */
@@ -897,8 +841,6 @@ static void drain_pair(int fd, uint32_t *next, size_t *empties, bool *bad)
 
 Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
 {
-    fx_t f;
-    fx_init(&f);
     int sv[2];
     make_dgram_pair(sv);
     ep_t e;
@@ -939,7 +881,7 @@ Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
     cr_assert_eq(th_wbuf_size(e.t), before + 16);
 
     /* Still held while nobody reads. */
-    th_run_timer(f.loop, 0.05, TMO);
+    th_run_timer(th_fx.loop, 0.05, TMO);
     cr_assert_eq(th_wbuf_size(e.t), before + 16);
     cr_assert_str_eq(e.p->events, "made,pause");
 
@@ -947,10 +889,10 @@ Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
     uint32_t next = 0;
     size_t empties = 0;
     bool bad = false;
-    double end = th_time(f.loop) + TMO;
-    while ((next < N || empties < 2) && th_time(f.loop) < end) {
+    double end = th_time(th_fx.loop) + TMO;
+    while ((next < N || empties < 2) && th_time(th_fx.loop) < end) {
         drain_pair(sv[1], &next, &empties, &bad);
-        tpio_loop_run_once(f.loop, 0.01);
+        tpio_loop_run_once(th_fx.loop, 0.01);
     }
     cr_assert_eq(next, N);
     cr_assert_eq(empties, 2);
@@ -959,17 +901,13 @@ Test(udp, flow_control_counts_len_plus_8, .timeout = 30)
     cr_assert_leq(e.p->size_at_resume, FC_UNIT);
     cr_assert_eq(th_wbuf_size(e.t), 0);
     cr_assert_str_eq(e.p->events, "made,pause,resume");
-    close_ep(&f, &e);
+    close_ep(&e);
     cr_assert_str_eq(e.p->events, "made,pause,resume,lost:0");
     close(sv[1]);
-    free(e.p);
-    fx_fini(&f);
 }
 
 Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
 {
-    fx_t f;
-    fx_init(&f);
     for (int use_abort = 0; use_abort < 2; use_abort++) {
         int sv[2];
         make_dgram_pair(sv);
@@ -988,22 +926,22 @@ Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
         uint32_t in_kernel = N - (uint32_t)(q / FC_UNIT);
         if (use_abort) {
             cr_assert_eq(tpio_transport_abort(e.t), 0);
-            cr_assert(th_run_until(f.loop, &e.p->lost, TMO));
+            cr_assert(th_run_until(th_fx.loop, &e.p->lost, TMO));
         } else {
             cr_assert_eq(tpio_transport_close(e.t), 0);
             /* Dropped after close. */
             cr_assert_eq(tpio_datagram_sendto(e.t, buf, FC_LEN, NULL, 0), 0);
             cr_assert_eq(th_wbuf_size(e.t), q);
-            th_run_timer(f.loop, 0.05, TMO);
+            th_run_timer(th_fx.loop, 0.05, TMO);
             cr_assert_not(e.p->lost, "lost before the queue was flushed");
         }
         uint32_t next = 0;
         size_t empties = 0;
         bool bad = false;
-        double end = th_time(f.loop) + TMO;
-        while (!e.p->lost && th_time(f.loop) < end) {
+        double end = th_time(th_fx.loop) + TMO;
+        while (!e.p->lost && th_time(th_fx.loop) < end) {
             drain_pair(sv[1], &next, &empties, &bad);
-            tpio_loop_run_once(f.loop, 0.01);
+            tpio_loop_run_once(th_fx.loop, 0.01);
         }
         cr_assert(e.p->lost);
         drain_pair(sv[1], &next, &empties, &bad);
@@ -1013,9 +951,7 @@ Test(udp, close_flushes_queue_abort_drops_it, .timeout = 30)
                      next, N);
         cr_assert_str_eq(e.p->events, "made,lost:0");
         close(sv[1]);
-        free(e.p);
     }
-    fx_fini(&f);
 }
 
 /* ---- 100,000 datagrams through an echo ------------------------------------------------ */
@@ -1113,8 +1049,6 @@ static int big_rcvbuf(int fd)
 
 Test(udp, bulk_100k_mixed_sizes_echo, .timeout = 60)
 {
-    fx_t f;
-    fx_init(&f);
     bulk_t *b = calloc(1, sizeof *b);
     cr_assert_not_null(b);
     f.tmpl.quiet = true;
@@ -1149,15 +1083,15 @@ Test(udp, bulk_100k_mixed_sizes_echo, .timeout = 60)
     bulk_pump(b);
 
     /* Run until everything came back, or nothing moved for 3 s (a loss). */
-    double end = th_time(f.loop) + 50;
-    double last_progress = th_time(f.loop);
+    double end = th_time(th_fx.loop) + 50;
+    double last_progress = th_time(th_fx.loop);
     size_t seen = 0;
-    while (b->next_recv < BULK_N && th_time(f.loop) < end &&
-           th_time(f.loop) - last_progress < 3.0) {
-        tpio_loop_run_once(f.loop, 0.1);
+    while (b->next_recv < BULK_N && th_time(th_fx.loop) < end &&
+           th_time(th_fx.loop) - last_progress < 3.0) {
+        tpio_loop_run_once(th_fx.loop, 0.1);
         if (b->next_recv + b->srv_rx != seen) {
             seen = b->next_recv + b->srv_rx;
-            last_progress = th_time(f.loop);
+            last_progress = th_time(th_fx.loop);
         }
     }
     cr_log_info("sent %zu, server got %zu, echoed %zu, back %zu, pauses %zu", b->next_send,
@@ -1174,12 +1108,9 @@ Test(udp, bulk_100k_mixed_sizes_echo, .timeout = 60)
     cr_assert_eq(cli.p->nerrs, 0);
     cr_assert_eq(srv.p->ndgrams, BULK_N);
     cr_assert_eq(cli.p->ndgrams, BULK_N);
-    close_ep(&f, &cli);
-    close_ep(&f, &srv);
+    close_ep(&cli);
+    close_ep(&srv);
     cr_assert_str_eq(cli.p->events, "made,lost:0");
     cr_assert_str_eq(srv.p->events, "made,lost:0");
-    free(srv.p);
-    free(cli.p);
     free(b);
-    fx_fini(&f);
 }

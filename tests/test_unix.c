@@ -2,11 +2,13 @@
  * Unix stream sockets: create_unix_server / create_unix_connection on a path
  * and in the abstract namespace, the socket file's life (stale removal,
  * -EADDRINUSE, removal at close), connection errors, argument checks,
- * use_sock, connect_accepted_socket, half-close both ways, and the server's
- * close_clients / wait_closed ordering.
+ * use_sock and connect_accepted_socket. What Unix sockets share with TCP
+ * (half-close both ways, close_clients / abort_clients / wait_closed, flow
+ * control, the transport's calls) runs on both kinds in test_server.c,
+ * test_stream.c and test_flow.c.
  *
- * Every socket path lives in a fresh mkdtemp() directory that must be empty
- * (rmdir succeeds) at the end. Nothing sleeps to wait for an event.
+ * Every socket path lives in a fresh mkdtemp() directory (th_fx_dir()) that
+ * must be empty at the end. Nothing sleeps to wait for an event.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -29,11 +31,11 @@ static th_proto_t *TP(tpio_protocol_t *p) { return tpio_container_of(p, th_proto
 
 /* ---- fixtures --------------------------------------------------------------- */
 
+/* The suite's fixture, on top of th_fx (the loop; error reports: none
+ * expected; th_fx_dir(), which must be empty at the end): set up by suite
+ * init, checked and torn down by fini. */
 typedef struct fx {
-    tpio_loop_t *loop;
-    th_reports_t rep;      /* error handler calls: none expected */
-    char dir[128];
-    char path[256];
+    char path[256];        /* s.sock in th_fx_dir() */
     /* server side */
     th_proto_t stmpl;
     th_proto_t *sp[8];
@@ -44,12 +46,15 @@ typedef struct fx {
     size_t cfactory_calls;
 } fx_t;
 
+static fx_t f;
+
+/* Server-side protocols are freed by fini, once the loop closed. */
 static tpio_protocol_t *srv_factory(void *arg)
 {
     fx_t *f = arg;
     cr_assert_lt(f->ns, 8);
     tpio_protocol_t *bp = th_factory(&f->stmpl);
-    f->sp[f->ns++] = TP(bp);
+    f->sp[f->ns++] = th_fx_own(TP(bp));
     return bp;
 }
 
@@ -60,29 +65,17 @@ static tpio_protocol_t *cli_factory(void *arg)
     return th_factory(&f->ctmpl);
 }
 
-static void fx_init(fx_t *f)
+static void fx_init(void)
 {
-    memset(f, 0, sizeof *f);
-    cr_assert_eq(tpio_loop_new(&f->loop, NULL), 0);
-    tpio_loop_set_error_handler(f->loop, th_count_reports, &f->rep);
-    snprintf(f->dir, sizeof f->dir, "/tmp/tpio-unix-XXXXXX");
-    cr_assert_not_null(mkdtemp(f->dir));
-    snprintf(f->path, sizeof f->path, "%s/s.sock", f->dir);
-    f->stmpl.base.ops = &th_proto_ops;
-    f->stmpl.lost_counter = &f->slost;
-    f->ctmpl.base.ops = &th_proto_ops;
+    th_fx_init();
+    memset(&f, 0, sizeof f);
+    snprintf(f.path, sizeof f.path, "%s/s.sock", th_fx_dir());
+    f.stmpl.base.ops = &th_proto_ops;
+    f.stmpl.lost_counter = &f.slost;
+    f.ctmpl.base.ops = &th_proto_ops;
 }
 
-/* Frees the server-side protocols, closes the loop and checks the directory
- * was left empty. */
-static void fx_fini(fx_t *f)
-{
-    for (size_t i = 0; i < f->ns; i++)
-        th_proto_free(f->sp[i]);
-    th_assert_no_reports(&f->rep);
-    cr_assert_eq(tpio_loop_close(f->loop), 0);
-    cr_assert_eq(rmdir(f->dir), 0, "directory %s not empty: %s", f->dir, strerror(errno));
-}
+TestSuite(unix_stream, .init = fx_init, .fini = th_fx_fini);
 
 static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double timeout)
 {
@@ -92,12 +85,12 @@ static bool run_until_rx(tpio_loop_t *loop, th_proto_t *p, size_t n, double time
     return p->rxlen >= n;
 }
 
-static void close_server(fx_t *f, tpio_server_t *s)
+static void close_server(tpio_server_t *s)
 {
     bool wc = false;
     cr_assert_eq(tpio_server_close(s), 0);
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &wc, NULL), 0);
-    cr_assert(th_run_until(f->loop, &wc, TMO));
+    cr_assert(th_run_until(th_fx.loop, &wc, TMO));
 }
 
 static bool is_unnamed(const struct sockaddr_storage *ss, socklen_t len)
@@ -145,23 +138,47 @@ static void make_stale_socket(const char *path)
 static void connect_client(fx_t *f, const tpio_unix_opts_t *o, th_conn_t *c)
 {
     memset(c, 0, sizeof *c);
-    cr_assert_eq(tpio_loop_create_unix_connection(f->loop, cli_factory, f, o, th_on_conn, c, NULL), 0);
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, f, o, th_on_conn, c, NULL), 0);
     cr_assert_eq(c->calls, 0, "completion ran inside the call");
-    cr_assert(th_run_until(f->loop, &c->done, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c->done, TMO));
     cr_assert_eq(c->calls, 1);
     cr_assert(c->in_loop);
+}
+
+/* A server on f.path. */
+static tpio_server_t *serve_path(void)
+{
+    tpio_server_t *s = NULL;
+    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
+    return s;
+}
+
+/* A client connected to f.path. */
+static void connect_path(th_conn_t *c)
+{
+    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
+    connect_client(&f, &co, c);
+    cr_assert_eq(c->err, 0);
+}
+
+/* The client closes: its connection_lost, then the server side's (the
+ * first server-side connection_lost of the test). */
+static void client_closes(th_conn_t *c)
+{
+    bool clost = false;
+    c->p->lost_flag = &clost;
+    cr_assert_eq(tpio_transport_close(c->t), 0);
+    cr_assert(th_run_until(th_fx.loop, &clost, TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &f.slost, 1, TMO));
 }
 
 /* ---- a server and a client on a path ---------------------------------------- */
 
 Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
 {
-    fx_t f;
-    fx_init(&f);
     f.stmpl.echo = true;
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
     cr_assert(th_is_serving(s));
     cr_assert_eq(th_socket_count(s), 1);
     struct stat st;
@@ -174,9 +191,7 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     assert_path_addr(&ss, sl, f.path);
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
+    connect_path(&c);
     cr_assert_eq(f.cfactory_calls, 1);
     cr_assert_not_null(c.t);
     cr_assert_str_eq(c.p->events, "made");
@@ -197,7 +212,7 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
 
     const char msg[] = "hello over a unix socket";
     cr_assert_eq(tpio_transport_write(c.t, msg, sizeof msg - 1), 0);
-    cr_assert(run_until_rx(f.loop, c.p, sizeof msg - 1, TMO));
+    cr_assert(run_until_rx(th_fx.loop, c.p, sizeof msg - 1, TMO));
     cr_assert_eq(c.p->rxlen, sizeof msg - 1);
     cr_assert_eq(memcmp(c.p->rx, msg, sizeof msg - 1), 0);
 
@@ -216,34 +231,27 @@ Test(unix_stream, path_echo_sequences_and_addresses, .timeout = 30)
     cr_assert_eq(sp->rxlen, sizeof msg - 1);
     cr_assert_eq(memcmp(sp->rx, msg, sizeof msg - 1), 0);
 
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    cr_assert_eq(tpio_transport_close(c.t), 0);
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
     cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
     cr_assert_eq(th_conn_count(s), 0);
     th_proto_free(c.p);
 
-    close_server(&f, s);
+    close_server(s);
     cr_assert_eq(stat(f.path, &st), -1);
     cr_assert_eq(errno, ENOENT);
-    fx_fini(&f);
 }
 
 Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
 {
-    fx_t f;
-    fx_init(&f);
     f.stmpl.echo = true;
     /* The name looks like a path in our empty directory: if it were bound as
      * a filesystem path, the file would appear there. */
     char name[200];
-    snprintf(name, sizeof name, "%s/abstract-%d", f.dir, (int)getpid());
+    snprintf(name, sizeof name, "%s/abstract-%d", th_fx_dir(), (int)getpid());
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.size = sizeof so, .path = name, .abstract = TPIO_ON};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
     struct stat st;
     cr_assert_eq(stat(name, &st), -1);
     cr_assert_eq(errno, ENOENT);
@@ -263,7 +271,7 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     assert_abstract_addr(&ss, sl, name);
 
     cr_assert_eq(tpio_transport_write(c.t, "abc", 3), 0);
-    cr_assert(run_until_rx(f.loop, c.p, 3, TMO));
+    cr_assert(run_until_rx(th_fx.loop, c.p, 3, TMO));
     cr_assert_eq(memcmp(c.p->rx, "abc", 3), 0);
     cr_assert_eq(f.ns, 1);
     sl = sizeof ss;
@@ -277,17 +285,13 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
     cr_assert_eq(c2.err, -ENOENT);
     cr_assert_null(c2.t);
 
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,data,lost:0");
     cr_assert_str_eq(f.sp[0]->events, "made,data,eof,lost:0");
     th_proto_free(c.p);
     cr_assert_eq(f.cfactory_calls, 1);
 
-    close_server(&f, s);
+    close_server(s);
     /* The name is free again once the server closed. */
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -296,13 +300,10 @@ Test(unix_stream, abstract_namespace_creates_no_file, .timeout = 30)
                       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
                  0, "%s", strerror(errno));
     close(fd);
-    fx_fini(&f);
 }
 
 Test(unix_stream, abstract_name_lengths, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     /* 107 bytes + the leading NUL fill sun_path exactly: allowed. */
     char name[200];
     int n = snprintf(name, sizeof name, "tpio-abs-%d-", (int)getpid());
@@ -310,65 +311,51 @@ Test(unix_stream, abstract_name_lengths, .timeout = 10)
     name[107] = '\0';
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.size = sizeof so, .path = name, .abstract = TPIO_ON};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_server_get_sockname(s, 0, &ss, &sl), 0);
     assert_abstract_addr(&ss, sl, name);
-    close_server(&f, s);
+    close_server(s);
     /* 108 bytes do not fit. */
     name[107] = 'y';
     name[108] = '\0';
     s = NULL;
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), -ENAMETOOLONG);
     cr_assert_null(s);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &so, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &so, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
-    th_run_timer(f.loop, 0.01, TMO);
+    th_run_timer(th_fx.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
-    fx_fini(&f);
 }
 
 /* ---- the socket file -------------------------------------------------------------- */
 
 Test(unix_stream, stale_socket_file_is_removed, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     make_stale_socket(f.path);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
 
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
-    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    connect_path(&c);
+    cr_assert(th_run_until_count(th_fx.loop, &f.ns, 1, TMO));
+    client_closes(&c);
     cr_assert_str_eq(c.p->events, "made,lost:0");
     cr_assert_str_eq(f.sp[0]->events, "made,eof,lost:0");
     th_proto_free(c.p);
-    close_server(&f, s);
-    fx_fini(&f);
+    close_server(s);
 }
 
 Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     FILE *fp = fopen(f.path, "w");
     cr_assert_not_null(fp);
     fputs("precious", fp);
     fclose(fp);
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
     cr_assert_null(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
@@ -383,21 +370,16 @@ Test(unix_stream, regular_file_at_path_is_eaddrinuse_and_untouched, .timeout = 1
     /* A directory there too. */
     unlink(f.path);
     cr_assert_eq(mkdir(f.path, 0700), 0);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), -EADDRINUSE);
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert(S_ISDIR(st.st_mode));
     cr_assert_eq(rmdir(f.path), 0);
     cr_assert_eq(f.ns, 0);
-    fx_fini(&f);
 }
 
 Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    tpio_server_t *s = serve_path();
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert_eq(tpio_server_close(s), 0);
@@ -408,24 +390,21 @@ Test(unix_stream, server_close_removes_its_socket_file, .timeout = 10)
     cr_assert_eq(th_socket_count(s), 0);
     bool wc = false;
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &wc, NULL), 0);
-    cr_assert(th_run_until(f.loop, &wc, TMO));
-    fx_fini(&f);
+    cr_assert(th_run_until(th_fx.loop, &wc, TMO));
 }
 
 Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     tpio_server_t *s = NULL;
     tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
     /* Replaced by a regular file. */
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s), 0);
     cr_assert_eq(unlink(f.path), 0);
     FILE *fp = fopen(f.path, "w");
     cr_assert_not_null(fp);
     fputs("other", fp);
     fclose(fp);
-    close_server(&f, s);
+    close_server(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert(S_ISREG(st.st_mode));
@@ -435,39 +414,30 @@ Test(unix_stream, server_close_keeps_a_replaced_path, .timeout = 10)
     /* Replaced by another server's socket: the second server's file stays
      * when the first closes, and goes when the second closes. */
     tpio_server_t *s1 = NULL, *s2 = NULL;
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s1), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s1), 0);
     cr_assert_eq(unlink(f.path), 0);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s2), 0);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &so, &s2), 0);
     struct stat st2;
     cr_assert_eq(stat(f.path, &st2), 0);
-    close_server(&f, s1);
+    close_server(s1);
     cr_assert_eq(stat(f.path, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
     cr_assert_eq(st.st_ino, st2.st_ino);
     /* ... and it still accepts. */
     th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
-    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    tpio_transport_close(c.t);
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
+    connect_path(&c);
+    cr_assert(th_run_until_count(th_fx.loop, &f.ns, 1, TMO));
+    client_closes(&c);
     th_proto_free(c.p);
-    close_server(&f, s2);
+    close_server(s2);
     cr_assert_eq(stat(f.path, &st), -1);
     cr_assert_eq(errno, ENOENT);
-    fx_fini(&f);
 }
 
 /* ---- connection errors and arguments -------------------------------------------- */
 
 Test(unix_stream, connect_without_listener, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
     th_conn_t c;
     /* No file at all. */
@@ -489,13 +459,10 @@ Test(unix_stream, connect_without_listener, .timeout = 10)
     connect_client(&f, &ca, &c);
     cr_assert_eq(c.err, -ECONNREFUSED, "got %s", tpio_err_name(c.err));
     cr_assert_eq(f.cfactory_calls, 0);
-    fx_fini(&f);
 }
 
 Test(unix_stream, bad_paths, .timeout = 10)
 {
-    fx_t f;
-    fx_init(&f);
     th_conn_t c = {0};
     tpio_server_t *s = NULL;
     char longp[200];
@@ -504,43 +471,42 @@ Test(unix_stream, bad_paths, .timeout = 10)
     longp[0] = '/';
     longp[108] = '\0';
     tpio_unix_opts_t o = {.size = sizeof o, .path = longp};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &o, &s), -ENAMETOOLONG);
     /* An explicit path_len beyond the limit too. */
     memset(longp, 'b', sizeof longp - 1);
     longp[0] = '/';
     longp[sizeof longp - 1] = '\0';
     o.path_len = 150;
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &o, th_on_conn, &c, NULL),
                  -ENAMETOOLONG);
     /* NULL and empty paths. */
     tpio_unix_opts_t onull = {.size = sizeof onull};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &onull, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &onull, th_on_conn, &c, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &onull, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &onull, &s), -EINVAL);
     tpio_unix_opts_t oempty = {.size = sizeof oempty, .path = ""};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &oempty, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &oempty, th_on_conn, &c, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &oempty, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &oempty, &s), -EINVAL);
     /* Missing objects. */
     tpio_unix_opts_t ok = {.size = sizeof ok, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, NULL, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, NULL, th_on_conn, &c, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, NULL, &f, &ok, th_on_conn, &c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &ok, NULL, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, NULL, &f, &ok, th_on_conn, &c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &ok, NULL, &c, NULL), -EINVAL);
     cr_assert_eq(tpio_loop_create_unix_connection(NULL, cli_factory, &f, &ok, th_on_conn, &c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, NULL, &s), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &ok, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, NULL, &f, &ok, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, NULL, &s), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &f, &ok, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, NULL, &f, &ok, &s), -EINVAL);
     cr_assert_null(s);
     struct stat st;
     cr_assert_eq(stat(f.path, &st), -1, "a failed call created the socket file");
-    th_run_timer(f.loop, 0.01, TMO);
+    th_run_timer(th_fx.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(f.cfactory_calls, 0);
     cr_assert_eq(f.ns, 0);
-    fx_fini(&f);
 }
 
 /* ---- use_sock and accepted sockets ------------------------------------------------ */
@@ -564,27 +530,25 @@ static size_t peer_read(tpio_loop_t *loop, int fd, char *buf, size_t want)
 }
 
 /* Exchange one message each way with a plain peer, then the peer closes. */
-static void exchange_with_peer(fx_t *f, th_conn_t *c, int peer)
+static void exchange_with_peer(th_conn_t *c, int peer)
 {
     char buf[64];
     cr_assert_eq(tpio_transport_write(c->t, "ping", 4), 0);
-    cr_assert_eq(peer_read(f->loop, peer, buf, 4), 4);
+    cr_assert_eq(peer_read(th_fx.loop, peer, buf, 4), 4);
     cr_assert_eq(memcmp(buf, "ping", 4), 0);
     cr_assert_eq(write(peer, "pong!", 5), 5);
-    cr_assert(run_until_rx(f->loop, c->p, 5, TMO));
+    cr_assert(run_until_rx(th_fx.loop, c->p, 5, TMO));
     cr_assert_eq(memcmp(c->p->rx, "pong!", 5), 0);
     bool lost = false;
     c->p->lost_flag = &lost;
     close(peer);
-    cr_assert(th_run_until(f->loop, &lost, TMO));
+    cr_assert(th_run_until(th_fx.loop, &lost, TMO));
     cr_assert_str_eq(c->p->events, "made,data,eof,lost:0");
     th_proto_free(c->p);
 }
 
 Test(unix_stream, use_sock_socketpair, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     /* Through tpio_loop_create_unix_connection. */
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -599,33 +563,33 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_transport_get_peername(c.t, &ss, &sl), 0);
     cr_assert(is_unnamed(&ss, sl));
-    exchange_with_peer(&f, &c, sv[1]);
+    exchange_with_peer(&c, sv[1]);
 
     /* Through tpio_loop_create_connection(opts.use_sock). */
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     tpio_connect_opts_t copts = {.size = sizeof copts, .use_sock = TPIO_ON, .sock = sv[0]};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_loop_create_connection(f.loop, cli_factory, &f, &copts, th_on_conn, &c, NULL), 0);
-    cr_assert(th_run_until(f.loop, &c.done, TMO));
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, cli_factory, &f, &copts, th_on_conn, &c, NULL), 0);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
-    exchange_with_peer(&f, &c, sv[1]);
+    exchange_with_peer(&c, sv[1]);
 
     /* use_sock together with a path: -EINVAL, the socket untouched. */
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     int fl = fcntl(sv[0], F_GETFL);
     tpio_unix_opts_t bad = {.size = sizeof bad, .use_sock = TPIO_ON, .sock = sv[0], .path = f.path};
     memset(&c, 0, sizeof c);
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &bad, th_on_conn, &c, NULL),
                  -EINVAL);
     /* A datagram socket is not a stream. */
     int dg[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
     int dfl = fcntl(dg[0], F_GETFL);
     tpio_unix_opts_t bad2 = {.size = sizeof bad2, .use_sock = TPIO_ON, .sock = dg[0]};
-    cr_assert_eq(tpio_loop_create_unix_connection(f.loop, cli_factory, &f, &bad2, th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, cli_factory, &f, &bad2, th_on_conn, &c, NULL),
                  -EPROTOTYPE);
-    th_run_timer(f.loop, 0.01, TMO);
+    th_run_timer(th_fx.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(fcntl(sv[0], F_GETFL), fl);
     cr_assert_eq(fcntl(dg[0], F_GETFL), dfl);
@@ -634,13 +598,10 @@ Test(unix_stream, use_sock_socketpair, .timeout = 20)
     close(sv[1]);
     close(dg[0]);
     close(dg[1]);
-    fx_fini(&f);
 }
 
 Test(unix_stream, connect_accepted_socket, .timeout = 20)
 {
-    fx_t f;
-    fx_init(&f);
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     strcpy(sun.sun_path, f.path);
@@ -654,201 +615,14 @@ Test(unix_stream, connect_accepted_socket, .timeout = 20)
     unlink(f.path);
 
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(f.loop, cli_factory, &f, afd, th_on_conn, &c, NULL), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, cli_factory, &f, afd, th_on_conn, &c, NULL), 0);
     cr_assert_eq(c.calls, 0);
-    cr_assert(th_run_until(f.loop, &c.done, TMO));
+    cr_assert(th_run_until(th_fx.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);
     cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_UNIX);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     cr_assert_eq(tpio_transport_get_sockname(c.t, &ss, &sl), 0);
     assert_path_addr(&ss, sl, f.path);
-    exchange_with_peer(&f, &c, cfd);
-    fx_fini(&f);
-}
-
-/* ---- half-close --------------------------------------------------------------------- */
-
-Test(unix_stream, half_close_client_to_server, .timeout = 20)
-{
-    fx_t f;
-    fx_init(&f);
-    f.stmpl.eof_ret = true; /* the server keeps its side open after EOF */
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
-    cr_assert(th_can_write_eof(c.t));
-    cr_assert_eq(tpio_transport_write(c.t, "request", 7), 0);
-    cr_assert_eq(tpio_transport_write_eof(c.t), 0);
-    cr_assert_eq(tpio_transport_write(c.t, "late", 4), -ESHUTDOWN);
-    cr_assert_not(th_is_closing(c.t));
-    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
-    th_proto_t *sp = f.sp[0];
-    cr_assert(th_run_until(f.loop, &sp->eof, TMO));
-    cr_assert_str_eq(sp->events, "made,data,eof");
-    cr_assert_eq(sp->rxlen, 7);
-    cr_assert_eq(memcmp(sp->rx, "request", 7), 0);
-    cr_assert_not(th_is_closing(sp->t));
-    /* The server still writes after the client's EOF, then closes. */
-    cr_assert_eq(tpio_transport_write(sp->t, "response", 8), 0);
-    cr_assert_eq(tpio_transport_close(sp->t), 0);
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
-    cr_assert_eq(c.p->rxlen, 8);
-    cr_assert_eq(memcmp(c.p->rx, "response", 8), 0);
-    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
-    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
-    th_proto_free(c.p);
-    close_server(&f, s);
-    fx_fini(&f);
-}
-
-Test(unix_stream, half_close_server_to_client, .timeout = 20)
-{
-    fx_t f;
-    fx_init(&f);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    f.ctmpl.eof_ret = true; /* the client keeps its side open after EOF */
-    th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
-    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
-    cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
-    th_proto_t *sp = f.sp[0];
-    cr_assert_eq(tpio_transport_write(sp->t, "greeting", 8), 0);
-    cr_assert_eq(tpio_transport_write_eof(sp->t), 0);
-    cr_assert(th_run_until(f.loop, &c.p->eof, TMO));
-    cr_assert_str_eq(c.p->events, "made,data,eof");
-    cr_assert_eq(memcmp(c.p->rx, "greeting", 8), 0);
-    cr_assert_not(th_is_closing(c.t));
-    /* The client answers on its still-open side, then closes. */
-    cr_assert_eq(tpio_transport_write(c.t, "answer", 6), 0);
-    cr_assert_eq(tpio_transport_close(c.t), 0);
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
-    cr_assert(th_run_until(f.loop, &c.p->lost, TMO));
-    cr_assert_eq(sp->rxlen, 6);
-    cr_assert_eq(memcmp(sp->rx, "answer", 6), 0);
-    cr_assert_str_eq(sp->events, "made,data,eof,lost:0");
-    cr_assert_str_eq(c.p->events, "made,data,eof,lost:0");
-    th_proto_free(c.p);
-    close_server(&f, s);
-    fx_fini(&f);
-}
-
-/* ---- server close / close_clients / wait_closed ----------------------------------------- */
-
-typedef struct order {
-    char log[256];
-    size_t slost_at_wc;
-    size_t conns_at_wc;
-    size_t *slost;
-    tpio_server_t *s;
-    bool wc;
-} order_t;
-
-static void order_wc(tpio_loop_t *loop, int err, void *arg)
-{
-    (void)loop;
-    cr_assert_eq(err, 0);
-    order_t *o = arg;
-    o->wc = true;
-    o->slost_at_wc = *o->slost;
-    o->conns_at_wc = th_conn_count(o->s);
-    strcat(o->log, "wc");
-}
-
-Test(unix_stream, close_clients_and_wait_closed_ordering, .timeout = 30)
-{
-    fx_t f;
-    fx_init(&f);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    order_t o = {.slost = &f.slost, .s = s};
-    /* Registered before close: fires only once closed and empty. */
-    cr_assert_eq(tpio_server_wait_closed(s, order_wc, &o, NULL), 0);
-
-    th_conn_t c[2];
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    bool clost[2] = {false, false};
-    for (int i = 0; i < 2; i++) {
-        connect_client(&f, &co, &c[i]);
-        cr_assert_eq(c[i].err, 0);
-        c[i].p->lost_flag = &clost[i];
-    }
-    cr_assert(th_run_until_count(f.loop, &f.ns, 2, TMO));
-    cr_assert(th_run_until(f.loop, &f.sp[1]->made, TMO));
-    cr_assert_eq(th_conn_count(s), 2);
-
-    cr_assert_eq(tpio_server_close(s), 0);
-    cr_assert_not(th_is_serving(s));
-    struct stat st;
-    cr_assert_eq(stat(f.path, &st), -1);
-    /* Connections stay open after close; wait_closed does not fire. */
-    th_run_timer(f.loop, 0.1, TMO);
-    cr_assert_not(o.wc);
-    cr_assert_eq(th_conn_count(s), 2);
-    cr_assert_str_eq(f.sp[0]->events, "made");
-    cr_assert_str_eq(c[0].p->events, "made");
-    /* Established connections still work. */
-    cr_assert_eq(tpio_transport_write(c[0].t, "still", 5), 0);
-    cr_assert(run_until_rx(f.loop, f.sp[0], 5, TMO));
-    /* A new client finds nothing at the path. */
-    th_conn_t late;
-    connect_client(&f, &co, &late);
-    cr_assert_eq(late.err, -ENOENT);
-
-    cr_assert_eq(tpio_server_close_clients(s), 0);
-    cr_assert(th_run_until(f.loop, &o.wc, TMO));
-    cr_assert_eq(o.slost_at_wc, 2, "wait_closed ran before every connection_lost");
-    cr_assert_eq(o.conns_at_wc, 0);
-    cr_assert_str_eq(o.log, "wc");
-    cr_assert_str_eq(f.sp[0]->events, "made,data,lost:0");
-    cr_assert_str_eq(f.sp[1]->events, "made,lost:0");
-    cr_assert(th_run_until(f.loop, &clost[0], TMO));
-    cr_assert(th_run_until(f.loop, &clost[1], TMO));
-    cr_assert_str_eq(c[0].p->events, "made,eof,lost:0");
-    cr_assert_str_eq(c[1].p->events, "made,eof,lost:0");
-    th_proto_free(c[0].p);
-    th_proto_free(c[1].p);
-    /* The server object is gone once its wait_closed callbacks returned. */
-    fx_fini(&f);
-}
-
-Test(unix_stream, abort_clients, .timeout = 20)
-{
-    fx_t f;
-    fx_init(&f);
-    tpio_server_t *s = NULL;
-    tpio_unix_opts_t so = {.size = sizeof so, .path = f.path};
-    cr_assert_eq(tpio_loop_create_unix_server(f.loop, srv_factory, &f, &so, &s), 0);
-    th_conn_t c;
-    tpio_unix_opts_t co = {.size = sizeof co, .path = f.path};
-    connect_client(&f, &co, &c);
-    cr_assert_eq(c.err, 0);
-    bool clost = false;
-    c.p->lost_flag = &clost;
-    cr_assert(th_run_until_count(f.loop, &f.ns, 1, TMO));
-    cr_assert(th_run_until(f.loop, &f.sp[0]->made, TMO));
-    /* Buffered server data is dropped by abort. */
-    static char big[1 << 20];
-    cr_assert_eq(tpio_transport_write(f.sp[0]->t, big, sizeof big), 0);
-    cr_assert_gt(th_wbuf_size(f.sp[0]->t), 0);
-    cr_assert_eq(tpio_server_abort_clients(s), 0);
-    cr_assert(th_run_until_count(f.loop, &f.slost, 1, TMO));
-    cr_assert(th_run_until(f.loop, &clost, TMO));
-    cr_assert_str_eq(f.sp[0]->events, "made,pause,lost:0");
-    cr_assert_lt(c.p->rxlen, sizeof big);
-    th_proto_free(c.p);
-    close_server(&f, s);
-    fx_fini(&f);
+    exchange_with_peer(&c, cfd);
 }
