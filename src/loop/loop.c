@@ -392,8 +392,9 @@ static void efd_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     while (read(io->fd, &v, sizeof v) < 0 && errno == EINTR)
         ;
     drain_threadsafe(loop, true);
-    if (loop->sig_mask)
-        tpio__signals_dispatch(loop);
+    for (int i = 0; i < loop->nservices; i++)
+        if (loop->services[i]->wake)
+            loop->services[i]->wake(loop);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -442,9 +443,7 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
     pthread_mutex_init(&loop->ts_lock, NULL);
     atomic_init(&loop->ts_signalled, false);
     tpio__io_init(&loop->efd_io, loop->efd, efd_ready);
-    rc = tpio__fd_claim(loop, loop->efd);
-    if (rc == 0 && (rc = tpio__watch(loop, &loop->efd_io, TPIO__IN)) < 0)
-        tpio__watchers_close(loop);
+    rc = tpio__watch(loop, &loop->efd_io, TPIO__IN);
     if (rc) {
         pthread_mutex_destroy(&loop->ts_lock);
         goto fail;
@@ -468,8 +467,8 @@ int tpio_loop_close(tpio_loop_t *loop)
     if (loop->running || loop->live)
         return -EBUSY;
     drain_threadsafe(loop, false);
-    tpio__signals_close(loop);
-    tpio__watchers_close(loop);
+    for (int i = 0; i < loop->nservices; i++)
+        loop->services[i]->close(loop);
     tpio__watch(loop, &loop->efd_io, 0);
     close(loop->efd);
     tpio__backend_close(loop->backend);
@@ -649,8 +648,8 @@ int tpio_loop_shutdown(tpio_loop_t *loop, tpio_shutdown_t how, tpio_done_cb_t cb
     loop->shutdown_arg = arg;
     loop->shutdown_aborts = abort;
     loop->shutdown_node.cb = NULL;
-    tpio__signals_close(loop);
-    tpio__watchers_drop(loop);
+    for (int i = 0; i < loop->nservices; i++)
+        loop->services[i]->shutdown(loop);
     end_all(loop, abort);
     if (loop->live == 0)
         tpio__shutdown_check(loop);

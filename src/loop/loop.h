@@ -41,8 +41,20 @@ struct tpio__owned {
 };
 enum { TPIO__OWNED_TRANSPORTS, TPIO__OWNED_SERVERS, TPIO__OWNED_KINDS };
 
+/* A service built on the loop (descriptor watchers, signals): the loop
+ * calls it when its eventfd wakes it, at shutdown and at close, without
+ * knowing what it is. Registered once per loop, on first use. */
+struct tpio__service {
+    void (*wake)(tpio_loop_t *loop);
+    void (*shutdown)(tpio_loop_t *loop);
+    void (*close)(tpio_loop_t *loop);
+};
+#define TPIO__MAX_SERVICES 4
+
 struct tpio_loop {
     struct tpio__backend *backend;
+    const struct tpio__service *services[TPIO__MAX_SERVICES];
+    int nservices;
     struct tpio__slot *slots;
     uint32_t nslots, free_head;
     uint32_t ready_head, ready_tail, nready;
@@ -136,6 +148,15 @@ static inline int tpio__watch(tpio_loop_t *loop, struct tpio__io *io, uint32_t w
     return tpio__io_set(loop->backend, io, want);
 }
 
+/* Register s with the loop (idempotent). */
+static inline void tpio__loop_service(tpio_loop_t *loop, const struct tpio__service *s)
+{
+    for (int i = 0; i < loop->nservices; i++)
+        if (loop->services[i] == s)
+            return;
+    loop->services[loop->nservices++] = s;
+}
+
 /* ---- descriptors (watch.c) ----------------------------------------------- */
 /* The library's objects claim the descriptors they use, so that the user
  * cannot watch them (TPIO_EFDINUSE, as asyncio refuses add_reader on a
@@ -146,16 +167,7 @@ TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
 /* 0 if fd is free for a transport (neither claimed nor watched), else
  * TPIO_EFDINUSE: checked inside the user's call, before the fd is taken. */
 TPIO__HIDDEN int tpio__fd_check(const tpio_loop_t *loop, int fd);
-/* Shutdown: remove the user's watchers. */
-TPIO__HIDDEN void tpio__watchers_drop(tpio_loop_t *loop);
-/* At loop close: drop the user's watchers and the claims. */
-TPIO__HIDDEN void tpio__watchers_close(tpio_loop_t *loop);
 
-/* ---- signals (signal.c) ----------------------------------------------------- */
-/* Woken: hand the signals that arrived to their handlers. */
-TPIO__HIDDEN void tpio__signals_dispatch(tpio_loop_t *loop);
-/* At loop close: give the loop's signals back their old dispositions. */
-TPIO__HIDDEN void tpio__signals_close(tpio_loop_t *loop);
 
 /* ---- resolver ----------------------------------------------------------- */
 struct tpio__resolve;

@@ -63,8 +63,11 @@ static void run_handler(tpio_loop_t *loop, void *arg)
         loop->sig_handlers[sig].cb(loop, sig, loop->sig_handlers[sig].arg);
 }
 
-void tpio__signals_dispatch(tpio_loop_t *loop)
+/* Woken: hand the signals that arrived to their handlers. */
+static void signals_dispatch(tpio_loop_t *loop)
 {
+    if (!loop->sig_mask)
+        return;
     for (int sig = 1; sig < NSIG; sig++) {
         if (!(loop->sig_mask & (UINT64_C(1) << (sig - 1))))
             continue;
@@ -77,10 +80,15 @@ void tpio__signals_dispatch(tpio_loop_t *loop)
     }
 }
 
+static void signals_close(tpio_loop_t *loop);
+static const struct tpio__service signal_service = {signals_dispatch, signals_close,
+                                                    signals_close};
+
 int tpio_loop_add_signal_handler(tpio_loop_t *loop, int sig, tpio_signal_cb_t cb, void *arg)
 {
     if (!loop || !cb || !catchable(sig))
         return -EINVAL;
+    tpio__loop_service(loop, &signal_service);
     pthread_once(&g_once, init_slots);
     if (!loop->sig_handlers) {
         loop->sig_handlers = tpio__calloc(NSIG, sizeof *loop->sig_handlers);
@@ -145,7 +153,8 @@ int tpio_loop_remove_signal_handler(tpio_loop_t *loop, int sig, bool *removed)
     return 0;
 }
 
-void tpio__signals_close(tpio_loop_t *loop)
+/* At shutdown and close: the old dispositions come back. */
+static void signals_close(tpio_loop_t *loop)
 {
     if (loop->sig_mask) {
         pthread_mutex_lock(&g_lock);

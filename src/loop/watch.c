@@ -19,11 +19,16 @@ enum { READER, WRITER };
 
 /* ---- descriptors the library uses ------------------------------------------ */
 
+/* The loop's own eventfd is the loop's from the start. */
 static bool claimed(const tpio_loop_t *loop, int fd)
 {
     size_t w = (size_t)fd / 64;
-    return w < loop->nclaimed && (loop->claimed[w] >> (fd % 64) & 1);
+    return fd == loop->efd || (w < loop->nclaimed && (loop->claimed[w] >> (fd % 64) & 1));
 }
+
+static void watchers_drop(tpio_loop_t *loop);
+static void watchers_close(tpio_loop_t *loop);
+static const struct tpio__service watch_service = {NULL, watchers_drop, watchers_close};
 
 static struct tpio__fdw *watcher_of(const tpio_loop_t *loop, int fd)
 {
@@ -37,6 +42,7 @@ int tpio__fd_claim(tpio_loop_t *loop, int fd)
     if (watcher_of(loop, fd) || claimed(loop, fd))
         return TPIO_EFDINUSE;
     size_t w = (size_t)fd / 64;
+    tpio__loop_service(loop, &watch_service);
     if (w >= loop->nclaimed) {
         size_t n = loop->nclaimed ? loop->nclaimed : 4;
         while (n <= w)
@@ -106,6 +112,7 @@ static int add(tpio_loop_t *loop, int fd, int dir, tpio_fd_cb_t cb, void *arg)
         return TPIO_EFDINUSE;
     struct tpio__fdw *w = watcher_of(loop, fd);
     bool fresh = !w;
+    tpio__loop_service(loop, &watch_service);
     if (fresh) {
         if ((size_t)fd >= loop->nwatchers) {
             size_t n = loop->nwatchers ? loop->nwatchers : 16;
@@ -181,16 +188,18 @@ int tpio_loop_remove_writer(tpio_loop_t *loop, int fd, bool *removed)
     return remove_dir(loop, fd, WRITER, removed);
 }
 
-void tpio__watchers_drop(tpio_loop_t *loop)
+/* Shutdown: the user's watchers go. */
+static void watchers_drop(tpio_loop_t *loop)
 {
     for (size_t fd = 0; fd < loop->nwatchers; fd++)
         if (loop->watchers[fd])
             watcher_free(loop, loop->watchers[fd]);
 }
 
-void tpio__watchers_close(tpio_loop_t *loop)
+/* Close: the watchers left and the claims go. */
+static void watchers_close(tpio_loop_t *loop)
 {
-    tpio__watchers_drop(loop);
+    watchers_drop(loop);
     tpio__free(loop->watchers);
     loop->watchers = NULL;
     loop->nwatchers = 0;
