@@ -152,7 +152,9 @@ typedef struct tpio_allocator {
  * functions from then on, so they must be thread-safe. All four are required
  * (-EINVAL otherwise); NULL restores the C library's. Refused with -EBUSY
  * while any loop exists, since memory allocated by one allocator must be freed
- * by the same. An allocation that fails is answered as the C library's would
+ * by the same (so also while a resolver thread given up by a cancelled
+ * request may still be finishing). An allocation that fails is answered as
+ * the C library's would
  * be: the call returns -ENOMEM, or a connection ends with
  * connection_lost(-ENOMEM); the loop goes on working. (getaddrinfo's own
  * memory is the C library's business.)
@@ -247,7 +249,8 @@ typedef enum tpio_shutdown {
 /**
  * End everything the loop owns, for a program's exit path: removes every
  * signal handler and descriptor watcher, cancels every request under way
- * (their completions get -ECANCELED), closes every server (as
+ * (their completions get -ECANCELED; a wait_closed is not cancelled: it
+ * completes with 0 as its server closes), closes every server (as
  * tpio_server_close) and closes — or, with TPIO_SHUTDOWN_ABORT, aborts —
  * every transport, servers' connections included; then, once every
  * connection_lost and wait_closed callback has run and nothing is left,

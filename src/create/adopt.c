@@ -1,6 +1,8 @@
 /* Descriptors the user hands over (connect_accepted_socket, sock=, pipes):
- * the constructor — and with it the factory — runs from the loop, never
- * inside the user's call, as in asyncio. */
+ * claimed at once (a descriptor watched or handed over twice is refused),
+ * left untouched on an error return, made non-blocking and given its
+ * options once it is the library's, and built from the loop — the factory
+ * with it, never inside the user's call, as in asyncio. */
 #include "create/create.h"
 
 #include <unistd.h>
@@ -23,13 +25,22 @@ static void adopt_end(tpio_loop_t *loop, struct adopt *a)
 
 static void adopt_run(tpio_loop_t *loop, void *arg)
 {
-    struct adopt a = *(struct adopt *)arg;
-    adopt_end(loop, arg);
-    tpio__fd_release(loop, a.fd); /* the transport claims it for good */
-    int err = a.ctor->build(a.ctor, loop, a.fd, a.kind, NULL, 0, &a.conn);
+    struct adopt *a = arg;
+    struct adopt copy = *a;
+    /* over for the factory (a cancel from it finds nothing); the loop stays
+     * held until the transport holds it */
+    tpio__request_done(loop, a->req);
+    a->req = 0;
+    tpio__fd_release(loop, copy.fd); /* the transport claims it for good */
+    int err = tpio__set_nonblock(copy.fd);
+    if (err == 0) {
+        tpio__sock_tune(copy.fd, copy.kind);
+        err = copy.ctor->build(copy.ctor, loop, copy.fd, copy.kind, NULL, 0, &copy.conn);
+    }
+    adopt_end(loop, a);
     if (err) {
-        close(a.fd);
-        a.conn.cb(loop, NULL, NULL, err, a.conn.cb_arg);
+        close(copy.fd);
+        copy.conn.cb(loop, NULL, NULL, err, copy.conn.cb_arg);
     }
 }
 

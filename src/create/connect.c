@@ -15,10 +15,8 @@ struct attempt {
 };
 
 struct conn_req {
-    tpio_loop_t *loop;
+    struct tpio__pending p; /* loop, completion, addresses, cancelling */
     const struct tpio__ctor *ctor;
-    struct tpio__conn conn;
-    struct tpio__resolve r;
     const struct addrinfo **addrs;
     struct attempt *att;
     size_t naddrs, next, nactive;
@@ -27,56 +25,48 @@ struct conn_req {
     tpio_handle_t timer;
     int first_err;
     struct addrinfo *fixed; /* one address given directly (malloc'd), not resolved */
-    tpio_handle_t req;      /* for tpio_loop_cancel */
-    bool awaiting;          /* the addresses (resolved or fixed) are still to come */
-    bool cancelled;
-    struct tpio__node cancel_node;
 };
 
 /* The memory, once the loop and a resolver thread are both done with it. */
 static void req_release(struct tpio__resolve *r)
 {
-    struct conn_req *q = tpio_container_of(r, struct conn_req, r);
+    struct conn_req *q = tpio_container_of(r, struct conn_req, p.r);
     if (q->fixed)
         tpio__free(q->fixed);
-    else if (q->r.res)
-        freeaddrinfo(q->r.res);
-    if (q->r.local_res)
-        freeaddrinfo(q->r.local_res);
-    tpio__free(q->r.host);
-    tpio__free(q->r.local_host);
+    else if (q->p.r.res)
+        freeaddrinfo(q->p.r.res);
+    if (q->p.r.local_res)
+        freeaddrinfo(q->p.r.local_res);
+    tpio__free(q->p.r.host);
+    tpio__free(q->p.r.local_host);
     tpio__free(q->addrs);
     tpio__free(q->att);
     tpio__free(q);
 }
 
-/* The loop is done with the request. */
-static void req_free(struct conn_req *q)
+static void req_free(struct conn_req *q) { tpio__pending_end(&q->p); }
+
+/* An attempt's socket is the library's, claimed like a transport's: a
+ * watcher left on its number by the user is stale, and the user cannot
+ * watch it. */
+static void close_fd(struct conn_req *q, int fd)
 {
-    tpio__request_done(q->loop, q->req);
-    tpio__loop_release(q->loop);
-    tpio__resolve_put(&q->r);
+    tpio__fd_release(q->p.loop, fd);
+    close(fd);
 }
 
 static void stop_attempt(struct conn_req *q, struct attempt *a)
 {
     if (!a->active)
         return;
-    tpio__watch(q->loop, &a->io, 0);
-    close(a->io.fd);
+    tpio__watch(q->p.loop, &a->io, 0);
+    close_fd(q, a->io.fd);
     a->io.fd = -1;
     a->active = false;
     q->nactive--;
 }
 
-static void fail(struct conn_req *q, int err)
-{
-    tpio_connect_cb_t cb = q->conn.cb;
-    void *arg = q->conn.cb_arg;
-    tpio_loop_t *loop = q->loop;
-    req_free(q);
-    cb(loop, NULL, NULL, err, arg);
-}
+static void fail(struct conn_req *q, int err) { tpio__pending_fail(&q->p, err); }
 
 static void record_error(struct conn_req *q, int err)
 {
@@ -87,10 +77,10 @@ static void record_error(struct conn_req *q, int err)
 static void win(struct conn_req *q, struct attempt *a)
 {
     if (q->timer)
-        tpio_loop_cancel(q->loop, q->timer);
+        tpio_loop_cancel(q->p.loop, q->timer);
     q->timer = 0;
     int fd = a->io.fd;
-    tpio__watch(q->loop, &a->io, 0);
+    tpio__watch(q->p.loop, &a->io, 0);
     a->active = false;
     q->nactive--;
     /* The losers never reach the user: closed before the winner is built. */
@@ -98,7 +88,9 @@ static void win(struct conn_req *q, struct attempt *a)
         stop_attempt(q, &q->att[i]);
     tpio_transport_kind_t kind = tpio__sock_kind(fd);
     tpio__sock_tune(fd, kind);
-    int err = q->ctor->build(q->ctor, q->loop, fd, kind, NULL, 0, &q->conn);
+    tpio__fd_release(q->p.loop, fd); /* the transport claims it for good */
+    tpio__pending_retire(&q->p);
+    int err = q->ctor->build(q->ctor, q->p.loop, fd, kind, NULL, 0, &q->p.conn);
     if (err) {
         close(fd);
         fail(q, err);
@@ -127,7 +119,7 @@ static void attempt_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t event
     stop_attempt(q, a);
     /* A failed attempt starts the next one at once (staggered_race). */
     if (q->timer)
-        tpio_loop_cancel(q->loop, q->timer);
+        tpio_loop_cancel(q->p.loop, q->timer);
     q->timer = 0;
     start_next(q);
 }
@@ -143,7 +135,7 @@ static void delay_expired(tpio_loop_t *loop, void *arg)
 static int bind_local(struct conn_req *q, int fd, int family)
 {
     int err = -EADDRNOTAVAIL; /* no local address of this family */
-    for (struct addrinfo *l = q->r.local_res; l; l = l->ai_next) {
+    for (struct addrinfo *l = q->p.r.local_res; l; l = l->ai_next) {
         if (l->ai_family != family)
             continue;
         if (bind(fd, l->ai_addr, l->ai_addrlen) == 0)
@@ -159,16 +151,20 @@ static int start_attempt(struct conn_req *q, struct attempt *a, const struct add
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0)
         return -errno;
-    if (q->r.local_host) {
-        int rc = bind_local(q, fd, ai->ai_family);
+    int rc = tpio__fd_claim_new(q->p.loop, fd);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    if (q->p.r.local_host) {
+        rc = bind_local(q, fd, ai->ai_family);
         if (rc < 0) {
-            close(fd);
+            close_fd(q, fd);
             return rc;
         }
     }
     tpio__io_init(&a->io, fd, attempt_ready);
     a->req = q;
-    int rc;
     do
         rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
     while (rc < 0 && errno == EINTR);
@@ -179,12 +175,12 @@ static int start_attempt(struct conn_req *q, struct attempt *a, const struct add
     }
     if (errno != EINPROGRESS) {
         rc = -errno;
-        close(fd);
+        close_fd(q, fd);
         return rc;
     }
-    rc = tpio__watch(q->loop, &a->io, TPIO__OUT);
+    rc = tpio__watch(q->p.loop, &a->io, TPIO__OUT);
     if (rc < 0) {
-        close(fd);
+        close_fd(q, fd);
         return rc;
     }
     a->active = true;
@@ -203,7 +199,7 @@ static void start_next(struct conn_req *q)
         }
         if (rc == 0) {
             if (q->delay > 0 && q->next < q->naddrs &&
-                tpio_loop_call_later(q->loop, q->delay, delay_expired, q, &q->timer) < 0)
+                tpio_loop_call_later(q->p.loop, q->delay, delay_expired, q, &q->timer) < 0)
                 q->timer = 0; /* no race then: the next address waits for this one */
             return;
         }
@@ -218,7 +214,7 @@ static void start_next(struct conn_req *q)
 static void order_addresses(struct conn_req *q)
 {
     size_t n = 0;
-    for (struct addrinfo *ai = q->r.res; ai; ai = ai->ai_next)
+    for (struct addrinfo *ai = q->p.r.res; ai; ai = ai->ai_next)
         q->addrs[n++] = ai;
     q->naddrs = n;
     if (q->interleave <= 0)
@@ -273,13 +269,9 @@ static void order_addresses(struct conn_req *q)
 
 static void resolved(struct tpio__resolve *r)
 {
-    struct conn_req *q = tpio_container_of(r, struct conn_req, r);
-    q->awaiting = false;
-    if (q->cancelled) {
-        if (!q->cancel_node.cb) /* its completion has run */
-            req_free(q);
+    struct conn_req *q = tpio_container_of(r, struct conn_req, p.r);
+    if (!tpio__pending_arrived(&q->p))
         return;
-    }
     if (r->err) {
         fail(q, r->err);
         return;
@@ -306,44 +298,22 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
                        int sock, tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     int rc = tpio__sock_check(sock, SOCK_STREAM);
-    if (rc == 0)
-        rc = tpio__fd_check(loop, sock);
-    if (rc == 0)
-        rc = tpio__set_nonblock(sock);
     if (rc < 0)
         return rc;
     tpio_transport_kind_t kind = tpio__sock_kind(sock);
-    tpio__sock_tune(sock, kind);
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
     return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn, request);
 }
 
-static void cancel_done(tpio_loop_t *loop, void *arg)
+/* Cancelled: the attempts end now (the completion follows from the loop). */
+static void req_stop(struct tpio__pending *p)
 {
-    struct conn_req *q = tpio_container_of(arg, struct conn_req, cancel_node);
-    q->cancel_node.cb = NULL;
-    q->conn.cb(loop, NULL, NULL, -ECANCELED, q->conn.cb_arg);
-    if (!q->awaiting)
-        req_free(q);
-}
-
-/* tpio_loop_cancel: the attempts end now, the completion follows from the
- * loop; a resolver thread still at work is left to finish alone. */
-static void req_cancel(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    struct conn_req *q = arg;
-    q->req = 0;
-    q->cancelled = true;
+    struct conn_req *q = tpio_container_of(p, struct conn_req, p);
     if (q->timer)
-        tpio_loop_cancel(q->loop, q->timer);
+        tpio_loop_cancel(q->p.loop, q->timer);
     q->timer = 0;
     for (size_t i = 0; i < q->naddrs; i++)
         stop_attempt(q, &q->att[i]);
-    if (q->awaiting && tpio__resolve_cancel(&q->r))
-        q->awaiting = false;
-    q->cancel_node.cb = cancel_done;
-    tpio__call_soon_node(q->loop, &q->cancel_node);
 }
 
 static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t factory,
@@ -352,18 +322,12 @@ static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t facto
     struct conn_req *q = tpio__calloc(1, sizeof *q);
     if (!q)
         return NULL;
-    if (tpio__request_new(loop, req_cancel, q, &q->req) < 0) {
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    if (tpio__pending_init(&q->p, loop, &conn, req_release, req_stop) < 0) {
         tpio__free(q);
         return NULL;
     }
-    q->loop = loop;
     q->ctor = &tpio__stream_ctor;
-    q->conn = (struct tpio__conn){factory, factory_arg, cb, cb_arg, NULL};
-    q->r.loop = loop;
-    q->r.release = req_release;
-    atomic_init(&q->r.refs, 1);
-    q->awaiting = true;
-    tpio__loop_hold(loop);
     return q;
 }
 
@@ -396,26 +360,26 @@ int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t facto
         return -ENOMEM;
     q->delay = o.happy_eyeballs_delay;
     q->interleave = o.interleave ? o.interleave : (q->delay > 0 ? 1 : 0);
-    q->r.done = resolved;
-    q->r.host = tpio__strdup(o.host);
-    q->r.local_host = o.local_host ? tpio__strdup(o.local_host) : NULL;
-    snprintf(q->r.port, sizeof q->r.port, "%u", (unsigned)o.port);
-    snprintf(q->r.local_port, sizeof q->r.local_port, "%u", (unsigned)o.local_port);
-    q->r.hints.ai_family = o.family;
-    q->r.hints.ai_socktype = SOCK_STREAM;
-    q->r.hints.ai_protocol = IPPROTO_TCP;
-    q->r.hints.ai_flags = o.flags;
-    if (!q->r.host || (o.local_host && !q->r.local_host)) {
+    q->p.r.done = resolved;
+    q->p.r.host = tpio__strdup(o.host);
+    q->p.r.local_host = o.local_host ? tpio__strdup(o.local_host) : NULL;
+    snprintf(q->p.r.port, sizeof q->p.r.port, "%u", (unsigned)o.port);
+    snprintf(q->p.r.local_port, sizeof q->p.r.local_port, "%u", (unsigned)o.local_port);
+    q->p.r.hints.ai_family = o.family;
+    q->p.r.hints.ai_socktype = SOCK_STREAM;
+    q->p.r.hints.ai_protocol = IPPROTO_TCP;
+    q->p.r.hints.ai_flags = o.flags;
+    if (!q->p.r.host || (o.local_host && !q->p.r.local_host)) {
         req_free(q);
         return -ENOMEM;
     }
-    rc = tpio__resolve_start(&q->r);
+    rc = tpio__resolve_start(&q->p.r);
     if (rc < 0) {
         req_free(q);
         return rc;
     }
     if (request)
-        *request = q->req;
+        *request = q->p.req;
     return 0;
 }
 
@@ -432,7 +396,7 @@ static void start_fixed(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
     struct conn_req *q = arg;
-    resolved(&q->r);
+    resolved(&q->p.r);
 }
 
 int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
@@ -469,11 +433,11 @@ int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     }
     q->delay = happy_eyeballs_delay;
     q->fixed = ai;
-    q->r.res = ai;
+    q->p.r.res = ai;
     int rc = tpio_loop_call_soon(loop, start_fixed, q, NULL);
     if (rc < 0)
         req_free(q);
     else if (request)
-        *request = q->req;
+        *request = q->p.req;
     return rc;
 }

@@ -20,6 +20,32 @@ TPIO__HIDDEN int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t ki
                              const struct tpio__ctor *ctor, const struct tpio__conn *conn,
                              tpio_handle_t *request);
 
+/* A request waiting for its addresses (pending.c). The owner embeds it,
+ * fills r's names and hints, and frees its own memory in release. */
+struct tpio__pending {
+    tpio_loop_t *loop;
+    struct tpio__conn conn;
+    struct tpio__resolve r;
+    tpio_handle_t req; /* for tpio_loop_cancel */
+    bool awaiting;     /* the addresses are still to come */
+    bool cancelled;
+    struct tpio__node cancel_node;
+    void (*stop)(struct tpio__pending *p); /* cancel: end what is under way */
+};
+TPIO__HIDDEN int tpio__pending_init(struct tpio__pending *p, tpio_loop_t *loop,
+                                    const struct tpio__conn *conn,
+                                    void (*release)(struct tpio__resolve *),
+                                    void (*stop)(struct tpio__pending *));
+/* The addresses are here: true to go on, false when it was cancelled. */
+TPIO__HIDDEN bool tpio__pending_arrived(struct tpio__pending *p);
+/* Before the constructor runs (and the factory in it): the request is over,
+ * a cancel from the factory finds nothing. */
+TPIO__HIDDEN void tpio__pending_retire(struct tpio__pending *p);
+/* The loop is done with it (the memory follows when no thread holds it). */
+TPIO__HIDDEN void tpio__pending_end(struct tpio__pending *p);
+/* End it with err for its completion. */
+TPIO__HIDDEN void tpio__pending_fail(struct tpio__pending *p, int err);
+
 /* Connect to addresses known in advance (a Unix path; tests use it to try
  * a list without DNS); completion as for tpio_loop_create_connection. */
 TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory,

@@ -7,55 +7,24 @@
 #include <unistd.h>
 
 struct dg_req {
-    tpio_loop_t *loop;
-    struct tpio__conn conn;
+    struct tpio__pending p; /* r: host = remote, local_host = local */
     bool reuse_port, allow_broadcast, want_local, want_remote;
-    struct tpio__resolve r; /* host = remote, local_host = local */
-    tpio_handle_t req;      /* for tpio_loop_cancel */
-    bool awaiting, cancelled;
-    struct tpio__node cancel_node;
 };
 
 /* The memory, once the loop and a resolver thread are both done with it. */
 static void dg_release(struct tpio__resolve *r)
 {
-    struct dg_req *q = tpio_container_of(r, struct dg_req, r);
-    if (q->r.res)
-        freeaddrinfo(q->r.res);
-    if (q->r.local_res)
-        freeaddrinfo(q->r.local_res);
-    tpio__free(q->r.host);
-    tpio__free(q->r.local_host);
+    struct dg_req *q = tpio_container_of(r, struct dg_req, p.r);
+    if (q->p.r.res)
+        freeaddrinfo(q->p.r.res);
+    if (q->p.r.local_res)
+        freeaddrinfo(q->p.r.local_res);
+    tpio__free(q->p.r.host);
+    tpio__free(q->p.r.local_host);
     tpio__free(q);
 }
 
-static void dg_free(struct dg_req *q)
-{
-    tpio__request_done(q->loop, q->req);
-    tpio__loop_release(q->loop);
-    tpio__resolve_put(&q->r);
-}
-
-static void dg_cancel_done(tpio_loop_t *loop, void *arg)
-{
-    struct dg_req *q = tpio_container_of(arg, struct dg_req, cancel_node);
-    q->cancel_node.cb = NULL;
-    q->conn.cb(loop, NULL, NULL, -ECANCELED, q->conn.cb_arg);
-    if (!q->awaiting)
-        dg_free(q);
-}
-
-static void dg_cancel(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    struct dg_req *q = arg;
-    q->req = 0;
-    q->cancelled = true;
-    if (tpio__resolve_cancel(&q->r))
-        q->awaiting = false;
-    q->cancel_node.cb = dg_cancel_done;
-    tpio__call_soon_node(q->loop, &q->cancel_node);
-}
+static void dg_free(struct dg_req *q) { tpio__pending_end(&q->p); }
 
 static int set_options(int fd, bool reuse_port, bool allow_broadcast)
 {
@@ -90,13 +59,9 @@ static int open_socket(int family, int proto, const struct sockaddr *local, sock
 
 static void dg_resolved(struct tpio__resolve *r)
 {
-    struct dg_req *q = tpio_container_of(r, struct dg_req, r);
-    q->awaiting = false;
-    if (q->cancelled) {
-        if (!q->cancel_node.cb) /* its completion has run */
-            dg_free(q);
+    struct dg_req *q = tpio_container_of(r, struct dg_req, p.r);
+    if (!tpio__pending_arrived(&q->p))
         return;
-    }
     int err = r->err;
     int fd = -1;
     if (!err) {
@@ -110,7 +75,7 @@ static void dg_resolved(struct tpio__resolve *r)
                 int fam = q->want_local ? l->ai_family : m->ai_family;
                 if (q->want_local && q->want_remote && l->ai_family != m->ai_family)
                     continue;
-                int rc = open_socket(fam, q->r.hints.ai_protocol,
+                int rc = open_socket(fam, q->p.r.hints.ai_protocol,
                                      q->want_local ? l->ai_addr : NULL,
                                      q->want_local ? l->ai_addrlen : 0,
                                      q->want_remote ? m->ai_addr : NULL,
@@ -122,16 +87,17 @@ static void dg_resolved(struct tpio__resolve *r)
                     err = rc;
             }
         }
+        tpio__pending_retire(&q->p); /* the factory runs in build */
         if (fd >= 0) {
-            err = tpio__datagram_ctor.build(&tpio__datagram_ctor, q->loop, fd,
-                                            TPIO_TRANSPORT_DATAGRAM, NULL, 0, &q->conn);
+            err = tpio__datagram_ctor.build(&tpio__datagram_ctor, q->p.loop, fd,
+                                            TPIO_TRANSPORT_DATAGRAM, NULL, 0, &q->p.conn);
             if (err)
                 close(fd);
         }
     }
-    tpio_connect_cb_t cb = q->conn.cb;
-    void *arg = q->conn.cb_arg;
-    tpio_loop_t *loop = q->loop;
+    tpio_connect_cb_t cb = q->p.conn.cb;
+    void *arg = q->p.conn.cb_arg;
+    tpio_loop_t *loop = q->p.loop;
     dg_free(q);
     if (err)
         cb(loop, NULL, NULL, err, arg);
@@ -151,9 +117,9 @@ static int endpoint_unix(tpio_loop_t *loop, const tpio_datagram_opts_t *o,
 {
     struct sockaddr_un l, r;
     socklen_t llen = 0, rlen = 0;
-    int rc, la = tpio__flag(o->local_abstract, false), ra = tpio__flag(o->remote_abstract, false);
-    if (la < 0 || ra < 0)
-        return -EINVAL;
+    int rc;
+    /* the flags were checked by the caller */
+    bool la = o->local_abstract == TPIO_ON, ra = o->remote_abstract == TPIO_ON;
     if (o->local_path && (rc = tpio__unix_addr(o->local_path, o->local_path_len, la, &l, &llen)) < 0)
         return rc;
     if (o->remote_path &&
@@ -201,8 +167,7 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
         if (inet_opts || unix_opts || o.family || o.proto || o.flags || reuse_port ||
             allow_broadcast)
             return -EINVAL; /* asyncio: sock excludes every other option */
-        if ((rc = tpio__sock_check(o.sock, SOCK_DGRAM)) < 0 ||
-            (rc = tpio__fd_check(loop, o.sock)) < 0 || (rc = tpio__set_nonblock(o.sock)) < 0)
+        if ((rc = tpio__sock_check(o.sock, SOCK_DGRAM)) < 0)
             return rc;
         return endpoint_sync(loop, o.sock, &conn, request);
     }
@@ -228,40 +193,33 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
     struct dg_req *q = tpio__calloc(1, sizeof *q);
     if (!q)
         return -ENOMEM;
-    if ((rc = tpio__request_new(loop, dg_cancel, q, &q->req)) < 0) {
+    if ((rc = tpio__pending_init(&q->p, loop, &conn, dg_release, NULL)) < 0) {
         tpio__free(q);
         return rc;
     }
-    q->awaiting = true;
-    q->r.release = dg_release;
-    atomic_init(&q->r.refs, 1);
-    q->loop = loop;
-    q->conn = conn;
     q->reuse_port = reuse_port;
     q->allow_broadcast = allow_broadcast;
     q->want_local = o.local_host != NULL;
     q->want_remote = o.remote_host != NULL;
-    q->r.loop = loop;
-    q->r.done = dg_resolved;
-    q->r.host = o.remote_host ? tpio__strdup(o.remote_host) : NULL;
-    q->r.local_host = o.local_host ? tpio__strdup(o.local_host) : NULL;
-    snprintf(q->r.port, sizeof q->r.port, "%u", (unsigned)o.remote_port);
-    snprintf(q->r.local_port, sizeof q->r.local_port, "%u", (unsigned)o.local_port);
-    q->r.hints.ai_family = o.family;
-    q->r.hints.ai_socktype = SOCK_DGRAM;
-    q->r.hints.ai_protocol = o.proto;
-    q->r.hints.ai_flags = o.flags;
-    tpio__loop_hold(loop);
-    if ((o.remote_host && !q->r.host) || (o.local_host && !q->r.local_host)) {
+    q->p.r.done = dg_resolved;
+    q->p.r.host = o.remote_host ? tpio__strdup(o.remote_host) : NULL;
+    q->p.r.local_host = o.local_host ? tpio__strdup(o.local_host) : NULL;
+    snprintf(q->p.r.port, sizeof q->p.r.port, "%u", (unsigned)o.remote_port);
+    snprintf(q->p.r.local_port, sizeof q->p.r.local_port, "%u", (unsigned)o.local_port);
+    q->p.r.hints.ai_family = o.family;
+    q->p.r.hints.ai_socktype = SOCK_DGRAM;
+    q->p.r.hints.ai_protocol = o.proto;
+    q->p.r.hints.ai_flags = o.flags;
+    if ((o.remote_host && !q->p.r.host) || (o.local_host && !q->p.r.local_host)) {
         dg_free(q);
         return -ENOMEM;
     }
-    rc = tpio__resolve_start(&q->r);
+    rc = tpio__resolve_start(&q->p.r);
     if (rc < 0) {
         dg_free(q);
         return rc;
     }
     if (request)
-        *request = q->req;
+        *request = q->p.req;
     return 0;
 }

@@ -13,11 +13,14 @@ static int pipe_check(tpio_loop_t *loop, int fd)
         return -errno;
     if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
         return -EINVAL;
+    int rc = tpio__fd_check(loop, fd); /* before the probe registers it */
+    if (rc < 0)
+        return rc;
     /* Some character devices (/dev/null) cannot be watched: say so now
      * rather than through connection_lost later. */
     struct tpio__io probe;
     tpio__io_init(&probe, fd, NULL);
-    int rc = tpio__watch(loop, &probe, TPIO__IN);
+    rc = tpio__watch(loop, &probe, TPIO__IN);
     if (rc < 0)
         return rc;
     tpio__watch(loop, &probe, 0);
@@ -30,11 +33,7 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
-    int rc = tpio__fd_check(loop, fd);
-    if (rc == 0)
-        rc = pipe_check(loop, fd);
-    if (rc == 0)
-        rc = tpio__set_nonblock(fd);
+    int rc = pipe_check(loop, fd);
     if (rc)
         return rc;
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};

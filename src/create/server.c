@@ -138,14 +138,16 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
             if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
                 break;
             if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-                tpio__report(loop, "accept() out of system resource", -err, NULL, NULL, s,
-                             io->fd);
                 /* Linux keeps reporting the socket readable: stop watching it
                  * for a while instead of spinning, as asyncio does (without a
-                 * timer to resume, keep watching: spinning beats deafness). */
+                 * timer to resume, keep watching: spinning beats deafness).
+                 * Before the report: a handler that closes the server cancels
+                 * the timer with it. */
                 if (l->retry || tpio_loop_call_later(loop, TPIO__ACCEPT_RETRY_DELAY,
                                                      listener_retry, l, &l->retry) == 0)
                     tpio__watch(loop, io, 0);
+                tpio__report(loop, "accept() out of system resource", -err, NULL, NULL, s,
+                             io->fd);
             } else {
                 tpio__report(loop, "accept() failed", -err, NULL, NULL, s, io->fd);
             }
@@ -180,14 +182,23 @@ static void server_end(struct tpio__list *item, bool abort)
 
 /* ---- creating -------------------------------------------------------------------- */
 
+/* Undo tpio__server_new's work on failure: the descriptors stay the
+ * caller's, as they were. */
+static int server_undo(tpio_server_t *s, size_t nclaimed, int err)
+{
+    for (size_t i = 0; i < nclaimed; i++)
+        tpio__fd_release(s->loop, s->ls[i].io.fd);
+    tpio__free(s->unlink_path);
+    tpio__free(s->ls);
+    tpio__free(s);
+    return err;
+}
+
 int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
                      tpio_protocol_factory_t factory, void *factory_arg, const int *fds,
                      size_t nfds, int backlog, bool start, const char *unlink_path,
                      tpio_server_t **out)
 {
-    for (size_t i = 0; i < nfds; i++)
-        if (listen(fds[i], backlog) < 0)
-            return -errno;
     tpio_server_t *s = tpio__calloc(1, sizeof *s);
     struct listener *ls = s ? tpio__calloc(nfds, sizeof *ls) : NULL;
     char *path = s && unlink_path ? tpio__strdup(unlink_path) : NULL;
@@ -215,28 +226,29 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
     s->nls = nfds;
     tpio__tset_init(&s->conns, conn_removed);
     for (size_t i = 0; i < nfds; i++) {
-        int rc = tpio__fd_claim(loop, fds[i]);
-        if (rc < 0) {
-            while (i-- > 0)
-                tpio__fd_release(loop, fds[i]);
-            tpio__free(s->unlink_path);
-            tpio__free(ls);
-            tpio__free(s);
-            return rc;
-        }
+        tpio__io_init(&ls[i].io, fds[i], accept_ready);
+        int rc = tpio__fd_claim_new(loop, fds[i]); /* the user's were checked */
+        if (rc < 0)
+            return server_undo(s, i, rc);
+    }
+    /* Only once nothing else can fail: listen() changes the sockets. */
+    for (size_t i = 0; i < nfds; i++)
+        if (listen(fds[i], backlog) < 0)
+            return server_undo(s, nfds, -errno);
+    if (start) {
+        int rc = tpio_server_start_serving(s);
+        if (rc < 0)
+            return server_undo(s, nfds, rc);
     }
     for (size_t i = 0; i < nfds; i++) {
         /* Sockets given by the user become ours: non-blocking, like accepted. */
         tpio__set_nonblock(fds[i]);
-        tpio__io_init(&ls[i].io, fds[i], accept_ready);
         ls[i].server = s;
         ls[i].kind = tpio__sock_kind(fds[i]);
     }
     tpio__loop_own(loop, TPIO__OWNED_SERVERS, &s->owned, server_end);
     tpio__loop_hold(loop);
     *out = s;
-    if (start)
-        tpio_server_start_serving(s);
     return 0;
 }
 
@@ -263,6 +275,8 @@ int tpio_loop_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory,
     if (o.nsocks) {
         for (size_t i = 0; i < o.nsocks; i++) {
             rc = tpio__sock_check(o.socks[i], SOCK_STREAM);
+            if (rc == 0)
+                rc = tpio__fd_check(loop, o.socks[i]);
             if (rc)
                 return rc;
         }

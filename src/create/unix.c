@@ -67,7 +67,8 @@ int tpio_loop_create_unix_server(tpio_loop_t *loop, tpio_protocol_factory_t fact
     int backlog = o.backlog ? o.backlog : TPIO__DEFAULT_BACKLOG;
     bool start = tpio__flag(o.start_serving, true);
     if (use_sock) {
-        if ((rc = tpio__sock_check(o.sock, SOCK_STREAM)) < 0)
+        if ((rc = tpio__sock_check(o.sock, SOCK_STREAM)) < 0 ||
+            (rc = tpio__fd_check(loop, o.sock)) < 0)
             return rc;
         return tpio__server_new(loop, &tpio__stream_ctor, factory, factory_arg, &o.sock, 1,
                                 backlog, start, NULL, out);

@@ -56,13 +56,18 @@ static int slot_alloc(tpio_loop_t *loop, uint32_t *out)
     return 0;
 }
 
+/* Handles made before no longer match (0 is never a generation). */
+static void retire_gen(struct tpio__slot *s)
+{
+    if (++s->gen == 0)
+        s->gen = 1;
+}
+
 static void slot_free(tpio_loop_t *loop, uint32_t i)
 {
     struct tpio__slot *s = &loop->slots[i];
     s->state = SLOT_FREE;
-    s->gen++;
-    if (s->gen == 0)
-        s->gen = 1;
+    retire_gen(s);
     s->next = loop->free_head;
     loop->free_head = i;
 }
@@ -249,9 +254,7 @@ int tpio_loop_cancel(tpio_loop_t *loop, tpio_handle_t handle)
         /* Unlinking from the singly linked FIFO would cost a walk: mark it,
          * and the run phase frees it without calling. */
         s->state = SLOT_CANCELLED;
-        s->gen++; /* a second cancel now misses */
-        if (s->gen == 0)
-            s->gen = 1;
+        retire_gen(s); /* a second cancel now misses */
         return 0;
     }
     return -ENOENT;
@@ -588,6 +591,10 @@ int tpio_loop_run_forever(tpio_loop_t *loop)
 static void shutdown_done(tpio_loop_t *loop, void *arg)
 {
     (void)arg;
+    if (loop->live) { /* made since this was queued: the end waits for it */
+        loop->shutdown_node.cb = NULL;
+        return;
+    }
     tpio_done_cb_t cb = loop->shutdown_cb, cb2 = loop->escalate_cb;
     void *cb_arg = loop->shutdown_arg, *cb2_arg = loop->escalate_arg;
     loop->shutdown_cb = loop->escalate_cb = NULL;

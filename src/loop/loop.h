@@ -163,6 +163,10 @@ static inline void tpio__loop_service(tpio_loop_t *loop, const struct tpio__serv
  * transport's socket) nor hand a watched one to a transport. 0, -ENOMEM,
  * TPIO_EFDINUSE. */
 TPIO__HIDDEN int tpio__fd_claim(tpio_loop_t *loop, int fd);
+/* For a descriptor the library itself just opened (or holds claimed since
+ * the user's call): a watcher on its number is the user's stale one, of a
+ * descriptor closed under its watch, and is dropped. */
+TPIO__HIDDEN int tpio__fd_claim_new(tpio_loop_t *loop, int fd);
 TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
 /* 0 if fd is free for a transport (neither claimed nor watched), else
  * TPIO_EFDINUSE: checked inside the user's call, before the fd is taken. */

@@ -11,6 +11,7 @@
  * thread the kernel picks, and all it does is wake the loop. */
 #include "loop/loop.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
  * a signal. The handler reads only the atomics. */
 static struct sigslot {
     atomic_int wake_fd;      /* the owner's eventfd, -1: none */
+    atomic_int inflight;     /* handlers between reading wake_fd and writing it */
     atomic_bool pending;     /* arrived, not yet handed to the loop */
     tpio_loop_t *owner;      /* under g_lock */
     struct sigaction old;    /* the disposition to restore */
@@ -37,12 +39,14 @@ static void on_signal(int sig)
     int saved = errno;
     struct sigslot *s = &g_slots[sig];
     atomic_store(&s->pending, true);
+    atomic_fetch_add(&s->inflight, 1);
     int fd = atomic_load(&s->wake_fd);
     if (fd >= 0) {
         uint64_t one = 1;
         ssize_t r = write(fd, &one, sizeof one);
         (void)r; /* a full eventfd is awake already */
     }
+    atomic_fetch_sub(&s->inflight, 1);
     errno = saved;
 }
 
@@ -130,6 +134,12 @@ static void release(tpio_loop_t *loop, int sig)
     struct sigslot *s = &g_slots[sig];
     atomic_store(&s->wake_fd, -1);
     sigaction(sig, &s->old, NULL);
+    /* A handler on another thread that read the descriptor before it was
+     * withdrawn writes to it yet: wait for it, so that the loop never closes
+     * the eventfd (and the kernel never reuses its number) under a write.
+     * The handler does nothing but that write: the wait is short. */
+    while (atomic_load(&s->inflight))
+        sched_yield();
     atomic_store(&s->pending, false);
     s->owner = NULL;
     loop->sig_mask &= ~(UINT64_C(1) << (sig - 1));

@@ -26,6 +26,7 @@ static bool claimed(const tpio_loop_t *loop, int fd)
     return fd == loop->efd || (w < loop->nclaimed && (loop->claimed[w] >> (fd % 64) & 1));
 }
 
+static void watcher_free(tpio_loop_t *loop, struct tpio__fdw *w);
 static void watchers_drop(tpio_loop_t *loop);
 static void watchers_close(tpio_loop_t *loop);
 static const struct tpio__service watch_service = {NULL, watchers_drop, watchers_close};
@@ -61,6 +62,20 @@ int tpio__fd_claim(tpio_loop_t *loop, int fd)
 int tpio__fd_check(const tpio_loop_t *loop, int fd)
 {
     return fd >= 0 && (watcher_of(loop, fd) || claimed(loop, fd)) ? TPIO_EFDINUSE : 0;
+}
+
+int tpio__fd_claim_new(tpio_loop_t *loop, int fd)
+{
+    struct tpio__fdw *w = fd >= 0 ? watcher_of(loop, fd) : NULL;
+    if (w) {
+        /* The user closed the watched descriptor and the kernel gave its
+         * number to the library: the watcher is stale. The kernel dropped
+         * the old registration with the old file; no epoll call now, it
+         * would name the new one. */
+        w->io.registered = 0;
+        watcher_free(loop, w);
+    }
+    return tpio__fd_claim(loop, fd);
 }
 
 void tpio__fd_release(tpio_loop_t *loop, int fd)

@@ -107,15 +107,23 @@ static void stream_reading_changed(tpio_transport_t *t) { update_io(S(t)); }
 
 static void schedule_lost(struct stream *s, int err) { tpio__schedule_lost(&s->base, err); }
 
-/* A writer attached in the transport's place hears that it is over. */
-static void end_writer(struct stream *s, int err)
+/* The writer in the transport's place goes (NULL if there was none). */
+static struct tpio__stream_writer *drop_writer(struct stream *s)
 {
     if (!(s->wblock & WB_WRITER))
-        return;
+        return NULL;
     struct tpio__stream_writer *w = s->more->writer;
     s->more->writer = NULL;
     s->wblock &= (uint8_t)~WB_WRITER;
-    w->ended(w, err);
+    return w;
+}
+
+/* A writer attached in the transport's place hears that it is over. */
+static void end_writer(struct stream *s, int err)
+{
+    struct tpio__stream_writer *w = drop_writer(s);
+    if (w)
+        w->ended(w, err);
 }
 
 static void stream_quiesce(tpio_transport_t *t)
@@ -281,7 +289,9 @@ static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t
     tpio_transport_t *t = &s->base;
     if (n < 0) {
         if (errno != EAGAIN) {
-            fatal_error(s, -errno, "Fatal write error on transport");
+            /* Inside the caller's write: connection_lost tells the protocol,
+             * and the error handler must not run here. */
+            force_close(s, -errno);
             return 0;
         }
         n = 0;
@@ -632,11 +642,8 @@ int tpio__stream_attach(tpio_transport_t *t, struct tpio__stream_writer *w)
 void tpio__stream_detach(tpio_transport_t *t)
 {
     struct stream *s = S(t);
-    if (!(s->wblock & WB_WRITER))
-        return;
-    s->more->writer = NULL;
-    s->wblock &= (uint8_t)~WB_WRITER;
-    update_io(s);
+    if (drop_writer(s))
+        update_io(s);
 }
 
 int tpio__stream_write_raw(tpio_transport_t *t, const void *data, size_t len)

@@ -131,11 +131,9 @@ static void pipe_lost(tpio_protocol_t *bp, int err)
     struct pipe_proto *pp = PP(bp);
     struct proc *P = pp->proc;
     pp->disconnected = true;
-    tpio__transport_ref(&P->base);
     if (P->base.proto)
         TPIO__UPCALL(&P->base, pipe_connection_lost, pp->fd, err);
-    try_finish(P);
-    tpio__transport_unref(&P->base);
+    try_finish(P); /* it only schedules: P lives on until connection_lost */
 }
 
 /* stdin's flow control is the SubprocessProtocol's (WriteSubprocessPipeProto). */

@@ -14,6 +14,8 @@
 static void transport_end(struct tpio__list *item, bool abort)
 {
     tpio_transport_t *t = tpio_container_of(item, struct tpio_transport, member.link);
+    if (!t->proto) /* its factory is still deciding (or refused it) */
+        return;
     if (!abort || tpio_transport_abort(t) == -ENOTSUP)
         tpio_transport_close(t);
 }
@@ -46,7 +48,7 @@ void tpio__transport_abandon(tpio_transport_t *t)
 int tpio__transport_take_fd(tpio_transport_t *t, struct tpio__io *io, int fd, tpio__io_cb cb)
 {
     tpio__io_init(io, -1, cb);
-    int rc = tpio__fd_claim(t->loop, fd);
+    int rc = tpio__fd_claim_new(t->loop, fd);
     if (rc == 0)
         io->fd = fd;
     return rc;
@@ -283,12 +285,10 @@ int tpio_transport_set_protocol(tpio_transport_t *t, tpio_protocol_t *p)
 int tpio_transport_get_extra_info(const tpio_transport_t *t, const char *name,
                                   tpio_extra_t *out)
 {
-    if (out) {
-        memset(out, 0, sizeof *out);
-        out->fd = -1;
-    }
     if (!t || !name || !out)
         return -EINVAL;
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
     if (!t->vt->extra_info)
         return -ENOENT;
     int rc = t->vt->extra_info(t, name, out);

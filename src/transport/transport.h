@@ -110,11 +110,12 @@ TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
 
 /* Every protocol callback goes through here (redis's callHandler): the
  * transport is referenced for the call, so whatever the protocol does inside
- * it — close, abort, switch protocols — the transport outlives the call, and
- * the value says whether it is still open (not closing) afterwards. The
- * protocol is read at each call: set_protocol takes effect at the next one. */
+ * it — close, abort, switch protocols — the transport outlives the call;
+ * the caller then looks at the transport's state (closing, paused) before
+ * going on. The protocol is read at each call: set_protocol takes effect at
+ * the next one. */
 #define TPIO__UPCALL(t, method, ...)                                             \
-    __extension__({                                                              \
+    do {                                                                         \
         tpio_transport_t *t_ = (t);                                              \
         tpio_protocol_t *p_ = t_->proto;                                         \
         if (p_->ops->method) {                                                   \
@@ -122,8 +123,7 @@ TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
             p_->ops->method(p_, ##__VA_ARGS__);                                  \
             tpio__transport_unref(t_);                                           \
         }                                                                        \
-        !t_->closing;                                                            \
-    })
+    } while (0)
 /* The same for a callback that answers: `dflt` when the protocol has none. */
 #define TPIO__UPCALL_VALUE(t, dflt, method, ...)                                 \
     __extension__({                                                              \
