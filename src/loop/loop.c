@@ -293,7 +293,9 @@ void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h)
 
 void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n)
 {
-    if (tpio_loop_call_soon(loop, n->cb, n, NULL) == 0)
+    /* Behind a node that waits already, so that nodes keep their order (a
+     * sendfile's completion before its transport's connection_lost). */
+    if (!loop->late_head && tpio_loop_call_soon(loop, n->cb, n, NULL) == 0)
         return;
     n->next = NULL;
     if (loop->late_tail)
