@@ -752,3 +752,68 @@ Test(api, format_addr_leaves_an_empty_string_on_error, .timeout = 10)
     cr_assert_eq(tpio_format_addr(NULL, 0, buf, sizeof buf), -EINVAL);
     cr_assert_str_eq(buf, "");
 }
+
+/* ---- handles and timers ----------------------------------------------------------- */
+
+static int g_fired[256], g_nfired;
+static void record_timer(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    g_fired[g_nfired++] = (int)(intptr_t)arg;
+}
+
+/* Timers with deadlines in a scrambled order, a third of them cancelled
+ * from the middle of the heap: the rest fire once each, in deadline order. */
+Test(api, timers_fire_in_order_after_cancels, .timeout = 20)
+{
+    tpio_loop_t *loop = th_new_loop();
+    enum { N = 200 };
+    tpio_handle_t h[N];
+    double now;
+    cr_assert_eq(tpio_loop_time(loop, &now), 0);
+    unsigned x = 12345;
+    int when[N];
+    for (int i = 0; i < N; i++) {
+        x = x * 1103515245u + 12345u;
+        when[i] = (int)(x >> 16) % 1000; /* in tenths of a millisecond */
+        cr_assert_eq(tpio_loop_call_at(loop, now + 0.05 + when[i] * 1e-4, record_timer,
+                                       (void *)(intptr_t)i, &h[i]),
+                     0);
+    }
+    bool gone[N] = {0};
+    for (int i = 1; i < N; i += 3) {
+        cr_assert_eq(tpio_loop_cancel(loop, h[i]), 0);
+        gone[i] = true;
+    }
+    g_nfired = 0;
+    double end = th_now_s() + 10;
+    int want = N - (N + 1) / 3;
+    while (g_nfired < want && th_now_s() < end)
+        tpio_loop_run_once(loop, 0.01);
+    th_run_iters(loop, 3);
+    cr_assert_eq(g_nfired, want);
+    for (int k = 0; k < g_nfired; k++) {
+        cr_assert_not(gone[g_fired[k]], "a cancelled timer fired");
+        if (k)
+            cr_assert_leq(when[g_fired[k - 1]], when[g_fired[k]], "out of order at %d", k);
+    }
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* Every slot's handle cancels, the last one of the table included. */
+Test(api, the_last_slot_cancels, .timeout = 10)
+{
+    tpio_loop_t *loop = th_new_loop();
+    enum { N = 64 }; /* the table's first size: the last handle names its last slot */
+    tpio_handle_t h[N];
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(tpio_loop_call_soon(loop, record_timer, (void *)(intptr_t)i, &h[i]), 0);
+    for (int i = N - 1; i >= 0; i -= 7)
+        cr_assert_eq(tpio_loop_cancel(loop, h[i]), 0, "handle %d", i);
+    g_nfired = 0;
+    cr_assert_eq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(g_nfired, N - 10);
+    for (int k = 0; k < g_nfired; k++)
+        cr_assert_neq((N - 1 - g_fired[k]) % 7, 0, "cancelled %d ran", g_fired[k]);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
