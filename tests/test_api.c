@@ -817,3 +817,48 @@ Test(api, the_last_slot_cancels, .timeout = 10)
         cr_assert_neq((N - 1 - g_fired[k]) % 7, 0, "cancelled %d ran", g_fired[k]);
     cr_assert_eq(tpio_loop_close(loop), 0);
 }
+
+/* abort() drops the datagrams still queued: the buffer is empty at once and
+ * the peer gets none of them. */
+Test(api, datagram_abort_drops_the_queue, .timeout = 20)
+{
+    tpio_loop_t *loop = th_new_loop();
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    th_conn_t c = {0};
+    tpio_datagram_opts_t o = TPIO_OPTS(tpio_datagram_opts_t, .use_sock = TPIO_ON, .sock = sv[0]);
+    cr_assert_eq(tpio_loop_create_datagram_endpoint(loop, th_factory, NULL, &o, th_on_conn, &c,
+                                                    NULL),
+                 0);
+    cr_assert(th_run_until(loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0);
+    /* the peer does not read: the kernel's queue fills, then tpio's */
+    char d[512];
+    memset(d, 'x', sizeof d);
+    size_t w = 0;
+    int sent = 0;
+    while (w == 0 && sent < 10000) {
+        cr_assert_eq(tpio_datagram_sendto(c.t, d, sizeof d, NULL, 0), 0);
+        sent++;
+        cr_assert_eq(tpio_transport_get_write_buffer_size(c.t, &w), 0);
+    }
+    cr_assert_gt(w, 0, "nothing was queued");
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(tpio_datagram_sendto(c.t, d, sizeof d, NULL, 0), 0);
+    cr_assert_eq(tpio_transport_get_write_buffer_size(c.t, &w), 0);
+    cr_assert_eq(w, 6 * (sizeof d + 8), "six queued, each len + 8");
+    cr_assert_eq(tpio_transport_abort(c.t), 0);
+    cr_assert_eq(tpio_transport_get_write_buffer_size(c.t, &w), 0);
+    cr_assert_eq(w, 0, "abort empties the queue at once");
+    /* the peer now reads everything there is: only what the kernel took */
+    cr_assert(th_run_until(loop, &c.p->lost, TH_TMO));
+    int got = 0;
+    while (recv(sv[1], d, sizeof d, MSG_DONTWAIT) > 0)
+        got++;
+    cr_assert_eq(got, sent - 1, "the queued datagrams were dropped");
+    th_proto_free(c.p);
+    close(sv[1]);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
