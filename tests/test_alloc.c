@@ -866,3 +866,48 @@ Test(alloc, fail_each_allocation_shutdown, .timeout = 120)
 {
     inject(scen_shutdown, "shutdown");
 }
+
+/* With every slot of the loop's table taken and no memory to grow it, a
+ * connection's end still comes: its connection_lost waits in the late list
+ * and runs, after the callbacks queued before it. */
+static int g_noop_runs;
+static void noop(tpio_loop_t *loop, void *arg)
+{
+    (void)loop, (void)arg;
+    g_noop_runs++;
+}
+
+Test(alloc, connection_lost_without_a_free_slot, .timeout = 20)
+{
+    install();
+    tpio_loop_t *loop = th_new_loop();
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], th_on_conn, &c,
+                                                   NULL),
+                 0);
+    cr_assert(th_run_until(loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0);
+    /* fill the table: call_soon until it cannot grow */
+    g_noop_runs = 0;
+    int queued = 0;
+    for (int i = 0; i < 100; i++, queued++)
+        cr_assert_eq(tpio_loop_call_soon(loop, noop, NULL, NULL), 0);
+    fail_nth(1); /* the next allocation fails, and only that one */
+    int rc;
+    while ((rc = tpio_loop_call_soon(loop, noop, NULL, NULL)) == 0)
+        queued++;
+    cr_assert_eq(rc, -ENOMEM);
+    /* the table is full: its growth fails again as the connection ends */
+    fail_nth(1);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    cr_assert_gt(atomic_load(&g_failed), 0, "connection_lost asked for a slot");
+    stop_faults();
+    cr_assert(th_run_until(loop, &c.p->lost, TH_TMO), "connection_lost never came");
+    cr_assert_eq(g_noop_runs, queued, "the callbacks queued before it ran first");
+    th_proto_free(c.p);
+    close(sv[1]);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    cr_assert_eq(atomic_load(&g_live), 0);
+}
