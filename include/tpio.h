@@ -95,7 +95,7 @@ extern "C" {
 
 /* The one place the version is defined: the build reads it from here. */
 #define TPIO_VERSION_MAJOR 0
-#define TPIO_VERSION_MINOR 2
+#define TPIO_VERSION_MINOR 3
 #define TPIO_VERSION_PATCH 0
 
 /** Version of the library actually linked, as "MAJOR.MINOR.PATCH". */
@@ -121,7 +121,10 @@ TPIO_API const char *tpio_version(void);
     X(TPIO_EPROTOCOL_BUFFER, -3101, "get_buffer() returned an empty buffer")  \
     X(TPIO_ENOTWATCHABLE, -3102,                                              \
       "the descriptor cannot be watched by the event loop")                   \
-    X(TPIO_EFDINUSE, -3103, "the descriptor is used by a transport or server")
+    X(TPIO_EFDINUSE, -3103, "the descriptor is used by a transport or server") \
+    X(TPIO_ETLS, -3201, "TLS error")                                          \
+    X(TPIO_ETLS_VERIFY, -3202, "TLS certificate verify failed")               \
+    X(TPIO_ETLS_EOF, -3203, "TLS connection ended without close_notify")
 
 enum tpio_error {
 #define TPIO__ERR_ENUM(name, value, text) name = value,
@@ -774,6 +777,45 @@ TPIO_API int tpio_loop_sendfile(tpio_loop_t *loop, tpio_transport_t *t, int fd, 
 typedef void (*tpio_connect_cb_t)(tpio_loop_t *loop, tpio_transport_t *t,
                                   tpio_protocol_t *p, int err, void *arg);
 
+/* OpenSSL's types, named without including OpenSSL's headers. */
+struct ssl_ctx_st; /* SSL_CTX */
+struct ssl_st;     /* SSL */
+struct x509_st;    /* X509 */
+
+/**
+ * TLS for a connection, a server or start_tls (see "TLS" below); pass NULL
+ * for plain connections. Initialise with TPIO_OPTS.
+ */
+typedef struct tpio_tls_opts {
+    size_t size;
+    /** Required: your SSL_CTX, configured with any OpenSSL call (certificates,
+     *  verify mode, ciphers, ALPN, SNI callback). tpio takes a reference
+     *  (SSL_CTX_up_ref) for as long as it uses it; free yours when you like. */
+    struct ssl_ctx_st *ctx;
+    /** start_tls only: TPIO_ON for the server side (servers and accepted
+     *  sockets are always the server side). */
+    tpio_flag_t server_side;
+    /**
+     * Client side: the name sent as SNI and checked against the server's
+     * certificate. NULL: the host of create_connection (a client without a
+     * host, Unix or use_sock or start_tls, must name one: -EINVAL). "": no
+     * SNI and no hostname check (the certificate chain is still verified if
+     * the context says so; turn that off in the context, SSL_VERIFY_NONE).
+     * Servers: must be NULL (-EINVAL).
+     */
+    const char *server_hostname;
+    /** Seconds the handshake may take; 0: 60. */
+    double handshake_timeout;
+    /** Seconds close() waits for the peer's close_notify; 0: 30. */
+    double shutdown_timeout;
+    /** start_tls only: bytes already received on the old transport that
+     *  belong to the TLS stream (a ClientHello delivered in the same
+     *  data_received as the plaintext before it). The handshake reads them
+     *  first; they are copied inside the call. */
+    const void *initial_data;
+    size_t initial_len;
+} tpio_tls_opts_t;
+
 /** Options of tpio_loop_create_connection(); initialise with TPIO_OPTS. */
 typedef struct tpio_connect_opts {
     size_t size;
@@ -799,6 +841,9 @@ typedef struct tpio_connect_opts {
      *  host/port (default off). */
     tpio_flag_t use_sock;
     int sock;
+    /** TLS over the connection (NULL: plain). connection_made and the
+     *  completion come after the handshake. */
+    const tpio_tls_opts_t *tls;
 } tpio_connect_opts_t;
 
 /**
@@ -823,11 +868,13 @@ TPIO_API int tpio_loop_create_connection(tpio_loop_t *loop,
 /**
  * Wrap a socket returned by accept() (or any connected stream socket) in a
  * transport, as the server side (asyncio's connect_accepted_socket). Same
- * ownership rule as use_sock above.
+ * ownership rule as use_sock above. tls (may be NULL): TLS as the server
+ * side; the completion comes after the handshake.
  */
 TPIO_API int tpio_loop_connect_accepted_socket(tpio_loop_t *loop,
                                                tpio_protocol_factory_t factory,
                                                void *factory_arg, int sock,
+                                               const tpio_tls_opts_t *tls,
                                                tpio_connect_cb_t cb, void *cb_arg,
                                                tpio_handle_t *request);
 
@@ -849,6 +896,9 @@ typedef struct tpio_server_opts {
     /** Already bound listening sockets to serve instead of host/port. */
     const int *socks;
     size_t nsocks;
+    /** TLS for every accepted connection (NULL: plain): its factory runs
+     *  after the handshake; a failed handshake never reaches it. */
+    const tpio_tls_opts_t *tls;
 } tpio_server_opts_t;
 
 /**
@@ -921,6 +971,8 @@ typedef struct tpio_unix_opts {
      *  (client) or bound (server). Owned by the library from a 0 return on. */
     tpio_flag_t use_sock;
     int sock;
+    /** TLS, as for TCP (NULL: plain); a client must set server_hostname. */
+    const tpio_tls_opts_t *tls;
 } tpio_unix_opts_t;
 
 /**
@@ -1169,6 +1221,94 @@ TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
  * (FD); the loop refuses to close while a subprocess transport exists. The
  * subprocess calls on a transport of another kind return -ENOTSUP.
  */
+
+/* ========================================================================= */
+/* TLS (OpenSSL 3)                                                           */
+/* ========================================================================= */
+
+/*
+ * TLS is a transport of its own kind (TPIO_TRANSPORT_TLS) layered on a
+ * stream transport (TCP, Unix socket, or another TLS transport: TLS in
+ * TLS), asyncio's SSL transport. Ask for it with the `tls` field of the
+ * connection and server options, with tpio_loop_connect_accepted_socket()'s
+ * tls argument, or upgrade a live connection with tpio_loop_start_tls().
+ * A library built without OpenSSL (-DTPIO_TLS=OFF) returns -ENOTSUP for
+ * every TLS request and helper.
+ *
+ * - Handshake: connection_made (and the completion) run after it. A failed
+ *   client handshake completes the call with TPIO_ETLS_VERIFY (the peer's
+ *   certificate), TPIO_ETLS (any other TLS failure, an alert from the peer
+ *   included), -ETIMEDOUT (handshake_timeout) or -ECONNRESET (the peer
+ *   left); tpio_tls_last_error() says what went wrong as OpenSSL says it.
+ *   On a server a failed handshake is dropped without a word: it never
+ *   reaches the factory, nor the error handler, and the server goes on.
+ * - The TLS transport is a full transport: write, writelines, pause and
+ *   resume reading (resuming delivers plaintext OpenSSL already decrypted),
+ *   BufferedProtocol (decrypted straight into your buffer), set_protocol,
+ *   watermarks over what the layer holds (ciphertext not yet sent by the
+ *   transport below). can_write_eof is false and write_eof gives -ENOTSUP:
+ *   TLS has no half-close.
+ * - close(): what was written is sent, then close_notify; the peer's
+ *   close_notify is awaited for up to shutdown_timeout, then the socket is
+ *   closed and connection_lost(0) runs. abort() closes at once. The peer's
+ *   close_notify gives eof_received (its return value is ignored) and then
+ *   connection_lost(0); bytes after it are ignored. A TCP EOF without
+ *   close_notify ends the connection with TPIO_ETLS_EOF.
+ * - get_extra_info: "sslcontext" (PTR: SSL_CTX *), "ssl_object" (PTR:
+ *   SSL *), "peercert" (PTR: the peer's X509 *, -ENOENT without one),
+ *   "cipher" (STR: the cipher's name; see tpio_tls_get_cipher),
+ *   "compression" (-ENOENT: OpenSSL 3 does not compress), "alpn_protocol"
+ *   (STR: the negotiated protocol, -ENOENT without one), and everything of
+ *   the transport below ("socket", "peername", "sockname"). The pointers are
+ *   borrowed: do not free them; they live as long as the transport.
+ * - Not here: kernel TLS (SSL_OP_ENABLE_KTLS), which these kernels lack.
+ */
+
+/**
+ * Upgrade the live stream transport t to TLS (asyncio's loop.start_tls):
+ * the handshake runs on it, then cb(loop, tls, p, 0, arg) gives the new TLS
+ * transport, whose protocol is p; p's connection_made is not called (as in
+ * asyncio: it already had one). From a 0 return on, t and its old protocol
+ * are no longer yours: the old protocol gets no more callbacks, t's reading
+ * is the layer's, and t is closed when the TLS transport ends. On a failed
+ * handshake (or cancel) cb gets the error and t is aborted. t may be a TLS
+ * transport: TLS in TLS (closing sends the inner close_notify first).
+ * Returns -EINVAL (NULLs, no ctx, a client without server_hostname),
+ * -ENOTSUP (t is not a TCP, Unix or TLS transport; no TLS in this build),
+ * -ESHUTDOWN (t is closing or was given write_eof), -ENOMEM.
+ */
+TPIO_API int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
+                                 const tpio_tls_opts_t *tls, tpio_connect_cb_t cb,
+                                 void *cb_arg, tpio_handle_t *request);
+
+/**
+ * A client context that verifies the server (SSL_VERIFY_PEER, TLS 1.2 at
+ * least) against the CA certificates in cafile, or the system's store when
+ * cafile is NULL. *out is yours: SSL_CTX_free it when done. Returns 0,
+ * -EINVAL, -ENOENT (cafile cannot be read), TPIO_ETLS, -ENOTSUP.
+ */
+TPIO_API int tpio_tls_client_context(struct ssl_ctx_st **out, const char *cafile);
+/**
+ * A server context with the certificate chain of certfile and the private
+ * key of keyfile (PEM), TLS 1.2 at least. Returns 0, -EINVAL, -ENOENT,
+ * TPIO_ETLS (the key does not match the certificate...), -ENOTSUP.
+ */
+TPIO_API int tpio_tls_server_context(struct ssl_ctx_st **out, const char *certfile,
+                                     const char *keyfile);
+/**
+ * What went wrong in the last TLS failure this thread saw, as OpenSSL says
+ * it ("certificate verify failed: self-signed certificate"): read it in the
+ * completion or connection_lost that got the TLS code. Never NULL ("" when
+ * there was none); valid until the next TLS failure on this thread.
+ */
+TPIO_API const char *tpio_tls_last_error(void);
+/**
+ * The negotiated cipher of a TLS transport: name ("TLS_AES_128_GCM_SHA256"),
+ * protocol version ("TLSv1.3") and secret bits (128); any out-pointer may be
+ * NULL. -ENOTSUP for other kinds, -ENOENT before the handshake.
+ */
+TPIO_API int tpio_tls_get_cipher(const tpio_transport_t *t, const char **name,
+                                 const char **version, int *bits);
 
 /* ========================================================================= */
 /* Address helper                                                            */

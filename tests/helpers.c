@@ -381,7 +381,7 @@ th_pair_t *th_unix_pair(const tpio_protocol_ops_t *ops, const th_proto_t *knobs,
         cr_assert_eq(shutdown(sv[1], SHUT_WR), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK), 0);
     pr->peer = sv[1];
-    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_pair_count_factory, pr, sv[0], NULL,
                                               th_pair_on_conn, pr, NULL), 0);
     pair_expect_connected(pr, "tpio_loop_connect_accepted_socket");
     return pr;

@@ -121,7 +121,7 @@ step "CMake find_package(tpio)"
 cat >"$TMP/app/CMakeLists.txt" <<'EOF'
 cmake_minimum_required(VERSION 3.18)
 project(tpio_install_check LANGUAGES C)
-find_package(tpio 0.2 REQUIRED)
+find_package(tpio 0.3 REQUIRED)
 add_executable(app_cmake app.c)
 target_link_libraries(app_cmake PRIVATE tpio::tpio)
 add_executable(app_cmake_static app.c)

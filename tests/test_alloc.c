@@ -710,7 +710,7 @@ static void scen_extras(struct run *r)
     th_conn_t c = {0};
     struct factory_arg sink = {r, SINK};
     bool have = call_ok(r, "connect_accepted_socket",
-                        tpio_loop_connect_accepted_socket(r->loop, factory, &sink, sv[0],
+                        tpio_loop_connect_accepted_socket(r->loop, factory, &sink, sv[0], NULL,
                                                           on_conn, r, NULL));
     if (have)
         r->pending++;
@@ -884,7 +884,7 @@ Test(alloc, connection_lost_without_a_free_slot, .timeout = 20)
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], th_on_conn, &c,
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], NULL, th_on_conn, &c,
                                                    NULL),
                  0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));

@@ -94,7 +94,7 @@ Test(api, null_is_einval_everywhere, .timeout = 20)
     cr_assert_eq(tpio_loop_call_error_handler(NULL, &ctx), -EINVAL);
     cr_assert_eq(tpio_loop_create_connection(NULL, never_factory, NULL, &co, never_conn, NULL, NULL),
                  -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, never_factory, NULL, 0, never_conn,
+    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, never_factory, NULL, 0, NULL, never_conn,
                                                    NULL, NULL),
                  -EINVAL);
     cr_assert_eq(tpio_loop_create_server(NULL, never_factory, NULL, &so, &sp), -EINVAL);
@@ -273,8 +273,12 @@ Test(api, options_of_any_version, .timeout = 20)
 
     o.size = 0; /* not initialised with TPIO_OPTS */
     cr_assert_eq(tpio_loop_create_server(loop, th_factory, NULL, &o, &s), -EINVAL);
-    o.size = sizeof o - 1; /* smaller than any version */
+    o.size = offsetof(tpio_server_opts_t, tls) - 1; /* smaller than any version */
     cr_assert_eq(tpio_loop_create_server(loop, th_factory, NULL, &o, &s), -EINVAL);
+    /* a program built against 0.2, whose struct ends before tls, works */
+    o.size = offsetof(tpio_server_opts_t, tls);
+    cr_assert_eq(tpio_loop_create_server(loop, th_factory, NULL, &o, &s), 0);
+    cr_assert_eq(tpio_server_close(s), 0);
 
     /* a newer program that leaves the new field at its default works */
     struct later_server_opts later = {.now = o};
@@ -563,7 +567,7 @@ static th_conn_t *wrap(tpio_loop_t *loop, th_proto_t *tmpl, int *peer)
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     *peer = sv[1];
     th_conn_t *c = calloc(1, sizeof *c);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, tmpl, sv[0], th_on_conn, c, NULL),
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, tmpl, sv[0], NULL, th_on_conn, c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c->done, TH_TMO));
     cr_assert_eq(c->err, 0);

@@ -831,7 +831,7 @@ static void expect_first_error(const failing_t *const *order, size_t n, double d
                                   .ai_addrlen = order[i]->len,
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
     th_pair_t *pr = th_pair_new(&th_proto_ops);
-    cr_assert_eq(tpio__connect_addrs(pr->loop, th_pair_count_factory, pr, ai, delay,
+    cr_assert_eq(tpio__connect_addrs(pr->loop, &tpio__stream_ctor, th_pair_count_factory, pr, ai, delay,
                                      th_pair_on_conn, pr, NULL), 0);
     cr_assert(th_run_until(pr->loop, &pr->done, TMO), "no completion");
     cr_assert_eq(pr->err, order[0]->err, "first %s (delay %g): got %s, expected %s",
@@ -1054,7 +1054,7 @@ static void connect_two(th_pair_t *pr, uint16_t first, uint16_t second, double d
                               .ai_next = &ai[1]};
     ai[1] = (struct addrinfo){.ai_family = AF_INET, .ai_socktype = SOCK_STREAM,
                               .ai_addr = (struct sockaddr *)&ss[1], .ai_addrlen = l1};
-    cr_assert_eq(tpio__connect_addrs(pr->loop, th_pair_count_factory, pr, ai, delay,
+    cr_assert_eq(tpio__connect_addrs(pr->loop, &tpio__stream_ctor, th_pair_count_factory, pr, ai, delay,
                                      th_pair_on_conn, pr, NULL), 0);
 }
 

@@ -479,7 +479,7 @@ static void connect_list(conn_t *c, struct sockaddr_in *addrs, int n, double he_
                                   .ai_addr = (struct sockaddr *)&addrs[i],
                                   .ai_addrlen = sizeof addrs[i],
                                   .ai_next = i + 1 < n ? &ai[i + 1] : NULL};
-    int r = tpio__connect_addrs(th_fx.loop, factory, c, ai, he_delay, on_conn, c, NULL);
+    int r = tpio__connect_addrs(th_fx.loop, &tpio__stream_ctor, factory, c, ai, he_delay, on_conn, c, NULL);
     cr_assert_eq(r, 0, "tpio__connect_addrs: %s", tpio_err_name(r));
     cr_assert(!c->done, "completion ran inside the call");
 }
@@ -628,7 +628,7 @@ Test(connect, use_sock_datagram_socket_rejected, .timeout = 20)
     cr_assert_eq(getsockopt(d, SOL_SOCKET, SO_TYPE, &type, &tl), 0);
     cr_assert_eq(type, SOCK_DGRAM);
     /* and the same through connect_accepted_socket */
-    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, d, on_conn, c, NULL), -EPROTOTYPE);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, d, NULL, on_conn, c, NULL), -EPROTOTYPE);
     cr_assert_eq(fcntl(d, F_GETFL), fl);
     for (int i = 0; i < 5; i++)
         tpio_loop_run_once(th_fx.loop, 0.001);
@@ -647,7 +647,7 @@ Test(connect, accepted_socket, .timeout = 20)
     int s = accept4(c->l, NULL, NULL, SOCK_CLOEXEC); /* blocking, as accept() gives it */
     cr_assert_geq(s, 0);
     cr_assert_eq(fcntl(cl, F_SETFL, O_NONBLOCK), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, s, on_conn, c, NULL), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, s, NULL, on_conn, c, NULL), 0);
     cr_assert(!c->done);
     if (c->created)
         cr_assert(!c->created->made);
@@ -704,7 +704,7 @@ Test(connect, factory_refuses_accepted_socket, .timeout = 20)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     cr_assert_eq(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
     int fl = fcntl(sv[0], F_GETFL);
-    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], on_conn, c, NULL);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], NULL, on_conn, c, NULL);
     cr_assert(!c->done);
     if (r == 0) {
         wait_done(c, TMO);
@@ -735,10 +735,10 @@ Test(connect, bad_arguments, .timeout = 20)
     cr_assert_eq(tpio_loop_create_connection(th_fx.loop, factory, c, &nohost, on_conn, c, NULL), -EINVAL);
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, NULL, c, sv[0], on_conn, c, NULL), -EINVAL);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], NULL, c, NULL), -EINVAL);
-    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, -1, on_conn, c, NULL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(NULL, factory, c, sv[0], NULL, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, NULL, c, sv[0], NULL, on_conn, c, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, sv[0], NULL, NULL, c, NULL), -EINVAL);
+    int r = tpio_loop_connect_accepted_socket(th_fx.loop, factory, c, -1, NULL, on_conn, c, NULL);
     cr_assert(r == -EINVAL || r == -EBADF, "sock -1 gave %s", tpio_err_name(r));
     tpio_connect_opts_t badsock = {.size = sizeof badsock, .use_sock = TPIO_ON, .sock = -1};
     r = tpio_loop_create_connection(th_fx.loop, factory, c, &badsock, on_conn, c, NULL);

@@ -267,7 +267,7 @@ Test(reentry, error_return_leaves_the_socket_untouched, .timeout = 20)
     cr_assert_eq(connect(s, (struct sockaddr *)&sin, sizeof sin), 0);
     g_fail = true;
     th_conn_t c = {0};
-    int rc = tpio_loop_connect_accepted_socket(g_loop, th_factory, NULL, s, th_on_conn, &c,
+    int rc = tpio_loop_connect_accepted_socket(g_loop, th_factory, NULL, s, NULL, th_on_conn, &c,
                                                NULL);
     g_fail = false;
     cr_assert_eq(rc, -ENOMEM);
@@ -277,7 +277,7 @@ Test(reentry, error_return_leaves_the_socket_untouched, .timeout = 20)
     cr_assert_eq(getsockopt(s, IPPROTO_TCP, TCP_NODELAY, &nd, &nl), 0);
     cr_assert_eq(nd, 0, "TCP_NODELAY set");
     /* and the same call succeeds afterwards, with both */
-    cr_assert_eq(tpio_loop_connect_accepted_socket(g_loop, th_factory, NULL, s, th_on_conn, &c,
+    cr_assert_eq(tpio_loop_connect_accepted_socket(g_loop, th_factory, NULL, s, NULL, th_on_conn, &c,
                                                    NULL),
                  0);
     cr_assert(th_run_until(g_loop, &c.done, TH_TMO));

@@ -73,7 +73,7 @@ Test(shutdown, cancel_a_connection_that_never_completes, .timeout = 30)
                           .ai_addr = (struct sockaddr *)&s.addr, .ai_addrlen = sizeof s.addr};
     th_conn_t c = {0};
     never_factory_calls = 0;
-    cr_assert_eq(tpio__connect_addrs(loop, counting_factory, NULL, &ai, 0, th_on_conn, &c, NULL), 0);
+    cr_assert_eq(tpio__connect_addrs(loop, &tpio__stream_ctor, counting_factory, NULL, &ai, 0, th_on_conn, &c, NULL), 0);
     th_spin_for(loop, 0.2); /* the attempt is under way, and stays so */
     cr_assert_not(c.done);
     cr_assert_eq(tpio_loop_close(loop), -EBUSY, "an attempt is under way");
@@ -206,7 +206,7 @@ static void run_everything(tpio_shutdown_t how)
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t ad = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, &tmpl, sv[0], th_on_conn,
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, &tmpl, sv[0], NULL, th_on_conn,
                                                    &ad, NULL),
                  0);
 
@@ -365,7 +365,7 @@ Test(cancel, a_datagram_endpoint_and_an_adoption, .timeout = 30)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t a = {0};
     never_factory_calls = 0;
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, counting_factory, NULL, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, counting_factory, NULL, sv[0], NULL,
                                                    th_on_conn, &a, &h),
                  0);
     expect_cancelled(loop, &a, h);
@@ -383,7 +383,7 @@ Test(cancel, a_completed_request_cancels_nothing, .timeout = 30)
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t a = {0};
     tpio_handle_t h = 0;
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], th_on_conn, &a,
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], NULL, th_on_conn, &a,
                                                    &h),
                  0);
     cr_assert(th_run_until(loop, &a.done, TH_TMO));

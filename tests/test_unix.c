@@ -615,7 +615,7 @@ Test(unix_stream, connect_accepted_socket, .timeout = 20)
     unlink(f.path);
 
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, cli_factory, &f, afd, th_on_conn, &c, NULL), 0);
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, cli_factory, &f, afd, NULL, th_on_conn, &c, NULL), 0);
     cr_assert_eq(c.calls, 0);
     cr_assert(th_run_until(th_fx.loop, &c.done, TMO));
     cr_assert_eq(c.err, 0);

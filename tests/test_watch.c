@@ -355,7 +355,7 @@ Test(watch, refused_descriptors, .timeout = 10)
     struct log l = {0};
     g_log = &l;
     cr_assert_eq(tpio_loop_add_reader(pr->loop, sv[0], on_read, NULL), 0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0], NULL,
                                                    on_conn_never, NULL, NULL),
                  TPIO_EFDINUSE);
     cr_assert_eq(fcntl(sv[0], F_GETFD), FD_CLOEXEC, "the descriptor is untouched");
@@ -363,10 +363,10 @@ Test(watch, refused_descriptors, .timeout = 10)
     cr_assert(removed);
     /* the same descriptor handed over twice: the second is refused at once */
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0], NULL,
                                                    th_on_conn, &c, NULL),
                  0);
-    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0],
+    cr_assert_eq(tpio_loop_connect_accepted_socket(pr->loop, th_factory, NULL, sv[0], NULL,
                                                    on_conn_never, NULL, NULL),
                  TPIO_EFDINUSE);
     cr_assert_eq(tpio_loop_add_reader(pr->loop, sv[0], on_read, NULL), TPIO_EFDINUSE);
@@ -396,7 +396,7 @@ Test(watch, descriptor_free_after_its_transport, .timeout = 10)
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     th_conn_t c = {0};
-    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], th_on_conn, &c, NULL),
+    cr_assert_eq(tpio_loop_connect_accepted_socket(loop, th_factory, NULL, sv[0], NULL, th_on_conn, &c, NULL),
                  0);
     cr_assert(th_run_until(loop, &c.done, TH_TMO));
     cr_assert_eq(tpio_transport_close(c.t), 0);

@@ -18,6 +18,7 @@ struct adopt {
 
 static void adopt_end(tpio_loop_t *loop, struct adopt *a)
 {
+    tpio__ctor_release(a->ctor);
     tpio__request_done(loop, a->req);
     tpio__loop_release(loop);
     tpio__free(a);
@@ -71,8 +72,10 @@ int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
                 tpio_handle_t *request)
 {
     struct adopt *a = tpio__malloc(sizeof *a);
-    if (!a)
+    if (!a) {
+        tpio__ctor_release(ctor);
         return -ENOMEM;
+    }
     *a = (struct adopt){fd, kind, ctor, *conn, 0, 0, {0}};
     /* Claimed from now on: the same descriptor given twice is refused at
      * once, not closed under the first transport later. */
@@ -84,6 +87,7 @@ int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         tpio__fd_release(loop, fd);
     }
     if (rc < 0) {
+        tpio__ctor_release(ctor);
         tpio__free(a);
         return rc;
     }
@@ -91,4 +95,14 @@ int tpio__adopt(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
     if (request)
         *request = a->req;
     return 0;
+}
+
+int tpio__ctor_for(const tpio_tls_opts_t *tls, bool server, const char *host,
+                   const struct tpio__ctor **out)
+{
+    if (!tls) {
+        *out = &tpio__stream_ctor;
+        return 0;
+    }
+    return tpio__tls_ctor_new(tls, server, host, out);
 }

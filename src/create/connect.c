@@ -1,6 +1,6 @@
 /* create_connection and connect_accepted_socket: resolve, then try each
  * address in turn (or race them, RFC 8305 happy eyeballs), and give the
- * winner to the constructor (a stream transport today). */
+ * winner to the constructor (a stream transport, or TLS on one). */
 #include "create/create.h"
 
 #include <netinet/in.h>
@@ -41,6 +41,7 @@ static void req_release(struct tpio__resolve *r)
     tpio__free(q->p.r.local_host);
     tpio__free(q->addrs);
     tpio__free(q->att);
+    tpio__ctor_release(q->ctor);
     tpio__free(q);
 }
 
@@ -295,14 +296,25 @@ static void resolved(struct tpio__resolve *r)
 
 /* A connected stream socket of the user's. */
 static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
-                       int sock, tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
+                       int sock, const tpio_tls_opts_t *tls, bool server, tpio_connect_cb_t cb,
+                       void *cb_arg, tpio_handle_t *request)
 {
     int rc = tpio__sock_check(sock, SOCK_STREAM);
     if (rc < 0)
         return rc;
+    const struct tpio__ctor *ctor;
+    if ((rc = tpio__ctor_for(tls, server, NULL, &ctor)) < 0)
+        return rc;
     tpio_transport_kind_t kind = tpio__sock_kind(sock);
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
-    return tpio__adopt(loop, sock, kind, &tpio__stream_ctor, &conn, request);
+    return tpio__adopt(loop, sock, kind, ctor, &conn, request);
+}
+
+int tpio__wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+                      int sock, const tpio_tls_opts_t *tls, tpio_connect_cb_t cb, void *cb_arg,
+                      tpio_handle_t *request)
+{
+    return wrap_socket(loop, factory, factory_arg, sock, tls, false, cb, cb_arg, request);
 }
 
 /* Cancelled: the attempts end now (the completion follows from the loop). */
@@ -316,23 +328,28 @@ static void req_stop(struct tpio__pending *p)
         stop_attempt(q, &q->att[i]);
 }
 
-static struct conn_req *req_new(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                                void *factory_arg, tpio_connect_cb_t cb, void *cb_arg)
+/* The request owns ctor from here on (released on failure too). */
+static struct conn_req *req_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
+                                tpio_protocol_factory_t factory, void *factory_arg,
+                                tpio_connect_cb_t cb, void *cb_arg)
 {
     struct conn_req *q = tpio__calloc(1, sizeof *q);
-    if (!q)
+    if (!q) {
+        tpio__ctor_release(ctor);
         return NULL;
+    }
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
     if (tpio__pending_init(&q->p, loop, &conn, req_release, req_stop) < 0) {
+        tpio__ctor_release(ctor);
         tpio__free(q);
         return NULL;
     }
-    q->ctor = &tpio__stream_ctor;
+    q->ctor = ctor;
     return q;
 }
 
-/* tpio_connect_opts_t as of 0.2. */
-#define CONNECT_OPTS_V1 sizeof(tpio_connect_opts_t)
+/* tpio_connect_opts_t as of 0.2 (0.3 added tls). */
+#define CONNECT_OPTS_V1 offsetof(tpio_connect_opts_t, tls)
 
 int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                                 void *factory_arg, const tpio_connect_opts_t *opts,
@@ -350,12 +367,16 @@ int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t facto
     if (use_sock) {
         if (o.host || o.local_host)
             return -EINVAL; /* asyncio: host/port and sock are exclusive */
-        return wrap_socket(loop, factory, factory_arg, o.sock, cb, cb_arg, request);
+        return wrap_socket(loop, factory, factory_arg, o.sock, o.tls, false, cb, cb_arg,
+                           request);
     }
     if (!o.host || !*o.host || !(o.happy_eyeballs_delay >= 0) || o.interleave < 0 ||
         (o.family != AF_UNSPEC && o.family != AF_INET && o.family != AF_INET6))
         return -EINVAL;
-    struct conn_req *q = req_new(loop, factory, factory_arg, cb, cb_arg);
+    const struct tpio__ctor *ctor;
+    if ((rc = tpio__ctor_for(o.tls, false, o.host, &ctor)) < 0)
+        return rc;
+    struct conn_req *q = req_new(loop, ctor, factory, factory_arg, cb, cb_arg);
     if (!q)
         return -ENOMEM;
     q->delay = o.happy_eyeballs_delay;
@@ -384,12 +405,13 @@ int tpio_loop_create_connection(tpio_loop_t *loop, tpio_protocol_factory_t facto
 }
 
 int tpio_loop_connect_accepted_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
-                                      void *factory_arg, int sock, tpio_connect_cb_t cb,
-                                      void *cb_arg, tpio_handle_t *request)
+                                      void *factory_arg, int sock, const tpio_tls_opts_t *tls,
+                                      tpio_connect_cb_t cb, void *cb_arg,
+                                      tpio_handle_t *request)
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
-    return wrap_socket(loop, factory, factory_arg, sock, cb, cb_arg, request);
+    return wrap_socket(loop, factory, factory_arg, sock, tls, true, cb, cb_arg, request);
 }
 
 static void start_fixed(tpio_loop_t *loop, void *arg)
@@ -399,22 +421,26 @@ static void start_fixed(tpio_loop_t *loop, void *arg)
     resolved(&q->p.r);
 }
 
-int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,
+int tpio__connect_addrs(tpio_loop_t *loop, const struct tpio__ctor *ctor,
+                        tpio_protocol_factory_t factory, void *factory_arg,
                         const struct addrinfo *list, double happy_eyeballs_delay,
                         tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     size_t n = 0;
     for (const struct addrinfo *a = list; a; a = a->ai_next) {
         if (a->ai_addrlen > sizeof(struct sockaddr_storage))
-            return -EINVAL;
-        n++;
+            n = SIZE_MAX;
+        if (n != SIZE_MAX)
+            n++;
     }
-    if (n == 0)
-        return -EINVAL;
     /* one block: n addrinfo entries, then n address buffers */
-    struct addrinfo *ai = tpio__calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
-    if (!ai)
-        return -ENOMEM;
+    struct addrinfo *ai = n == 0 || n == SIZE_MAX
+                              ? NULL
+                              : tpio__calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
+    if (!ai) {
+        tpio__ctor_release(ctor);
+        return n == 0 || n == SIZE_MAX ? -EINVAL : -ENOMEM;
+    }
     struct sockaddr_storage *addrs = (struct sockaddr_storage *)(ai + n);
     size_t i = 0;
     for (const struct addrinfo *a = list; a; a = a->ai_next, i++) {
@@ -426,7 +452,7 @@ int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
         memcpy(&addrs[i], a->ai_addr, a->ai_addrlen);
         ai[i].ai_next = i + 1 < n ? &ai[i + 1] : NULL;
     }
-    struct conn_req *q = req_new(loop, factory, factory_arg, cb, cb_arg);
+    struct conn_req *q = req_new(loop, ctor, factory, factory_arg, cb, cb_arg);
     if (!q) {
         tpio__free(ai);
         return -ENOMEM;

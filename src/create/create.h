@@ -6,11 +6,17 @@
 #ifndef TPIO_CREATE_H
 #define TPIO_CREATE_H
 
-#include "transport/transport.h"
+#include "tls/tls.h"
 
 #define TPIO__DEFAULT_BACKLOG 100
 /* asyncio's ACCEPT_RETRY_DELAY: pause accepting this long after EMFILE. */
 #define TPIO__ACCEPT_RETRY_DELAY 1.0
+
+/* The constructor for a connection with these TLS options (NULL: the stream
+ * transport's); `host` is a client's default server_hostname. Whoever it is
+ * given to below releases it, on failure too. */
+TPIO__HIDDEN int tpio__ctor_for(const tpio_tls_opts_t *tls, bool server, const char *host,
+                                const struct tpio__ctor **out);
 
 /* Adopt a ready descriptor: the constructor runs from the loop (the factory
  * too, as in asyncio, never inside the user's call); a refusal or failure
@@ -46,15 +52,22 @@ TPIO__HIDDEN void tpio__pending_end(struct tpio__pending *p);
 /* End it with err for its completion. */
 TPIO__HIDDEN void tpio__pending_fail(struct tpio__pending *p, int err);
 
+/* A connected stream socket of the user's, as the client side. */
+TPIO__HIDDEN int tpio__wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+                                   void *factory_arg, int sock, const tpio_tls_opts_t *tls,
+                                   tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request);
+
 /* Connect to addresses known in advance (a Unix path; tests use it to try
  * a list without DNS); completion as for tpio_loop_create_connection. */
-TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, tpio_protocol_factory_t factory,
+TPIO__HIDDEN int tpio__connect_addrs(tpio_loop_t *loop, const struct tpio__ctor *ctor,
+                                     tpio_protocol_factory_t factory,
                                      void *factory_arg, const struct addrinfo *list,
                                      double happy_eyeballs_delay, tpio_connect_cb_t cb,
                                      void *cb_arg, tpio_handle_t *request);
 
 /* Serve already bound sockets (listen() is called here), building each
- * accepted connection with ctor. On success they belong to the server;
+ * accepted connection with ctor, which the server releases (on failure
+ * too). On success the sockets belong to the server;
  * `unlink_path` (may be NULL) is removed at close if it still names the
  * socket file created by bind. */
 TPIO__HIDDEN int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,

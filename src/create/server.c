@@ -53,6 +53,7 @@ static void server_unref(tpio_server_t *s)
         return;
     tpio__list_del(&s->owned);
     tpio__loop_release(s->loop);
+    tpio__ctor_release(s->ctor);
     tpio__free(s->unlink_path);
     tpio__free(s->ls);
     tpio__free(s);
@@ -188,6 +189,7 @@ static int server_undo(tpio_server_t *s, size_t nclaimed, int err)
 {
     for (size_t i = 0; i < nclaimed; i++)
         tpio__fd_release(s->loop, s->ls[i].io.fd);
+    tpio__ctor_release(s->ctor);
     tpio__free(s->unlink_path);
     tpio__free(s->ls);
     tpio__free(s);
@@ -203,6 +205,7 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
     struct listener *ls = s ? tpio__calloc(nfds, sizeof *ls) : NULL;
     char *path = s && unlink_path ? tpio__strdup(unlink_path) : NULL;
     if (!s || !ls || (unlink_path && !path)) {
+        tpio__ctor_release(ctor);
         tpio__free(s);
         tpio__free(ls);
         tpio__free(path);
@@ -252,8 +255,8 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
     return 0;
 }
 
-/* tpio_server_opts_t as of 0.2. */
-#define SERVER_OPTS_V1 sizeof(tpio_server_opts_t)
+/* tpio_server_opts_t as of 0.2 (0.3 added tls). */
+#define SERVER_OPTS_V1 offsetof(tpio_server_opts_t, tls)
 
 int tpio_loop_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory,
                             void *factory_arg, const tpio_server_opts_t *opts,
@@ -280,15 +283,21 @@ int tpio_loop_create_server(tpio_loop_t *loop, tpio_protocol_factory_t factory,
             if (rc)
                 return rc;
         }
-        return tpio__server_new(loop, &tpio__stream_ctor, factory, factory_arg, o.socks,
-                                o.nsocks, backlog, start, NULL, out);
     }
+    const struct tpio__ctor *ctor;
+    if ((rc = tpio__ctor_for(o.tls, true, NULL, &ctor)) < 0)
+        return rc;
+    if (o.nsocks)
+        return tpio__server_new(loop, ctor, factory, factory_arg, o.socks, o.nsocks, backlog,
+                                start, NULL, out);
     int *fds = NULL;
     size_t n = 0;
     rc = tpio__bind_hosts(&o, &fds, &n);
     if (rc == 0)
-        rc = tpio__server_new(loop, &tpio__stream_ctor, factory, factory_arg, fds, n, backlog,
-                              start, NULL, out);
+        rc = tpio__server_new(loop, ctor, factory, factory_arg, fds, n, backlog, start, NULL,
+                              out);
+    else
+        tpio__ctor_release(ctor);
     if (rc)
         for (size_t i = 0; i < n; i++)
             close(fds[i]);

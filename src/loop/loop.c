@@ -465,6 +465,13 @@ fail:
     return rc;
 }
 
+unsigned char *tpio__loop_layer_buf(tpio_loop_t *loop)
+{
+    if (!loop->layer_buf)
+        loop->layer_buf = tpio__aligned_alloc(4096, TPIO__LAYER_BUF_SIZE);
+    return loop->layer_buf;
+}
+
 int tpio_loop_close(tpio_loop_t *loop)
 {
     if (!loop)
@@ -481,6 +488,7 @@ int tpio_loop_close(tpio_loop_t *loop)
     tpio__free(loop->slots);
     tpio__free(loop->heap);
     tpio__aligned_free(loop->rbuf);
+    tpio__aligned_free(loop->layer_buf);
     tpio__free(loop->spare_chunk);
     tpio__free(loop);
     tpio__allocator_release();

@@ -80,6 +80,9 @@ struct tpio_loop {
      * buffer's one cached chunk (a plain allocation, freed at close). */
     unsigned char *rbuf;
     void *spare_chunk;
+    /* A second buffer of TPIO__LAYER_BUF_SIZE for a layer that transforms
+     * what was read into rbuf (TLS decrypts into it); made on first use. */
+    unsigned char *layer_buf;
 
     /* Transports, servers and connection attempts alive: the loop refuses
      * to close while any exists. */
@@ -106,6 +109,10 @@ struct tpio_loop {
         void *arg;
     } *sig_handlers;
 };
+
+#define TPIO__LAYER_BUF_SIZE (64 * 1024)
+/* The loop's layer buffer (see layer_buf), or NULL without memory. */
+TPIO__HIDDEN unsigned char *tpio__loop_layer_buf(tpio_loop_t *loop);
 
 TPIO__HIDDEN uint64_t tpio__now_ns(void);
 /* Schedule n->cb(loop, n) as call_soon would; when no slot can be had, it

@@ -346,4 +346,4 @@ static int dgram_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
     return rc;
 }
 
-const struct tpio__ctor tpio__datagram_ctor = {dgram_build};
+const struct tpio__ctor tpio__datagram_ctor = {dgram_build, NULL};

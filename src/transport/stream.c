@@ -613,7 +613,7 @@ static int stream_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd
     return rc;
 }
 
-const struct tpio__ctor tpio__stream_ctor = {stream_build};
+const struct tpio__ctor tpio__stream_ctor = {stream_build, NULL};
 
 /* ---- a writer in the transport's place (sendfile) ------------------------------ */
 

@@ -45,6 +45,18 @@ void tpio__transport_abandon(tpio_transport_t *t)
     tpio__loop_release(loop);
 }
 
+void tpio__transport_disown(tpio_transport_t *t)
+{
+    if (!t->member.set)
+        tpio__list_del(&t->member.link);
+}
+
+void tpio__transport_reown(tpio_transport_t *t)
+{
+    if (!t->member.set && !t->lost_scheduled && tpio__list_empty(&t->member.link))
+        tpio__loop_own(t->loop, TPIO__OWNED_TRANSPORTS, &t->member.link, transport_end);
+}
+
 int tpio__transport_take_fd(tpio_transport_t *t, struct tpio__io *io, int fd, tpio__io_cb cb)
 {
     tpio__io_init(io, -1, cb);
@@ -484,7 +496,7 @@ int tpio_transport_get_write_buffer_size(const tpio_transport_t *t, size_t *size
         return -EINVAL;
     if (!writable(t))
         return -ENOTSUP;
-    *size = t->wsize;
+    *size = t->vt->write_buffer_size ? t->vt->write_buffer_size(t) : t->wsize;
     return 0;
 }
 
@@ -510,6 +522,8 @@ int tpio_transport_set_write_buffer_limits(tpio_transport_t *t, ssize_t high, ss
         return -EINVAL;
     t->high = h;
     t->low = l;
+    if (t->vt->limits_changed)
+        t->vt->limits_changed(t);
     tpio__maybe_pause_protocol(t);
     return 0;
 }

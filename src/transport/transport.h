@@ -41,6 +41,11 @@ struct tpio__transport_vt {
                   const struct sockaddr *addr, socklen_t addrlen);
     int (*extra_info)(const tpio_transport_t *t, const char *name, tpio_extra_t *out);
     int (*fd)(const tpio_transport_t *t);
+    /* A layer whose bytes wait in the transport below (TLS): the buffered
+     * size, asked when the user asks, and the watermarks, passed down when
+     * they change. Optional. */
+    size_t (*write_buffer_size)(const tpio_transport_t *t);
+    void (*limits_changed)(tpio_transport_t *t);
     /* After connection_made returned (optional). */
     void (*started)(tpio_transport_t *t);
     /* Ending: stop watching the fd (at once), then release it (after
@@ -190,14 +195,22 @@ struct tpio__conn {
 /* A constructor: builds the transport (or the stack of transports: TLS sits
  * on a stream transport) for a connected descriptor and gives the top-most
  * one to the connection. Returns 0 — the descriptor is the transport's, the
- * factory has run or will run, and the completion will be called exactly
- * once — or -errno with the descriptor untouched and nothing called. Called
- * from the loop. */
+ * factory has run or will run unless the layer fails first (a TLS
+ * handshake), and the completion will be called exactly once — or -errno
+ * with the descriptor untouched and nothing called. Called from the loop.
+ * `release` (NULL for static ones) frees a constructor made for one call or
+ * one server, once its owner is done with it. */
 struct tpio__ctor {
     int (*build)(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
                  tpio_transport_kind_t kind, const struct sockaddr *peer,
                  socklen_t peerlen, const struct tpio__conn *conn);
+    void (*release)(const struct tpio__ctor *self);
 };
+static inline void tpio__ctor_release(const struct tpio__ctor *c)
+{
+    if (c && c->release)
+        c->release(c);
+}
 
 /* For constructors: give the new, not yet started transport t to conn —
  * schedule its start, ask the factory for the protocol, join the set. On
@@ -206,6 +219,12 @@ struct tpio__ctor {
 TPIO__HIDDEN int tpio__transport_open(tpio_transport_t *t, const struct tpio__conn *conn);
 /* Free a transport that never started (its descriptor is left alone). */
 TPIO__HIDDEN void tpio__transport_abandon(tpio_transport_t *t);
+/* A transport a layer sits on is the layer's to end, not the loop's: out of
+ * the loop's list (shutdown ends the layer, which ends it) and back in when
+ * the layer leaves it to finish alone. A server's member stays the
+ * server's. */
+TPIO__HIDDEN void tpio__transport_disown(tpio_transport_t *t);
+TPIO__HIDDEN void tpio__transport_reown(tpio_transport_t *t);
 
 /* The subprocess transport for a started child (create/process.c): pipes
  * from parent[] (-1: none) and the exit watched on pidfd. On failure the

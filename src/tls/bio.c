@@ -1,0 +1,119 @@
+/* OpenSSL's I/O: a BIO of the layer's own instead of memory BIOs. Reads
+ * take ciphertext where the transport below read it (the loop's buffer),
+ * which saves the copy into a memory BIO; what OpenSSL leaves unread when
+ * the protocol pauses goes to a per-connection stash, freed once drained,
+ * so an idle connection holds no buffer. Writes go straight to the
+ * transport below, which sends at once or keeps the rest (h2o does the
+ * same). */
+#include "tls/tls.h"
+
+#include <pthread.h>
+#include <string.h>
+
+static BIO_METHOD *method;
+static pthread_once_t method_once = PTHREAD_ONCE_INIT;
+
+static int bio_read(BIO *b, char *out, size_t len, size_t *got)
+{
+    struct tpio__tls *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t n = 0;
+    if (s->stash_len) {
+        n = s->stash_len < len ? s->stash_len : len;
+        memcpy(out, s->stash + s->stash_off, n);
+        s->stash_off += n;
+        s->stash_len -= n;
+        if (s->stash_len == 0)
+            s->stash_off = 0;
+    }
+    if (n < len && s->in_len) {
+        size_t m = s->in_len < len - n ? s->in_len : len - n;
+        memcpy(out + n, s->in, m);
+        s->in += m;
+        s->in_len -= m;
+        n += m;
+    }
+    if (n == 0) {
+        /* Nothing yet: OpenSSL answers WANT_READ, and the layer feeds it
+         * when the transport below reads more. */
+        BIO_set_retry_read(b);
+        return 0;
+    }
+    *got = n;
+    return 1;
+}
+
+static int bio_write(BIO *b, const char *data, size_t len, size_t *put)
+{
+    struct tpio__tls *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    /* The transport below sends now or keeps the rest; once it is closing
+     * it drops the bytes, as any transport does after close. */
+    if (s->inner && tpio_transport_write(s->inner, data, len) < 0)
+        return 0;
+    *put = len;
+    return 1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* every write was handed to the transport below */
+    case BIO_CTRL_PENDING:
+    case BIO_CTRL_WPENDING:
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static void make_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tpio");
+    if (m && BIO_meth_set_read_ex(m, bio_read) && BIO_meth_set_write_ex(m, bio_write) &&
+        BIO_meth_set_ctrl(m, bio_ctrl)) {
+        method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+BIO *tpio__tls_bio_new(struct tpio__tls *s)
+{
+    pthread_once(&method_once, make_method);
+    if (!method)
+        return NULL;
+    BIO *b = BIO_new(method);
+    if (!b)
+        return NULL;
+    BIO_set_data(b, s);
+    BIO_set_init(b, 1);
+    return b;
+}
+
+int tpio__tls_keep_input(struct tpio__tls *s)
+{
+    if (!s->in_len)
+        return 0;
+    if (s->stash_off && s->stash_len + s->in_len > s->stash_cap - s->stash_off) {
+        memmove(s->stash, s->stash + s->stash_off, s->stash_len);
+        s->stash_off = 0;
+    }
+    size_t need = s->stash_off + s->stash_len + s->in_len;
+    if (need > s->stash_cap) {
+        unsigned char *p = tpio__realloc(s->stash, need);
+        if (!p)
+            return -ENOMEM;
+        s->stash = p;
+        s->stash_cap = need;
+    }
+    memcpy(s->stash + s->stash_off + s->stash_len, s->in, s->in_len);
+    s->stash_len += s->in_len;
+    s->in += s->in_len;
+    s->in_len = 0;
+    return 0;
+}

@@ -1,0 +1,437 @@
+/* TLS transports, tpio against tpio and against a plain OpenSSL peer in a
+ * thread: the handshake and what the user sees of it, verification
+ * failures, the extra info, closing (close_notify both ways, a peer that
+ * never answers, data after close_notify, EOF without close_notify),
+ * timeouts, a server that meets non-TLS clients, pause/resume draining
+ * what OpenSSL holds, flow control. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <tpio.h>
+#include "helpers.h"
+#include "tls_helpers.h"
+
+#define TMO 30
+
+TestSuite(tls, .init = th_fx_init, .fini = th_fx_fini);
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+typedef struct srv {
+    th_proto_t tmpl;
+    size_t calls;
+    th_proto_t *last;
+    tpio_server_t *s;
+    uint16_t port;
+} srv_t;
+
+static tpio_protocol_t *srv_factory(void *arg)
+{
+    srv_t *sv = arg;
+    sv->calls++;
+    tpio_protocol_t *p = th_factory(&sv->tmpl);
+    sv->last = th_fx_own(tpio_container_of(p, th_proto_t, base));
+    return p;
+}
+
+static uint16_t server_port(tpio_server_t *s)
+{
+    struct sockaddr_storage a;
+    socklen_t len = sizeof a;
+    cr_assert_eq(tpio_server_get_sockname(s, 0, &a, &len), 0);
+    return ntohs(((struct sockaddr_in *)&a)->sin_port);
+}
+
+/* A TLS echo server (or one whose protocols follow sv->tmpl) on 127.0.0.1. */
+static void tls_server(srv_t *sv, SSL_CTX *ctx, const tpio_tls_opts_t *extra)
+{
+    tpio_tls_opts_t tls = extra ? *extra : TPIO_OPTS(tpio_tls_opts_t);
+    tls.ctx = ctx;
+    tpio_server_opts_t o = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &tls);
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, srv_factory, sv, &o, &sv->s), 0);
+    sv->port = server_port(sv->s);
+}
+
+static void close_server(srv_t *sv)
+{
+    bool done = false;
+    cr_assert_eq(tpio_server_close(sv->s), 0);
+    cr_assert_eq(tpio_server_wait_closed(sv->s, th_done_flag, &done, NULL), 0);
+    cr_assert(th_run_until(th_fx.loop, &done, TH_TMO));
+}
+
+static tpio_protocol_t *client_factory(void *arg)
+{
+    th_proto_t *p = th_fx_own(th_proto_new(NULL));
+    const th_proto_t *tmpl = arg;
+    if (tmpl) {
+        p->base.ops = tmpl->base.ops;
+        p->echo = tmpl->echo;
+    }
+    return &p->base;
+}
+
+static void tls_connect(uint16_t port, SSL_CTX *ctx, const tpio_tls_opts_t *extra,
+                        const th_proto_t *tmpl, th_conn_t *c)
+{
+    tpio_tls_opts_t tls = extra ? *extra : TPIO_OPTS(tpio_tls_opts_t);
+    tls.ctx = ctx;
+    tpio_connect_opts_t o =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = port, .tls = &tls);
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, (void *)tmpl, &o,
+                                             th_on_conn, c, NULL),
+                 0);
+}
+
+static void run_until_lost(th_proto_t *p)
+{
+    cr_assert(th_run_until(th_fx.loop, &p->lost, TH_TMO), "events: %s", p->events);
+}
+
+/* A plain TCP listener (nothing TLS about it) and its port. */
+static int plain_listener(uint16_t *port) { return th_listen_v4(port); }
+
+static int accept_one(int lfd)
+{
+    int fd;
+    for (int i = 0; i < 5000; i++) {
+        th_run_iters(th_fx.loop, 1);
+        fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+        if (fd >= 0)
+            return fd;
+        cr_assert(errno == EAGAIN, "accept: %s", strerror(errno));
+    }
+    cr_assert_fail("nothing connected");
+    return -1;
+}
+
+/* ---- the handshake and the connection ---------------------------------------------- */
+
+Test(tls, echo_and_extra_info, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.echo = true};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, NULL, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s: %s", tpio_err_name(c.err), tpio_tls_last_error());
+    cr_assert_str_eq(c.p->events, "made");
+    tpio_transport_t *t = c.t;
+    cr_assert_eq(th_kind(t), TPIO_TRANSPORT_TLS);
+    cr_assert_not(th_can_write_eof(t));
+    cr_assert_eq(tpio_transport_write_eof(t), -ENOTSUP);
+
+    tpio_extra_t e;
+    cr_assert_eq(tpio_transport_get_extra_info(t, "sslcontext", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_PTR);
+    cr_assert_eq(e.ptr, cctx);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "ssl_object", &e), 0);
+    SSL *ssl = e.ptr;
+    cr_assert_eq(SSL_get_SSL_CTX(ssl), cctx);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "peercert", &e), 0);
+    X509_NAME *n = X509_get_subject_name(e.ptr);
+    char cn[64];
+    X509_NAME_get_text_by_NID(n, NID_commonName, cn, sizeof cn);
+    cr_assert_str_eq(cn, "localhost");
+    cr_assert_eq(tpio_transport_get_extra_info(t, "cipher", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_STR);
+    cr_assert_str_eq(e.str, "TLS_AES_256_GCM_SHA384");
+    const char *name, *version;
+    int bits;
+    cr_assert_eq(tpio_tls_get_cipher(t, &name, &version, &bits), 0);
+    cr_assert_str_eq(name, "TLS_AES_256_GCM_SHA384");
+    cr_assert_str_eq(version, "TLSv1.3");
+    cr_assert_eq(bits, 256);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "compression", &e), -ENOENT);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "alpn_protocol", &e), -ENOENT);
+    cr_assert_eq(tpio_transport_get_extra_info(t, "socket", &e), 0);
+    cr_assert_eq(e.type, TPIO_EXTRA_FD);
+    cr_assert_eq(th_fd(t), e.fd);
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    cr_assert_eq(tpio_transport_get_peername(t, &peer, &plen), 0);
+    cr_assert_eq(ntohs(((struct sockaddr_in *)&peer)->sin_port), sv.port);
+
+    cr_assert_eq(tpio_transport_write(t, "hello", 5), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c.p->rxlen, 5, TH_TMO));
+    cr_assert_eq(memcmp(c.p->rx, "hello", 5), 0);
+    cr_assert_eq(sv.calls, 1);
+    cr_assert_eq(th_conn_count(sv.s), 1);
+
+    /* close: our close_notify, the server's eof_received and its own
+     * close_notify, then connection_lost(0) on both sides */
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    run_until_lost(c.p);
+    cr_assert_str_eq(c.p->events, "made,data,lost:0");
+    run_until_lost(sv.last);
+    cr_assert_str_eq(sv.last->events, "made,data,eof,lost:0");
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, buffered_protocol_and_read_size, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.echo = true};
+    sv.tmpl.base.ops = &th_buffered_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    th_proto_t tmpl = {.base.ops = &th_buffered_proto_ops};
+    tls_connect(sv.port, cctx, NULL, &tmpl, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s", tpio_tls_last_error());
+    static unsigned char big[200000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = th_pat(i);
+    cr_assert_eq(tpio_transport_write(c.t, big, sizeof big), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c.p->rxlen, sizeof big, TH_TMO));
+    cr_assert_eq(memcmp(c.p->rx, big, sizeof big), 0);
+    /* a get_buffer may go unanswered (a record was not complete yet) */
+    cr_assert(strncmp(c.p->events, "made,getbuf,", 12) == 0, "%s", c.p->events);
+    cr_assert_not_null(strstr(c.p->events, "getbuf,updated"));
+    cr_assert_null(strstr(c.p->events, "data"));
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    run_until_lost(c.p);
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* ---- verification failures ------------------------------------------------------ */
+
+static void expect_failure(SSL_CTX *sctx, SSL_CTX *cctx, const tpio_tls_opts_t *copts,
+                           int want, const char *words)
+{
+    srv_t sv = {0};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, copts, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, want, "%s (%s), want %s", tpio_err_name(c.err), tpio_tls_last_error(),
+                 tpio_err_name(want));
+    cr_assert_null(c.t);
+    cr_assert_eq(c.calls, 1);
+    cr_assert(strstr(tpio_tls_last_error(), words), "message: %s", tpio_tls_last_error());
+    /* the server's side of it: dropped, the factory never ran */
+    size_t zero = 0;
+    (void)zero;
+    for (int i = 0; i < 200 && th_conn_count(sv.s); i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(th_conn_count(sv.s), 0);
+    cr_assert_eq(sv.calls, 0);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, untrusted_ca, .timeout = TMO)
+{
+    SSL_CTX *cctx;
+    cr_assert_eq(tpio_tls_client_context(&cctx, th_pki()->other_ca), 0);
+    expect_failure(th_tls_server_ctx(0, 0), cctx, NULL, TPIO_ETLS_VERIFY,
+                   "certificate verify failed: unable to get local issuer certificate");
+}
+
+Test(tls, wrong_hostname, .timeout = TMO)
+{
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .server_hostname = "example.com");
+    expect_failure(th_tls_server_ctx(0, 0), th_tls_client_ctx(0, 0), &o, TPIO_ETLS_VERIFY,
+                   "certificate verify failed: hostname mismatch");
+}
+
+Test(tls, expired_certificate, .timeout = TMO)
+{
+    SSL_CTX *sctx;
+    cr_assert_eq(tpio_tls_server_context(&sctx, th_pki()->expired, th_pki()->expired_key), 0);
+    expect_failure(sctx, th_tls_client_ctx(0, 0), NULL, TPIO_ETLS_VERIFY,
+                   "certificate verify failed: certificate has expired");
+}
+
+Test(tls, client_certificate_required, .timeout = TMO)
+{
+    /* TLS 1.2: the server refuses inside the client's handshake */
+    SSL_CTX *sctx = th_tls_server_ctx(0, TLS1_2_VERSION);
+    SSL_CTX_set_verify(sctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_load_verify_locations(sctx, th_pki()->ca, NULL);
+    expect_failure(sctx, th_tls_client_ctx(0, 0), NULL, TPIO_ETLS, "handshake failure");
+}
+
+Test(tls, client_certificate_given, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    SSL_CTX_set_verify(sctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_load_verify_locations(sctx, th_pki()->ca, NULL);
+    cr_assert_eq(SSL_CTX_use_certificate_file(cctx, th_pki()->client, SSL_FILETYPE_PEM), 1);
+    cr_assert_eq(SSL_CTX_use_PrivateKey_file(cctx, th_pki()->client_key, SSL_FILETYPE_PEM), 1);
+    srv_t sv = {.tmpl.echo = true};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, NULL, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s", tpio_tls_last_error());
+    cr_assert_eq(tpio_transport_write(c.t, "x", 1), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c.p->rxlen, 1, TH_TMO));
+    /* the server sees the client's certificate */
+    tpio_extra_t e;
+    cr_assert_eq(tpio_transport_get_extra_info(sv.last->t, "peercert", &e), 0);
+    char cn[64];
+    X509_NAME_get_text_by_NID(X509_get_subject_name(e.ptr), NID_commonName, cn, sizeof cn);
+    cr_assert_str_eq(cn, "tpio test client");
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    run_until_lost(c.p);
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* ---- the handshake's own failures ---------------------------------------------------- */
+
+Test(tls, handshake_timeout, .timeout = TMO)
+{
+    uint16_t port;
+    int lfd = plain_listener(&port);
+    th_conn_t c = {0};
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .handshake_timeout = 0.2);
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    tls_connect(port, cctx, &o, NULL, &c);
+    int fd = accept_one(lfd); /* and it never answers */
+    double t0 = th_now_s();
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, -ETIMEDOUT, "%s", tpio_err_name(c.err));
+    cr_assert(th_now_s() - t0 < 2.0);
+    cr_assert(strstr(tpio_tls_last_error(), "handshake"), "%s", tpio_tls_last_error());
+    /* the socket was closed: the peer reads the ClientHello, then EOF */
+    char buf[4096];
+    ssize_t n;
+    int fl = 0;
+    while ((n = recv(fd, buf, sizeof buf, 0)) != 0) {
+        if (n < 0 && errno == EAGAIN) {
+            th_run_iters(th_fx.loop, 1);
+            cr_assert(++fl < 100000);
+            continue;
+        }
+        cr_assert(n > 0 || errno == ECONNRESET, "%s", strerror(errno));
+        if (n < 0)
+            break;
+    }
+    close(fd);
+    close(lfd);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, peer_leaves_during_handshake, .timeout = TMO)
+{
+    uint16_t port;
+    int lfd = plain_listener(&port);
+    th_conn_t c = {0};
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    tls_connect(port, cctx, NULL, NULL, &c);
+    close(accept_one(lfd));
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, -ECONNRESET, "%s", tpio_err_name(c.err));
+    cr_assert_null(c.t);
+    th_run_iters(th_fx.loop, 3); /* the transports it made go */
+    close(lfd);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, server_drops_plain_clients, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.echo = true};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sv.port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* a plain-HTTP client, and a port scanner that connects and leaves */
+    int http = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int scan = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    connect(http, (struct sockaddr *)&a, sizeof a);
+    connect(scan, (struct sockaddr *)&a, sizeof a);
+    size_t two = 2;
+    (void)two;
+    for (int i = 0; i < 1000 && th_conn_count(sv.s) < 2; i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(th_conn_count(sv.s), 2); /* handshakes count as connections */
+    const char req[] = "GET / HTTP/1.0\r\n\r\n";
+    cr_assert_eq(send(http, req, sizeof req - 1, 0), (ssize_t)sizeof req - 1);
+    close(scan);
+    for (int i = 0; i < 5000 && th_conn_count(sv.s); i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(th_conn_count(sv.s), 0);
+    cr_assert_eq(sv.calls, 0);
+    close(http);
+    /* and it goes on serving */
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, NULL, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s", tpio_tls_last_error());
+    /* TLS 1.3: the server's handshake ends after the client's */
+    cr_assert(th_run_until_count(th_fx.loop, &sv.calls, 1, TH_TMO));
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    run_until_lost(c.p);
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, bad_arguments, .timeout = TMO)
+{
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    th_conn_t c = {0};
+    tpio_tls_opts_t none = TPIO_OPTS(tpio_tls_opts_t);
+    tpio_connect_opts_t o =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = 1, .tls = &none);
+    /* no context */
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, NULL),
+                 -EINVAL);
+    /* a server must not name a server */
+    tpio_tls_opts_t named = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .server_hostname = "x");
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &named);
+    tpio_server_t *s;
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, srv_factory, NULL, &so, &s), -EINVAL);
+    /* a Unix client must name the server */
+    tpio_tls_opts_t anon = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    tpio_unix_opts_t uo = TPIO_OPTS(tpio_unix_opts_t, .path = "/tmp/tpio-none", .tls = &anon);
+    cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, client_factory, NULL, &uo,
+                                                  th_on_conn, &c, NULL),
+                 -EINVAL);
+    /* negative timeouts; initial_data outside start_tls */
+    tpio_tls_opts_t neg = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .handshake_timeout = -1);
+    o.tls = &neg;
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, NULL),
+                 -EINVAL);
+    tpio_tls_opts_t pre = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .initial_data = "x",
+                                    .initial_len = 1);
+    o.tls = &pre;
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, NULL),
+                 -EINVAL);
+    /* the helpers */
+    cr_assert_eq(tpio_tls_client_context(NULL, NULL), -EINVAL);
+    SSL_CTX *x;
+    cr_assert_eq(tpio_tls_client_context(&x, "/nonexistent/ca.pem"), -ENOENT);
+    cr_assert_eq(tpio_tls_server_context(&x, "/nonexistent", th_pki()->key), -ENOENT);
+    cr_assert_eq(tpio_tls_server_context(&x, th_pki()->cert, th_pki()->client_key), TPIO_ETLS);
+    cr_assert(strstr(tpio_tls_last_error(), "private key"), "%s", tpio_tls_last_error());
+    cr_assert_eq(tpio_tls_get_cipher(NULL, NULL, NULL, NULL), -EINVAL);
+    cr_assert_eq(c.calls, 0);
+    SSL_CTX_free(cctx);
+}
