@@ -435,3 +435,221 @@ Test(tls, bad_arguments, .timeout = TMO)
     cr_assert_eq(c.calls, 0);
     SSL_CTX_free(cctx);
 }
+
+/* ---- against a plain OpenSSL peer in a thread ------------------------------------------ */
+
+/* A TLS server transport (connect_accepted_socket) on one end of a
+ * socketpair and an OpenSSL client thread on the other. */
+typedef struct peer_case {
+    th_conn_t c;
+    th_peer_t *peer;
+    SSL_CTX *sctx, *cctx;
+    /* what the peer saw */
+    char got[256];
+    size_t gotlen;
+    int peer_result;
+} peer_case_t;
+
+static void start_peer_case(peer_case_t *pc, th_peer_fn fn, const th_proto_t *tmpl,
+                            const tpio_tls_opts_t *extra)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    pc->sctx = th_tls_server_ctx(0, 0);
+    pc->cctx = th_tls_client_ctx(0, 0);
+    tpio_tls_opts_t tls = extra ? *extra : TPIO_OPTS(tpio_tls_opts_t);
+    tls.ctx = pc->sctx;
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, client_factory, (void *)tmpl,
+                                                   sv[0], &tls, th_on_conn, &pc->c, NULL),
+                 0);
+    pc->peer = th_peer_start(sv[1], pc->cctx, false, fn, pc);
+    cr_assert(th_run_until(th_fx.loop, &pc->c.done, TH_TMO));
+    cr_assert_eq(pc->c.err, 0, "%s: %s", tpio_err_name(pc->c.err), tpio_tls_last_error());
+}
+
+static void end_peer_case(peer_case_t *pc)
+{
+    th_peer_join(pc->peer);
+    SSL_CTX_free(pc->sctx);
+    SSL_CTX_free(pc->cctx);
+}
+
+/* Read until close_notify (or an error) into pc->got. */
+static int peer_read_all(peer_case_t *pc, SSL *ssl)
+{
+    for (;;) {
+        size_t n;
+        if (SSL_read_ex(ssl, pc->got + pc->gotlen, sizeof pc->got - 1 - pc->gotlen, &n) != 1)
+            return SSL_get_error(ssl, 0);
+        pc->gotlen += n;
+    }
+}
+
+static void wait_eof(int fd)
+{
+    char b[256];
+    while (recv(fd, b, sizeof b, 0) > 0)
+        ;
+}
+
+static void never_answers(th_peer_t *pr, SSL *ssl, void *arg)
+{
+    peer_case_t *pc = arg;
+    cr_assert_eq(pr->handshake, 1);
+    SSL_write(ssl, "ping", 4);
+    /* tpio's close_notify arrives; ours never goes */
+    pc->peer_result = peer_read_all(pc, ssl);
+    wait_eof(pr->fd);
+}
+
+Test(tls, peer_never_answers_close_notify, .timeout = TMO)
+{
+    peer_case_t pc = {0};
+    th_proto_t tmpl = {.base.ops = &th_proto_ops};
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .shutdown_timeout = 0.3);
+    start_peer_case(&pc, never_answers, &tmpl, &o);
+    cr_assert(th_run_until_count(th_fx.loop, &pc.c.p->rxlen, 4, TH_TMO));
+    cr_assert_eq(tpio_transport_write(pc.c.t, "pong", 4), 0);
+    cr_assert_eq(tpio_transport_close(pc.c.t), 0);
+    cr_assert_eq(tpio_transport_write(pc.c.t, "late", 4), 0); /* dropped */
+    double t0 = th_now_s();
+    run_until_lost(pc.c.p);
+    double took = th_now_s() - t0;
+    cr_assert(took >= 0.25 && took < 3.0, "took %.3f s", took);
+    cr_assert_str_eq(pc.c.p->events, "made,data,lost:0");
+    end_peer_case(&pc);
+    /* everything written before close() arrived, then close_notify */
+    cr_assert_eq(pc.peer_result, SSL_ERROR_ZERO_RETURN);
+    cr_assert_eq(pc.gotlen, 4);
+    cr_assert_eq(memcmp(pc.got, "pong", 4), 0);
+}
+
+static void closes_then_junk(th_peer_t *pr, SSL *ssl, void *arg)
+{
+    peer_case_t *pc = arg;
+    (void)pc;
+    cr_assert_eq(pr->handshake, 1);
+    SSL_write(ssl, "abc", 3);
+    SSL_shutdown(ssl);
+    send(pr->fd, "junk after close_notify", 23, MSG_NOSIGNAL);
+    wait_eof(pr->fd);
+}
+
+Test(tls, data_after_close_notify_is_ignored, .timeout = TMO)
+{
+    peer_case_t pc = {0};
+    th_proto_t tmpl = {.base.ops = &th_proto_ops};
+    start_peer_case(&pc, closes_then_junk, &tmpl, NULL);
+    run_until_lost(pc.c.p);
+    cr_assert_str_eq(pc.c.p->events, "made,data,eof,lost:0");
+    cr_assert_eq(pc.c.p->rxlen, 3);
+    cr_assert_eq(memcmp(pc.c.p->rx, "abc", 3), 0);
+    end_peer_case(&pc);
+}
+
+static void eof_no_notify(th_peer_t *pr, SSL *ssl, void *arg)
+{
+    (void)arg;
+    cr_assert_eq(pr->handshake, 1);
+    SSL_write(ssl, "abc", 3);
+    shutdown(pr->fd, SHUT_WR);
+    wait_eof(pr->fd);
+}
+
+Test(tls, eof_without_close_notify, .timeout = TMO)
+{
+    peer_case_t pc = {0};
+    th_proto_t tmpl = {.base.ops = &th_proto_ops};
+    start_peer_case(&pc, eof_no_notify, &tmpl, NULL);
+    run_until_lost(pc.c.p);
+    cr_assert_str_eq(pc.c.p->events, "made,data,lost:TPIO_ETLS_EOF");
+    cr_assert(strstr(tpio_tls_last_error(), "close_notify"), "%s", tpio_tls_last_error());
+    end_peer_case(&pc);
+}
+
+/* A protocol that pauses reading at its first data_received. */
+static void pause_once_data(tpio_protocol_t *bp, const void *d, size_t n)
+{
+    th_proto_t *p = tpio_container_of(bp, th_proto_t, base);
+    th_proto_ops.data_received(bp, d, n);
+    if (p->pauses++ == 0)
+        tpio_transport_pause_reading(p->t);
+}
+static tpio_protocol_ops_t pause_once_ops;
+
+static void three_records(th_peer_t *pr, SSL *ssl, void *arg)
+{
+    peer_case_t *pc = arg;
+    cr_assert_eq(pr->handshake, 1);
+    SSL_write(ssl, "one", 3);
+    SSL_write(ssl, "two", 3);
+    SSL_write(ssl, "three", 5);
+    pc->peer_result = peer_read_all(pc, ssl);
+    SSL_shutdown(ssl);
+}
+
+Test(tls, resume_delivers_what_openssl_holds, .timeout = TMO)
+{
+    pause_once_ops = th_proto_ops;
+    pause_once_ops.data_received = pause_once_data;
+    peer_case_t pc = {0};
+    th_proto_t tmpl = {.base.ops = &pause_once_ops};
+    start_peer_case(&pc, three_records, &tmpl, NULL);
+    th_proto_t *p = pc.c.p;
+    cr_assert_eq(tpio_transport_set_read_size(pc.c.t, 3), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &p->rxlen, 3, TH_TMO));
+    cr_assert_not(th_is_reading(pc.c.t));
+    /* the other records are here already, inside OpenSSL or the layer */
+    th_run_iters(th_fx.loop, 50);
+    cr_assert_eq(p->rxlen, 3);
+    cr_assert_eq(tpio_transport_resume_reading(pc.c.t), 0);
+    cr_assert_eq(p->rxlen, 3); /* not inside the call */
+    cr_assert(th_run_until_count(th_fx.loop, &p->rxlen, 11, TH_TMO));
+    cr_assert_eq(memcmp(p->rx, "onetwothree", 11), 0);
+    cr_assert_eq(tpio_transport_write(pc.c.t, "ok", 2), 0);
+    cr_assert_eq(tpio_transport_close(pc.c.t), 0);
+    run_until_lost(p);
+    cr_assert_str_eq(p->events, "made,data,lost:0");
+    end_peer_case(&pc);
+    cr_assert_eq(pc.gotlen, 2);
+    cr_assert_eq(pc.peer_result, SSL_ERROR_ZERO_RETURN);
+}
+
+/* Echo through tpio while the peer asks for a key update in the middle. */
+static void key_update(th_peer_t *pr, SSL *ssl, void *arg)
+{
+    peer_case_t *pc = arg;
+    cr_assert_eq(pr->handshake, 1);
+    char buf[64];
+    size_t n;
+    for (int round = 0; round < 6; round++) {
+        if (round == 3)
+            cr_assert_eq(SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+        char msg[16];
+        int len = snprintf(msg, sizeof msg, "round %d", round);
+        cr_assert_eq(SSL_write(ssl, msg, len), len);
+        size_t got = 0;
+        while (got < (size_t)len) {
+            cr_assert_eq(SSL_read_ex(ssl, buf + got, sizeof buf - got, &n), 1);
+            got += n;
+        }
+        cr_assert_eq(memcmp(buf, msg, (size_t)len), 0);
+        pc->gotlen += got;
+    }
+    SSL_shutdown(ssl);
+    pc->peer_result = peer_read_all(pc, ssl);
+}
+
+Test(tls, key_update_mid_stream, .timeout = TMO)
+{
+    peer_case_t pc = {0};
+    th_proto_t tmpl = {.base.ops = &th_proto_ops, .echo = true};
+    start_peer_case(&pc, key_update, &tmpl, NULL);
+    run_until_lost(pc.c.p);
+    cr_assert_str_eq(pc.c.p->events, "made,data,eof,lost:0");
+    end_peer_case(&pc);
+    cr_assert_eq(pc.gotlen, 6 * 7);
+    cr_assert_eq(pc.peer_result, SSL_ERROR_ZERO_RETURN);
+}

@@ -7,9 +7,11 @@
  * Two rules hold everywhere here. No protocol callback runs while OpenSSL
  * is inside a call (the BIO writes to the transport below, whose
  * pause_writing would otherwise call the user from inside SSL_write): flow
- * control noticed meanwhile is applied after. And the transport below is
- * referenced until this one is freed, so that inside connection_lost the
- * socket, peername and sockname are still there. */
+ * control noticed meanwhile is applied after. And this transport ends with
+ * the one below: closing it (after its buffer went out) or aborting it, and
+ * connection_lost comes from inside that transport's connection_lost, so
+ * that it comes once everything is over and the socket, peername and
+ * sockname are still there during it. */
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -24,8 +26,6 @@
  * after a failed handshake): every callback the base class's default. */
 static const tpio_protocol_ops_t no_ops;
 static tpio_protocol_t placeholder = {&no_ops};
-/* The transport below's protocol once the layer has left it. */
-static tpio_protocol_t detached = {&no_ops};
 
 enum { R_MORE = 0, R_DATA = 1, R_CLOSED = 2 };
 
@@ -123,15 +123,26 @@ static void retire_request(struct tpio__tls *s)
     s->req = 0;
 }
 
-/* connection_lost(err) for the user; the transport below is then closed
- * (after its buffer went out) or aborted. */
+/* The end: the transport below is closed (after its buffer went out) or
+ * aborted, and its connection_lost brings this one's, with err. */
 static void finish(struct tpio__tls *s, int err, bool abort_inner)
 {
     if (s->state == TLS_DONE)
         return;
     s->state = TLS_DONE;
-    s->abort_inner = abort_inner;
-    tpio__schedule_lost(&s->base, err);
+    s->base.closing = true;
+    s->final_err = err;
+    cancel_timer(s);
+    retire_request(s);
+    if (s->inner_gone) {
+        tpio__transport_lost_now(&s->base, err);
+        return;
+    }
+    sync_inner_reading(s);
+    if (abort_inner)
+        tpio_transport_abort(s->inner);
+    else
+        tpio_transport_close(s->inner);
 }
 
 static void fatal(struct tpio__tls *s, int err, bool report)
@@ -489,6 +500,7 @@ static bool layer_eof(tpio_protocol_t *p)
 static void layer_lost(tpio_protocol_t *p, int err)
 {
     struct tpio__tls *s = LAYER(p);
+    s->inner_gone = true;
     switch (s->state) {
     case TLS_HANDSHAKE:
         if (err >= 0) {
@@ -504,6 +516,7 @@ static void layer_lost(tpio_protocol_t *p, int err)
         finish(s, 0, true);
         break;
     default:
+        tpio__transport_lost_now(&s->base, s->final_err);
         break;
     }
 }
@@ -544,8 +557,10 @@ static int tls_abort(tpio_transport_t *t)
     t->closing = true;
     if (s->state == TLS_HANDSHAKE)
         tpio__tls_fail(s, -ECONNABORTED);
-    else
+    else if (s->state != TLS_DONE)
         finish(s, 0, true);
+    else if (!s->inner_gone)
+        tpio_transport_abort(s->inner); /* a close still flushing below */
     return 0;
 }
 
@@ -690,21 +705,9 @@ static void tls_quiesce(tpio_transport_t *t)
     retire_request(s);
 }
 
-/* After connection_lost: the transport below goes its own way, closed (its
- * buffer first) or aborted, and tells the layer nothing more. */
-static void tls_teardown(tpio_transport_t *t)
-{
-    struct tpio__tls *s = T(t);
-    tpio_transport_t *in = s->inner;
-    if (!in || in->lost_scheduled)
-        return;
-    tpio_transport_set_protocol(in, &detached);
-    if (s->abort_inner)
-        tpio_transport_abort(in);
-    else
-        tpio_transport_close(in);
-    tpio__transport_reown(in);
-}
+/* The transport below is ending already (this one ends from inside its
+ * connection_lost); only a transport that never ran has one left. */
+static void tls_teardown(tpio_transport_t *t) { (void)t; }
 
 static void tls_destroy(tpio_transport_t *t)
 {

@@ -47,7 +47,7 @@ struct tpio__tls {
     bool tcp_eof;       /* the transport below saw EOF */
     bool drain_queued;
     bool own_buf;       /* get_buffer gives `inbuf` (the layer below decrypts) */
-    bool abort_inner;   /* at the end, abort the transport below (else close it) */
+    bool inner_gone;    /* the transport below had its connection_lost */
     bool inner_started; /* the transport below runs (else it is abandoned) */
     bool notify_sent;   /* our close_notify is out */
     /* Ciphertext not yet consumed by OpenSSL: the current read (borrowed,
@@ -63,6 +63,7 @@ struct tpio__tls {
     tpio_protocol_t *start_proto; /* start_tls: the protocol to switch to */
     tpio_handle_t timer;
     tpio_handle_t req;  /* start_tls: for tpio_loop_cancel, until the handshake ends */
+    int final_err;      /* connection_lost's, once DONE */
     double handshake_timeout, shutdown_timeout;
     char *alpn;
     struct tpio__node drain_node;

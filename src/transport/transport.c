@@ -164,10 +164,8 @@ int tpio__transport_open(tpio_transport_t *t, const struct tpio__conn *conn)
 
 /* ---- the end ---------------------------------------------------------------- */
 
-static void lost_cb(tpio_loop_t *loop, void *arg)
+static void end(tpio_transport_t *t)
 {
-    (void)loop;
-    tpio_transport_t *t = tpio_container_of(arg, struct tpio_transport, lost_node);
     tpio__transport_ref(t);
     /* asyncio closes the socket after connection_lost returns: the
      * descriptor and the extra info are still there inside it. */
@@ -184,6 +182,23 @@ static void lost_cb(tpio_loop_t *loop, void *arg)
     }
     tpio__transport_unref(t); /* the connection's own reference */
     tpio__transport_unref(t);
+}
+
+static void lost_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    end(tpio_container_of(arg, struct tpio_transport, lost_node));
+}
+
+void tpio__transport_lost_now(tpio_transport_t *t, int err)
+{
+    if (t->lost_scheduled)
+        return;
+    t->lost_scheduled = true;
+    t->closing = true;
+    t->lost_err = err;
+    t->vt->quiesce(t);
+    end(t);
 }
 
 void tpio__schedule_lost(tpio_transport_t *t, int err)

@@ -110,6 +110,10 @@ TPIO__HIDDEN int tpio__transport_start(tpio_transport_t *t, tpio_protocol_t *p,
 /* End the connection: closing, stop I/O now, and queue connection_lost(err),
  * after which the kind's teardown closes the descriptor. Once only. */
 TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
+/* The same, now: for a layer whose transport below is ending (called from
+ * that transport's connection_lost, so that inside the layer's own the
+ * descriptor is still there). */
+TPIO__HIDDEN void tpio__transport_lost_now(tpio_transport_t *t, int err);
 
 /* ---- upcalls ------------------------------------------------------------------ */
 
