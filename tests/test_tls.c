@@ -25,7 +25,7 @@ TestSuite(tls, .init = th_fx_init, .fini = th_fx_fini);
 /* ---- helpers ------------------------------------------------------------------ */
 
 typedef struct srv {
-    th_proto_t tmpl;
+    th_proto_t tmpl;   /* with free_on_lost, its protocols are not kept */
     size_t calls;
     th_proto_t *last;
     tpio_server_t *s;
@@ -37,7 +37,9 @@ static tpio_protocol_t *srv_factory(void *arg)
     srv_t *sv = arg;
     sv->calls++;
     tpio_protocol_t *p = th_factory(&sv->tmpl);
-    sv->last = th_fx_own(tpio_container_of(p, th_proto_t, base));
+    sv->last = tpio_container_of(p, th_proto_t, base);
+    if (!sv->tmpl.free_on_lost)
+        th_fx_own(sv->last);
     return p;
 }
 
@@ -652,4 +654,571 @@ Test(tls, key_update_mid_stream, .timeout = TMO)
     end_peer_case(&pc);
     cr_assert_eq(pc.gotlen, 6 * 7);
     cr_assert_eq(pc.peer_result, SSL_ERROR_ZERO_RETURN);
+}
+
+/* ---- volume, flow control ------------------------------------------------------------ */
+
+/* A client that streams `total` bytes of the pattern through an echo server
+ * in writes of random sizes, honouring pause_writing, and checks what comes
+ * back while pausing its reading at random for a loop turn. */
+typedef struct streamer {
+    th_proto_t base; /* only base.base and t are used */
+    tpio_loop_t *loop;
+    size_t total, sent, got;
+    bool wpaused, done, lost, bad;
+    unsigned rng;
+    size_t rpauses, wpauses;
+    unsigned char rbuf[16384];
+} streamer_t;
+
+static unsigned rnd(streamer_t *s)
+{
+    s->rng = s->rng * 1103515245u + 12345u;
+    return s->rng >> 8;
+}
+
+static void st_send(streamer_t *s)
+{
+    static unsigned char chunk[70000];
+    while (!s->wpaused && s->sent < s->total && s->base.t) {
+        size_t n = 1 + rnd(s) % (sizeof chunk - 1);
+        if (n > s->total - s->sent)
+            n = s->total - s->sent;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = th_pat(s->sent + i);
+        cr_assert_eq(tpio_transport_write(s->base.t, chunk, n), 0);
+        s->sent += n;
+    }
+}
+
+static void st_resume_read(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    streamer_t *s = arg;
+    if (s->base.t)
+        tpio_transport_resume_reading(s->base.t);
+}
+
+static void st_check(streamer_t *s, const unsigned char *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (d[i] != th_pat(s->got + i))
+            s->bad = true;
+    s->got += n;
+    if (s->got == s->total) {
+        s->done = true;
+        tpio_transport_close(s->base.t);
+    } else if (rnd(s) % 8 == 0) {
+        s->rpauses++;
+        tpio_transport_pause_reading(s->base.t);
+        tpio_loop_call_soon(s->loop, st_resume_read, s, NULL);
+    }
+}
+
+static void st_made(tpio_protocol_t *p, tpio_transport_t *t)
+{
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    s->base.t = t;
+    st_send(s);
+}
+static void st_lost(tpio_protocol_t *p, int err)
+{
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    cr_assert_eq(err, 0, "%s: %s", tpio_err_name(err), tpio_tls_last_error());
+    s->lost = true;
+    s->base.t = NULL;
+}
+static void st_pause(tpio_protocol_t *p)
+{
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    s->wpaused = true;
+    s->wpauses++;
+}
+static void st_resume(tpio_protocol_t *p)
+{
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    s->wpaused = false;
+    st_send(s);
+}
+static void st_data(tpio_protocol_t *p, const void *d, size_t n)
+{
+    st_check(tpio_container_of(p, streamer_t, base.base), d, n);
+}
+static void *st_getbuf(tpio_protocol_t *p, ssize_t hint, size_t *len)
+{
+    (void)hint;
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    *len = 1 + rnd(s) % sizeof s->rbuf;
+    return s->rbuf;
+}
+static void st_updated(tpio_protocol_t *p, size_t n)
+{
+    streamer_t *s = tpio_container_of(p, streamer_t, base.base);
+    st_check(s, s->rbuf, n);
+}
+
+static const tpio_protocol_ops_t st_ops = {
+    .connection_made = st_made, .connection_lost = st_lost, .pause_writing = st_pause,
+    .resume_writing = st_resume, .data_received = st_data,
+};
+static const tpio_protocol_ops_t st_buffered_ops = {
+    .connection_made = st_made, .connection_lost = st_lost, .pause_writing = st_pause,
+    .resume_writing = st_resume, .get_buffer = st_getbuf, .buffer_updated = st_updated,
+};
+
+static streamer_t the_streamer;
+static tpio_protocol_t *streamer_factory(void *arg)
+{
+    (void)arg;
+    return &the_streamer.base.base;
+}
+
+static void stream_64mib(const tpio_protocol_ops_t *client_ops,
+                         const tpio_protocol_ops_t *server_ops, bool unix_socket)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.echo = true};
+    sv.tmpl.base.ops = server_ops;
+    streamer_t *s = &the_streamer;
+    *s = (streamer_t){.loop = th_fx.loop, .total = 64u << 20, .rng = 12345};
+    s->base.base.ops = client_ops;
+    tpio_tls_opts_t stls = TPIO_OPTS(tpio_tls_opts_t, .ctx = sctx);
+    tpio_tls_opts_t ctls = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .server_hostname = "localhost");
+    th_conn_t c = {0};
+    if (unix_socket) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/tls.sock", th_fx_dir());
+        tpio_unix_opts_t so = TPIO_OPTS(tpio_unix_opts_t, .path = path, .tls = &stls);
+        cr_assert_eq(tpio_loop_create_unix_server(th_fx.loop, srv_factory, &sv, &so, &sv.s), 0);
+        tpio_unix_opts_t co = TPIO_OPTS(tpio_unix_opts_t, .path = path, .tls = &ctls);
+        cr_assert_eq(tpio_loop_create_unix_connection(th_fx.loop, streamer_factory, NULL, &co,
+                                                      th_on_conn, &c, NULL),
+                     0);
+    } else {
+        tls_server(&sv, sctx, NULL);
+        tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                           .port = sv.port, .tls = &ctls);
+        cr_assert_eq(tpio_loop_create_connection(th_fx.loop, streamer_factory, NULL, &co,
+                                                 th_on_conn, &c, NULL),
+                     0);
+    }
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s", tpio_tls_last_error());
+    cr_assert_eq(th_kind(c.t), TPIO_TRANSPORT_TLS);
+    cr_assert(th_run_until(th_fx.loop, &s->lost, 120), "got %zu of %zu", s->got, s->total);
+    cr_assert(s->done);
+    cr_assert_not(s->bad, "the echo differs");
+    cr_assert(s->rpauses > 0 && s->wpauses > 0, "pauses: read %zu write %zu", s->rpauses,
+              s->wpauses);
+    run_until_lost(sv.last);
+    cr_assert_null(strstr(sv.last->events, "lost:T"));
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, stream_64mib_protocol, .timeout = 120)
+{
+    stream_64mib(&st_ops, &th_proto_ops, false);
+}
+
+Test(tls, stream_64mib_buffered, .timeout = 120)
+{
+    stream_64mib(&st_buffered_ops, &th_buffered_proto_ops, false);
+}
+
+Test(tls, stream_64mib_unix, .timeout = 120)
+{
+    stream_64mib(&st_ops, &th_proto_ops, true);
+}
+
+Test(tls, write_buffer_limits_pass_down, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.pause_in_made = true}; /* the server does not read */
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, NULL, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert(th_run_until_count(th_fx.loop, &sv.calls, 1, TH_TMO));
+    cr_assert(th_run_until(th_fx.loop, &sv.last->made, TH_TMO));
+    tpio_transport_t *t = c.t;
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(t, 100000, 1000), 0);
+    size_t hi, lo;
+    cr_assert_eq(tpio_transport_get_write_buffer_limits(t, &hi, &lo), 0);
+    cr_assert_eq(hi, 100000);
+    cr_assert_eq(lo, 1000);
+    /* write until the kernel's buffers and then the layer's are full */
+    static unsigned char blk[65536];
+    size_t written = 0;
+    while (c.p->pauses == 0) {
+        cr_assert_eq(tpio_transport_write(t, blk, sizeof blk), 0);
+        written += sizeof blk;
+        cr_assert(written < (256u << 20));
+        th_run_iters(th_fx.loop, 1);
+    }
+    cr_assert_str_eq(c.p->events, "made,pause");
+    cr_assert(th_wbuf_size(t) > 100000, "%zu", th_wbuf_size(t));
+    /* the server reads: everything drains, resume_writing comes */
+    cr_assert_eq(tpio_transport_resume_reading(sv.last->t), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c.p->resumes, 1, TH_TMO));
+    cr_assert(th_wbuf_size(t) <= 1000);
+    cr_assert(th_run_until_count(th_fx.loop, &sv.last->rxlen, written, 60));
+    cr_assert_eq(th_wbuf_size(t), 0);
+    cr_assert_eq(tpio_transport_close(t), 0);
+    run_until_lost(c.p);
+    cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* ---- start_tls ------------------------------------------------------------------------ */
+
+/* A plain protocol that upgrades on "STARTTLS\n", handing what followed it
+ * in the same read to the handshake. */
+typedef struct upgrader {
+    th_proto_t base;
+    SSL_CTX *ctx;
+    th_conn_t c;      /* start_tls's completion */
+    th_proto_t *next; /* the protocol after the upgrade */
+    size_t preloaded;
+    bool server;
+} upgrader_t;
+
+static void up_data(tpio_protocol_t *bp, const void *d, size_t n)
+{
+    upgrader_t *u = tpio_container_of(bp, upgrader_t, base.base);
+    th_proto_ops.data_received(bp, d, n);
+    const char *nl = memchr(d, '\n', n);
+    if (!nl || u->next)
+        return;
+    size_t rest = n - (size_t)(nl + 1 - (const char *)d);
+    u->preloaded = rest;
+    u->next = th_fx_own(th_proto_new(&th_proto_ops));
+    u->next->echo = true;
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .ctx = u->ctx,
+                                  .server_side = u->server ? TPIO_ON : TPIO_OFF,
+                                  .server_hostname = u->server ? NULL : "localhost",
+                                  .initial_data = nl + 1, .initial_len = rest);
+    cr_assert_eq(tpio_loop_start_tls(th_fx.loop, u->base.t, &u->next->base, &o, th_on_conn,
+                                     &u->c, NULL),
+                 0);
+}
+static tpio_protocol_ops_t up_ops;
+static upgrader_t the_upgrader;
+static tpio_protocol_t *up_factory(void *arg)
+{
+    (void)arg;
+    return &the_upgrader.base.base;
+}
+
+Test(tls, start_tls_with_pipelined_client_hello, .timeout = TMO)
+{
+    up_ops = th_proto_ops;
+    up_ops.data_received = up_data;
+    upgrader_t *u = &the_upgrader;
+    *u = (upgrader_t){.ctx = th_tls_server_ctx(0, 0), .server = true};
+    u->base.base.ops = &up_ops;
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    th_conn_t c0 = {0};
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, up_factory, NULL, sv[0], NULL,
+                                                   th_on_conn, &c0, NULL),
+                 0);
+    cr_assert(th_run_until(th_fx.loop, &c0.done, TH_TMO));
+    tpio_transport_t *plain = c0.t;
+
+    /* the ClientHello, made on memory BIOs, then the preamble and it at once */
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    SSL *ssl = SSL_new(cctx);
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    SSL_set_bio(ssl, rb, wb);
+    SSL_set_connect_state(ssl);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    SSL_set1_host(ssl, "localhost");
+    cr_assert_eq(SSL_do_handshake(ssl), -1);
+    char *hello;
+    long hlen = BIO_get_mem_data(wb, &hello);
+    cr_assert(hlen > 0);
+    char msg[4096];
+    memcpy(msg, "STARTTLS\n", 9);
+    memcpy(msg + 9, hello, (size_t)hlen);
+    cr_assert_eq(send(sv[1], msg, 9 + (size_t)hlen, 0), 9 + hlen);
+    (void)BIO_reset(wb);
+    cr_assert(th_run_until(th_fx.loop, &u->base.made, TH_TMO));
+    for (int i = 0; i < 1000 && !u->next; i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_not_null(u->next);
+    cr_assert_eq(u->preloaded, (size_t)hlen, "the ClientHello came in the same read");
+
+    /* the rest of the handshake over the socket */
+    int done = 0;
+    for (int i = 0; i < 20000 && !done; i++) {
+        th_run_iters(th_fx.loop, 1);
+        char buf[8192];
+        ssize_t n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            BIO_write(rb, buf, (int)n);
+        int r = SSL_do_handshake(ssl);
+        char *out;
+        long olen = BIO_get_mem_data(wb, &out);
+        if (olen > 0) {
+            cr_assert_eq(send(sv[1], out, (size_t)olen, 0), olen);
+            (void)BIO_reset(wb);
+        }
+        done = r == 1;
+        cr_assert(r == 1 || SSL_get_error(ssl, r) == SSL_ERROR_WANT_READ);
+    }
+    cr_assert(done);
+    cr_assert(th_run_until(th_fx.loop, &u->c.done, TH_TMO));
+    cr_assert_eq(u->c.err, 0, "%s", tpio_tls_last_error());
+    cr_assert_neq(u->c.t, plain);
+    cr_assert_eq(th_kind(u->c.t), TPIO_TRANSPORT_TLS);
+    cr_assert_eq(u->c.p, u->next);
+    cr_assert_str_eq(u->next->events, ""); /* start_tls gives no connection_made */
+    cr_assert_eq(th_fd(u->c.t), th_fd(plain));
+    u->next->t = u->c.t;
+
+    /* echo through the new transport */
+    cr_assert_eq(SSL_write(ssl, "hi", 2), 2);
+    char *out;
+    long olen = BIO_get_mem_data(wb, &out);
+    cr_assert_eq(send(sv[1], out, (size_t)olen, 0), olen);
+    (void)BIO_reset(wb);
+    char got[2];
+    int have = 0;
+    for (int i = 0; i < 20000 && have < 2; i++) {
+        th_run_iters(th_fx.loop, 1);
+        char buf[8192];
+        ssize_t n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            BIO_write(rb, buf, (int)n);
+        size_t m;
+        if (SSL_read_ex(ssl, got + have, sizeof got - (size_t)have, &m) == 1)
+            have += (int)m;
+    }
+    cr_assert_eq(have, 2);
+    cr_assert_eq(memcmp(got, "hi", 2), 0);
+    /* the old protocol heard nothing after the upgrade */
+    cr_assert_str_eq(u->base.events, "made,data");
+    cr_assert_eq(tpio_transport_abort(u->c.t), 0);
+    run_until_lost(u->next);
+    cr_assert_str_eq(u->next->events, "data,lost:0");
+    SSL_free(ssl);
+    close(sv[1]);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(u->ctx);
+}
+
+/* TLS in TLS: both ends upgrade their TLS transport once it is made. */
+typedef struct nest {
+    th_proto_t base;
+    SSL_CTX *ctx;
+    bool server;
+    th_conn_t c;
+    th_proto_t *inner;
+} nest_t;
+
+static void nest_made(tpio_protocol_t *bp, tpio_transport_t *t)
+{
+    nest_t *n = tpio_container_of(bp, nest_t, base.base);
+    th_proto_ops.connection_made(bp, t);
+    n->inner = th_fx_own(th_proto_new(&th_proto_ops));
+    n->inner->echo = n->server;
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .ctx = n->ctx,
+                                  .server_side = n->server ? TPIO_ON : TPIO_DEFAULT,
+                                  .server_hostname = n->server ? NULL : "localhost");
+    cr_assert_eq(tpio_loop_start_tls(th_fx.loop, t, &n->inner->base, &o, th_on_conn, &n->c,
+                                     NULL),
+                 0);
+}
+static tpio_protocol_ops_t nest_ops;
+static nest_t nest_srv, nest_cli;
+static tpio_protocol_t *nest_factory(void *arg) { return &((nest_t *)arg)->base.base; }
+
+Test(tls, tls_in_tls_echo, .timeout = TMO)
+{
+    nest_ops = th_proto_ops;
+    nest_ops.connection_made = nest_made;
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    nest_srv = (nest_t){.ctx = sctx, .server = true};
+    nest_cli = (nest_t){.ctx = cctx};
+    nest_srv.base.base.ops = nest_cli.base.base.ops = &nest_ops;
+    tpio_tls_opts_t st = TPIO_OPTS(tpio_tls_opts_t, .ctx = sctx);
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &st);
+    tpio_server_t *s;
+    cr_assert_eq(tpio_loop_create_server(th_fx.loop, nest_factory, &nest_srv, &so, &s), 0);
+    tpio_tls_opts_t ct = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    tpio_connect_opts_t co = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                       .port = server_port(s), .tls = &ct);
+    th_conn_t c = {0};
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, nest_factory, &nest_cli, &co,
+                                             th_on_conn, &c, NULL),
+                 0);
+    cr_assert(th_run_until(th_fx.loop, &nest_cli.c.done, TH_TMO));
+    cr_assert_eq(nest_cli.c.err, 0, "%s", tpio_tls_last_error());
+    cr_assert(th_run_until(th_fx.loop, &nest_srv.c.done, TH_TMO));
+    cr_assert_eq(nest_srv.c.err, 0, "%s", tpio_tls_last_error());
+    tpio_transport_t *deep = nest_cli.c.t;
+    nest_cli.inner->t = deep;
+    nest_srv.inner->t = nest_srv.c.t;
+    cr_assert_eq(th_kind(deep), TPIO_TRANSPORT_TLS);
+    cr_assert_eq(th_fd(deep), th_fd(c.t)); /* the same socket under both layers */
+    cr_assert_eq(tpio_transport_write(deep, "deep", 4), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &nest_cli.inner->rxlen, 4, TH_TMO));
+    cr_assert_eq(memcmp(nest_cli.inner->rx, "deep", 4), 0);
+    /* closing the inner layer: its close_notify, then the outer one's */
+    cr_assert_eq(tpio_transport_close(deep), 0);
+    run_until_lost(nest_cli.inner);
+    cr_assert_str_eq(nest_cli.inner->events, "data,lost:0");
+    run_until_lost(nest_srv.inner);
+    cr_assert_str_eq(nest_srv.inner->events, "data,eof,lost:0");
+    cr_assert_eq(th_conn_count(s), 0);
+    bool done = false;
+    cr_assert_eq(tpio_server_close(s), 0);
+    cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &done, NULL), 0);
+    cr_assert(th_run_until(th_fx.loop, &done, TH_TMO));
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+/* ---- many at once; ending handshakes ------------------------------------------------ */
+
+Test(tls, thousand_concurrent_handshakes, .timeout = 120)
+{
+    enum { N = 1000 };
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.echo = true, .tmpl.free_on_lost = true};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    static th_conn_t c[N];
+    memset(c, 0, sizeof c);
+    tpio_tls_opts_t tls = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    tpio_connect_opts_t o =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = sv.port, .tls = &tls);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(tpio_loop_create_connection(th_fx.loop, th_factory, NULL, &o, th_on_conn,
+                                                 &c[i], NULL),
+                     0);
+    size_t made = 0;
+    for (int round = 0; round < 200000 && made < N; round++) {
+        th_run_iters(th_fx.loop, 1);
+        made = 0;
+        for (int i = 0; i < N; i++)
+            made += c[i].done;
+    }
+    cr_assert_eq(made, N);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(c[i].err, 0, "%d: %s", i, tpio_err_name(c[i].err));
+        cr_assert_eq(tpio_transport_write(c[i].t, "x", 1), 0);
+    }
+    size_t echoed = 0;
+    for (int round = 0; round < 200000 && echoed < N; round++) {
+        th_run_iters(th_fx.loop, 1);
+        echoed = 0;
+        for (int i = 0; i < N; i++)
+            echoed += c[i].p->rxlen;
+    }
+    cr_assert_eq(echoed, N);
+    cr_assert_eq(sv.calls, N);
+    bool done = false;
+    cr_assert_eq(tpio_loop_shutdown(th_fx.loop, TPIO_SHUTDOWN_CLOSE, th_done_flag, &done), 0);
+    cr_assert(th_run_until(th_fx.loop, &done, 60));
+    for (int i = 0; i < N; i++) {
+        cr_assert_str_eq(c[i].p->events, "made,data,lost:0");
+        th_proto_free(c[i].p);
+    }
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+static void handshakes_pending(srv_t *sv, int *fd)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sv->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    *fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(*fd, (struct sockaddr *)&a, sizeof a), 0);
+    for (int i = 0; i < 1000 && th_conn_count(sv->s) < 1; i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(th_conn_count(sv->s), 1);
+}
+
+Test(tls, close_clients_ends_handshakes, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0);
+    srv_t sv = {0};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    int fd;
+    handshakes_pending(&sv, &fd);
+    cr_assert_eq(tpio_server_abort_clients(sv.s), 0);
+    for (int i = 0; i < 1000 && th_conn_count(sv.s); i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(th_conn_count(sv.s), 0);
+    char b;
+    cr_assert_eq(recv(fd, &b, 1, 0), 0); /* closed: EOF */
+    close(fd);
+    cr_assert_eq(sv.calls, 0);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+}
+
+Test(tls, shutdown_ends_handshakes, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0);
+    srv_t sv = {0};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    int fd;
+    handshakes_pending(&sv, &fd);
+    bool done = false;
+    cr_assert_eq(tpio_loop_shutdown(th_fx.loop, TPIO_SHUTDOWN_CLOSE, th_done_flag, &done), 0);
+    cr_assert(th_run_until(th_fx.loop, &done, TH_TMO));
+    cr_assert_eq(sv.calls, 0);
+    close(fd);
+    SSL_CTX_free(sctx);
+}
+
+Test(tls, start_tls_cancelled, .timeout = TMO)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    th_conn_t c0 = {0};
+    th_proto_t tmpl = {.base.ops = &th_proto_ops};
+    cr_assert_eq(tpio_loop_connect_accepted_socket(th_fx.loop, client_factory, &tmpl, sv[0],
+                                                   NULL, th_on_conn, &c0, NULL),
+                 0);
+    cr_assert(th_run_until(th_fx.loop, &c0.done, TH_TMO));
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    th_proto_t *next = th_fx_own(th_proto_new(&th_proto_ops));
+    th_conn_t c = {0};
+    tpio_handle_t h = 0;
+    tpio_tls_opts_t bad = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    /* a client must name the server; the datagram and pipe kinds cannot */
+    cr_assert_eq(tpio_loop_start_tls(th_fx.loop, c0.t, &next->base, &bad, th_on_conn, &c, &h),
+                 -EINVAL);
+    tpio_tls_opts_t o = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .server_hostname = "localhost");
+    cr_assert_eq(tpio_loop_start_tls(th_fx.loop, c0.t, &next->base, &o, th_on_conn, &c, &h), 0);
+    cr_assert_neq(h, 0);
+    th_run_iters(th_fx.loop, 2); /* the ClientHello goes; nobody answers */
+    cr_assert_not(c.done);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), 0);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, -ECANCELED);
+    cr_assert_null(c.t);
+    /* the old transport is aborted with it */
+    th_run_iters(th_fx.loop, 3);
+    char b;
+    ssize_t r;
+    while ((r = recv(sv[1], &b, 1, MSG_DONTWAIT)) > 0)
+        ;
+    cr_assert_eq(r, 0, "the socket is closed");
+    cr_assert_str_eq(c0.p->events, "made");
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT);
+    th_run_iters(th_fx.loop, 3);
+    close(sv[1]);
+    SSL_CTX_free(cctx);
 }

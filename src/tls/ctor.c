@@ -148,7 +148,7 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
         return rc;
     if (!layerable(t))
         return -ENOTSUP;
-    if (t->closing || !t->made)
+    if (t->closing)
         return -ESHUTDOWN;
     bool can_eof;
     if (t->kind != TPIO_TRANSPORT_TLS && (tpio_transport_can_write_eof(t, &can_eof) < 0 || !can_eof))
