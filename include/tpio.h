@@ -161,6 +161,12 @@ typedef struct tpio_allocator {
  * be: the call returns -ENOMEM, or a connection ends with
  * connection_lost(-ENOMEM); the loop goes on working. (getaddrinfo's own
  * memory is the C library's business.)
+ *
+ * OpenSSL's allocations go through the first table given here too, if it is
+ * given before OpenSSL allocates anything (call this first thing in main);
+ * they stay with that first table, since OpenSSL's memory outlives loops.
+ * Under memory exhaustion a TLS connection fails as OpenSSL reports it
+ * (TPIO_ETLS, tpio_tls_last_error() saying "malloc failure") or -ENOMEM.
  */
 TPIO_API int tpio_set_allocator(const tpio_allocator_t *allocator);
 

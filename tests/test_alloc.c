@@ -14,6 +14,9 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include "helpers.h"
+#ifdef TPIO_TEST_TLS
+#include "tls_helpers.h"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -156,6 +159,7 @@ Test(alloc, loop_new_fails_cleanly, .timeout = 10)
 struct run {
     tpio_loop_t *loop;
     bool faults;        /* failures were injected: outcomes may fall short */
+    bool tls;           /* TLS: a peer's failed handshake ends the other's too */
     bool cancels;       /* completions may say -ECANCELED (a shutdown) */
     int made, lost;     /* connections made / lost (every protocol) */
     int completions;    /* completion callbacks */
@@ -178,6 +182,9 @@ static bool allowed(int err)
 static void check_code(struct run *r, const char *what, int err)
 {
     if ((r->faults ? allowed(err) : err == 0) || (r->cancels && err == -ECANCELED))
+        return;
+    if (r->faults && r->tls &&
+        (err == TPIO_ETLS || err == TPIO_ETLS_EOF || err == -ECONNABORTED))
         return;
     r->code_errors++;
     snprintf(r->last_bad, sizeof r->last_bad, "%s: %s", what, tpio_err_name(err));
@@ -805,11 +812,12 @@ static void scen_shutdown(struct run *r)
 
 typedef void (*scenario_fn)(struct run *r);
 
+static long g_base; /* blocks that outlive loops (OpenSSL's own state) */
+
 /* The scenario at every N; then, on the same loop, once more without
  * failures, which must fully succeed. */
 static void inject(scenario_fn scen, const char *name)
 {
-    install();
     long n;
     for (n = 1;; n++) {
         g_n = n;
@@ -842,8 +850,8 @@ static void inject(scenario_fn scen, const char *name)
         while ((rc = tpio_loop_close(loop)) == -EBUSY && th_now_s() < end)
             tpio_loop_run_once(loop, 0.01);
         cr_assert_eq(rc, 0, "%s N=%ld: the loop cannot close", name, n);
-        cr_assert_eq(atomic_load(&g_live), 0, "%s N=%ld: %ld blocks leaked", name, n,
-                     atomic_load(&g_live));
+        cr_assert_eq(atomic_load(&g_live), g_base, "%s N=%ld: %ld blocks leaked", name, n,
+                     atomic_load(&g_live) - g_base);
         if (!hit)
             break;
     }
@@ -851,21 +859,75 @@ static void inject(scenario_fn scen, const char *name)
     cr_assert_gt(n, 5, "%s allocates through the hook", name);
 }
 
-Test(alloc, fail_each_allocation_tcp, .timeout = 120) { inject(scen_tcp, "tcp"); }
-Test(alloc, fail_each_allocation_bulk, .timeout = 120) { inject(scen_bulk, "bulk"); }
-Test(alloc, fail_each_allocation_unix, .timeout = 120) { inject(scen_unix, "unix"); }
-Test(alloc, fail_each_allocation_pipes, .timeout = 120) { inject(scen_pipes, "pipes"); }
-Test(alloc, fail_each_allocation_udp, .timeout = 120) { inject(scen_udp, "udp"); }
+#define INJECT(scen, name) (install(), inject(scen, name))
+Test(alloc, fail_each_allocation_tcp, .timeout = 120) { INJECT(scen_tcp, "tcp"); }
+Test(alloc, fail_each_allocation_bulk, .timeout = 120) { INJECT(scen_bulk, "bulk"); }
+Test(alloc, fail_each_allocation_unix, .timeout = 120) { INJECT(scen_unix, "unix"); }
+Test(alloc, fail_each_allocation_pipes, .timeout = 120) { INJECT(scen_pipes, "pipes"); }
+Test(alloc, fail_each_allocation_udp, .timeout = 120) { INJECT(scen_udp, "udp"); }
 Test(alloc, fail_each_allocation_subprocess, .timeout = 120)
 {
-    inject(scen_subprocess, "subprocess");
+    INJECT(scen_subprocess, "subprocess");
 }
-Test(alloc, fail_each_allocation_timers, .timeout = 120) { inject(scen_timers, "timers"); }
-Test(alloc, fail_each_allocation_extras, .timeout = 120) { inject(scen_extras, "extras"); }
+Test(alloc, fail_each_allocation_timers, .timeout = 120) { INJECT(scen_timers, "timers"); }
+Test(alloc, fail_each_allocation_extras, .timeout = 120) { INJECT(scen_extras, "extras"); }
 Test(alloc, fail_each_allocation_shutdown, .timeout = 120)
 {
-    inject(scen_shutdown, "shutdown");
+    INJECT(scen_shutdown, "shutdown");
 }
+
+#ifdef TPIO_TEST_TLS
+/* TLS over TCP: a handshake, an echo, close_notify both ways: every
+ * allocation of the TLS layer fails once. OpenSSL's own cannot go through
+ * the hook here: Criterion's libgit2 has initialised OpenSSL before any
+ * test runs (tests/tls_route.c checks that they do in a program that sets
+ * the allocator first). */
+static SSL_CTX *g_sctx, *g_cctx;
+
+static void scen_tls(struct run *r)
+{
+    roles(r);
+    r->expected = 1;
+    r->tls = true;
+    tpio_tls_opts_t st = TPIO_OPTS(tpio_tls_opts_t, .ctx = g_sctx);
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &st);
+    if (!call_ok(r, "create_server",
+                 tpio_loop_create_server(r->loop, factory, &fa_server, &so, &r->server)))
+        return;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    cr_assert_eq(tpio_server_get_sockname(r->server, 0, &ss, &sl), 0);
+    tpio_tls_opts_t ct = TPIO_OPTS(tpio_tls_opts_t, .ctx = g_cctx);
+    tpio_connect_opts_t co =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                  .port = ntohs(((struct sockaddr_in *)&ss)->sin_port), .tls = &ct);
+    if (call_ok(r, "create_connection",
+                tpio_loop_create_connection(r->loop, factory, &fa_client, &co, on_conn, r, NULL)))
+        r->pending++;
+    run_to_end(r, "tls");
+    close_server(r);
+}
+
+Test(alloc, fail_each_allocation_tls, .timeout = 240)
+{
+    install();
+    g_sctx = th_tls_server_ctx(TLS1_3_VERSION, 0);
+    g_cctx = th_tls_client_ctx(TLS1_3_VERSION, 0);
+    /* no state that grows from one connection to the next */
+    SSL_CTX_set_session_cache_mode(g_sctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(g_sctx, 0);
+    /* what OpenSSL keeps for good appears in a first run */
+    tpio_loop_t *loop = th_new_loop();
+    struct run warm = {.loop = loop};
+    scen_tls(&warm);
+    cr_assert_eq(warm.echoed, 1, "%s", warm.last_bad);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    g_base = atomic_load(&g_live);
+    inject(scen_tls, "tls");
+    SSL_CTX_free(g_sctx);
+    SSL_CTX_free(g_cctx);
+}
+#endif
 
 /* With every slot of the loop's table taken and no memory to grow it, a
  * connection's end still comes: its connection_lost waits in the late list

@@ -5,11 +5,52 @@
 
 #include <stdatomic.h>
 #include <string.h>
+#ifdef TPIO_HAVE_TLS
+#include <openssl/crypto.h>
+#endif
 
 static tpio_allocator_t g_alloc = {malloc, calloc, realloc, free};
 /* Live loops. The table may only change while none exists: every pointer
  * the library holds was made by the table in force when its loop lived. */
 static atomic_int g_holders;
+
+#ifdef TPIO_HAVE_TLS
+/* OpenSSL's memory outlives loops (its global state, the user's SSL_CTX),
+ * so it stays with the first table it was given, whatever comes later. */
+static tpio_allocator_t g_ossl;
+static void *ossl_malloc(size_t n, const char *file, int line)
+{
+    (void)file, (void)line;
+    return g_ossl.malloc(n ? n : 1);
+}
+static void *ossl_realloc(void *p, size_t n, const char *file, int line)
+{
+    (void)file, (void)line;
+    if (n == 0) {
+        if (p)
+            g_ossl.free(p);
+        return NULL;
+    }
+    return g_ossl.realloc(p, n);
+}
+static void ossl_free(void *p, const char *file, int line)
+{
+    (void)file, (void)line;
+    if (p)
+        g_ossl.free(p);
+}
+
+/* OpenSSL takes functions only before its first allocation. */
+static void route_openssl(const tpio_allocator_t *a)
+{
+    static bool tried;
+    if (tried)
+        return;
+    tried = true;
+    g_ossl = *a;
+    CRYPTO_set_mem_functions(ossl_malloc, ossl_realloc, ossl_free);
+}
+#endif
 
 int tpio_set_allocator(const tpio_allocator_t *a)
 {
@@ -18,6 +59,10 @@ int tpio_set_allocator(const tpio_allocator_t *a)
     if (atomic_load(&g_holders) > 0)
         return -EBUSY;
     g_alloc = a ? *a : (tpio_allocator_t){malloc, calloc, realloc, free};
+#ifdef TPIO_HAVE_TLS
+    if (a)
+        route_openssl(a);
+#endif
     return 0;
 }
 

@@ -11,7 +11,7 @@
 #include <string.h>
 
 static BIO_METHOD *method;
-static pthread_once_t method_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t method_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int bio_read(BIO *b, char *out, size_t len, size_t *got)
 {
@@ -71,21 +71,25 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
     }
 }
 
-static void make_method(void)
+/* Made once, on first use; tried again after a failure (memory). */
+static BIO_METHOD *get_method(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tpio");
-    if (m && BIO_meth_set_read_ex(m, bio_read) && BIO_meth_set_write_ex(m, bio_write) &&
-        BIO_meth_set_ctrl(m, bio_ctrl)) {
-        method = m;
-        return;
+    pthread_mutex_lock(&method_lock);
+    if (!method) {
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tpio");
+        if (m && BIO_meth_set_read_ex(m, bio_read) && BIO_meth_set_write_ex(m, bio_write) &&
+            BIO_meth_set_ctrl(m, bio_ctrl))
+            method = m;
+        else
+            BIO_meth_free(m);
     }
-    BIO_meth_free(m);
+    pthread_mutex_unlock(&method_lock);
+    return method;
 }
 
 BIO *tpio__tls_bio_new(struct tpio__tls *s)
 {
-    pthread_once(&method_once, make_method);
-    if (!method)
+    if (!get_method())
         return NULL;
     BIO *b = BIO_new(method);
     if (!b)

@@ -157,13 +157,15 @@ void tpio__tls_fail(struct tpio__tls *s, int err)
     if (s->state != TLS_HANDSHAKE)
         return;
     tpio_connect_cb_t cb = s->conn.cb;
+    void *cb_arg = s->conn.cb_arg;
+    tpio_loop_t *loop = s->base.loop;
     s->conn.cb = NULL;
     retire_request(s);
-    finish(s, err, true);
+    finish(s, err, true); /* s may be gone after this */
     /* A server's failed handshake (a scanner, a plain-HTTP client) is no
      * one's business: it never reached the factory. */
     if (cb)
-        cb(s->base.loop, NULL, NULL, err, s->conn.cb_arg);
+        cb(loop, NULL, NULL, err, cb_arg);
 }
 
 /* ---- the handshake --------------------------------------------------------------- */
@@ -224,9 +226,10 @@ static void handshake_done(struct tpio__tls *s)
     c.set = NULL; /* a server's connection joined its set when it was accepted */
     int rc = tpio__transport_open(t, &c);
     if (rc < 0) {
-        finish(s, rc, true);
+        tpio_loop_t *loop = t->loop;
+        finish(s, rc, true); /* s may be gone after this */
         if (c.cb)
-            c.cb(t->loop, NULL, NULL, rc, c.cb_arg);
+            c.cb(loop, NULL, NULL, rc, c.cb_arg);
         return;
     }
     /* Until connection_made has run, what arrives waits in the socket. */
