@@ -143,4 +143,39 @@ if command -v ldd >/dev/null 2>&1; then
         || die "app_pc is not linked to $LIBDIR/libtpio.so"
 fi
 
+step "a build without OpenSSL (-DTPIO_TLS=OFF): the TLS calls say -ENOTSUP"
+cmake -S "$SRC" -B "$TMP/notls" -DCMAKE_BUILD_TYPE=Release -DTPIO_TLS=OFF \
+      -DTPIO_BUILD_TESTS=OFF -DTPIO_BUILD_EXAMPLES=OFF -DTPIO_SANITIZE=OFF \
+      >"$TMP/notls-configure.log" 2>&1 \
+    || { cat "$TMP/notls-configure.log"; die "cmake configure (TPIO_TLS=OFF)"; }
+cmake --build "$TMP/notls" -j "$JOBS" --target tpio_static >"$TMP/notls-build.log" 2>&1 \
+    || { cat "$TMP/notls-build.log"; die "cmake build (TPIO_TLS=OFF)"; }
+cat >"$TMP/app/notls.c" <<'EOF'
+#include <tpio.h>
+#include <errno.h>
+#include <stdio.h>
+static tpio_protocol_t *factory(void *arg) { (void)arg; return NULL; }
+int main(void)
+{
+    tpio_loop_t *loop;
+    struct ssl_ctx_st *ctx = (struct ssl_ctx_st *)1; /* never used */
+    tpio_tls_opts_t tls = TPIO_OPTS(tpio_tls_opts_t, .ctx = ctx);
+    tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &tls);
+    tpio_server_t *s;
+    if (tpio_loop_new(&loop, NULL) != 0 ||
+        tpio_loop_create_server(loop, factory, NULL, &so, &s) != -ENOTSUP ||
+        tpio_tls_client_context(&ctx, NULL) != -ENOTSUP ||
+        tpio_tls_last_error()[0] != 0 || tpio_loop_close(loop) != 0)
+        return 1;
+    printf("notls ok\n");
+    return 0;
+}
+EOF
+"$CC" -Wall -Wextra -Werror -I"$SRC/include" -o "$TMP/app/notls" "$TMP/app/notls.c" \
+    "$TMP/notls/libtpio.a" -lpthread || die "compiling against the build without OpenSSL"
+[ "$("$TMP/app/notls")" = "notls ok" ] || die "the build without OpenSSL misbehaves"
+if nm "$TMP/notls/libtpio.a" | grep -q " U SSL_"; then
+    die "the build without OpenSSL still needs OpenSSL"
+fi
+
 step "passed"
