@@ -1206,6 +1206,7 @@ Test(tls, start_tls_cancelled, .timeout = TMO)
     th_run_iters(th_fx.loop, 2); /* the ClientHello goes; nobody answers */
     cr_assert_not(c.done);
     cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), 0);
+    cr_assert_not(c.done, "the completion runs from the loop, not inside cancel");
     cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
     cr_assert_eq(c.err, -ECANCELED);
     cr_assert_null(c.t);
@@ -1220,5 +1221,79 @@ Test(tls, start_tls_cancelled, .timeout = TMO)
     cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT);
     th_run_iters(th_fx.loop, 3);
     close(sv[1]);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, cancel_during_the_handshake, .timeout = TMO)
+{
+    uint16_t port;
+    int lfd = plain_listener(&port);
+    SSL_CTX *cctx = th_tls_client_ctx(0, 0);
+    tpio_tls_opts_t tls = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    tpio_connect_opts_t o =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = port, .tls = &tls);
+    th_conn_t c = {0};
+    tpio_handle_t h = 0;
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, &h),
+                 0);
+    int fd = accept_one(lfd); /* connected; the server never answers the ClientHello */
+    char hello[5];
+    for (int i = 0; i < 10000 && recv(fd, hello, sizeof hello, MSG_PEEK | MSG_DONTWAIT) < 5; i++)
+        th_run_iters(th_fx.loop, 1);
+    cr_assert_eq(recv(fd, hello, sizeof hello, MSG_PEEK), 5);
+    cr_assert_eq(hello[0], 0x16, "a handshake record");
+    cr_assert_not(c.done);
+    /* the same request that connected now cancels the handshake */
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), 0);
+    cr_assert_not(c.done);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, -ECANCELED, "%s", tpio_err_name(c.err));
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT);
+    th_run_iters(th_fx.loop, 3);
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof buf, 0)) > 0)
+        ;
+    cr_assert_eq(n, 0, "the socket was closed");
+    close(fd);
+    close(lfd);
+    SSL_CTX_free(cctx);
+}
+
+Test(tls, request_ends_with_the_handshake, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {0};
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    tpio_tls_opts_t tls = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx);
+    tpio_connect_opts_t o =
+        TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1", .port = sv.port, .tls = &tls);
+    th_conn_t c = {0};
+    tpio_handle_t h = 0;
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, &h),
+                 0);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0);
+    cr_assert_eq(tpio_loop_cancel(th_fx.loop, h), -ENOENT, "over once connected");
+    /* set_protocol works on a TLS transport */
+    th_proto_t *other = th_fx_own(th_proto_new(&th_proto_ops));
+    other->t = c.t;
+    cr_assert_eq(tpio_transport_set_protocol(c.t, &other->base), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &sv.calls, 1, TH_TMO));
+    cr_assert(th_run_until(th_fx.loop, &sv.last->made, TH_TMO));
+    cr_assert_eq(tpio_transport_write(sv.last->t, "to the other", 12), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &other->rxlen, 12, TH_TMO));
+    cr_assert_eq(c.p->rxlen, 0);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    run_until_lost(other);
+    cr_assert_str_eq(other->events, "data,lost:0");
+    cr_assert_str_eq(c.p->events, "made");
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
 }

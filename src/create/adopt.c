@@ -28,9 +28,10 @@ static void adopt_run(tpio_loop_t *loop, void *arg)
 {
     struct adopt *a = arg;
     struct adopt copy = *a;
-    /* over for the factory (a cancel from it finds nothing); the loop stays
-     * held until the transport holds it */
-    tpio__request_done(loop, a->req);
+    /* the request goes to the constructor (retired before the factory runs,
+     * or kept by a TLS layer); the loop stays held until the transport
+     * holds it */
+    copy.conn.req = a->req;
     a->req = 0;
     tpio__fd_release(loop, copy.fd); /* the transport claims it for good */
     int err = tpio__set_nonblock(copy.fd);
@@ -40,6 +41,7 @@ static void adopt_run(tpio_loop_t *loop, void *arg)
     }
     adopt_end(loop, a);
     if (err) {
+        tpio__request_done(loop, copy.conn.req);
         close(copy.fd);
         copy.conn.cb(loop, NULL, NULL, err, copy.conn.cb_arg);
     }

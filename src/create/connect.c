@@ -90,9 +90,12 @@ static void win(struct conn_req *q, struct attempt *a)
     tpio_transport_kind_t kind = tpio__sock_kind(fd);
     tpio__sock_tune(fd, kind);
     tpio__fd_release(q->p.loop, fd); /* the transport claims it for good */
-    tpio__pending_retire(&q->p);
+    /* the request goes to the constructor (retired, or kept by a TLS layer) */
+    q->p.conn.req = q->p.req;
+    q->p.req = 0;
     int err = q->ctor->build(q->ctor, q->p.loop, fd, kind, NULL, 0, &q->p.conn);
     if (err) {
+        tpio__request_done(q->p.loop, q->p.conn.req);
         close(fd);
         fail(q, err);
         return;
@@ -306,7 +309,7 @@ static int wrap_socket(tpio_loop_t *loop, tpio_protocol_factory_t factory, void 
     if ((rc = tpio__ctor_for(tls, server, NULL, &ctor)) < 0)
         return rc;
     tpio_transport_kind_t kind = tpio__sock_kind(sock);
-    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};
     return tpio__adopt(loop, sock, kind, ctor, &conn, request);
 }
 
@@ -338,7 +341,7 @@ static struct conn_req *req_new(tpio_loop_t *loop, const struct tpio__ctor *ctor
         tpio__ctor_release(ctor);
         return NULL;
     }
-    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};
     if (tpio__pending_init(&q->p, loop, &conn, req_release, req_stop) < 0) {
         tpio__ctor_release(ctor);
         tpio__free(q);

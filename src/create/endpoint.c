@@ -159,7 +159,7 @@ int tpio_loop_create_datagram_endpoint(tpio_loop_t *loop, tpio_protocol_factory_
     if (use_sock < 0 || reuse_port < 0 || allow_broadcast < 0 || local_abstract < 0 ||
         remote_abstract < 0)
         return -EINVAL;
-    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};
     bool inet_opts = o.local_host || o.remote_host || o.local_port || o.remote_port;
     bool unix_opts = o.local_path || o.remote_path || o.local_path_len || o.remote_path_len ||
                      local_abstract || remote_abstract;

@@ -36,7 +36,7 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
     int rc = pipe_check(loop, fd);
     if (rc)
         return rc;
-    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};
     return tpio__adopt(loop, fd, kind, &tpio__stream_ctor, &conn, request);
 }
 

@@ -85,7 +85,7 @@ int tpio_loop_subprocess_exec(tpio_loop_t *loop, tpio_protocol_factory_t factory
         close_all(parent, NULL);
         return rc;
     }
-    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL};
+    struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};
     return tpio__subprocess_open(loop, sp.pid, sp.pidfd, parent, &conn);
 }
 

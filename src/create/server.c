@@ -156,7 +156,7 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
         }
         /* accept4 made it non-blocking; the kind may want more options */
         tpio__sock_tune(fd, l->kind);
-        struct tpio__conn conn = {s->factory, s->factory_arg, NULL, NULL, &s->conns};
+        struct tpio__conn conn = {s->factory, s->factory_arg, NULL, NULL, &s->conns, 0};
         int rc = s->ctor->build(s->ctor, loop, fd, l->kind, (struct sockaddr *)&peer, plen,
                                 &conn);
         if (rc < 0) {

@@ -289,6 +289,17 @@ void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h)
         slot_free(loop, i);
 }
 
+bool tpio__request_pass(tpio_loop_t *loop, tpio_handle_t h, tpio_callback_t cancel, void *req)
+{
+    uint32_t i = (uint32_t)(h & 0xffffffffu) - 1;
+    if (!h || i >= loop->nslots || loop->slots[i].gen != (uint32_t)(h >> 32) ||
+        loop->slots[i].state != SLOT_REQUEST)
+        return false;
+    loop->slots[i].cb = cancel;
+    loop->slots[i].arg = req;
+    return true;
+}
+
 /* ---- callbacks that cannot be lost ---------------------------------------- */
 
 void tpio__call_soon_node(tpio_loop_t *loop, struct tpio__node *n)

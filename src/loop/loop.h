@@ -129,6 +129,11 @@ TPIO__HIDDEN int tpio__request_new(tpio_loop_t *loop, tpio_callback_t cancel, vo
  * the servers' closing ends). */
 TPIO__HIDDEN void tpio__request_keep_on_shutdown(tpio_loop_t *loop, tpio_handle_t h);
 TPIO__HIDDEN void tpio__request_done(tpio_loop_t *loop, tpio_handle_t h);
+/* The request goes on under a new owner (a TLS handshake after the
+ * connection it was): a cancel of h now calls cancel(loop, req). False if h
+ * is no longer a request. */
+TPIO__HIDDEN bool tpio__request_pass(tpio_loop_t *loop, tpio_handle_t h, tpio_callback_t cancel,
+                                     void *req);
 /* Queue a node from any thread (cannot fail). */
 TPIO__HIDDEN void tpio__call_soon_threadsafe_node(tpio_loop_t *loop, struct tpio__node *n);
 /* Report to the error handler. */

@@ -39,6 +39,10 @@ static int tls_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
     /* A server counts (and closes, and waits for) its handshakes too. */
     if (conn->set && !conn->set->closed)
         tpio__tset_add(conn->set, &s->base);
+    /* The caller's request now cancels the handshake. */
+    s->conn.req = 0;
+    if (conn->req && tpio__request_pass(loop, conn->req, tpio__tls_cancel, s))
+        s->req = conn->req;
     return 0;
 }
 
@@ -119,15 +123,6 @@ static void begin_cb(tpio_loop_t *loop, void *arg)
     tpio__transport_unref(&s->base); /* the scheduled start's */
 }
 
-static void cancel_cb(tpio_loop_t *loop, void *arg)
-{
-    (void)loop;
-    struct tpio__tls *s = arg;
-    s->req = 0;
-    tpio__tls_set_error("the TLS handshake was cancelled");
-    tpio__tls_fail(s, -ECANCELED);
-}
-
 static bool layerable(const tpio_transport_t *t)
 {
     return t->kind == TPIO_TRANSPORT_TCP || t->kind == TPIO_TRANSPORT_UNIX ||
@@ -162,7 +157,7 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
     s->conn.cb_arg = cb_arg;
     if (o.initial_len && (rc = tpio__tls_preload(s, o.initial_data, o.initial_len)) < 0)
         goto fail;
-    if ((rc = tpio__request_new(loop, cancel_cb, s, &s->req)) < 0)
+    if ((rc = tpio__request_new(loop, tpio__tls_cancel, s, &s->req)) < 0)
         goto fail;
     /* The handshake starts from the loop, never inside this call. */
     tpio__transport_ref(&s->base);

@@ -168,6 +168,32 @@ void tpio__tls_fail(struct tpio__tls *s, int err)
         cb(loop, NULL, NULL, err, cb_arg);
 }
 
+static void cancelled_cb(tpio_loop_t *loop, void *arg)
+{
+    struct tpio__tls *s = tpio_container_of(arg, struct tpio__tls, done_node);
+    tpio_connect_cb_t cb = s->done_cb;
+    void *cb_arg = s->done_arg;
+    tpio__transport_unref(&s->base); /* the queued completion's */
+    tpio__tls_set_error("the TLS handshake was cancelled");
+    cb(loop, NULL, NULL, -ECANCELED, cb_arg);
+}
+
+void tpio__tls_cancel(tpio_loop_t *loop, void *arg)
+{
+    struct tpio__tls *s = arg;
+    s->req = 0; /* retired by the cancel */
+    if (s->state != TLS_HANDSHAKE || !s->conn.cb)
+        return;
+    s->done_cb = s->conn.cb;
+    s->done_arg = s->conn.cb_arg;
+    s->conn.cb = NULL;
+    tpio__transport_ref(&s->base);
+    finish(s, -ECANCELED, true);
+    /* never inside tpio_loop_cancel itself */
+    s->done_node.cb = cancelled_cb;
+    tpio__call_soon_node(loop, &s->done_node);
+}
+
 /* ---- the handshake --------------------------------------------------------------- */
 
 static void handshake_timeout(tpio_loop_t *loop, void *arg)

@@ -67,6 +67,10 @@ struct tpio__tls {
     double handshake_timeout, shutdown_timeout;
     char *alpn;
     struct tpio__node drain_node;
+    /* A cancelled handshake's completion, from the loop. */
+    struct tpio__node done_node;
+    tpio_connect_cb_t done_cb;
+    void *done_arg;
 };
 
 /* ---- tls.c: the transport and its state machine ---------------------------- */
@@ -80,6 +84,9 @@ TPIO__HIDDEN void tpio__tls_begin(struct tpio__tls *s);
 /* Fail a connection before the handshake ended: its completion hears err,
  * the transport below is aborted. */
 TPIO__HIDDEN void tpio__tls_fail(struct tpio__tls *s, int err);
+/* The cancel of the request a handshake runs under (tpio__request_new's
+ * cancel): it ends now, its completion hears -ECANCELED from the loop. */
+TPIO__HIDDEN void tpio__tls_cancel(tpio_loop_t *loop, void *arg);
 /* Feed bytes that arrived before the layer took over (start_tls). */
 TPIO__HIDDEN int tpio__tls_preload(struct tpio__tls *s, const void *data, size_t len);
 TPIO__HIDDEN extern const tpio_protocol_ops_t tpio__tls_layer_ops;

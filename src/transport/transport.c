@@ -140,6 +140,8 @@ int tpio__transport_start(tpio_transport_t *t, tpio_protocol_t *p, tpio_connect_
 
 int tpio__transport_open(tpio_transport_t *t, const struct tpio__conn *conn)
 {
+    /* over for the factory: a cancel from it finds nothing */
+    tpio__request_done(t->loop, conn->req);
     tpio_handle_t h;
     int rc = transport_start(t, conn->cb, conn->cb_arg, &h);
     if (rc < 0)

@@ -194,14 +194,19 @@ struct tpio__conn {
     tpio_connect_cb_t cb;
     void *cb_arg;
     struct tpio__tset *set;
+    /* The user's request, still open (0: none): a constructor that built
+     * the transport retires it before the factory runs, or keeps it for a
+     * layer that can still be cancelled (a TLS handshake). */
+    tpio_handle_t req;
 };
 
 /* A constructor: builds the transport (or the stack of transports: TLS sits
  * on a stream transport) for a connected descriptor and gives the top-most
  * one to the connection. Returns 0 — the descriptor is the transport's, the
  * factory has run or will run unless the layer fails first (a TLS
- * handshake), and the completion will be called exactly once — or -errno
- * with the descriptor untouched and nothing called. Called from the loop.
+ * handshake), the completion will be called exactly once, and conn->req is
+ * retired or taken over — or -errno with the descriptor and conn->req
+ * untouched and nothing called. Called from the loop.
  * `release` (NULL for static ones) frees a constructor made for one call or
  * one server, once its owner is done with it. */
 struct tpio__ctor {
@@ -217,7 +222,8 @@ static inline void tpio__ctor_release(const struct tpio__ctor *c)
 }
 
 /* For constructors: give the new, not yet started transport t to conn —
- * schedule its start, ask the factory for the protocol, join the set. On
+ * retire conn->req, schedule its start, ask the factory for the protocol,
+ * join the set. On
  * failure (-ENOMEM, -ECONNABORTED for a refusal) t is left as it was,
  * unstarted, for the caller to abandon. */
 TPIO__HIDDEN int tpio__transport_open(tpio_transport_t *t, const struct tpio__conn *conn);
