@@ -3,7 +3,10 @@
 #
 # DIR holds the built example programs (build/examples for `make run`).
 # TPIO_PORT overrides the TCP port (default 8888, as in the specification),
-# TPIO_UDP_PORT the UDP port (default 9999, likewise).
+# TPIO_UDP_PORT the UDP port (default 9999, likewise), TPIO_TLS_PORT the TLS
+# echo pair's port (default 8443). The TLS pair uses a throw-away CA and a
+# server certificate (for localhost and 127.0.0.1) made here with the
+# openssl command into the temporary directory, removed at exit.
 # Each program's output is printed under a "== name ==" header; the script
 # exits non-zero if any step fails.
 #
@@ -22,6 +25,7 @@ if [ -z "$DIR" ] || [ ! -d "$DIR" ]; then
 fi
 PORT=${TPIO_PORT:-8888}
 UDP_PORT=${TPIO_UDP_PORT:-9999}
+TLS_PORT=${TPIO_TLS_PORT:-8443}
 HOST=127.0.0.1
 READY_TIMEOUT=5          # seconds to wait for a server to be ready
 
@@ -117,8 +121,41 @@ stop_server() {
     return 0
 }
 
+# make_certs: a throw-away CA (self-signed, CA:TRUE, keyCertSign) and a server
+# certificate it signs (not a CA; subjectAltName DNS:localhost, IP:127.0.0.1),
+# EC P-256 keys, valid for two days: $WORK/ca.pem, $WORK/server.pem and
+# $WORK/server-key.pem. openssl's chatter goes to $WORK/openssl.log, shown
+# if a step fails.
+make_certs() {
+    if ! command -v openssl >/dev/null 2>&1; then
+        fail "the openssl command is needed for the TLS examples (Debian: apt-get install openssl)"
+        return 1
+    fi
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
+        'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' \
+        'subjectAltName=DNS:localhost,IP:127.0.0.1' >"$WORK/server.ext"
+    if openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" -days 2 \
+            -subj "/CN=tpio examples throw-away CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            >"$WORK/openssl.log" 2>&1 &&
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$WORK/server-key.pem" -out "$WORK/server.csr" \
+            -subj "/CN=localhost" >>"$WORK/openssl.log" 2>&1 &&
+        openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" \
+            -CAkey "$WORK/ca-key.pem" -days 2 -extfile "$WORK/server.ext" \
+            -out "$WORK/server.pem" >>"$WORK/openssl.log" 2>&1; then
+        return 0
+    fi
+    cat "$WORK/openssl.log" >&2
+    fail "could not make the certificates for the TLS examples"
+    return 1
+}
+
 for prog in tcp_echo_server tcp_echo_client udp_echo_server udp_echo_client \
-            existing_socket unix_echo subprocess_date; do
+            tls_echo_server tls_echo_client existing_socket unix_echo \
+            subprocess_date; do
     if [ ! -x "$DIR/$prog" ]; then
         echo "FAILED: $DIR/$prog not found (build the examples first)" >&2
         exit 1
@@ -128,6 +165,15 @@ done
 # TCP Echo Server + TCP Echo Client
 if start_server tcp_echo_server "Serving on" "$HOST" "$PORT"; then
     run_example tcp_echo_client "$HOST" "$PORT"
+    stop_server
+fi
+
+# The TCP echo server and client over TLS; the client verifies the server
+# against the throw-away CA
+if make_certs &&
+    start_server tls_echo_server "Serving on" "$HOST" "$TLS_PORT" \
+        --cert "$WORK/server.pem" --key "$WORK/server-key.pem"; then
+    run_example tls_echo_client "$HOST" "$TLS_PORT" --cafile "$WORK/ca.pem"
     stop_server
 fi
 

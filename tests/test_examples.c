@@ -5,7 +5,8 @@
  * or a memory error makes the program exit non-zero).
  *
  * Children are started with fork/exec and read through pipes with poll()
- * deadlines; nothing sleeps to wait for an event.
+ * deadlines; nothing sleeps to wait for an event. The TLS pair's tests make
+ * a throw-away PKI with OpenSSL in the test process (no openssl command).
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -26,6 +27,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef TPIO_TEST_TLS_EXAMPLES /* set by tests/CMakeLists.txt in a TLS build */
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
+
 #ifndef TPIO_EXAMPLES_DIR
 #error "TPIO_EXAMPLES_DIR must point at the built examples"
 #endif
@@ -35,6 +44,7 @@
 /* ---- child processes ---------------------------------------------------- */
 
 typedef struct child {
+    const char *name;   /* the example's name, for messages */
     pid_t pid;
     int out;            /* read end of the child's stdout (and stderr if merged) */
     char buf[16384];
@@ -79,17 +89,20 @@ static void spawn(child_t *c, const char *name, const char *const *args,
                   bool merge_stderr)
 {
     char path[4096];
-    const char *argv[8];
+    const char *argv[12];
     int fds[2];
     size_t n = 0;
 
     memset(c, 0, sizeof *c);
+    c->name = name;
     snprintf(path, sizeof path, "%s/%s", TPIO_EXAMPLES_DIR, name);
     cr_assert_eq(access(path, X_OK), 0, "example %s not built (%s)", path,
                  strerror(errno));
     argv[n++] = path;
-    for (; args && *args && n < 7; args++)
+    for (; args && *args; args++) {
+        cr_assert_lt(n, sizeof argv / sizeof argv[0] - 1, "too many arguments");
         argv[n++] = *args;
+    }
     argv[n] = NULL;
 
     cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
@@ -199,21 +212,34 @@ static void assert_exit_0(int status, const char *what)
 
 /* ---- the echo server ----------------------------------------------------- */
 
-/* Start tcp_echo_server on 127.0.0.1 port 0 and return the port it printed. */
-static unsigned start_server(child_t *server)
+/* Start the echo server `name` (tcp_echo_server, tls_echo_server) on
+ * 127.0.0.1 port 0, with the options in extra (NULL-terminated, or NULL),
+ * and return the port it printed. */
+static unsigned start_named_server(child_t *server, const char *name,
+                                   const char *const *extra)
 {
-    static const char *const args[] = {"127.0.0.1", "0", NULL};
+    const char *args[10] = {"127.0.0.1", "0"};
     char line[256];
     unsigned port = 0;
     int consumed = 0;
 
-    spawn(server, "tcp_echo_server", args, false);
+    for (size_t n = 2; extra && *extra; extra++, n++) {
+        cr_assert_lt(n, sizeof args / sizeof args[0] - 1, "too many arguments");
+        args[n] = *extra;
+    }
+    spawn(server, name, args, false);
     read_line(server, line, sizeof line);
     cr_assert_eq(sscanf(line, "Serving on ('127.0.0.1', %u)%n", &port, &consumed), 1,
                  "unexpected first line: \"%s\"", line);
     cr_assert_eq((size_t)consumed, strlen(line), "unexpected first line: \"%s\"", line);
     cr_assert(port > 0 && port < 65536, "bad port in \"%s\"", line);
     return port;
+}
+
+/* Start tcp_echo_server on 127.0.0.1 port 0 and return the port it printed. */
+static unsigned start_server(child_t *server)
+{
+    return start_named_server(server, "tcp_echo_server", NULL);
 }
 
 /* The four lines the server prints for one connection that sends `repr`. */
@@ -245,7 +271,7 @@ static void stop_server(child_t *server, int sig)
     cr_assert_eq(kill(server->pid, sig), 0);
     int status = reap(server);
     cr_assert_str_eq(server->buf, "", "unexpected server output at exit");
-    assert_exit_0(status, "tcp_echo_server");
+    assert_exit_0(status, server->name);
 }
 
 static void run_client(unsigned port)
@@ -296,9 +322,135 @@ static size_t raw_echo(unsigned port, const char *msg, char *buf, size_t cap)
     return got;
 }
 
+/* Output of a program whose stderr was merged must hold no sanitizer report
+ * (ASan exits 1 after one, like a program that fails on purpose). */
+static void assert_no_sanitizer_report(const child_t *c)
+{
+    cr_assert(strstr(c->buf, "Sanitizer") == NULL && strstr(c->buf, "runtime error:") == NULL,
+              "%s: a sanitizer report: \"%s\"", c->name, c->buf);
+}
+
+#ifdef TPIO_TEST_TLS_EXAMPLES
+/* ---- a throw-away PKI for the TLS pair ----------------------------------- */
+
+/* Files in a directory of their own, made by make_pki() and removed by the
+ * suite's fini. The server certificate (for localhost and 127.0.0.1) is
+ * signed by ca; other_ca signed nothing of ours. */
+static struct pki {
+    bool made;
+    char dir[64];
+    char ca[96], ca_key[96], other_ca[96], cert[96], key[96];
+} pki;
+
+static EVP_PKEY *new_key(void)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    cr_assert_not_null(k);
+    return k;
+}
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    cr_assert_not_null(e, "extension %d = %s", nid, value);
+    X509_add_ext(cert, e, -1);
+    X509_EXTENSION_free(e);
+}
+
+/* A certificate for key, signed by (issuer, ikey) or self-signed when issuer
+ * is NULL, valid from yesterday for two days. */
+static X509 *new_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
+                      bool ca, const char *san)
+{
+    static long serial = 1;
+    X509 *c = X509_new();
+    cr_assert_not_null(c);
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(c), -86400);
+    X509_gmtime_adj(X509_getm_notAfter(c), 2 * 86400);
+    X509_set_pubkey(c, key);
+    X509_NAME *n = X509_get_subject_name(c);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(c, issuer ? X509_get_subject_name(issuer) : n);
+    X509 *signer = issuer ? issuer : c;
+    add_ext(c, signer, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    add_ext(c, signer, NID_key_usage,
+            ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
+    add_ext(c, signer, NID_subject_key_identifier, "hash");
+    if (issuer)
+        add_ext(c, signer, NID_authority_key_identifier, "keyid:always");
+    if (san)
+        add_ext(c, signer, NID_subject_alt_name, san);
+    cr_assert_gt(X509_sign(c, issuer ? ikey : key, EVP_sha256()), 0);
+    return c;
+}
+
+static void write_pem(const char *path, X509 *cert, EVP_PKEY *key)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(cert ? PEM_write_X509(f, cert)
+                      : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+    cr_assert_eq(fclose(f), 0);
+}
+
+static void make_pki(void)
+{
+    if (pki.made)
+        return;
+    snprintf(pki.dir, sizeof pki.dir, "/tmp/tpio-examples-pki-XXXXXX");
+    cr_assert_not_null(mkdtemp(pki.dir), "mkdtemp: %s", strerror(errno));
+    pki.made = true;
+    snprintf(pki.ca, sizeof pki.ca, "%s/ca.pem", pki.dir);
+    snprintf(pki.ca_key, sizeof pki.ca_key, "%s/ca-key.pem", pki.dir);
+    snprintf(pki.other_ca, sizeof pki.other_ca, "%s/other-ca.pem", pki.dir);
+    snprintf(pki.cert, sizeof pki.cert, "%s/server.pem", pki.dir);
+    snprintf(pki.key, sizeof pki.key, "%s/server-key.pem", pki.dir);
+
+    EVP_PKEY *cak = new_key(), *ok = new_key(), *sk = new_key();
+    X509 *ca = new_cert(cak, "tpio examples test CA", NULL, NULL, true, NULL);
+    X509 *oca = new_cert(ok, "tpio examples other CA", NULL, NULL, true, NULL);
+    X509 *srv = new_cert(sk, "localhost", ca, cak, false, "DNS:localhost,IP:127.0.0.1");
+    write_pem(pki.ca, ca, NULL);
+    write_pem(pki.ca_key, NULL, cak);
+    write_pem(pki.other_ca, oca, NULL);
+    write_pem(pki.cert, srv, NULL);
+    write_pem(pki.key, NULL, sk);
+    X509_free(ca);
+    X509_free(oca);
+    X509_free(srv);
+    EVP_PKEY_free(cak);
+    EVP_PKEY_free(ok);
+    EVP_PKEY_free(sk);
+}
+
+static void remove_pki(void)
+{
+    if (!pki.made)
+        return;
+    const char *files[] = {pki.ca, pki.ca_key, pki.other_ca, pki.cert, pki.key};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+        unlink(files[i]);
+    rmdir(pki.dir);
+    pki.made = false;
+}
+#endif
+
+static void examples_fini(void)
+{
+    kill_leftovers();
+#ifdef TPIO_TEST_TLS_EXAMPLES
+    remove_pki();
+#endif
+}
+
 /* ---- tests --------------------------------------------------------------- */
 
-TestSuite(examples, .fini = kill_leftovers);
+TestSuite(examples, .fini = examples_fini);
 
 Test(examples, echo_server_and_client, .timeout = 30)
 {
@@ -409,6 +561,7 @@ Test(examples, echo_client_reports_connection_refused, .timeout = 30)
 
     spawn(&client, "tcp_echo_client", args, true);
     int status = reap(&client);
+    assert_no_sanitizer_report(&client);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0,
               "the client must fail when nobody listens");
     cr_assert(strstr(client.buf, "Data sent") == NULL, "\"%s\"", client.buf);
@@ -519,3 +672,346 @@ Test(examples, unix_echo, .timeout = 30)
     assert_exit_0(status, "unix_echo");
     cr_assert_neq(access(path, F_OK), 0, "the socket file %s was left behind", path);
 }
+
+/* ---- the TCP echo pair over TLS ------------------------------------------ */
+
+#ifdef TPIO_TEST_TLS_EXAMPLES
+
+/* Start tls_echo_server on 127.0.0.1 port 0 with the PKI's server
+ * certificate and return the port it printed. */
+static unsigned start_tls_server(child_t *server)
+{
+    make_pki();
+    const char *const extra[] = {"--cert", pki.cert, "--key", pki.key, NULL};
+    return start_named_server(server, "tls_echo_server", extra);
+}
+
+/* Run tls_echo_client against port, trusting cafile, with --server-hostname
+ * hostname unless NULL; stderr merged into its output if merge_stderr.
+ * Returns its exit status; its output is left in client->buf. */
+static int tls_client_status(child_t *client, unsigned port, const char *cafile,
+                             const char *hostname, bool merge_stderr)
+{
+    char portstr[16];
+    const char *args[] = {"127.0.0.1", portstr, "--cafile", cafile,
+                          hostname ? "--server-hostname" : NULL, hostname, NULL};
+
+    snprintf(portstr, sizeof portstr, "%u", port);
+    spawn(client, "tls_echo_client", args, merge_stderr);
+    return reap(client);
+}
+
+/* The exchange of the TCP client, exactly. */
+static void run_tls_client(unsigned port)
+{
+    child_t client;
+    int status = tls_client_status(&client, port, pki.ca, NULL, false);
+    cr_assert_str_eq(client.buf,
+                     "Data sent: 'Hello World!'\n"
+                     "Data received: 'Hello World!'\n"
+                     "The server closed the connection\n");
+    assert_exit_0(status, "tls_echo_client");
+}
+
+/* The client must refuse the server: exit 1, nothing sent, a message with
+ * the code and "certificate verify failed: <why>". */
+static void expect_verify_failure(unsigned port, const char *cafile, const char *hostname,
+                                  int verify_error)
+{
+    char expect[256];
+    child_t client;
+    int status = tls_client_status(&client, port, cafile, hostname, true);
+
+    assert_no_sanitizer_report(&client);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+              "the client must exit 1 (status %#x): \"%s\"", status, client.buf);
+    cr_assert(strstr(client.buf, "Data sent") == NULL, "\"%s\"", client.buf);
+    cr_assert(strstr(client.buf, tpio_err_name(TPIO_ETLS_VERIFY)) != NULL,
+              "expected the code %s in \"%s\"", tpio_err_name(TPIO_ETLS_VERIFY), client.buf);
+    snprintf(expect, sizeof expect, "certificate verify failed: %s",
+             X509_verify_cert_error_string(verify_error));
+    cr_assert(strstr(client.buf, expect) != NULL, "expected \"%s\" in \"%s\"", expect,
+              client.buf);
+}
+
+/* A TLS client of the test's own (blocking OpenSSL), verifying the server
+ * as tls_echo_client does. */
+typedef struct tls_peer {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+} tls_peer_t;
+
+static const char *ssl_errors(void)
+{
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+    ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    return e ? buf : "no OpenSSL error";
+}
+
+static int connect_v4(unsigned port)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = IO_TIMEOUT_MS / 1000};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    /* Blocking calls that give up rather than hang the test. */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0, "connect: %s",
+                 strerror(errno));
+    return fd;
+}
+
+static void tls_peer_connect(tls_peer_t *c, unsigned port)
+{
+    c->fd = connect_v4(port);
+    c->ctx = SSL_CTX_new(TLS_client_method());
+    cr_assert_not_null(c->ctx);
+    cr_assert_eq(SSL_CTX_load_verify_locations(c->ctx, pki.ca, NULL), 1, "%s", ssl_errors());
+    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+    c->ssl = SSL_new(c->ctx);
+    cr_assert_not_null(c->ssl);
+    SSL_set_fd(c->ssl, c->fd);
+    SSL_set_tlsext_host_name(c->ssl, "localhost");
+    SSL_set1_host(c->ssl, "localhost");
+    cr_assert_eq(SSL_connect(c->ssl), 1, "handshake: %s", ssl_errors());
+}
+
+/* Read until the server's close_notify; returns the bytes read into buf. */
+static size_t tls_peer_read_to_close_notify(tls_peer_t *c, char *buf, size_t cap)
+{
+    size_t got = 0;
+    for (;;) {
+        cr_assert_lt(got, cap, "more than %zu bytes", cap);
+        int n = SSL_read(c->ssl, buf + got, (int)(cap - got));
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        cr_assert_eq(e, SSL_ERROR_ZERO_RETURN, "expected close_notify, got SSL error %d (%s; %s)",
+                     e, strerror(errno), ssl_errors());
+        return got;
+    }
+}
+
+/* Answer the server's close_notify with ours (SSL_shutdown returns 1: both
+ * sent), then the server closes the TCP connection. */
+static void tls_peer_finish(tls_peer_t *c)
+{
+    char byte;
+    cr_assert_eq(SSL_shutdown(c->ssl), 1, "%s", ssl_errors());
+    cr_assert_eq(recv(c->fd, &byte, 1, 0), 0, "the server should have closed us (%s)",
+                 strerror(errno));
+    SSL_free(c->ssl);
+    SSL_CTX_free(c->ctx);
+    close(c->fd);
+}
+
+Test(examples, tls_echo_server_and_client, .timeout = 30)
+{
+    child_t server;
+    unsigned port = start_tls_server(&server);
+
+    run_tls_client(port);
+    expect_connection_lines(&server, "'Hello World!'");
+    stop_server(&server, SIGTERM);
+}
+
+Test(examples, tls_echo_server_serves_several_clients, .timeout = 30)
+{
+    child_t server;
+    unsigned port = start_tls_server(&server);
+
+    for (int i = 0; i < 3; i++) {
+        run_tls_client(port);
+        expect_connection_lines(&server, "'Hello World!'");
+    }
+    stop_server(&server, SIGINT);
+}
+
+/* The bytes come through TLS unchanged, and are printed as Python would. */
+Test(examples, tls_echo_server_quotes_like_python_repr, .timeout = 30)
+{
+    static const char sent[] = "it's\t\\ \x01\xc3\xa9\n";
+    static const char repr[] = "\"it's\\t\\\\ \\x01\xc3\xa9\\n\"";
+    char echo[256];
+    child_t server;
+    tls_peer_t peer;
+    unsigned port = start_tls_server(&server);
+
+    tls_peer_connect(&peer, port);
+    cr_assert_eq(SSL_write(peer.ssl, sent, (int)strlen(sent)), (int)strlen(sent), "%s",
+                 ssl_errors());
+    size_t n = tls_peer_read_to_close_notify(&peer, echo, sizeof echo);
+    cr_assert_eq(n, strlen(sent), "echoed %zu bytes", n);
+    cr_assert_arr_eq(echo, sent, n);
+    tls_peer_finish(&peer);
+    expect_connection_lines(&server, repr);
+    stop_server(&server, SIGTERM);
+}
+
+/* A wrong CA file: another CA, or the server's own certificate (not
+ * self-signed, so no trust anchor). The client exits 1 with "certificate
+ * verify failed"; the server drops the failed handshake without a word and
+ * goes on serving. */
+Test(examples, tls_echo_client_rejects_a_server_of_another_ca, .timeout = 30)
+{
+    child_t server;
+    unsigned port = start_tls_server(&server);
+
+    expect_verify_failure(port, pki.other_ca, NULL,
+                          X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+    expect_verify_failure(port, pki.cert, NULL, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+    run_tls_client(port); /* the first lines the server prints are this one's */
+    expect_connection_lines(&server, "'Hello World!'");
+    stop_server(&server, SIGTERM);
+}
+
+/* The certificate is for localhost and 127.0.0.1: another name fails; ""
+ * skips the name check (the chain is still verified). */
+Test(examples, tls_echo_client_checks_the_server_hostname, .timeout = 30)
+{
+    child_t server, client;
+    unsigned port = start_tls_server(&server);
+
+    expect_verify_failure(port, pki.ca, "example.com", X509_V_ERR_HOSTNAME_MISMATCH);
+    int status = tls_client_status(&client, port, pki.ca, "", false);
+    cr_assert_str_eq(client.buf,
+                     "Data sent: 'Hello World!'\n"
+                     "Data received: 'Hello World!'\n"
+                     "The server closed the connection\n");
+    assert_exit_0(status, "tls_echo_client");
+    expect_connection_lines(&server, "'Hello World!'");
+    expect_verify_failure(port, pki.other_ca, "", X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+    stop_server(&server, SIGTERM);
+}
+
+Test(examples, tls_echo_server_stops_cleanly_without_clients, .timeout = 30)
+{
+    child_t server;
+    start_tls_server(&server);
+    stop_server(&server, SIGTERM);
+}
+
+/* Shutdown closes a connection still in its handshake (a client that sent
+ * nothing) and exits 0. */
+Test(examples, tls_echo_server_stops_with_a_client_in_its_handshake, .timeout = 30)
+{
+    child_t server;
+    char c;
+    unsigned port = start_tls_server(&server);
+    int fd = connect_v4(port);
+
+    /* Connections are accepted in order: once this client is served, the
+     * silent one has been accepted too. */
+    run_tls_client(port);
+    expect_connection_lines(&server, "'Hello World!'");
+    stop_server(&server, SIGTERM);
+    cr_assert_eq(recv(fd, &c, 1, 0), 0, "the server should have closed us (%s)",
+                 strerror(errno));
+    close(fd);
+}
+
+/* Shutdown closes an established connection with close_notify; once the
+ * client answers with its own the server exits 0. */
+Test(examples, tls_echo_server_stops_with_an_idle_client, .timeout = 30)
+{
+    child_t server;
+    tls_peer_t peer;
+    char line[256], buf[64];
+    unsigned port = start_tls_server(&server);
+
+    tls_peer_connect(&peer, port);
+    read_line(&server, line, sizeof line); /* the handshake is over */
+    cr_assert(strncmp(line, "Connection from ('127.0.0.1', ", 30) == 0, "\"%s\"", line);
+    cr_assert_eq(kill(server.pid, SIGTERM), 0);
+    cr_assert_eq(tls_peer_read_to_close_notify(&peer, buf, sizeof buf), 0);
+    tls_peer_finish(&peer);
+    int status = reap(&server);
+    cr_assert_str_eq(server.buf, "", "unexpected server output at exit");
+    assert_exit_0(status, "tls_echo_server");
+}
+
+Test(examples, tls_echo_client_reports_connection_refused, .timeout = 30)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    socklen_t len = sizeof sin;
+    child_t client;
+
+    make_pki();
+    /* A port nobody listens on: bind one, note it, close it. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+
+    int status = tls_client_status(&client, ntohs(sin.sin_port), pki.ca, NULL, true);
+    assert_no_sanitizer_report(&client);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+              "the client must exit 1 when nobody listens (status %#x)", status);
+    cr_assert(strstr(client.buf, "Data sent") == NULL, "\"%s\"", client.buf);
+    cr_assert(strstr(client.buf, "TLS handshake") == NULL, "\"%s\"", client.buf);
+    cr_assert(strstr(client.buf, tpio_strerror(-ECONNREFUSED)) != NULL,
+              "expected \"%s\" in \"%s\"", tpio_strerror(-ECONNREFUSED), client.buf);
+}
+
+/* A key that is not the certificate's: the server says so and exits 1. */
+Test(examples, tls_echo_server_reports_a_key_that_does_not_match, .timeout = 30)
+{
+    child_t server;
+    make_pki();
+    const char *const args[] = {"127.0.0.1", "0", "--cert", pki.cert, "--key", pki.ca_key, NULL};
+
+    spawn(&server, "tls_echo_server", args, true);
+    int status = reap(&server);
+    assert_no_sanitizer_report(&server);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %#x: \"%s\"", status,
+              server.buf);
+    cr_assert(strstr(server.buf, "Serving on") == NULL, "\"%s\"", server.buf);
+    cr_assert(strstr(server.buf, tpio_err_name(TPIO_ETLS)) != NULL, "\"%s\"", server.buf);
+}
+
+/* Bad arguments: a usage message and exit status 2. */
+Test(examples, tls_echo_pair_usage, .timeout = 30)
+{
+    static const char *const server_args[][6] = {
+        {NULL},                               /* no --cert, no --key */
+        {"--cert", "c.pem", NULL},            /* no --key */
+        {"--key", "k.pem", NULL},             /* no --cert */
+        {"--cert", "c.pem", "--key", NULL},   /* --key without FILE */
+        {"--cert", "c", "--key", "k", "--bogus", NULL},
+        {"h", "1", "extra", "--cert", "c", NULL},
+    };
+    static const char *const client_args[][6] = {
+        {NULL},                               /* no --cafile */
+        {"--cafile", NULL},
+        {"--cafile", "ca.pem", "--server-hostname", NULL},
+        {"--cafile", "ca.pem", "-x", NULL},
+        {"h", "1", "extra", "--cafile", "ca.pem", NULL},
+    };
+    child_t prog;
+
+    for (size_t i = 0; i < sizeof server_args / sizeof server_args[0]; i++) {
+        spawn(&prog, "tls_echo_server", server_args[i], true);
+        int status = reap(&prog);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "case %zu: status %#x", i,
+                  status);
+        cr_assert(strncmp(prog.buf, "usage: ", 7) == 0, "case %zu: \"%s\"", i, prog.buf);
+    }
+    for (size_t i = 0; i < sizeof client_args / sizeof client_args[0]; i++) {
+        spawn(&prog, "tls_echo_client", client_args[i], true);
+        int status = reap(&prog);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "case %zu: status %#x", i,
+                  status);
+        cr_assert(strncmp(prog.buf, "usage: ", 7) == 0, "case %zu: \"%s\"", i, prog.buf);
+    }
+}
+
+#endif /* TPIO_TEST_TLS_EXAMPLES */
