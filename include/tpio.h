@@ -607,7 +607,8 @@ typedef struct tpio_extra {
  * specification's "default". Names: "socket" (FD), "peername" and "sockname"
  * (ADDR; peername is cached when the connection is made, absent on error),
  * "pipe" (FD), "subprocess" (FD: the pidfd), and for TLS "sslcontext",
- * "ssl_object", "peercert", "cipher", "compression".
+ * "ssl_object", "peercert", "cipher", "compression", "alpn_protocol" (see
+ * "TLS" below).
  */
 TPIO_API int tpio_transport_get_extra_info(const tpio_transport_t *t, const char *name,
                                            tpio_extra_t *out);
@@ -1281,7 +1282,8 @@ TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
  * transport: TLS in TLS (closing sends the inner close_notify first).
  * Returns -EINVAL (NULLs, no ctx, a client without server_hostname),
  * -ENOTSUP (t is not a TCP, Unix or TLS transport; no TLS in this build),
- * -ESHUTDOWN (t is closing or was given write_eof), -ENOMEM.
+ * -ESHUTDOWN (t is closing or was given write_eof), -EBUSY (a sendfile
+ * runs on t), -ENOMEM.
  */
 TPIO_API int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t *p,
                                  const tpio_tls_opts_t *tls, tpio_connect_cb_t cb,

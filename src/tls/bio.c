@@ -16,6 +16,15 @@ static pthread_mutex_t method_lock = PTHREAD_MUTEX_INITIALIZER;
 static int bio_read(BIO *b, char *out, size_t len, size_t *got)
 {
     struct tpio__tls *s = BIO_get_data(b);
+    /* The common case: what the transport below just read, and no stash. */
+    if (__builtin_expect(!s->stash_len && s->in_len, 1)) {
+        size_t m = s->in_len < len ? s->in_len : len;
+        memcpy(out, s->in, m);
+        s->in += m;
+        s->in_len -= m;
+        *got = m;
+        return 1;
+    }
     BIO_clear_retry_flags(b);
     size_t n = 0;
     if (s->stash_len) {
@@ -46,29 +55,21 @@ static int bio_read(BIO *b, char *out, size_t len, size_t *got)
 static int bio_write(BIO *b, const char *data, size_t len, size_t *put)
 {
     struct tpio__tls *s = BIO_get_data(b);
-    BIO_clear_retry_flags(b);
     /* The transport below sends now or keeps the rest; once it is closing
-     * it drops the bytes, as any transport does after close. */
-    if (s->inner && tpio_transport_write(s->inner, data, len) < 0)
+     * it drops the bytes, as any transport does after close. Every kind a
+     * TLS layer sits on has write1. */
+    if (s->inner && s->inner->vt->write1(s->inner, data, len) < 0)
         return 0;
     *put = len;
     return 1;
 }
 
+/* Only FLUSH succeeds (every write was handed to the transport below);
+ * nothing is pending, and the rest (kernel TLS...) is not supported. */
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-    (void)b;
-    (void)num;
-    (void)ptr;
-    switch (cmd) {
-    case BIO_CTRL_FLUSH:
-        return 1; /* every write was handed to the transport below */
-    case BIO_CTRL_PENDING:
-    case BIO_CTRL_WPENDING:
-        return 0;
-    default:
-        return 0;
-    }
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH;
 }
 
 /* Made once, on first use; tried again after a failure (memory). */

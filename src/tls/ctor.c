@@ -148,6 +148,10 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
     bool can_eof;
     if (t->kind != TPIO_TRANSPORT_TLS && (tpio_transport_can_write_eof(t, &can_eof) < 0 || !can_eof))
         return -ENOTSUP;
+    /* An empty write says what any write would: -ESHUTDOWN after write_eof,
+     * -EBUSY while a sendfile runs. */
+    if ((rc = tpio_transport_write(t, "", 0)) < 0)
+        return rc;
     struct tpio__tls *s;
     if ((rc = tpio__tls_new(loop, t, &cfg, &s)) < 0)
         return rc;

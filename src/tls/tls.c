@@ -37,7 +37,15 @@ static void finish(struct tpio__tls *s, int err, bool abort_inner);
 /* The bytes the TLS transport holds are those waiting in the transport
  * below: its watermarks are this transport's, and its pause/resume become
  * this transport's. */
-static void flow(struct tpio__tls *s)
+static __attribute__((noinline)) void flow_tell(tpio_transport_t *t)
+{
+    if (t->closing || !t->made)
+        return; /* nothing to tell: close() does not call the user back */
+    tpio__maybe_pause_protocol(t);
+    tpio__maybe_resume_protocol(t);
+}
+
+static inline void flow(struct tpio__tls *s)
 {
     if (s->in_ssl) {
         s->flow_dirty = true;
@@ -45,10 +53,10 @@ static void flow(struct tpio__tls *s)
     }
     tpio_transport_t *t = &s->base;
     t->wsize = s->inner ? s->inner->wsize : 0;
-    if (t->closing || !t->made)
-        return; /* nothing to tell: close() does not call the user back */
-    tpio__maybe_pause_protocol(t);
-    tpio__maybe_resume_protocol(t);
+    /* the common case: nothing to cross */
+    if (__builtin_expect(!t->writing_paused && t->wsize <= t->high, 1))
+        return;
+    flow_tell(t);
 }
 
 static void after_ssl(struct tpio__tls *s)
@@ -77,13 +85,34 @@ static void sync_inner_reading(struct tpio__tls *s)
         tpio_transport_pause_reading(in);
 }
 
-static bool pending_plaintext(const struct tpio__tls *s)
+/* A read can give something: ciphertext OpenSSL has not seen, or what it
+ * holds (plaintext not delivered yet, records read ahead). Asked instead
+ * of making the read that would only say WANT_READ, a whole SSL_read per
+ * delivery; only a partial record read ahead still costs one. */
+static bool readable(const struct tpio__tls *s)
 {
     return tpio__tls_input(s) || SSL_has_pending(s->ssl);
 }
 
 /* What a drain would do: deliver, or end a connection whose peer left. */
-static bool drain_needed(const struct tpio__tls *s) { return s->tcp_eof || pending_plaintext(s); }
+static bool drain_needed(const struct tpio__tls *s) { return s->tcp_eof || readable(s); }
+
+/* Why an OpenSSL call returned no data: it failed (an error is queued;
+ * SSL_want_read may still be set then), it waits for input, or the peer's
+ * close_notify came. SSL_get_error does the same, but needs an
+ * ERR_clear_error before every call, which cost 1,500 instructions per
+ * round trip (make bench's counts, four calls): the queue is cleared after
+ * every failure instead, and when a connection starts. */
+static int ssl_status(SSL *ssl, int rc)
+{
+    if (ERR_peek_error())
+        return tpio__tls_error(ssl, rc);
+    if (SSL_want_read(ssl))
+        return R_MORE;
+    if (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN)
+        return R_CLOSED;
+    return tpio__tls_error(ssl, rc);
+}
 
 static void drain_cb(tpio_loop_t *loop, void *arg)
 {
@@ -209,6 +238,7 @@ void tpio__tls_begin(struct tpio__tls *s)
 {
     if (s->state != TLS_HANDSHAKE)
         return;
+    ERR_clear_error(); /* what the program's own OpenSSL calls left */
     if (tpio_loop_call_later(s->base.loop, s->handshake_timeout, handshake_timeout, s,
                              &s->timer) < 0) {
         tpio__tls_set_error("out of memory");
@@ -265,18 +295,13 @@ static void handshake_done(struct tpio__tls *s)
 static void step_handshake(struct tpio__tls *s)
 {
     s->in_ssl = true;
-    ERR_clear_error();
     int rc = SSL_do_handshake(s->ssl);
-    int err = rc == 1 ? 0 : SSL_get_error(s->ssl, rc);
-    if (err && err != SSL_ERROR_WANT_READ)
-        err = tpio__tls_error(s->ssl, rc);
-    else
-        ERR_clear_error();
+    int err = rc == 1 ? 0 : ssl_status(s->ssl, rc);
     after_ssl(s);
     if (rc == 1)
         handshake_done(s);
-    else if (err != SSL_ERROR_WANT_READ)
-        tpio__tls_fail(s, err);
+    else if (err != R_MORE)
+        tpio__tls_fail(s, err < 0 ? err : TPIO_ETLS);
     else if (s->tcp_eof || (s->inner && s->inner->lost_scheduled)) {
         tpio__tls_set_error("the peer closed the connection during the TLS handshake");
         tpio__tls_fail(s, -ECONNRESET);
@@ -288,20 +313,8 @@ static void step_handshake(struct tpio__tls *s)
 static int ssl_read(struct tpio__tls *s, void *buf, size_t len, size_t *got)
 {
     s->in_ssl = true;
-    ERR_clear_error();
     int rc = SSL_read_ex(s->ssl, buf, len, got);
-    int r = R_DATA;
-    if (rc != 1) {
-        int e = SSL_get_error(s->ssl, rc);
-        if (e == SSL_ERROR_WANT_READ) {
-            ERR_clear_error();
-            r = R_MORE;
-        } else if (e == SSL_ERROR_ZERO_RETURN) {
-            r = R_CLOSED;
-        } else {
-            r = tpio__tls_error(s->ssl, rc);
-        }
-    }
+    int r = rc == 1 ? R_DATA : ssl_status(s->ssl, rc);
     after_ssl(s);
     return r;
 }
@@ -335,7 +348,8 @@ static void read_status(struct tpio__tls *s, int r)
 static void read_app(struct tpio__tls *s)
 {
     tpio_transport_t *t = &s->base;
-    while (s->state == TLS_WRAPPED && tpio__reading_allowed(t) && pending_plaintext(s)) {
+    bool more = readable(s); /* asked once per read: SSL_pending is a call */
+    while (more && s->state == TLS_WRAPPED && tpio__reading_allowed(t)) {
         size_t got = 0;
         int r;
         if (t->proto->ops->get_buffer) {
@@ -350,28 +364,34 @@ static void read_app(struct tpio__tls *s)
                 return;
             }
             r = ssl_read(s, buf, len, &got);
+            more = r == R_DATA && readable(s);
             if (r == R_DATA)
                 TPIO__UPCALL(t, buffer_updated, got);
         } else {
-            unsigned char *buf = tpio__loop_layer_buf(t->loop);
+            unsigned char *buf = t->loop->layer_buf;
+            if (__builtin_expect(!buf, 0))
+                buf = tpio__loop_layer_buf(t->loop);
             if (!buf) {
                 fatal(s, -ENOMEM, true);
                 return;
             }
             size_t cap = t->read_size < TPIO__LAYER_BUF_SIZE ? t->read_size : TPIO__LAYER_BUF_SIZE;
             size_t n;
+            more = false;
             while ((r = ssl_read(s, buf + got, cap - got, &n)) == R_DATA) {
                 got += n;
-                if (got == cap)
+                if (!readable(s))
                     break;
+                if (got == cap) {
+                    more = true;
+                    break;
+                }
             }
             if (got)
                 TPIO__UPCALL(t, data_received, buf, got);
         }
-        if (r != R_DATA) {
+        if (r != R_DATA && r != R_MORE) {
             read_status(s, r);
-            if (r == R_MORE)
-                break;
             return;
         }
     }
@@ -446,9 +466,11 @@ static int start_shutdown(struct tpio__tls *s)
 
 /* ---- the pump: whatever the state, consume what arrived -------------------------- */
 
+/* No reference is taken: the transport ends only from inside the
+ * connection_lost of the one below, never inside a callback of its reads,
+ * and each upcall holds its own. */
 static void pump(struct tpio__tls *s)
 {
-    tpio__transport_ref(&s->base);
     if (s->state == TLS_HANDSHAKE)
         step_handshake(s);
     if (s->state == TLS_WRAPPED) {
@@ -468,12 +490,11 @@ static void pump(struct tpio__tls *s)
     } else {
         s->in_len = 0;
     }
-    if (!s->stash_len && s->stash) {
+    if (__builtin_expect(s->stash != NULL, 0) && !s->stash_len) {
         tpio__free(s->stash);
         s->stash = NULL;
         s->stash_cap = s->stash_off = 0;
     }
-    tpio__transport_unref(&s->base);
 }
 
 int tpio__tls_preload(struct tpio__tls *s, const void *data, size_t len)
@@ -535,6 +556,8 @@ static void layer_lost(tpio_protocol_t *p, int err)
         if (err >= 0) {
             err = -ECONNRESET;
             tpio__tls_set_error("the peer closed the connection during the TLS handshake");
+        } else {
+            tpio__tls_set_error("%s during the TLS handshake", tpio_strerror(err));
         }
         tpio__tls_fail(s, err);
         break;
@@ -597,7 +620,6 @@ static int write_one(struct tpio__tls *s, const void *data, size_t len)
 {
     size_t put;
     s->in_ssl = true;
-    ERR_clear_error();
     int rc = SSL_write_ex(s->ssl, data, len, &put);
     int err = rc == 1 ? 0 : tpio__tls_error(s->ssl, rc);
     after_ssl(s);
@@ -613,6 +635,20 @@ static int write_one(struct tpio__tls *s, const void *data, size_t len)
  * into one record instead of one each. */
 #define GATHER_MAX 16384
 
+/* Out of line: its buffer would put a stack-protector check on the one
+ * buffer path. */
+static __attribute__((noinline)) int write_gathered(struct tpio__tls *s,
+                                                    const struct iovec *iov, int cnt)
+{
+    unsigned char buf[GATHER_MAX];
+    size_t off = 0;
+    for (int i = 0; i < cnt; i++) {
+        memcpy(buf + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    return write_one(s, buf, off);
+}
+
 static int tls_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size_t total)
 {
     struct tpio__tls *s = T(t);
@@ -620,13 +656,7 @@ static int tls_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size
         return 0; /* dropped after close, as for any transport */
     int rc = 0;
     if (cnt > 1 && total <= GATHER_MAX) {
-        unsigned char buf[GATHER_MAX];
-        size_t off = 0;
-        for (int i = 0; i < cnt; i++) {
-            memcpy(buf + off, iov[i].iov_base, iov[i].iov_len);
-            off += iov[i].iov_len;
-        }
-        rc = write_one(s, buf, off);
+        rc = write_gathered(s, iov, cnt);
     } else {
         for (int i = 0; i < cnt && rc == 0 && s->state == TLS_WRAPPED; i++)
             if (iov[i].iov_len)
@@ -637,10 +667,16 @@ static int tls_write(tpio_transport_t *t, const struct iovec *iov, int cnt, size
     return rc == -ENOMEM ? rc : 0;
 }
 
+/* tpio_transport_write's entry: one buffer, one SSL_write. */
 static int tls_write1(tpio_transport_t *t, const void *data, size_t len)
 {
-    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-    return tls_write(t, &iov, 1, len);
+    struct tpio__tls *s = T(t);
+    if (len == 0 || t->closing || s->state != TLS_WRAPPED)
+        return 0;
+    int rc = write_one(s, data, len);
+    if (rc == 0)
+        flow(s);
+    return rc == -ENOMEM ? rc : 0;
 }
 
 static int tls_write_eof(tpio_transport_t *t)
@@ -805,6 +841,9 @@ int tpio__tls_new(tpio_loop_t *loop, tpio_transport_t *inner, const struct tpio_
         goto fail;
     SSL_set_bio(s->ssl, bio, bio);
     SSL_set_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+    /* One BIO read per record instead of two (header, then body): 400
+     * instructions less per 1 KiB round trip (make bench's counts). */
+    SSL_set_read_ahead(s->ssl, 1);
     SSL_set_options(s->ssl, SSL_OP_NO_RENEGOTIATION);
     if (cfg->server)
         SSL_set_accept_state(s->ssl);
