@@ -50,6 +50,10 @@ struct tpio__tls {
     bool inner_gone;    /* the transport below had its connection_lost */
     bool inner_started; /* the transport below runs (else it is abandoned) */
     bool notify_sent;   /* our close_notify is out */
+    bool in_call;       /* inside the user's call: pause_writing only */
+    bool flow_queued;   /* a resume_writing waits for the loop */
+    bool opened;        /* the factory ran: connection_made is coming */
+    bool lost_deferred; /* the end came first: connection_lost after it */
     /* Ciphertext not yet consumed by OpenSSL: the current read (borrowed,
      * in the buffer the transport below just filled), then the stash, which
      * keeps what was left over when the protocol paused. */
@@ -67,17 +71,52 @@ struct tpio__tls {
     double handshake_timeout, shutdown_timeout;
     char *alpn;
     struct tpio__node drain_node;
+    struct tpio__node flow_node;
     /* A cancelled handshake's completion, from the loop. */
     struct tpio__node done_node;
     tpio_connect_cb_t done_cb;
     void *done_arg;
 };
 
-/* ---- tls.c: the transport and its state machine ---------------------------- */
+/* ---- transport.c: what the user holds ------------------------------------------ */
 /* A TLS transport over inner (not yet its protocol's), with SSL made from
  * cfg. On success inner is the layer's. -ENOMEM, TPIO_ETLS. */
 TPIO__HIDDEN int tpio__tls_new(tpio_loop_t *loop, tpio_transport_t *inner,
                                const struct tpio__tls_cfg *cfg, struct tpio__tls **out);
+
+/* ---- layer.c: the state machine -------------------------------------------------- */
+/* Encrypt and hand to the transport below; a failure ends the connection
+ * (connection_lost tells the protocol). 0 or the error. */
+TPIO__HIDDEN int tpio__tls_write(struct tpio__tls *s, const void *data, size_t len);
+/* close(): flush, close_notify, then wait for the peer's (WRAPPED only). */
+TPIO__HIDDEN int tpio__tls_shutdown(struct tpio__tls *s);
+/* The end: the transport below closed (or aborted); its connection_lost
+ * brings this one's, with err. Once. */
+TPIO__HIDDEN void tpio__tls_finish(struct tpio__tls *s, int err, bool abort_inner);
+/* DONE at once: no timer, no request (the transport's quiesce). */
+TPIO__HIDDEN void tpio__tls_stop(struct tpio__tls *s);
+/* Read below while the state and the user's reading want it. */
+TPIO__HIDDEN void tpio__tls_sync_reading(struct tpio__tls *s);
+/* Deliver from the loop what OpenSSL or the stash hold (no socket event
+ * will come for it). */
+TPIO__HIDDEN void tpio__tls_queue_drain(struct tpio__tls *s);
+/* Flow control: the bytes the TLS transport holds are those waiting in the
+ * transport below, whose watermarks are this one's; pause/resume cross
+ * when they cross. Never inside an OpenSSL call (noted, applied after). */
+TPIO__HIDDEN void tpio__tls_flow_tell(struct tpio__tls *s);
+static inline void tpio__tls_flow(struct tpio__tls *s)
+{
+    if (s->in_ssl) {
+        s->flow_dirty = true;
+        return;
+    }
+    tpio_transport_t *t = &s->base;
+    t->wsize = s->inner ? s->inner->wsize : 0;
+    /* the common case: nothing to cross */
+    if (__builtin_expect(!t->writing_paused && t->wsize <= t->high, 1))
+        return;
+    tpio__tls_flow_tell(s);
+}
 /* Start the handshake now that inner's protocol is the layer and it is
  * running (connection_made of the layer, or start_tls). */
 TPIO__HIDDEN void tpio__tls_begin(struct tpio__tls *s);
