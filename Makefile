@@ -6,7 +6,7 @@
 BUILD      ?= build
 TEST_BUILD ?= build-test
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
-PACKAGES   := cmake make gcc pkg-config libcriterion-dev libssl-dev openssl python3
+PACKAGES   := cmake make gcc pkg-config libcriterion-dev libssl-dev openssl python3 clang
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all run test deps build build-test examples clean install
@@ -48,12 +48,12 @@ clean:
 	rm -rf $(BUILD) $(TEST_BUILD)
 
 # ---- benchmarks (bench/, docs/performance.md) -------------------------------
-#   make bench        the whole matrix, counts and memory (< 10 min); writes
+#   make bench        the whole matrix, counts and memory, plain and TLS (< 15 min); writes
 #                     bench/results/ and the generated part of docs/performance.md
 #   make bench-quick  smoke check (< 1 min); writes build-bench/results-quick/
 BENCH_BUILD    ?= build-bench
 BENCH_PACKAGES := cmake make gcc pkg-config python3 libuv1-dev libevent-dev \
-                  valgrind strace gnuplot-nox util-linux
+                  libssl-dev openssl valgrind strace gnuplot-nox util-linux
 
 .PHONY: bench bench-quick bench-build bench-deps
 
@@ -97,3 +97,29 @@ mutate: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=86 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	/usr/bin/python3 tests/mutants/run.py --build $(MUTATE_BUILD) $(MUTATE_ARGS)
+
+# ---- fuzzing (tests/fuzz/) --------------------------------------------------
+#   make fuzz   build the libFuzzer harnesses with clang (ASan + UBSan) into
+#               build-fuzz/ and run each for FUZZ_SECONDS (default 60); fails
+#               on any crash, leak or timeout (what failed: build-fuzz/artifacts/).
+#               The corpus grows in build-fuzz/corpus/ from run to run. ctest
+#               runs a 20 s pass of the same script (the `fuzz` test).
+FUZZ_BUILD    ?= build-fuzz
+FUZZ_SECONDS  ?= 60
+FUZZ_PACKAGES := cmake make clang libssl-dev
+
+.PHONY: fuzz fuzz-deps
+
+fuzz-deps:
+	@missing=""; for p in $(FUZZ_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing missing packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+fuzz: fuzz-deps
+	sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)

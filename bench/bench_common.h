@@ -3,6 +3,7 @@
  * Every server follows the same contract, so the driver can treat them alike:
  *
  *   server [PORT [EXIT_AFTER]]
+ *   tls server [--cert CERT.pem --key KEY.pem] [PORT [EXIT_AFTER]]
  *
  * - binds 127.0.0.1:PORT (0 = any free port), listen backlog BENCH_BACKLOG,
  *   prints the bound port on stdout (one line, flushed) and serves;
@@ -20,6 +21,10 @@
  * - EXIT_AFTER > 0: exit(0) once that many connections have been closed
  *   (used by the callgrind / strace runs so the tool writes its report);
  * - SIGPIPE is ignored and RLIMIT_NOFILE raised to its hard limit.
+ *
+ * The TLS servers (echo_tls_*) take the certificate chain and key with
+ * --cert / --key (PEM, anywhere on the command line) and configure their
+ * SSL_CTX alike, with bench_tls.h.
  */
 #ifndef BENCH_COMMON_H
 #define BENCH_COMMON_H
@@ -34,6 +39,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -46,11 +52,12 @@ struct bench_args {
     unsigned port;
     long exit_after;
     size_t read_size; /* BENCH_BUF, else BENCH_READ */
+    const char *cert, *key; /* --cert, --key (TLS servers); NULL if not given */
 };
 
 static inline struct bench_args bench_setup(int argc, char **argv)
 {
-    struct bench_args a = {0, 0, BENCH_READ};
+    struct bench_args a = {0, 0, BENCH_READ, NULL, NULL};
     const char *env = getenv("BENCH_BUF");
     if (env) {
         unsigned long v = strtoul(env, NULL, 10);
@@ -60,10 +67,19 @@ static inline struct bench_args bench_setup(int argc, char **argv)
         }
         a.read_size = v;
     }
-    if (argc > 1)
-        a.port = (unsigned)strtoul(argv[1], NULL, 10);
-    if (argc > 2)
-        a.exit_after = strtol(argv[2], NULL, 10);
+    int pos = 0;
+    for (int i = 1; i < argc; i++) {
+        if ((strcmp(argv[i], "--cert") == 0 || strcmp(argv[i], "--key") == 0) && i + 1 < argc) {
+            *(argv[i][2] == 'c' ? &a.cert : &a.key) = argv[i + 1];
+            i++;
+        } else if (pos == 0) {
+            a.port = (unsigned)strtoul(argv[i], NULL, 10);
+            pos++;
+        } else if (pos == 1) {
+            a.exit_after = strtol(argv[i], NULL, 10);
+            pos++;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -5,6 +5,16 @@
  *   loadgen -p PORT[,PORT...] -m bulk [-s CHUNK] [-w WARMUP] [-t SECONDS] [-q SLICE]
  *   loadgen -p PORT -m idle -c CONNS
  *   common: [-H 127.0.0.1] [-T TIMEOUT] (hard limit on the whole run, seconds)
+ *           [--tls [--ca CAFILE]]
+ *
+ * --tls: every connection is TLS 1.3 with TLS_AES_128_GCM_SHA256 (OpenSSL),
+ *   the server's certificate checked against CAFILE (and 127.0.0.1, the
+ *   address it must name) with --ca, not checked without. The handshake is
+ *   done when the connection is opened: before the slices (bulk: before the
+ *   slice's time starts). Records are read ahead and decrypted until OpenSSL
+ *   holds none (SSL_has_pending), sizes are plaintext bytes, and connections
+ *   are closed without close_notify (as plain ones are: closed or reset), so
+ *   the servers never have to wait for a shutdown.
  *
  * Several ports load several servers in turn: the run is cut into slices of
  * SLICE seconds, each round gives every server one slice (the order rotates
@@ -25,10 +35,11 @@
  *   server echoes them, reading and checking the echo at the same time.
  *   Prints a line per server: port=… mbps=… (10^6 bytes of echo per second)
  *   bytes=… secs=… total=… (bytes including warm-up) slices=m1,m2,… (MB/s)
- * idle: opens CONNS connections, completes one 1-byte round trip on each (so
- *   the server has accepted and set up every one of them), prints "ready N",
- *   and holds them until stdin has a line or is closed (or TIMEOUT), then
- *   resets them (SO_LINGER 0: no TIME_WAIT left behind).
+ * idle: opens CONNS connections (TLS: one handshake at a time), completes
+ *   one 1-byte round trip on each (so the server has accepted and set up
+ *   every one of them), prints "ready N", and holds them until stdin has a
+ *   line or is closed (or TIMEOUT), then resets them (SO_LINGER 0: no
+ *   TIME_WAIT left behind).
  *
  * Every loop is bounded: by the round count, the measuring time, and TIMEOUT.
  * Exit status: 0 ok, 1 usage / setup error, 2 timeout, 3 echo mismatch or the
@@ -39,7 +50,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <getopt.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,6 +76,7 @@ static int nconns = 1;
 static size_t size = 1024;
 static double warmup = 0.2, seconds = 1.0, timeout = 60.0;
 static long rounds; /* fixed-count mode when > 0 */
+static SSL_CTX *tls_ctx; /* --tls */
 
 static char *pattern; /* PATTERN_PERIOD-periodic bytes, long enough for any read */
 static double t_deadline;
@@ -94,7 +110,97 @@ static void raise_nofile(void)
     }
 }
 
-static int connect_one(unsigned port, int nonblock)
+/* TLS errors as the plain paths see them: -1 with errno EAGAIN when OpenSSL
+ * waits for the socket, 0 for the end of the stream, -1 with errno otherwise. */
+static ssize_t tls_result(SSL *ssl, int r)
+{
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    /* OpenSSL 3 reports a bare EOF as SSL_ERROR_SSL, "unexpected eof" */
+    int eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0) ||
+              (e == SSL_ERROR_SSL &&
+               ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+    if (!eof && e != SSL_ERROR_SYSCALL)
+        ERR_print_errors_fp(stderr);
+    ERR_clear_error();
+    if (eof) {
+        errno = 0;
+        return 0;
+    }
+    if (e != SSL_ERROR_SYSCALL)
+        errno = EPROTO;
+    return -1;
+}
+
+static ssize_t conn_read(int fd, SSL *ssl, void *buf, size_t n)
+{
+    if (!ssl)
+        return read(fd, buf, n);
+    int r = SSL_read(ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return r > 0 ? r : tls_result(ssl, r);
+}
+
+/* TLS: one record (16 KiB at most) per call (SSL_MODE_ENABLE_PARTIAL_WRITE);
+ * after EAGAIN the same bytes must be offered again, as they are. */
+static ssize_t conn_write(int fd, SSL *ssl, const void *buf, size_t n)
+{
+    if (!ssl)
+        return write(fd, buf, n);
+    int w = SSL_write(ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return w > 0 ? w : tls_result(ssl, w);
+}
+
+static void tls_setup(const char *cafile, int idle)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx ||
+        SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_ciphersuites(tls_ctx, "TLS_AES_128_GCM_SHA256") != 1) {
+        ERR_print_errors_fp(stderr);
+        errno = 0;
+        die(1, "TLS client context");
+    }
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                  /* thousands of idle connections: no buffers */
+                                  (idle ? SSL_MODE_RELEASE_BUFFERS : 0));
+    if (cafile) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, cafile, NULL) != 1) {
+            ERR_print_errors_fp(stderr);
+            errno = 0;
+            die(1, "loading the CA file");
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_CTX_get0_param(tls_ctx), host) != 1)
+            die(1, "the host to verify");
+    } else {
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    }
+}
+
+static SSL *tls_handshake(int fd)
+{
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1)
+        die(1, "SSL_new");
+    int r = SSL_connect(ssl);
+    if (r != 1) {
+        int e = SSL_get_error(ssl, r);
+        fprintf(stderr, "loadgen: TLS handshake failed (SSL error %d)\n", e);
+        ERR_print_errors_fp(stderr);
+        exit(3);
+    }
+    return ssl;
+}
+
+/* Opens a connection (TLS: with its handshake done, *ssl set). */
+static int connect_one(unsigned port, int nonblock, SSL **ssl)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -110,6 +216,7 @@ static int connect_one(unsigned port, int nonblock)
         die(1, "connect");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    *ssl = tls_ctx ? tls_handshake(fd) : NULL;
     if (nonblock)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     return fd;
@@ -138,6 +245,7 @@ static void check_deadline(void)
  * connections stay open and idle. */
 struct conn {
     int fd;
+    SSL *ssl;     /* --tls */
     size_t sent, recvd;
     unsigned off; /* pattern offset of this round's message */
     uint64_t t0;
@@ -193,7 +301,7 @@ static void set_out(struct target *g, struct conn *c, int on)
 static void pp_send_more(struct target *g, struct conn *c)
 {
     while (c->sent < size) {
-        ssize_t w = write(c->fd, pattern + c->off + c->sent, size - c->sent);
+        ssize_t w = conn_write(c->fd, c->ssl, pattern + c->off + c->sent, size - c->sent);
         if (w < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 break;
@@ -219,7 +327,7 @@ static void pp_open(struct target *g)
         die(1, "calloc");
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &g->cs[i];
-        c->fd = connect_one(g->port, 1);
+        c->fd = connect_one(g->port, 1, &c->ssl);
         c->off = (unsigned)(i * 7) % PATTERN_PERIOD;
         c->left = rounds ? rounds / nconns + (i < rounds % nconns) : -1;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
@@ -227,24 +335,64 @@ static void pp_open(struct target *g)
     }
 }
 
+struct pp_state {
+    uint64_t end;
+    long n_rt;
+    int nactive;
+    int measured;
+};
+
+/* c is readable: one read (TLS: and more while OpenSSL holds records read
+ * ahead, which epoll cannot see). */
+static void pp_readable(struct target *g, struct conn *c, struct pp_state *st)
+{
+    static char rbuf[65536];
+    do {
+        ssize_t r = conn_read(c->fd, c->ssl, rbuf, sizeof rbuf);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (r <= 0) {
+            errno = r < 0 ? errno : 0;
+            die(3, "the server closed a connection");
+        }
+        if (c->recvd + (size_t)r > c->sent ||
+            memcmp(rbuf, pattern + c->off + c->recvd, (size_t)r) != 0) {
+            errno = 0;
+            die(3, "echo mismatch");
+        }
+        c->recvd += (size_t)r;
+        if (c->recvd < size)
+            continue;
+        /* one round trip complete */
+        uint64_t t = now_ns();
+        st->n_rt++;
+        if (st->measured)
+            add_sample(g, t - c->t0);
+        if ((rounds && --c->left == 0) || (!rounds && t >= st->end)) {
+            c->active = 0;
+            st->nactive--;
+            return;
+        }
+        pp_start_round(g, c);
+    } while (c->ssl && SSL_has_pending(c->ssl));
+}
+
 /* Every connection runs round trips until the slice's end (or, in fixed mode,
  * its round count); the round trips under way then finish, inside the slice. */
 static void pp_slice(struct target *g, double dur, int measured)
 {
-    static char rbuf[65536];
-    uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9);
-    long n_rt = 0;
-    int nactive = 0;
+    uint64_t t_start = now_ns();
+    struct pp_state st = {t_start + (uint64_t)(dur * 1e9), 0, 0, measured};
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &g->cs[i];
         c->active = c->left != 0;
         if (c->active) {
-            nactive++;
+            st.nactive++;
             pp_start_round(g, c);
         }
     }
     struct epoll_event evs[256];
-    while (nactive > 0) {
+    while (st.nactive > 0) {
         int n = epoll_wait(g->ep, evs, 256, 100);
         if (n < 0 && errno != EINTR)
             die(1, "epoll_wait");
@@ -259,43 +407,17 @@ static void pp_slice(struct target *g, double dur, int measured)
             }
             if (evs[i].events & EPOLLOUT)
                 pp_send_more(g, c);
-            if (!(evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-                continue;
-            ssize_t r = read(c->fd, rbuf, sizeof rbuf);
-            if (r < 0 && (errno == EAGAIN || errno == EINTR))
-                continue;
-            if (r <= 0) {
-                errno = r < 0 ? errno : 0;
-                die(3, "the server closed a connection");
-            }
-            if (c->recvd + (size_t)r > c->sent ||
-                memcmp(rbuf, pattern + c->off + c->recvd, (size_t)r) != 0) {
-                errno = 0;
-                die(3, "echo mismatch");
-            }
-            c->recvd += (size_t)r;
-            if (c->recvd < size)
-                continue;
-            /* one round trip complete */
-            uint64_t t = now_ns();
-            n_rt++;
-            if (measured)
-                add_sample(g, t - c->t0);
-            if ((rounds && --c->left == 0) || (!rounds && t >= end)) {
-                c->active = 0;
-                nactive--;
-                continue;
-            }
-            pp_start_round(g, c);
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                pp_readable(g, c, &st);
         }
         check_deadline();
     }
     uint64_t el = now_ns() - t_start;
-    g->done += (double)n_rt;
+    g->done += (double)st.n_rt;
     if (measured) {
-        g->counted += (double)n_rt;
+        g->counted += (double)st.n_rt;
         g->meas_ns += el;
-        g->rates[g->nrates++] = (double)n_rt / ((double)el / 1e9);
+        g->rates[g->nrates++] = (double)st.n_rt / ((double)el / 1e9);
     }
 }
 
@@ -309,6 +431,29 @@ static void bulk_open(struct target *g)
     g->cs->fd = -1;
 }
 
+/* The bulk connection is readable: one read (TLS: and more while OpenSSL
+ * holds records read ahead). */
+static void bulk_readable(struct target *g, char *rbuf, uint64_t *got)
+{
+    struct conn *c = g->cs;
+    do {
+        ssize_t r = conn_read(c->fd, c->ssl, rbuf, BULK_READ);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            errno = r < 0 ? errno : 0;
+            die(3, "the server closed the connection");
+        }
+        if (r < 0)
+            return;
+        if (g->brecvd + (uint64_t)r > g->bsent ||
+            memcmp(rbuf, pattern + g->brecvd % PATTERN_PERIOD, (size_t)r) != 0) {
+            errno = 0;
+            die(3, "echo mismatch");
+        }
+        g->brecvd += (uint64_t)r;
+        *got += (uint64_t)r;
+    } while (c->ssl && SSL_has_pending(c->ssl));
+}
+
 /* Stream SIZE-byte writes as fast as the echo comes back until the slice's
  * end, then stop writing and take the rest of the echo, inside the slice.
  * Every slice has a connection of its own: a long-lived loopback connection
@@ -320,7 +465,7 @@ static void bulk_slice(struct target *g, double dur, int measured)
     static char *rbuf;
     if (!rbuf && !(rbuf = malloc(BULK_READ)))
         die(1, "malloc");
-    int fd = g->cs->fd = connect_one(g->port, 1);
+    int fd = g->cs->fd = connect_one(g->port, 1, &g->cs->ssl);
     uint64_t t_start = now_ns(), end = t_start + (uint64_t)(dur * 1e9), got = 0;
     g->bsent = g->brecvd = 0;
     int writing = 1;
@@ -339,34 +484,28 @@ static void bulk_slice(struct target *g, double dur, int measured)
         }
         if (n <= 0)
             continue;
-        if (e.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-            ssize_t r = read(fd, rbuf, BULK_READ);
-            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
-                errno = r < 0 ? errno : 0;
-                die(3, "the server closed the connection");
-            }
-            if (r > 0) {
-                if (g->brecvd + (uint64_t)r > g->bsent ||
-                    memcmp(rbuf, pattern + g->brecvd % PATTERN_PERIOD, (size_t)r) != 0) {
-                    errno = 0;
-                    die(3, "echo mismatch");
-                }
-                g->brecvd += (uint64_t)r;
-                got += (uint64_t)r;
-            }
-        }
+        if (e.events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+            bulk_readable(g, rbuf, &got);
         if (writing && (e.events & EPOLLOUT)) {
-            ssize_t w = write(fd, pattern + g->bsent % PATTERN_PERIOD, size);
-            if (w < 0 && errno != EAGAIN && errno != EINTR)
-                die(3, "write");
-            if (w > 0)
+            /* TLS: SIZE bytes per event as well, a record per SSL_write */
+            uint64_t upto = g->bsent + size;
+            do {
+                ssize_t w = conn_write(fd, g->cs->ssl, pattern + g->bsent % PATTERN_PERIOD,
+                                       (size_t)(upto - g->bsent));
+                if (w < 0 && errno != EAGAIN && errno != EINTR)
+                    die(3, "write");
+                if (w <= 0)
+                    break;
                 g->bsent += (uint64_t)w;
+            } while (g->cs->ssl && g->bsent < upto);
         }
     }
     uint64_t el = now_ns() - t_start;
     /* Everything sent has come back: a reset leaves no TIME_WAIT behind. */
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    SSL_free(g->cs->ssl);
+    g->cs->ssl = NULL;
     close(fd);
     g->cs->fd = -1;
     g->done += (double)got;
@@ -410,8 +549,10 @@ static int run_load(int bulk)
     double elapsed = (double)(now_ns() - t0) / 1e9;
     for (int i = 0; i < ntargets; i++) {
         struct target *g = &targets[i];
-        for (int j = 0; j < (bulk ? 0 : nconns); j++)
+        for (int j = 0; j < (bulk ? 0 : nconns); j++) {
+            SSL_free(g->cs[j].ssl);
             close(g->cs[j].fd);
+        }
         close(g->ep);
         double secs = (double)g->meas_ns / 1e9;
         if (rounds) {
@@ -448,19 +589,22 @@ static int run_load(int bulk)
 static int run_idle(void)
 {
     int *fds = malloc((size_t)nconns * sizeof *fds);
-    if (!fds)
+    SSL **ssls = calloc((size_t)nconns, sizeof *ssls);
+    if (!fds || !ssls)
         die(1, "malloc");
     const int batch = 256; /* well under every server's listen backlog (1024) */
     for (int i = 0; i < nconns; i += batch) {
         int end = i + batch < nconns ? i + batch : nconns;
+        /* TLS: one handshake at a time, so that the server never holds the
+         * buffers of many handshakes at once (its heap would keep that peak) */
         for (int j = i; j < end; j++)
-            fds[j] = connect_one(targets[0].port, 0);
+            fds[j] = connect_one(targets[0].port, 0, &ssls[j]);
         for (int j = i; j < end; j++)
-            if (write(fds[j], "x", 1) != 1)
+            if (conn_write(fds[j], ssls[j], "x", 1) != 1)
                 die(3, "write");
         for (int j = i; j < end; j++) {
             char b;
-            if (read(fds[j], &b, 1) != 1 || b != 'x')
+            if (conn_read(fds[j], ssls[j], &b, 1) != 1 || b != 'x')
                 die(3, "no echo on an idle connection");
         }
         check_deadline();
@@ -473,9 +617,11 @@ static int run_idle(void)
     struct linger lg = {1, 0};
     for (int i = 0; i < nconns; i++) {
         setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        SSL_free(ssls[i]);
         close(fds[i]);
     }
     free(fds);
+    free(ssls);
     return 0;
 }
 
@@ -484,7 +630,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen -p PORT[,PORT...] [-H HOST] [-m pingpong|bulk|idle] [-c CONNS]\n"
             "               [-s SIZE] [-w WARMUP_S] [-t SECONDS] [-q SLICE_S] [-n ROUNDS]\n"
-            "               [-T TIMEOUT_S]\n");
+            "               [-T TIMEOUT_S] [--tls [--ca CAFILE]]\n");
     exit(1);
 }
 
@@ -492,9 +638,17 @@ int main(int argc, char **argv)
 {
     int opt;
     int size_given = 0;
-    const char *ports = NULL;
-    while ((opt = getopt(argc, argv, "H:p:m:c:s:w:t:q:n:T:")) != -1) {
+    const char *ports = NULL, *cafile = NULL;
+    int tls = 0;
+    static const struct option longopts[] = {
+        {"tls", no_argument, NULL, 'L'},
+        {"ca", required_argument, NULL, 'A'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "H:p:m:c:s:w:t:q:n:T:", longopts, NULL)) != -1) {
         switch (opt) {
+        case 'L': tls = 1; break;
+        case 'A': cafile = optarg; break;
         case 'H': host = optarg; break;
         case 'p': ports = optarg; break;
         case 'q': slice = atof(optarg); break;
@@ -526,9 +680,11 @@ int main(int argc, char **argv)
         usage();
     if (strcmp(mode, "bulk") == 0 && !size_given)
         size = 64 * 1024;
-    if (size < 1 || size > 16 * 1024 * 1024)
+    if (size < 1 || size > 16 * 1024 * 1024 || (cafile && !tls))
         usage();
     raise_nofile();
+    if (tls)
+        tls_setup(cafile, strcmp(mode, "idle") == 0);
     t_deadline = now() + timeout;
     size_t plen = (size > BULK_READ ? size : BULK_READ) + 2 * PATTERN_PERIOD;
     pattern = malloc(plen);

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark driver: echo servers on tpio (Protocol, BufferedProtocol), libuv,
-libevent and a bare epoll loop, measured by bench/loadgen.
+libevent and a bare epoll loop, measured by bench/loadgen; and the same over
+TLS 1.3 (tpio, libevent's bufferevent_openssl, epoll with OpenSSL).
 
     python3 bench/run.py [--quick] [--build build-bench] [--out bench/results]
-                         [--doc docs/performance.md]
+                         [--doc docs/performance.md] [--skip tls,...]
 
 What it does, in order (see docs/performance.md for the method):
  1. throughput: every server is started once, pinned to one core; the load
@@ -18,11 +19,18 @@ What it does, in order (see docs/performance.md for the method):
     syscalls per round trip (strace -c -f) in the server process.
  3. resident memory per idle connection: VmRSS of a fresh server before and
     after N idle connections are opened, divided by N.
- 4. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
+ 4. TLS: a throw-away CA and server certificate (EC P-256, made with the
+    openssl command into the run's temporary directory), then 1-3 again for
+    the TLS servers (TLS 1.3, TLS_AES_128_GCM_SHA256): ping-pong 1 KiB x 10
+    and bulk, interleaved in slices as above; instructions per round trip
+    split by object into OpenSSL's (libssl, libcrypto and the C library
+    functions they call) and the rest; syscalls; memory per idle TLS
+    connection (handshake done, one byte echoed).
+ 5. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
     --doc replaces the generated part of docs/performance.md.
 
-Only the Python standard library; taskset, valgrind, strace, gnuplot from
-Debian. Every subprocess has a timeout; servers are stopped by their pid.
+Only the Python standard library; taskset, valgrind, strace, gnuplot, openssl
+from Debian. Every subprocess has a timeout; servers are stopped by their pid.
 """
 import argparse
 import csv
@@ -49,6 +57,26 @@ SERVERS = [  # (name, binary)
 TPIO_SERVERS = ("tpio", "tpio-buffered")
 YARDSTICK, REFERENCE = "epoll", "libuv"
 
+# TLS: the same names for the servers' kinds, their own configurations
+# ("TLS ..."), their own yardstick (epoll with OpenSSL on the socket) and
+# reference (libevent's bufferevent_openssl).
+TLS_SERVERS = [
+    ("epoll", "echo_tls_epoll"),
+    ("tpio", "echo_tls_tpio"),
+    ("tpio-buffered", "echo_tls_tpio_buffered"),
+    ("libevent", "echo_tls_libevent"),
+]
+TLS_YARDSTICK, TLS_REFERENCE = "epoll", "libevent"
+TLS_MATRIX = [("pingpong", 1024, 10), ("bulk", 65536, 1)]  # quick and full alike
+TLS_MEMORY_SERVERS = ("epoll", "tpio")
+TLS_BARS = dict(vs_yardstick=0.95, vs_reference=1.0, own_vs_plain=2.0)
+OPENSSL_OBJECTS = ("libssl.so", "libcrypto.so")  # basename prefixes
+# Objects whose code runs on behalf of its caller: what OpenSSL calls in
+# them (malloc and free of its record buffers, memcpy, strcmp, locks) is
+# OpenSSL's. "???" is where callgrind puts the PLT stubs through which
+# libcrypto calls the C library.
+SYSTEM_OBJECTS = ("libc.so", "ld-linux", "libm.so", "vgpreload_", "???")
+
 # Throughput runs load every server in turn within one load generator run, in
 # slices (see bench/loadgen.c): `seconds` of slices per server and
 # configuration, after `warmup` seconds of uncounted ones.
@@ -56,13 +84,13 @@ FULL = dict(
     slice=0.05, warmup=0.5, seconds=4.0, bulk_slice=0.1, bulk_warmup=0.4, bulk_seconds=8.0,
     sizes=[64, 1024, 16384], conns=[1, 10, 100],
     count_cfgs=[(1024, 10), (1024, 1)], count_rounds=(2000, 12000),
-    idle_conns=10000,
+    idle_conns=10000, tls_count_rounds=(2000, 12000), tls_idle_conns=10000,
 )
 QUICK = dict(
     slice=0.05, warmup=0.1, seconds=0.5, bulk_slice=0.2, bulk_warmup=0.2, bulk_seconds=1.0,
     sizes=None, conns=None,  # explicit list below
     count_cfgs=[(1024, 10)], count_rounds=(500, 2500),
-    idle_conns=1000,
+    idle_conns=1000, tls_count_rounds=(500, 2500), tls_idle_conns=1000,
 )
 QUICK_MATRIX = [(64, 1), (1024, 10), (16384, 100)]
 BAR_CFG = (1024, 10)  # where the instruction, syscall and 0.97x-epoll bars apply
@@ -77,6 +105,40 @@ def log(*a):
 def cfg_name(size, conns):
     s = "%d B" % size if size < 1024 else "%d KiB" % (size // 1024)
     return "%s x %d" % (s, conns)
+
+
+def tls_cfg_name(mode, size, conns):
+    return "TLS " + ("bulk" if mode == "bulk" else cfg_name(size, conns))
+
+
+class Tls:
+    """A throw-away CA and a server certificate for 127.0.0.1 (EC P-256:
+    cheap handshakes), made with the openssl command in the run's temporary
+    directory; the arguments that give them to the servers and loadgen."""
+
+    def __init__(self, tmp):
+        d = os.path.join(tmp, "tls")
+        os.makedirs(d)
+        self.ca, self.cert, self.key = (os.path.join(d, f) for f in
+                                        ("ca.pem", "server.pem", "server.key"))
+        cakey, csr, ext = (os.path.join(d, f) for f in ("ca.key", "server.csr", "ext.cnf"))
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                    "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+        for cmd in (
+            ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", cakey],
+            ["req", "-x509", "-new", "-key", cakey, "-subj", "/CN=tpio bench CA", "-days", "2",
+             "-out", self.ca],
+            ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", self.key],
+            ["req", "-new", "-key", self.key, "-subj", "/CN=127.0.0.1", "-out", csr],
+            ["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", cakey, "-CAcreateserial",
+             "-days", "2", "-extfile", ext, "-out", self.cert],
+        ):
+            r = subprocess.run(["openssl"] + cmd, capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise RuntimeError("openssl %s failed: %s" % (cmd[0], r.stderr.strip()))
+        self.server_args = ["--cert", self.cert, "--key", self.key]
+        self.loadgen_args = ["--tls", "--ca", self.ca]
 
 
 # ---------------------------------------------------------------------------
@@ -177,25 +239,39 @@ def loadgen(a, pin, port, *args, timeout):
 # 1. throughput matrix
 
 
-def run_matrix(a, P, pin, tmp):
+def run_matrix(a, P, pin, tmp, tls=None):
     """Every configuration is one load generator run over all the servers,
     which take turns in short slices (the order rotating every round), so a
     slow spell of the machine falls on all of them alike. Each round is a
     repetition: `rep` in the rows is the round, and the ratios are taken
-    within a round."""
-    if a.quick:
-        cfgs = [("pingpong", s, c) for s, c in QUICK_MATRIX]
+    within a round. With tls (a Tls): the TLS servers and configurations."""
+    if tls:
+        cfgs = list(TLS_MATRIX)
+        label = lambda c: tls_cfg_name(*c)
+        server_list, srv_args, lg_args, logtag = TLS_SERVERS, tls.server_args, tls.loadgen_args, "tls-"
     else:
-        cfgs = [("pingpong", s, c) for s in P["sizes"] for c in P["conns"]]
-    cfgs.append(("bulk", 65536, 1))
+        if a.quick:
+            cfgs = [("pingpong", s, c) for s, c in QUICK_MATRIX]
+        else:
+            cfgs = [("pingpong", s, c) for s in P["sizes"] for c in P["conns"]]
+        cfgs.append(("bulk", 65536, 1))
+        label = lambda c: "bulk" if c[0] == "bulk" else cfg_name(c[1], c[2])
+        server_list, srv_args, lg_args, logtag = SERVERS, [], [], ""
     if a.only:
         keep = set(x.strip() for x in a.only.split(","))
-        cfgs = [c for c in cfgs if ("bulk" if c[0] == "bulk" else cfg_name(c[1], c[2])) in keep]
+        cfgs = [c for c in cfgs if label(c) in keep]
+    if not cfgs:
+        return [], []
     servers = {}
-    for name, binary in SERVERS:
-        servers[name] = Server(pin.server() + [os.path.join(a.build, binary)],
-                               os.path.join(tmp, "server-%s.log" % name))
-    names = [n for n, _ in SERVERS]
+    try:
+        for name, binary in server_list:
+            servers[name] = Server(pin.server() + [os.path.join(a.build, binary)] + srv_args,
+                                   os.path.join(tmp, "server-%s%s.log" % (logtag, name)))
+    except Exception:
+        for s in servers.values():
+            s.stop()
+        raise
+    names = [n for n, _ in server_list]
     ports = ",".join(str(servers[n].port) for n in names)
     rows = []
     try:
@@ -209,8 +285,8 @@ def run_matrix(a, P, pin, tmp):
                 args = ["-m", "pingpong", "-c", conns, "-s", size, "-q", P["slice"],
                         "-w", P["warmup"], "-t", P["seconds"]]
                 budget = len(names) * (P["warmup"] + P["seconds"])
-            out = loadgen(a, pin, ports, *args, timeout=int(budget * 3) + 30)
-            cfg = "bulk" if mode == "bulk" else cfg_name(size, conns)
+            out = loadgen(a, pin, ports, *(args + lg_args), timeout=int(budget * 3) + 30)
+            cfg = label((mode, size, conns))
             for name, r in zip(names, out):
                 srv = servers[name]
                 if not srv.alive():
@@ -228,13 +304,13 @@ def run_matrix(a, P, pin, tmp):
     finally:
         for s in servers.values():
             s.stop()
-    return rows, [("bulk" if m == "bulk" else cfg_name(s, c)) for m, s, c in cfgs]
+    return rows, [label(c) for c in cfgs]
 
 
-def medians(rows, configs):
+def medians(rows, configs, server_list=SERVERS):
     med = {}
     for cfg in configs:
-        for name, _ in SERVERS:
+        for name, _ in server_list:
             rs = [r for r in rows if r["config"] == cfg and r["server"] == name]
             if not rs:
                 continue
@@ -287,6 +363,105 @@ def callgrind_functions(path):
     return funcs
 
 
+def _is_obj(path, prefixes):
+    base = os.path.basename(path)
+    return any(base.startswith(p) for p in prefixes)
+
+
+def callgrind_objects(path):
+    """Self instructions per object (basename), straight from callgrind's
+    output, and how many of the instructions in SYSTEM_OBJECTS (the C
+    library, ld.so, the PLT stubs) ran for libssl/libcrypto: malloc and free
+    of the record buffers, memcpy, strcmp, locks.
+
+    The profile is flat (a function's cost is not kept per call path), so a
+    system function's own instructions are split among its callers in
+    proportion to the instructions of their calls to it, a caller in a
+    system object passing on its own split (OpenSSL -> PLT stub -> strcmp
+    is OpenSSL's; the program -> stub -> write is the program's). Exact
+    when each system function works for one side only or costs the same
+    per call for both; code that a system function calls back (a PLT stub
+    jumping into libcrypto) keeps its own object. Returns
+    ({object: Ir}, Ir of system code that ran for OpenSSL)."""
+    obs = {}       # compressed object id -> name
+    fn_obj = {}    # function (compressed id, or "=name") -> object path
+    fn_self = {}   # function -> self Ir
+    calls_in = {}  # callee -> {caller: inclusive Ir of its calls}
+
+    def key(v):
+        v = v.strip()
+        m = re.match(r"\((\d+)\)", v)
+        return m.group(1) if m else "=" + v
+
+    def obname(v):
+        v = v.strip()
+        m = re.match(r"\((\d+)\)(?:\s+(.*))?$", v)
+        if not m:
+            return v
+        if m.group(2) is not None:
+            obs[m.group(1)] = m.group(2)
+        return obs.get(m.group(1), "???")
+
+    ob, fn, callee, in_call = "", None, None, False
+    with open(path) as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                t = line.split()
+                ir = int(t[1]) if len(t) > 1 else 0
+                if in_call:
+                    in_call = False
+                    d = calls_in.setdefault(callee, {})
+                    d[fn] = d.get(fn, 0) + ir
+                else:
+                    fn_self[fn] = fn_self.get(fn, 0) + ir
+            elif line.startswith("fn="):
+                fn = key(line[3:])
+                fn_obj[fn] = ob
+            elif line.startswith("ob="):
+                ob = obname(line[3:])
+            elif line.startswith("cob="):
+                obname(line[4:])
+            elif line.startswith("cfn="):
+                callee = key(line[4:])
+            elif line.startswith("calls="):
+                in_call = True
+    self_ir = {}
+    for fn, ir in fn_self.items():
+        k = os.path.basename(fn_obj.get(fn, "???"))
+        self_ir[k] = self_ir.get(k, 0) + ir
+    total = callgrind_total(path)
+    if sum(self_ir.values()) != total:
+        log("WARNING: %s: the objects' instructions add up to %d, not %d" % (
+            path, sum(self_ir.values()), total))
+
+    def side(fn):
+        o = fn_obj.get(fn, "???")
+        return ("ossl" if _is_obj(o, OPENSSL_OBJECTS) else
+                "sys" if _is_obj(o, SYSTEM_OBJECTS) else "rest")
+    sides = {fn: side(fn) for fn in fn_obj}
+    sysfns = [fn for fn, sd in sides.items() if sd == "sys"]
+    share = {fn: 0.0 for fn in sysfns}  # OpenSSL's share of a system function
+    for _ in range(50):  # system -> system chains are short; a fixpoint
+        delta = 0.0
+        for fn in sysfns:
+            ins = calls_in.get(fn)
+            if not ins:
+                continue
+            tot = sum(ins.values())
+            if tot <= 0:
+                continue
+            w = sum(v * (1.0 if sides.get(g) == "ossl" else share.get(g, 0.0)
+                         if sides.get(g) == "sys" else 0.0) for g, v in ins.items())
+            new = w / tot
+            delta = max(delta, abs(new - share[fn]))
+            share[fn] = new
+        if delta < 1e-9:
+            break
+    ossl_sys = sum(fn_self.get(fn, 0) * share[fn] for fn in sysfns)
+    return self_ir, ossl_sys
+
+
 def strace_counts(path):
     counts = {}
     with open(path) as f:
@@ -300,7 +475,7 @@ def strace_counts(path):
     return counts
 
 
-def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag):
+def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None):
     out = os.path.join(tmp, "%s-%s.out" % (tag, rounds))
     if tool == "callgrind":
         prefix = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
@@ -308,11 +483,12 @@ def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag):
         prefix = ["strace", "-f", "-c", "-o", out, "--"]
     # The server exits once the `conns` connections are closed, so the tool
     # writes its report.
-    srv = Server(pin.server() + prefix + [os.path.join(a.build, binary), "0", str(conns)],
+    srv = Server(pin.server() + prefix + [os.path.join(a.build, binary)] +
+                 (tls.server_args if tls else []) + ["0", str(conns)],
                  os.path.join(tmp, "%s.log" % tag), timeout=60)
     try:
         loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size, "-n", rounds,
-                timeout=300)
+                *(tls.loadgen_args if tls else []), timeout=300)
         srv.wait(120)
     finally:
         srv.stop()
@@ -349,6 +525,61 @@ def run_counts(a, P, pin, tmp):
     return counts, profiles
 
 
+def run_tls_counts(a, P, pin, tmp, tls, plain_counts):
+    """Instructions (split by object) and syscalls per round trip of the TLS
+    servers at TLS 1 KiB x 10, each the difference of two run lengths as for
+    plain TCP; and the plain-TCP instructions per round trip of the tpio
+    servers at 1 KiB x 10 (from the plain counts, or measured here when they
+    were skipped), which the TLS instructions outside OpenSSL are held to."""
+    r1, r2 = P["tls_count_rounds"]
+    size, conns = BAR_CFG
+    cfg = "TLS " + cfg_name(size, conns)
+    counts, profiles = [], {}
+    for name, binary in TLS_SERVERS:
+        tag = "cg-tls-%s" % name
+        fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag, tls)
+        fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag, tls)
+        (oa, xa), (ob, xb) = callgrind_objects(fa), callgrind_objects(fb)
+        per_obj = {k: (ob.get(k, 0) - oa.get(k, 0)) / (r2 - r1) for k in set(oa) | set(ob)}
+        per_obj = {k: v for k, v in per_obj.items() if abs(v) >= 0.05}
+        ossl_libc = (xb - xa) / (r2 - r1)
+        total = sum(per_obj.values())
+        ossl_self = sum(v for k, v in per_obj.items() if _is_obj(k, OPENSSL_OBJECTS))
+        ffa, ffb = callgrind_functions(fa), callgrind_functions(fb)
+        diff = {k: (ffb.get(k, 0) - ffa.get(k, 0)) / (r2 - r1) for k in set(ffa) | set(ffb)}
+        profiles[name] = sorted(diff.items(), key=lambda kv: -kv[1])
+        shutil.copy(fb, os.path.join(a.out, "callgrind-tls-%s.out" % name))
+        tag = "st-tls-%s" % name
+        sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag, tls))
+        sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag, tls))
+        per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
+        per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
+        c = dict(server=name, config=cfg, size=size, conns=conns, instructions=total,
+                 openssl=ossl_self + ossl_libc, openssl_self=ossl_self, openssl_libc=ossl_libc,
+                 rest=total - ossl_self - ossl_libc, rest_self=total - ossl_self,
+                 by_object=per_obj, syscalls=sum(per.values()), breakdown=per)
+        counts.append(c)
+        log("counts %-14s %-14s %8.0f instr/rt: OpenSSL %.0f (libc for it %.0f), rest %.0f; "
+            "%.3f syscalls/rt  %s" % (cfg, name, total, c["openssl"], ossl_libc, c["rest"],
+                                       c["syscalls"], " ".join("%s=%.3f" % kv
+                                                               for kv in sorted(per.items()))))
+    plain_cfg = cfg_name(*BAR_CFG)
+    plain = {c["server"]: c["instructions"] for c in plain_counts if c["config"] == plain_cfg}
+    r1, r2 = P["count_rounds"]
+    for name, binary in SERVERS:
+        if name in TPIO_SERVERS and name not in plain:
+            if not os.access(os.path.join(a.build, binary), os.X_OK):
+                log("no %s: no plain-TCP reference for the TLS counts of %s" % (binary, name))
+                continue
+            tag = "cg-plainref-%s" % name
+            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag)
+            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag)
+            plain[name] = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
+            log("counts %-14s %-14s %8.0f instr/rt (plain TCP, the reference of the TLS "
+                "counts)" % (plain_cfg, name, plain[name]))
+    return counts, profiles, plain
+
+
 # ---------------------------------------------------------------------------
 # 3. memory per idle connection
 
@@ -361,27 +592,34 @@ def vmrss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def run_memory(a, P, pin, tmp):
+def run_memory(a, P, pin, tmp, tls=None):
+    """With tls: the TLS servers of TLS_MEMORY_SERVERS; every idle connection
+    has completed its handshake (and echoed one byte) before the count."""
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    n = P["idle_conns"]
+    n = P["tls_idle_conns" if tls else "idle_conns"]
     if hard != resource.RLIM_INFINITY and hard < n + 100:
         n = hard - 100
         log("RLIMIT_NOFILE hard limit %d: measuring %d idle connections" % (hard, n))
+    if tls:
+        server_list = [s for s in TLS_SERVERS if s[0] in TLS_MEMORY_SERVERS]
+        srv_args, lg_args, tag, limit = tls.server_args, tls.loadgen_args, "TLS ", 600
+    else:
+        server_list, srv_args, lg_args, tag, limit = SERVERS, [], [], "", 120
     res = []
-    for name, binary in SERVERS:
-        srv = Server(pin.server() + [os.path.join(a.build, binary)],
-                     os.path.join(tmp, "mem-%s.log" % name))
+    for name, binary in server_list:
+        srv = Server(pin.server() + [os.path.join(a.build, binary)] + srv_args,
+                     os.path.join(tmp, "mem-%s%s.log" % ("tls-" if tls else "", name)))
         try:
             time.sleep(0.2)
             before = vmrss_kib(srv.pid)
             lg = subprocess.Popen(pin.client() + [os.path.join(a.build, "loadgen"), "-p",
                                                   str(srv.port), "-m", "idle", "-c", str(n),
-                                                  "-T", "120"],
+                                                  "-T", str(limit)] + lg_args,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
             try:
-                r, _, _ = select.select([lg.stdout], [], [], 120)
+                r, _, _ = select.select([lg.stdout], [], [], limit)
                 line = lg.stdout.readline() if r else ""
                 if not line.startswith("ready"):
                     raise RuntimeError("idle loadgen failed: %s" % lg.stderr.read())
@@ -399,8 +637,8 @@ def run_memory(a, P, pin, tmp):
         per = (after - before) * 1024 / n
         res.append(dict(server=name, conns=n, rss_before_kib=before, rss_after_kib=after,
                         bytes_per_conn=per))
-        log("memory %-14s %6d KiB -> %6d KiB : %7.0f B per idle connection" % (
-            name, before, after, per))
+        log("memory %-18s %6d KiB -> %6d KiB : %7.0f B per idle %sconnection" % (
+            tag + name, before, after, per, tag))
     return res
 
 
@@ -555,7 +793,165 @@ def check_bars(med, configs, counts, mem):
     return bars
 
 
-def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names):
+def check_tls_bars(T):
+    """The TLS bars of the tpio servers; T is main's dict of TLS results."""
+    bars = []
+    med, configs = T["med"], T["configs"]
+    cfg = "TLS " + cfg_name(*BAR_CFG)
+    cnt = {c["server"]: c for c in T["counts"] if c["config"] == cfg}
+    memd = {m["server"]: m for m in T["mem"]}
+    vy, vr, own = TLS_BARS["vs_yardstick"], TLS_BARS["vs_reference"], TLS_BARS["own_vs_plain"]
+    for t in TPIO_SERVERS:
+        if cfg in configs:
+            r = ratio(med, cfg, t, TLS_YARDSTICK)
+            if r is not None:
+                bars.append((t, "TLS rt/s >= %.2fx epoll+OpenSSL at %s" % (vy, cfg),
+                             "%.3fx%s" % (r, ratio_range(med, cfg, t, TLS_YARDSTICK, vy)),
+                             verdict(med, cfg, t, TLS_YARDSTICK, vy)))
+            r = ratio(med, cfg, t, TLS_REFERENCE)
+            if r is not None:
+                bars.append((t, "TLS rt/s >= libevent (bufferevent_openssl) at %s" % cfg,
+                             "%.3fx%s" % (r, ratio_range(med, cfg, t, TLS_REFERENCE, vr)),
+                             verdict(med, cfg, t, TLS_REFERENCE, vr)))
+        c, p = cnt.get(t), T["plain"].get(t)
+        if c and p:
+            r = c["rest"] / p
+            bars.append((t, "TLS instructions/rt outside OpenSSL <= %.0fx plain TCP at %s" % (
+                own, cfg),
+                         "%.0f (%.0f - OpenSSL %.0f) vs %.0f = %.2fx; without counting the C "
+                         "library calls of OpenSSL as its own: %.0f = %.2fx" % (
+                             c["rest"], c["instructions"], c["openssl"], p, r, c["rest_self"],
+                             c["rest_self"] / p),
+                         "yes" if r <= own else "no"))
+        if t in memd and TLS_YARDSTICK in memd:
+            m, y = memd[t]["bytes_per_conn"], memd[TLS_YARDSTICK]["bytes_per_conn"]
+            bars.append((t, "memory per idle TLS connection: OpenSSL's + a small constant",
+                         "%.0f B vs %.0f B for epoll+OpenSSL (what OpenSSL needs): %+.0f B" % (
+                             m, y, m - y), "info"))
+    return bars
+
+
+def tls_summary_md(a, P, T):
+    """The TLS part of the summary (markdown lines)."""
+    names = [n for n, _ in TLS_SERVERS]
+    med, configs, counts, mem = T["med"], T["configs"], T["counts"], T["mem"]
+    L = []
+    L.append("### TLS 1.3 (TLS_AES_128_GCM_SHA256): the servers")
+    L.append("")
+    L.append("The same echo over TLS 1.3 with one cipher suite, AES-128-GCM, OpenSSL %s, a "
+             "throw-away EC P-256 certificate (made at run time); no session tickets, "
+             "SSL_MODE_RELEASE_BUFFERS in every server (bench/bench_tls.h). `epoll` is the "
+             "TLS yardstick: a bare epoll loop with OpenSSL on the socket (SSL_set_fd, "
+             "read-ahead, bench/servers/echo_tls_epoll.c); `tpio` and `tpio-buffered` are "
+             "tpio's TLS transport under a Protocol and a BufferedProtocol; `libevent` is "
+             "bufferevent_openssl (without read-ahead, which libevent 2.1 cannot take: "
+             "OpenSSL reads each record with two read()s). The load generator completes every handshake before the "
+             "slices start (bulk: before the slice's time starts); it verifies the "
+             "certificate. Slices and rounds as above." % T.get("openssl_version", "?"))
+    L.append("")
+    if configs:
+        L.append("### TLS: throughput (median round trips per second; bulk: MB/s)")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            L.append("| %s | " % cfg + " | ".join(
+                fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med
+                else "-" for n in names) + " |")
+        L.append("")
+        L.append("### TLS: ratios to the epoll+OpenSSL yardstick / to libevent")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            cells = []
+            for n in names:
+                ry, rr = ratio(med, cfg, n, TLS_YARDSTICK), ratio(med, cfg, n, TLS_REFERENCE)
+                cells.append("%.2f / %.2f" % (ry, rr) if ry is not None and rr is not None
+                             else "-")
+            L.append("| %s | " % cfg + " | ".join(cells) + " |")
+        L.append("")
+        L.append("### TLS: latency over all measured slices, p50 / p99 in microseconds")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            if cfg.endswith("bulk"):
+                continue
+            L.append("| %s | " % cfg + " | ".join(
+                "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
+                if (cfg, n) in med else "-" for n in names) + " |")
+        L.append("")
+        L.append("### TLS: server CPU time per round trip (user + kernel, ns; bulk: per MB "
+                 "echoed)")
+        L.append("")
+        L.append("As for plain TCP: /proc/PID/schedstat around the run over every round trip "
+                 "of it (warm-up included; the few handshakes of the run too).")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            L.append("| %s | " % cfg + " | ".join(
+                "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-"
+                for n in names) + " |")
+        L.append("")
+    if counts:
+        r1, r2 = P["tls_count_rounds"]
+        L.append("### TLS: costs per round trip in the server (deterministic counts)")
+        L.append("")
+        L.append("Difference of a %d- and a %d-round-trip run (handshakes, start-up and "
+                 "teardown cancel out), user-space instructions (callgrind) split by object: "
+                 "**OpenSSL** is the code of libssl and libcrypto plus the C library functions "
+                 "they call (malloc and free of the record buffers SSL_MODE_RELEASE_BUFFERS "
+                 "releases, memcpy, locks), shown apart in the next column; **the rest** is "
+                 "everything else: the program, its event library, and the C library calls "
+                 "it makes itself (syscall wrappers, its own allocations). OpenSSL's "
+                 "callbacks into the program (a BIO of the library's own) are the rest's. "
+                 "tpio's plain-TCP figure (the reference of the rest): %s." % (
+                     r1, r2, ", ".join("%s %.0f" % kv for kv in sorted(T["plain"].items()))))
+        L.append("")
+        L.append("| configuration | server | instructions / rt | OpenSSL | of which C library "
+                 "| the rest | the rest by object | syscalls / rt | syscalls by name |")
+        L.append("|---|---|---:|---:|---:|---:|---|---:|---|")
+        for c in counts:
+            objs = sorted(((k, v) for k, v in c["by_object"].items()
+                           if not _is_obj(k, OPENSSL_OBJECTS + SYSTEM_OBJECTS)),
+                          key=lambda kv: -kv[1])
+            own_sys = c["rest"] - sum(v for _, v in objs)
+            objs_s = ", ".join(["%s %.0f" % (k, v) for k, v in objs if abs(v) >= 0.5] +
+                               ["C library for them %.0f" % own_sys])
+            L.append("| %s | %s | %.0f | %.0f | %.0f | %.0f | %s | %.3f | %s |" % (
+                c["config"], c["server"], c["instructions"], c["openssl"], c["openssl_libc"],
+                c["rest"], objs_s, c["syscalls"],
+                ", ".join("%s %.3f" % kv for kv in sorted(c["breakdown"].items(),
+                                                          key=lambda kv: -kv[1]))))
+        L.append("")
+        L.append("(\"C library for them\": the C library, ld.so and the PLT stubs, less "
+                 "what OpenSSL called there; by object and function in tls-counts.csv and "
+                 "tls-profiles.txt.)")
+        L.append("")
+    if mem:
+        L.append("### TLS: resident memory per idle TLS connection")
+        L.append("")
+        L.append("VmRSS of a fresh server before and after %d idle TLS connections (each has "
+                 "completed its handshake and echoed one byte), difference / %d. The "
+                 "yardstick's figure is what OpenSSL needs (its SSL object and what hangs on "
+                 "it, plus the yardstick's own few dozen bytes); the difference to it is "
+                 "what the library adds." % (mem[0]["conns"], mem[0]["conns"]))
+        L.append("")
+        L.append("| server | VmRSS before | VmRSS after | bytes per connection | over the "
+                 "yardstick |")
+        L.append("|---|---:|---:|---:|---:|")
+        y = {m["server"]: m for m in mem}.get(TLS_YARDSTICK)
+        for m in mem:
+            L.append("| %s | %d KiB | %d KiB | %.0f | %s |" % (
+                m["server"], m["rss_before_kib"], m["rss_after_kib"], m["bytes_per_conn"],
+                "%+.0f" % (m["bytes_per_conn"] - y["bytes_per_conn"]) if y else "-"))
+        L.append("")
+    return L
+
+
+def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names, T=None):
     names = [n for n, _ in SERVERS]
     L = []
     L.append("Measured %s on: **%s**, %s cores, Linux %s, %s RAM; gcc %s, libuv %s, "
@@ -650,6 +1046,8 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
                                                         m["rss_after_kib"],
                                                         m["bytes_per_conn"]))
         L.append("")
+    if T:
+        L.extend(tls_summary_md(a, P, T))
     L.append("### The bars tpio must clear")
     L.append("")
     L.append("For a timed bar, *met* is `yes` when the median of the paired ratios reaches "
@@ -680,6 +1078,24 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
             L.append("")
             L.append("</details>")
             L.append("")
+    if T and T["profiles"]:
+        L.append("### Where the instructions go over TLS at %s (self instructions per round "
+                 "trip, top functions)" % cfg_name(*BAR_CFG))
+        L.append("")
+        for n, _ in TLS_SERVERS:
+            if n not in T["profiles"]:
+                continue
+            L.append("<details><summary>TLS %s</summary>" % n)
+            L.append("")
+            L.append("| instr / rt | function |")
+            L.append("|---:|---|")
+            for fn, v in T["profiles"][n][:25]:
+                if v < 0.5:
+                    break
+                L.append("| %.1f | `%s` |" % (v, fn))
+            L.append("")
+            L.append("</details>")
+            L.append("")
     return "\n".join(L)
 
 
@@ -689,6 +1105,51 @@ def write_csv(path, rows, fields):
         w.writeheader()
         for r in rows:
             w.writerow(r)
+
+
+def write_tls_csvs(a, T):
+    """tls-runs.csv, tls-results.csv, tls-counts.csv, tls-memory.csv."""
+    write_csv(os.path.join(a.out, "tls-runs.csv"), T["rows"],
+              ["server", "config", "size", "conns", "rep", "value", "unit", "p50_us",
+               "p99_us", "cpu_ns"])
+    summ = []
+    for cfg in T["configs"]:
+        for n, _ in TLS_SERVERS:
+            m = T["med"].get((cfg, n))
+            if m:
+                ry, rr = ratio(T["med"], cfg, n, TLS_YARDSTICK), ratio(T["med"], cfg, n,
+                                                                      TLS_REFERENCE)
+                summ.append(dict(config=cfg, server=n, median=round(m["value"], 1),
+                                 unit=m["unit"], runs=m["n"],
+                                 ratio_epoll=round(ry, 4) if ry is not None else "",
+                                 ratio_libevent=round(rr, 4) if rr is not None else "",
+                                 p50_us=m.get("p50_us", ""), p99_us=m.get("p99_us", ""),
+                                 server_cpu_ns=round(m["cpu_ns"])))
+    write_csv(os.path.join(a.out, "tls-results.csv"), summ,
+              ["config", "server", "median", "unit", "runs", "ratio_epoll", "ratio_libevent",
+               "p50_us", "p99_us", "server_cpu_ns"])
+    crow = []
+    for c in T["counts"]:
+        d = dict(c)
+        d["plain_tcp_instructions"] = T["plain"].get(c["server"], "")
+        d["by_object"] = " ".join("%s=%.1f" % kv for kv in sorted(c["by_object"].items()))
+        d["breakdown"] = " ".join("%s=%.4f" % kv for kv in sorted(c["breakdown"].items()))
+        crow.append(d)
+    write_csv(os.path.join(a.out, "tls-counts.csv"), crow,
+              ["config", "server", "instructions", "openssl", "openssl_self", "openssl_libc",
+               "rest", "rest_self", "plain_tcp_instructions", "by_object", "syscalls",
+               "breakdown"])
+    write_csv(os.path.join(a.out, "tls-memory.csv"), T["mem"],
+              ["server", "conns", "rss_before_kib", "rss_after_kib", "bytes_per_conn"])
+    if T["profiles"]:
+        with open(os.path.join(a.out, "tls-profiles.txt"), "w") as f:
+            for n, prof in T["profiles"].items():
+                f.write("== TLS %s: self instructions per round trip at %s ==\n" % (
+                    n, cfg_name(*BAR_CFG)))
+                for fn, v in prof:
+                    if abs(v) >= 0.5:
+                        f.write("%10.1f  %s\n" % (v, fn))
+                f.write("\n")
 
 
 def gnuplot_charts(a, med, configs, counts, mem, info, tmp):
@@ -795,20 +1256,29 @@ def main():
     ap.add_argument("--doc", default=None, help="markdown file whose generated part to update")
     ap.add_argument("--seconds", type=float,
                     help="measured seconds per server and configuration (default 4 / 0.5)")
-    ap.add_argument("--skip", default="", help="comma list of: matrix,counts,memory")
+    ap.add_argument("--skip", default="", help="comma list of: matrix,counts,memory (for "
+                    "plain TCP and TLS alike), tls (everything over TLS), plain (everything "
+                    "over plain TCP)")
     ap.add_argument("--only", default="", help="comma list of configurations to run, e.g. "
-                    "'1 KiB x 10,bulk' (default: all)")
+                    "'1 KiB x 10,bulk,TLS 1 KiB x 10,TLS bulk' (default: all)")
     a = ap.parse_args()
     P = dict(QUICK if a.quick else FULL)
     if a.seconds:
         P["seconds"] = a.seconds
         P["bulk_seconds"] = 2 * a.seconds
     skip = set(filter(None, a.skip.split(",")))
+    unknown = skip - {"matrix", "counts", "memory", "tls", "plain"}
+    if unknown:
+        ap.error("unknown --skip: %s" % ",".join(sorted(unknown)))
     a.build = os.path.abspath(a.build)
     os.makedirs(a.out, exist_ok=True)
-    for name, binary in SERVERS + [("loadgen", "loadgen")]:
+    needed = [("loadgen", "loadgen")] + ([] if "plain" in skip else SERVERS) + (
+        [] if "tls" in skip else TLS_SERVERS)
+    for name, binary in needed:
         if not os.access(os.path.join(a.build, binary), os.X_OK):
             sys.exit("missing %s in %s: build with `make bench-build`" % (binary, a.build))
+    if "tls" not in skip and not shutil.which("openssl"):
+        sys.exit("the openssl command is missing (Debian: openssl), or pass --skip tls")
     pin = Pinning()
     if not pin.ok:
         log("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
@@ -818,12 +1288,28 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tpio-bench-")
     try:
         rows, configs, med = [], [], {}
-        if "matrix" not in skip:
+        plain = "plain" not in skip
+        if plain and "matrix" not in skip:
             rows, configs = run_matrix(a, P, pin, tmp)
             med = medians(rows, configs)
-        counts, profiles = ([], {}) if "counts" in skip else run_counts(a, P, pin, tmp)
-        mem = [] if "memory" in skip else run_memory(a, P, pin, tmp)
+        counts, profiles = ([], {}) if "counts" in skip or not plain else run_counts(
+            a, P, pin, tmp)
+        mem = [] if "memory" in skip or not plain else run_memory(a, P, pin, tmp)
         bars = check_bars(med, configs, counts, mem) if med else []
+        T = None
+        if "tls" not in skip:
+            tls = Tls(tmp)
+            T = dict(rows=[], configs=[], med={}, counts=[], profiles={}, plain={}, mem=[],
+                     openssl_version=sh("openssl version | cut -d' ' -f2"))
+            if "matrix" not in skip:
+                T["rows"], T["configs"] = run_matrix(a, P, pin, tmp, tls)
+                T["med"] = medians(T["rows"], T["configs"], TLS_SERVERS)
+            if "counts" not in skip:
+                T["counts"], T["profiles"], T["plain"] = run_tls_counts(a, P, pin, tmp, tls,
+                                                                         counts)
+            if "memory" not in skip:
+                T["mem"] = run_memory(a, P, pin, tmp, tls)
+            bars += check_tls_bars(T)
         cpu1 = cpu_times()
         d = [b - a for a, b in zip(cpu0, cpu1)]
         # user nice system idle iowait irq softirq steal ...
@@ -867,8 +1353,10 @@ def main():
                         if abs(v) >= 0.5:
                             f.write("%10.1f  %s\n" % (v, fn))
                     f.write("\n")
+        if T:
+            write_tls_csvs(a, T)
         charts = gnuplot_charts(a, med, configs, counts, mem, info, tmp) if med else []
-        md = summary_md(a, P, info, med, configs, counts, profiles, mem, bars, charts)
+        md = summary_md(a, P, info, med, configs, counts, profiles, mem, bars, charts, T)
         with open(os.path.join(a.out, "summary.md"), "w") as f:
             f.write(md + "\n")
         if a.doc:
@@ -877,14 +1365,18 @@ def main():
         print()
         if med:
             print("### Throughput" + md.split("### Throughput", 1)[1].split("### Latency")[0])
+        if T and T["med"]:
+            print("### TLS: throughput" + md.split("### TLS: throughput", 1)[1].split(
+                "### TLS: latency")[0])
         for s, b, v, ok in bars:
-            print("%-4s %-14s %-50s %s" % ({"yes": "PASS", "tie": "TIE"}.get(ok, "FAIL"),
-                                          s, b, v))
+            print("%-4s %-14s %-50s %s" % ({"yes": "PASS", "tie": "TIE", "info": "INFO"}.get(
+                ok, "FAIL"), s, b, v))
         if a.quick:
             print("(quick: a short run per configuration; the timed bars are indicative only, "
                   "the counts are exact)")
-        log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s)" % (
-            a.out, ", " + ", ".join(c[0] for c in charts) if charts else ""))
+        log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s%s)" % (
+            a.out, ", tls-*.csv" if T else "",
+            ", " + ", ".join(c[0] for c in charts) if charts else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
