@@ -193,3 +193,75 @@ void th_peer_join(th_peer_t *pr)
     SSL_CTX_free(pr->ctx);
     free(pr);
 }
+
+/* ---- ALPN ------------------------------------------------------------------------ */
+
+/* "h2,http/1.1" as ALPN's wire format: each name after its length byte. */
+static unsigned char *alpn_wire(const char *list, unsigned *len)
+{
+    size_t n = strlen(list);
+    unsigned char *w = malloc(n + 1);
+    cr_assert_not_null(w);
+    size_t o = 0;
+    for (const char *p = list; *p;) {
+        size_t k = strcspn(p, ",");
+        cr_assert(k > 0 && k < 256, "bad ALPN list: %s", list);
+        w[o++] = (unsigned char)k;
+        memcpy(w + o, p, k);
+        o += k;
+        p += k;
+        if (*p == ',')
+            p++;
+    }
+    *len = (unsigned)o;
+    return w;
+}
+
+void th_tls_alpn_offer(SSL_CTX *ctx, const char *list)
+{
+    unsigned len;
+    unsigned char *w = alpn_wire(list, &len);
+    cr_assert_eq(SSL_CTX_set_alpn_protos(ctx, w, len), 0); /* 0 is success here */
+    free(w);
+}
+
+typedef struct alpn_prefs {
+    unsigned char *wire;
+    unsigned len;
+} alpn_prefs_t;
+
+static void alpn_prefs_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                            void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    alpn_prefs_t *a = ptr;
+    if (a) {
+        free(a->wire);
+        free(a);
+    }
+}
+
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                          const unsigned char *in, unsigned inlen, void *arg)
+{
+    (void)ssl;
+    const alpn_prefs_t *a = arg;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, a->wire, a->len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void th_tls_alpn_select(SSL_CTX *ctx, const char *list)
+{
+    static int idx = -1;
+    if (idx < 0)
+        idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, alpn_prefs_free);
+    cr_assert(idx >= 0);
+    alpn_prefs_t *a = calloc(1, sizeof *a);
+    cr_assert_not_null(a);
+    a->wire = alpn_wire(list, &a->len);
+    alpn_prefs_free(NULL, SSL_CTX_get_ex_data(ctx, idx), NULL, idx, 0, NULL);
+    cr_assert_eq(SSL_CTX_set_ex_data(ctx, idx, a), 1);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, a);
+}

@@ -46,4 +46,13 @@ th_peer_t *th_peer_start(int fd, SSL_CTX *ctx, bool server, th_peer_fn fn, void 
 /* Join and free (closes fd). */
 void th_peer_join(th_peer_t *pr);
 
+/* ---- ALPN ---------------------------------------------------------------------- */
+/* A client context offers the protocols of `list` ("h2,http/1.1"), in that
+ * order. */
+void th_tls_alpn_offer(SSL_CTX *ctx, const char *list);
+/* A server context selects the first protocol of `list` (its preference)
+ * that the client offers, and goes on without ALPN when none is (OpenSSL's
+ * SSL_TLSEXT_ERR_NOACK). The list is kept with the context. */
+void th_tls_alpn_select(SSL_CTX *ctx, const char *list);
+
 #endif

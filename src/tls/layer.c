@@ -163,8 +163,10 @@ void tpio__tls_finish(struct tpio__tls *s, int err, bool abort_inner)
     if (s->inner_gone) {
         if (s->opened && !s->base.made)
             s->lost_deferred = true; /* connection_made is queued: after it */
+        else if (s->in_lost)
+            tpio__transport_lost_now(&s->base, err); /* the fd is still there */
         else
-            tpio__transport_lost_now(&s->base, err);
+            tpio__schedule_lost(&s->base, err); /* maybe inside the user's call */
         return;
     }
     tpio__tls_sync_reading(s);
@@ -467,8 +469,8 @@ int tpio__tls_shutdown(struct tpio__tls *s)
 /* ---- the pump: whatever the state, consume what arrived -------------------------- */
 
 /* No reference is taken: the transport ends only from inside the
- * connection_lost of the one below, never inside a callback of its reads,
- * and each upcall holds its own. */
+ * connection_lost of the one below (whose caller holds one), never inside
+ * a callback of its reads, and each upcall holds its own. */
 static void pump(struct tpio__tls *s)
 {
     if (s->state == TLS_HANDSHAKE)
@@ -478,8 +480,9 @@ static void pump(struct tpio__tls *s)
         /* All that could be read was: a partial record after EOF never
          * completes. */
         if (s->state == TLS_WRAPPED && s->tcp_eof && tpio__reading_allowed(&s->base)) {
-            tpio__tls_set_error("the peer closed the connection without close_notify");
-            tpio__tls_finish(s, TPIO_ETLS_EOF, true);
+            if (s->eof_err == TPIO_ETLS_EOF)
+                tpio__tls_set_error("the peer closed the connection without close_notify");
+            tpio__tls_finish(s, s->eof_err, true);
         }
     }
     if (s->state == TLS_SHUTDOWN)
@@ -542,6 +545,7 @@ static bool layer_eof(tpio_protocol_t *p)
 {
     struct tpio__tls *s = LAYER(p);
     s->tcp_eof = true;
+    s->eof_err = TPIO_ETLS_EOF;
     if (s->state != TLS_DONE)
         pump(s);
     return true; /* the layer closes the transport below itself */
@@ -551,6 +555,8 @@ static void layer_lost(tpio_protocol_t *p, int err)
 {
     struct tpio__tls *s = LAYER(p);
     s->inner_gone = true;
+    s->in_lost = true;
+    tpio__transport_ref(&s->base); /* the end may come inside */
     switch (s->state) {
     case TLS_HANDSHAKE:
         if (err >= 0) {
@@ -562,7 +568,13 @@ static void layer_lost(tpio_protocol_t *p, int err)
         tpio__tls_fail(s, err);
         break;
     case TLS_WRAPPED:
-        tpio__tls_finish(s, err, true);
+        /* What was read already is delivered first (now, or once the
+         * protocol reads: connection_made may still be to come), as after
+         * an EOF; then the end, with the error of the one below. */
+        if (!s->tcp_eof || err)
+            s->eof_err = err ? err : TPIO_ETLS_EOF;
+        s->tcp_eof = true;
+        pump(s);
         break;
     case TLS_SHUTDOWN:
         tpio__tls_finish(s, 0, true);
@@ -571,6 +583,8 @@ static void layer_lost(tpio_protocol_t *p, int err)
         tpio__transport_lost_now(&s->base, s->final_err);
         break;
     }
+    s->in_lost = false;
+    tpio__transport_unref(&s->base);
 }
 
 static void layer_flow(tpio_protocol_t *p) { tpio__tls_flow(LAYER(p)); }

@@ -44,7 +44,7 @@ struct tpio__tls {
     bool server;
     bool in_ssl;        /* inside an OpenSSL call: no upcall of flow control now */
     bool flow_dirty;    /* the transport below paused or resumed meanwhile */
-    bool tcp_eof;       /* the transport below saw EOF */
+    bool tcp_eof;       /* nothing more will come from below (EOF, or it ended) */
     bool drain_queued;
     bool own_buf;       /* get_buffer gives `inbuf` (the layer below decrypts) */
     bool inner_gone;    /* the transport below had its connection_lost */
@@ -54,6 +54,7 @@ struct tpio__tls {
     bool flow_queued;   /* a resume_writing waits for the loop */
     bool opened;        /* the factory ran: connection_made is coming */
     bool lost_deferred; /* the end came first: connection_lost after it */
+    bool in_lost;       /* inside the connection_lost of the one below */
     /* Ciphertext not yet consumed by OpenSSL: the current read (borrowed,
      * in the buffer the transport below just filled), then the stash, which
      * keeps what was left over when the protocol paused. */
@@ -68,6 +69,7 @@ struct tpio__tls {
     tpio_handle_t timer;
     tpio_handle_t req;  /* start_tls: for tpio_loop_cancel, until the handshake ends */
     int final_err;      /* connection_lost's, once DONE */
+    int eof_err;        /* with tcp_eof: the end once what was read is delivered */
     double handshake_timeout, shutdown_timeout;
     char *alpn;
     struct tpio__node drain_node;
