@@ -27,7 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef TPIO_TEST_TLS_EXAMPLES /* set by tests/CMakeLists.txt in a TLS build */
+#ifdef TPIO_TEST_TLS /* set by tests/CMakeLists.txt in a TLS build */
+#include "tls_helpers.h"
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -330,122 +331,15 @@ static void assert_no_sanitizer_report(const child_t *c)
               "%s: a sanitizer report: \"%s\"", c->name, c->buf);
 }
 
-#ifdef TPIO_TEST_TLS_EXAMPLES
-/* ---- a throw-away PKI for the TLS pair ----------------------------------- */
-
-/* Files in a directory of their own, made by make_pki() and removed by the
- * suite's fini. The server certificate (for localhost and 127.0.0.1) is
- * signed by ca; other_ca signed nothing of ours. */
-static struct pki {
-    bool made;
-    char dir[64];
-    char ca[96], ca_key[96], other_ca[96], cert[96], key[96];
-} pki;
-
-static EVP_PKEY *new_key(void)
-{
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    cr_assert_not_null(k);
-    return k;
-}
-
-static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    cr_assert_not_null(e, "extension %d = %s", nid, value);
-    X509_add_ext(cert, e, -1);
-    X509_EXTENSION_free(e);
-}
-
-/* A certificate for key, signed by (issuer, ikey) or self-signed when issuer
- * is NULL, valid from yesterday for two days. */
-static X509 *new_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *ikey,
-                      bool ca, const char *san)
-{
-    static long serial = 1;
-    X509 *c = X509_new();
-    cr_assert_not_null(c);
-    X509_set_version(c, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(c), serial++);
-    X509_gmtime_adj(X509_getm_notBefore(c), -86400);
-    X509_gmtime_adj(X509_getm_notAfter(c), 2 * 86400);
-    X509_set_pubkey(c, key);
-    X509_NAME *n = X509_get_subject_name(c);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(c, issuer ? X509_get_subject_name(issuer) : n);
-    X509 *signer = issuer ? issuer : c;
-    add_ext(c, signer, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-    add_ext(c, signer, NID_key_usage,
-            ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
-    add_ext(c, signer, NID_subject_key_identifier, "hash");
-    if (issuer)
-        add_ext(c, signer, NID_authority_key_identifier, "keyid:always");
-    if (san)
-        add_ext(c, signer, NID_subject_alt_name, san);
-    cr_assert_gt(X509_sign(c, issuer ? ikey : key, EVP_sha256()), 0);
-    return c;
-}
-
-static void write_pem(const char *path, X509 *cert, EVP_PKEY *key)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(cert ? PEM_write_X509(f, cert)
-                      : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    cr_assert_eq(fclose(f), 0);
-}
-
-static void make_pki(void)
-{
-    if (pki.made)
-        return;
-    snprintf(pki.dir, sizeof pki.dir, "/tmp/tpio-examples-pki-XXXXXX");
-    cr_assert_not_null(mkdtemp(pki.dir), "mkdtemp: %s", strerror(errno));
-    pki.made = true;
-    snprintf(pki.ca, sizeof pki.ca, "%s/ca.pem", pki.dir);
-    snprintf(pki.ca_key, sizeof pki.ca_key, "%s/ca-key.pem", pki.dir);
-    snprintf(pki.other_ca, sizeof pki.other_ca, "%s/other-ca.pem", pki.dir);
-    snprintf(pki.cert, sizeof pki.cert, "%s/server.pem", pki.dir);
-    snprintf(pki.key, sizeof pki.key, "%s/server-key.pem", pki.dir);
-
-    EVP_PKEY *cak = new_key(), *ok = new_key(), *sk = new_key();
-    X509 *ca = new_cert(cak, "tpio examples test CA", NULL, NULL, true, NULL);
-    X509 *oca = new_cert(ok, "tpio examples other CA", NULL, NULL, true, NULL);
-    X509 *srv = new_cert(sk, "localhost", ca, cak, false, "DNS:localhost,IP:127.0.0.1");
-    write_pem(pki.ca, ca, NULL);
-    write_pem(pki.ca_key, NULL, cak);
-    write_pem(pki.other_ca, oca, NULL);
-    write_pem(pki.cert, srv, NULL);
-    write_pem(pki.key, NULL, sk);
-    X509_free(ca);
-    X509_free(oca);
-    X509_free(srv);
-    EVP_PKEY_free(cak);
-    EVP_PKEY_free(ok);
-    EVP_PKEY_free(sk);
-}
-
-static void remove_pki(void)
-{
-    if (!pki.made)
-        return;
-    const char *files[] = {pki.ca, pki.ca_key, pki.other_ca, pki.cert, pki.key};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
-        unlink(files[i]);
-    rmdir(pki.dir);
-    pki.made = false;
-}
+#ifdef TPIO_TEST_TLS
+/* The TLS pair's certificates: tls_helpers' throw-away PKI (a CA, a server
+ * certificate for localhost and 127.0.0.1 signed by it, and another CA). */
+#define pki (*th_pki())
 #endif
 
 static void examples_fini(void)
 {
     kill_leftovers();
-#ifdef TPIO_TEST_TLS_EXAMPLES
-    remove_pki();
-#endif
 }
 
 /* ---- tests --------------------------------------------------------------- */
@@ -675,13 +569,12 @@ Test(examples, unix_echo, .timeout = 30)
 
 /* ---- the TCP echo pair over TLS ------------------------------------------ */
 
-#ifdef TPIO_TEST_TLS_EXAMPLES
+#ifdef TPIO_TEST_TLS
 
 /* Start tls_echo_server on 127.0.0.1 port 0 with the PKI's server
  * certificate and return the port it printed. */
 static unsigned start_tls_server(child_t *server)
 {
-    make_pki();
     const char *const extra[] = {"--cert", pki.cert, "--key", pki.key, NULL};
     return start_named_server(server, "tls_echo_server", extra);
 }
@@ -943,7 +836,6 @@ Test(examples, tls_echo_client_reports_connection_refused, .timeout = 30)
     socklen_t len = sizeof sin;
     child_t client;
 
-    make_pki();
     /* A port nobody listens on: bind one, note it, close it. */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(fd, 0);
@@ -966,8 +858,7 @@ Test(examples, tls_echo_client_reports_connection_refused, .timeout = 30)
 Test(examples, tls_echo_server_reports_a_key_that_does_not_match, .timeout = 30)
 {
     child_t server;
-    make_pki();
-    const char *const args[] = {"127.0.0.1", "0", "--cert", pki.cert, "--key", pki.ca_key, NULL};
+    const char *const args[] = {"127.0.0.1", "0", "--cert", pki.cert, "--key", pki.client_key, NULL};
 
     spawn(&server, "tls_echo_server", args, true);
     int status = reap(&server);
@@ -1014,4 +905,4 @@ Test(examples, tls_echo_pair_usage, .timeout = 30)
     }
 }
 
-#endif /* TPIO_TEST_TLS_EXAMPLES */
+#endif /* TPIO_TEST_TLS */

@@ -192,27 +192,31 @@ static void lost_cb(tpio_loop_t *loop, void *arg)
     end(tpio_container_of(arg, struct tpio_transport, lost_node));
 }
 
-void tpio__transport_lost_now(tpio_transport_t *t, int err)
+
+/* Once: closing, I/O stopped now; false if the end was decided already. */
+static bool mark_lost(tpio_transport_t *t, int err)
 {
     if (t->lost_scheduled)
-        return;
+        return false;
     t->lost_scheduled = true;
     t->closing = true;
     t->lost_err = err;
     t->vt->quiesce(t);
-    end(t);
+    return true;
 }
 
 void tpio__schedule_lost(tpio_transport_t *t, int err)
 {
-    if (t->lost_scheduled)
+    if (!mark_lost(t, err))
         return;
-    t->lost_scheduled = true;
-    t->closing = true;
-    t->lost_err = err;
-    t->vt->quiesce(t);
     t->lost_node.cb = lost_cb;
     tpio__call_soon_node(t->loop, &t->lost_node);
+}
+
+void tpio__transport_lost_now(tpio_transport_t *t, int err)
+{
+    if (mark_lost(t, err))
+        end(t);
 }
 
 /* ---- flow control ----------------------------------------------------------- */
