@@ -808,6 +808,7 @@ typedef struct tpio_tls_opts {
      * host, Unix or use_sock or start_tls, must name one: -EINVAL). "": no
      * SNI and no hostname check (the certificate chain is still verified if
      * the context says so; turn that off in the context, SSL_VERIFY_NONE).
+     * An IP address is checked as an address and sent as no SNI (RFC 6066).
      * Servers: must be NULL (-EINVAL).
      */
     const char *server_hostname;
