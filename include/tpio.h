@@ -1258,7 +1258,9 @@ TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
  *   TLS has no half-close.
  * - close(): what was written is sent, then close_notify; the peer's
  *   close_notify is awaited for up to shutdown_timeout, then the socket is
- *   closed and connection_lost(0) runs. abort() closes at once. The peer's
+ *   closed and connection_lost(0) runs — or connection_lost(-ETIMEDOUT) if
+ *   by then the peer had not even read what was written (the connection is
+ *   aborted: the timeout bounds close()). abort() closes at once. The peer's
  *   close_notify gives eof_received (its return value is ignored) and then
  *   connection_lost(0); bytes after it are ignored. A TCP EOF without
  *   close_notify ends the connection with TPIO_ETLS_EOF.

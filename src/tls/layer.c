@@ -163,7 +163,7 @@ void tpio__tls_finish(struct tpio__tls *s, int err, bool abort_inner)
     if (s->inner_gone) {
         if (s->opened && !s->base.made)
             s->lost_deferred = true; /* connection_made is queued: after it */
-        else if (s->in_lost)
+        else if (s->in_lost && !s->in_call)
             tpio__transport_lost_now(&s->base, err); /* the fd is still there */
         else
             tpio__schedule_lost(&s->base, err); /* maybe inside the user's call */
@@ -199,30 +199,43 @@ void tpio__tls_fail(struct tpio__tls *s, int err)
         cb(loop, NULL, NULL, err, cb_arg);
 }
 
-static void cancelled_cb(tpio_loop_t *loop, void *arg)
+static void failed_later_cb(tpio_loop_t *loop, void *arg)
 {
     struct tpio__tls *s = tpio_container_of(arg, struct tpio__tls, done_node);
     tpio_connect_cb_t cb = s->done_cb;
     void *cb_arg = s->done_arg;
+    int err = s->done_err;
     tpio__transport_unref(&s->base); /* the queued completion's */
-    tpio__tls_set_error("the TLS handshake was cancelled");
-    cb(loop, NULL, NULL, -ECANCELED, cb_arg);
+    tpio__tls_set_error(err == -ECANCELED ? "the TLS handshake was cancelled"
+                                          : "the connection was closed during the TLS handshake");
+    cb(loop, NULL, NULL, err, cb_arg);
+}
+
+void tpio__tls_fail_later(struct tpio__tls *s, int err)
+{
+    if (s->state != TLS_HANDSHAKE)
+        return;
+    if (!s->conn.cb) { /* a server's: no one to tell */
+        tpio__tls_finish(s, err, true);
+        return;
+    }
+    s->done_cb = s->conn.cb;
+    s->done_arg = s->conn.cb_arg;
+    s->done_err = err;
+    s->conn.cb = NULL;
+    retire_request(s);
+    tpio__transport_ref(&s->base);
+    tpio__tls_finish(s, err, true);
+    s->done_node.cb = failed_later_cb;
+    tpio__call_soon_node(s->base.loop, &s->done_node);
 }
 
 void tpio__tls_cancel(tpio_loop_t *loop, void *arg)
 {
+    (void)loop;
     struct tpio__tls *s = arg;
     s->req = 0; /* retired by the cancel */
-    if (s->state != TLS_HANDSHAKE || !s->conn.cb)
-        return;
-    s->done_cb = s->conn.cb;
-    s->done_arg = s->conn.cb_arg;
-    s->conn.cb = NULL;
-    tpio__transport_ref(&s->base);
-    tpio__tls_finish(s, -ECANCELED, true);
-    /* never inside tpio_loop_cancel itself */
-    s->done_node.cb = cancelled_cb;
-    tpio__call_soon_node(loop, &s->done_node);
+    tpio__tls_fail_later(s, -ECANCELED); /* never inside tpio_loop_cancel itself */
 }
 
 /* ---- the handshake --------------------------------------------------------------- */
@@ -367,8 +380,11 @@ static void read_app(struct tpio__tls *s)
             }
             r = ssl_read(s, buf, len, &got);
             more = r == R_DATA && readable(s);
-            if (r == R_DATA)
+            /* get_buffer may have switched protocols (as in stream.c) */
+            if (r == R_DATA && t->proto->ops->get_buffer)
                 TPIO__UPCALL(t, buffer_updated, got);
+            else if (r == R_DATA)
+                TPIO__UPCALL(t, data_received, buf, got);
         } else {
             unsigned char *buf = t->loop->layer_buf;
             if (__builtin_expect(!buf, 0))
@@ -393,7 +409,8 @@ static void read_app(struct tpio__tls *s)
                 TPIO__UPCALL(t, data_received, buf, got);
         }
         if (r != R_DATA && r != R_MORE) {
-            read_status(s, r);
+            if (s->state == TLS_WRAPPED && !t->closing) /* not after the user's close */
+                read_status(s, r);
             return;
         }
     }
@@ -406,19 +423,22 @@ static void shutdown_timeout(tpio_loop_t *loop, void *arg)
     (void)loop;
     struct tpio__tls *s = arg;
     s->timer = 0;
-    /* The peer did not answer (many TLS 1.3 servers never do): what is
-     * still buffered below goes out if it can, the user hears 0. */
-    tpio__tls_finish(s, 0, false);
+    /* The peer did not answer (many TLS 1.3 servers never do). If all
+     * that was written is gone, that is an end like any other (0); if the
+     * peer did not even read it, the timeout still bounds close(): aborted,
+     * and connection_lost says so. */
+    size_t left = 0;
+    if (!s->inner_gone)
+        tpio_transport_get_write_buffer_size(s->inner, &left);
+    tpio__tls_finish(s, left ? -ETIMEDOUT : 0, left != 0);
 }
 
 /* After our close_notify: read (and drop) until the peer's arrives. */
 static void step_shutdown(struct tpio__tls *s)
 {
-    unsigned char *scratch = tpio__loop_layer_buf(s->base.loop);
-    if (!scratch) {
-        tpio__tls_finish(s, -ENOMEM, true);
-        return;
-    }
+    /* Not the loop's layer buffer: a close() from inside data_received
+     * would overwrite the data the protocol is still looking at. */
+    unsigned char scratch[4096];
     if (!s->notify_sent) {
         /* Once: called again, SSL_shutdown would fail on data that was on
          * its way before the peer saw ours. */
@@ -439,7 +459,7 @@ static void step_shutdown(struct tpio__tls *s)
     }
     for (;;) {
         size_t n;
-        int r = ssl_read(s, scratch, TPIO__LAYER_BUF_SIZE, &n);
+        int r = ssl_read(s, scratch, sizeof scratch, &n);
         if (r == R_DATA)
             continue; /* after close(), data is dropped (RFC 8446 6.1) */
         if (r != R_MORE) {

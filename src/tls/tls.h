@@ -78,6 +78,7 @@ struct tpio__tls {
     struct tpio__node done_node;
     tpio_connect_cb_t done_cb;
     void *done_arg;
+    int done_err;
 };
 
 /* ---- transport.c: what the user holds ------------------------------------------ */
@@ -128,6 +129,9 @@ TPIO__HIDDEN void tpio__tls_fail(struct tpio__tls *s, int err);
 /* The cancel of the request a handshake runs under (tpio__request_new's
  * cancel): it ends now, its completion hears -ECANCELED from the loop. */
 TPIO__HIDDEN void tpio__tls_cancel(tpio_loop_t *loop, void *arg);
+/* The same from inside the user's call (cancel, close, abort, a shutdown):
+ * the completion comes from the loop. */
+TPIO__HIDDEN void tpio__tls_fail_later(struct tpio__tls *s, int err);
 /* Feed bytes that arrived before the layer took over (start_tls). */
 TPIO__HIDDEN int tpio__tls_preload(struct tpio__tls *s, const void *data, size_t len);
 TPIO__HIDDEN extern const tpio_protocol_ops_t tpio__tls_layer_ops;

@@ -18,32 +18,37 @@ static tpio_protocol_t placeholder = {&no_ops};
 
 /* ---- the transport's table -------------------------------------------------------- */
 
+/* close() and abort() are the user's calls (a server's close_clients, a
+ * shutdown's too): whatever they end is told from the loop. */
 static int tls_close(tpio_transport_t *t)
 {
     struct tpio__tls *s = T(t);
     if (t->closing)
         return 0;
     t->closing = true;
-    if (s->state == TLS_HANDSHAKE) {
-        tpio__tls_set_error("the connection was closed during the TLS handshake");
-        tpio__tls_fail(s, -ECONNABORTED);
-        return 0;
-    }
-    if (s->state != TLS_WRAPPED)
-        return 0;
-    return tpio__tls_shutdown(s);
+    bool was = s->in_call;
+    s->in_call = true;
+    if (s->state == TLS_HANDSHAKE)
+        tpio__tls_fail_later(s, -ECONNABORTED);
+    else if (s->state == TLS_WRAPPED)
+        tpio__tls_shutdown(s);
+    s->in_call = was;
+    return 0;
 }
 
 static int tls_abort(tpio_transport_t *t)
 {
     struct tpio__tls *s = T(t);
     t->closing = true;
+    bool was = s->in_call;
+    s->in_call = true;
     if (s->state == TLS_HANDSHAKE)
-        tpio__tls_fail(s, -ECONNABORTED);
+        tpio__tls_fail_later(s, -ECONNABORTED);
     else if (s->state != TLS_DONE)
         tpio__tls_finish(s, 0, true);
     else if (!s->inner_gone)
         tpio_transport_abort(s->inner); /* a close still flushing below */
+    s->in_call = was;
     return 0;
 }
 
@@ -285,7 +290,10 @@ int tpio__tls_new(tpio_loop_t *loop, tpio_transport_t *inner, const struct tpio_
     s->inner = inner;
     tpio__transport_ref(inner);
     tpio__transport_disown(inner);
-    tls_limits_changed(&s->base);
+    /* The watermarks of the transport below become this one's (start_tls
+     * leaves the user's as they were, and calls nobody back). */
+    s->base.high = inner->high;
+    s->base.low = inner->low;
     *out = s;
     return 0;
 fail:
