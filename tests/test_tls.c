@@ -1039,7 +1039,11 @@ static tpio_protocol_ops_t nest_ops;
 static nest_t nest_srv, nest_cli;
 static tpio_protocol_t *nest_factory(void *arg) { return &((nest_t *)arg)->base.base; }
 
-Test(tls, tls_in_tls_echo, .timeout = TMO)
+/* TLS in TLS, closed by the client's inner layer or by the server's
+ * close_clients, which sees the top-most layer (start_tls took the
+ * server's place of the transport below): either way the inner layer's
+ * close_notify goes first and both inner protocols end with 0. */
+static void tls_in_tls(bool server_closes)
 {
     nest_ops = th_proto_ops;
     nest_ops.connection_made = nest_made;
@@ -1070,12 +1074,24 @@ Test(tls, tls_in_tls_echo, .timeout = TMO)
     cr_assert_eq(tpio_transport_write(deep, "deep", 4), 0);
     cr_assert(th_run_until_count(th_fx.loop, &nest_cli.inner->rxlen, 4, TH_TMO));
     cr_assert_eq(memcmp(nest_cli.inner->rx, "deep", 4), 0);
-    /* closing the inner layer: its close_notify, then the outer one's */
-    cr_assert_eq(tpio_transport_close(deep), 0);
-    run_until_lost(nest_cli.inner);
-    cr_assert_str_eq(nest_cli.inner->events, "data,lost:0");
-    run_until_lost(nest_srv.inner);
-    cr_assert_str_eq(nest_srv.inner->events, "data,eof,lost:0");
+    cr_assert(th_run_until_count(th_fx.loop, &nest_srv.inner->rxlen, 4, TH_TMO));
+    cr_assert_eq(th_conn_count(s), 1);
+    if (server_closes) {
+        cr_assert_eq(tpio_server_close_clients(s), 0);
+        run_until_lost(nest_srv.inner);
+        cr_assert_str_eq(nest_srv.inner->events, "data,lost:0");
+        run_until_lost(nest_cli.inner);
+        cr_assert_str_eq(nest_cli.inner->events, "data,eof,lost:0");
+    } else {
+        /* closing the inner layer: its close_notify, then the outer one's */
+        cr_assert_eq(tpio_transport_close(deep), 0);
+        run_until_lost(nest_cli.inner);
+        cr_assert_str_eq(nest_cli.inner->events, "data,lost:0");
+        run_until_lost(nest_srv.inner);
+        cr_assert_str_eq(nest_srv.inner->events, "data,eof,lost:0");
+    }
+    for (int i = 0; i < 1000 && th_conn_count(s); i++)
+        th_run_iters(th_fx.loop, 1);
     cr_assert_eq(th_conn_count(s), 0);
     bool done = false;
     cr_assert_eq(tpio_server_close(s), 0);
@@ -1084,6 +1100,9 @@ Test(tls, tls_in_tls_echo, .timeout = TMO)
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
 }
+
+Test(tls, tls_in_tls_echo, .timeout = TMO) { tls_in_tls(false); }
+Test(tls, tls_in_tls_close_clients, .timeout = TMO) { tls_in_tls(true); }
 
 /* ---- many at once; ending handshakes ------------------------------------------------ */
 

@@ -167,8 +167,11 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
     tpio__transport_ref(&s->base);
     s->drain_node.cb = begin_cb;
     tpio__call_soon_node(loop, &s->drain_node);
-    /* From here on what t reads is the layer's. */
+    /* From here on what t reads is the layer's, and a server that had t
+     * among its connections has the TLS transport instead: close_clients
+     * then closes the top-most layer first (its close_notify goes first). */
     tpio_transport_set_protocol(t, &s->layer);
+    tpio__tset_pass(t, &s->base);
     if (request)
         *request = s->req;
     return 0;

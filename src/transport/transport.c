@@ -258,6 +258,17 @@ void tpio__tset_add(struct tpio__tset *set, tpio_transport_t *t)
     set->count++;
 }
 
+void tpio__tset_pass(tpio_transport_t *from, tpio_transport_t *to)
+{
+    struct tpio__tset *set = from->member.set;
+    if (!set)
+        return;
+    tpio__list_del(&from->member.link);
+    from->member.set = NULL;
+    set->count--;
+    tpio__tset_add(set, to);
+}
+
 void tpio__tset_each(struct tpio__tset *set, int (*fn)(tpio_transport_t *t))
 {
     /* close/abort only schedule connection_lost, which removes members

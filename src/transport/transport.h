@@ -181,6 +181,9 @@ struct tpio__tset {
 TPIO__HIDDEN void tpio__tset_init(struct tpio__tset *set,
                                   void (*removed)(struct tpio__tset *, tpio_transport_t *));
 TPIO__HIDDEN void tpio__tset_add(struct tpio__tset *set, tpio_transport_t *t);
+/* A layer put on `from` takes its place in from's set, if it has one (the
+ * set sees the top-most transport); `from` is then the layer's alone. */
+TPIO__HIDDEN void tpio__tset_pass(tpio_transport_t *from, tpio_transport_t *to);
 /* Apply fn to every member (fn may end them: the set is walked safely). */
 TPIO__HIDDEN void tpio__tset_each(struct tpio__tset *set, int (*fn)(tpio_transport_t *t));
 
