@@ -799,8 +799,9 @@ typedef struct tpio_tls_opts {
      *  verify mode, ciphers, ALPN, SNI callback). tpio takes a reference
      *  (SSL_CTX_up_ref) for as long as it uses it; free yours when you like. */
     struct ssl_ctx_st *ctx;
-    /** start_tls only: TPIO_ON for the server side (servers and accepted
-     *  sockets are always the server side). */
+    /** start_tls only (elsewhere it must be left at TPIO_DEFAULT: -EINVAL):
+     *  TPIO_ON for the server side (servers and accepted sockets are always
+     *  the server side, connections the client side). */
     tpio_flag_t server_side;
     /**
      * Client side: the name sent as SNI and checked against the server's

@@ -426,6 +426,12 @@ Test(tls, bad_arguments, .timeout = TMO)
     cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
                                              &c, NULL),
                  -EINVAL);
+    /* server_side is start_tls's alone */
+    tpio_tls_opts_t sided = TPIO_OPTS(tpio_tls_opts_t, .ctx = cctx, .server_side = TPIO_ON);
+    o.tls = &sided;
+    cr_assert_eq(tpio_loop_create_connection(th_fx.loop, client_factory, NULL, &o, th_on_conn,
+                                             &c, NULL),
+                 -EINVAL);
     /* the helpers */
     cr_assert_eq(tpio_tls_client_context(NULL, NULL), -EINVAL);
     SSL_CTX *x;

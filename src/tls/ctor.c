@@ -95,7 +95,7 @@ int tpio__tls_ctor_new(const tpio_tls_opts_t *opts, bool server, const char *hos
     int rc = read_opts(opts, &server, host, &cfg, &o);
     if (rc < 0)
         return rc;
-    if (o.initial_len)
+    if (o.initial_len || o.server_side != TPIO_DEFAULT)
         return -EINVAL; /* for start_tls only */
     struct tls_ctor *c = tpio__calloc(1, sizeof *c);
     if (!c)
@@ -118,7 +118,7 @@ int tpio__tls_ctor_new(const tpio_tls_opts_t *opts, bool server, const char *hos
 static void begin_cb(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
-    struct tpio__tls *s = tpio_container_of(arg, struct tpio__tls, drain_node);
+    struct tpio__tls *s = tpio_container_of(arg, struct tpio__tls, begin_node);
     tpio__tls_begin(s);
     tpio__transport_unref(&s->base); /* the scheduled start's */
 }
@@ -165,8 +165,8 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
         goto fail;
     /* The handshake starts from the loop, never inside this call. */
     tpio__transport_ref(&s->base);
-    s->drain_node.cb = begin_cb;
-    tpio__call_soon_node(loop, &s->drain_node);
+    s->begin_node.cb = begin_cb;
+    tpio__call_soon_node(loop, &s->begin_node);
     /* From here on what t reads is the layer's, and a server that had t
      * among its connections has the TLS transport instead: close_clients
      * then closes the top-most layer first (its close_notify goes first). */

@@ -13,7 +13,7 @@ int tpio_loop_start_tls(tpio_loop_t *loop, tpio_transport_t *t, tpio_protocol_t 
                         tpio_handle_t *request)
 {
     (void)cb_arg, (void)request;
-    if (!loop || !t || !p || !tls || !cb)
+    if (!loop || !t || !p || !p->ops || !tls || !cb || t->loop != loop)
         return -EINVAL;
     return -ENOTSUP;
 }

@@ -74,6 +74,7 @@ struct tpio__tls {
     char *alpn;
     struct tpio__node drain_node;
     struct tpio__node flow_node;
+    struct tpio__node begin_node; /* start_tls: the handshake starts from the loop */
     /* A cancelled handshake's completion, from the loop. */
     struct tpio__node done_node;
     tpio_connect_cb_t done_cb;
