@@ -192,7 +192,6 @@ static void lost_cb(tpio_loop_t *loop, void *arg)
     end(tpio_container_of(arg, struct tpio_transport, lost_node));
 }
 
-
 /* Once: closing, I/O stopped now; false if the end was decided already. */
 static bool mark_lost(tpio_transport_t *t, int err)
 {
