@@ -881,6 +881,48 @@ Test(tls, write_buffer_limits_pass_down, .timeout = TMO)
     SSL_CTX_free(cctx);
 }
 
+/* Watermarks below the transport underneath's defaults: it must pause and
+ * resume at the TLS transport's, or resume_writing never comes (a mutant
+ * that kept the 64 KiB defaults below survived the test above). */
+Test(tls, low_watermarks_resume_writing, .timeout = TMO)
+{
+    SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
+    srv_t sv = {.tmpl.pause_in_made = true}; /* the server does not read yet */
+    sv.tmpl.base.ops = &th_proto_ops;
+    tls_server(&sv, sctx, NULL);
+    th_conn_t c = {0};
+    tls_connect(sv.port, cctx, NULL, NULL, &c);
+    cr_assert(th_run_until(th_fx.loop, &c.done, TH_TMO));
+    cr_assert_eq(c.err, 0, "%s", tpio_tls_last_error());
+    cr_assert(th_run_until_count(th_fx.loop, &sv.calls, 1, TH_TMO));
+    cr_assert(th_run_until(th_fx.loop, &sv.last->made, TH_TMO));
+    tpio_transport_t *t = c.t;
+    int fd = th_fd(t), small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    cr_assert_eq(tpio_transport_set_write_buffer_limits(t, 16384, 8192), 0);
+    static unsigned char blk[1024];
+    size_t written = 0;
+    while (c.p->pauses == 0) {
+        cr_assert_eq(tpio_transport_write(t, blk, sizeof blk), 0);
+        written += sizeof blk;
+        cr_assert(written < (64u << 20));
+        th_run_iters(th_fx.loop, 1);
+    }
+    size_t held = th_wbuf_size(t);
+    cr_assert(held > 16384 && held < 65536, "%zu buffered at pause_writing", held);
+    cr_assert_eq(tpio_transport_resume_reading(sv.last->t), 0);
+    cr_assert(th_run_until_count(th_fx.loop, &c.p->resumes, 1, TH_TMO),
+              "no resume_writing: %zu still buffered", th_wbuf_size(t));
+    cr_assert(th_run_until_count(th_fx.loop, &sv.last->rxlen, written, TH_TMO));
+    cr_assert_eq(tpio_transport_close(t), 0);
+    run_until_lost(c.p);
+    cr_assert_str_eq(c.p->events, "made,pause,resume,lost:0");
+    run_until_lost(sv.last);
+    close_server(&sv);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
 /* ---- start_tls ------------------------------------------------------------------------ */
 
 /* A plain protocol that upgrades on "STARTTLS\n", handing what followed it
