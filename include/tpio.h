@@ -1281,7 +1281,9 @@ TPIO_API int tpio_subprocess_kill(tpio_transport_t *t);
  * transport, whose protocol is p; p's connection_made is not called (as in
  * asyncio: it already had one). From a 0 return on, t and its old protocol
  * are no longer yours: the old protocol gets no more callbacks, t's reading
- * is the layer's, and t is closed when the TLS transport ends. On a failed
+ * is the layer's, and t is closed when the TLS transport ends; if t was a
+ * server's connection, the TLS transport takes its place there (count,
+ * close_clients), and t's watermarks become its own. On a failed
  * handshake (or cancel) cb gets the error and t is aborted. t may be a TLS
  * transport: TLS in TLS (closing sends the inner close_notify first).
  * Returns -EINVAL (NULLs, no ctx, a client without server_hostname),

@@ -430,19 +430,17 @@ int tpio__connect_addrs(tpio_loop_t *loop, const struct tpio__ctor *ctor,
                         tpio_connect_cb_t cb, void *cb_arg, tpio_handle_t *request)
 {
     size_t n = 0;
-    for (const struct addrinfo *a = list; a; a = a->ai_next) {
-        if (a->ai_addrlen > sizeof(struct sockaddr_storage))
-            n = SIZE_MAX;
-        if (n != SIZE_MAX)
-            n++;
-    }
+    bool too_long = false;
+    for (const struct addrinfo *a = list; a; a = a->ai_next, n++)
+        too_long |= a->ai_addrlen > sizeof(struct sockaddr_storage);
     /* one block: n addrinfo entries, then n address buffers */
-    struct addrinfo *ai = n == 0 || n == SIZE_MAX
-                              ? NULL
-                              : tpio__calloc(n, sizeof *ai + sizeof(struct sockaddr_storage));
-    if (!ai) {
+    struct addrinfo *ai = NULL;
+    int rc = n == 0 || too_long ? -EINVAL : 0;
+    if (rc == 0 && !(ai = tpio__calloc(n, sizeof *ai + sizeof(struct sockaddr_storage))))
+        rc = -ENOMEM;
+    if (rc < 0) {
         tpio__ctor_release(ctor);
-        return n == 0 || n == SIZE_MAX ? -EINVAL : -ENOMEM;
+        return rc;
     }
     struct sockaddr_storage *addrs = (struct sockaddr_storage *)(ai + n);
     size_t i = 0;
@@ -463,7 +461,7 @@ int tpio__connect_addrs(tpio_loop_t *loop, const struct tpio__ctor *ctor,
     q->delay = happy_eyeballs_delay;
     q->fixed = ai;
     q->p.r.res = ai;
-    int rc = tpio_loop_call_soon(loop, start_fixed, q, NULL);
+    rc = tpio_loop_call_soon(loop, start_fixed, q, NULL);
     if (rc < 0)
         req_free(q);
     else if (request)

@@ -190,8 +190,6 @@ void tpio__tls_fail(struct tpio__tls *s, int err)
     tpio_connect_cb_t cb = s->conn.cb;
     void *cb_arg = s->conn.cb_arg;
     tpio_loop_t *loop = s->base.loop;
-    s->conn.cb = NULL;
-    retire_request(s);
     tpio__tls_finish(s, err, true); /* s may be gone after this */
     /* A server's failed handshake (a scanner, a plain-HTTP client) is no
      * one's business: it never reached the factory. */
@@ -202,8 +200,8 @@ void tpio__tls_fail(struct tpio__tls *s, int err)
 static void failed_later_cb(tpio_loop_t *loop, void *arg)
 {
     struct tpio__tls *s = tpio_container_of(arg, struct tpio__tls, done_node);
-    tpio_connect_cb_t cb = s->done_cb;
-    void *cb_arg = s->done_arg;
+    tpio_connect_cb_t cb = s->conn.cb;
+    void *cb_arg = s->conn.cb_arg;
     int err = s->done_err;
     tpio__transport_unref(&s->base); /* the queued completion's */
     tpio__tls_set_error(err == -ECANCELED ? "the TLS handshake was cancelled"
@@ -219,11 +217,8 @@ void tpio__tls_fail_later(struct tpio__tls *s, int err)
         tpio__tls_finish(s, err, true);
         return;
     }
-    s->done_cb = s->conn.cb;
-    s->done_arg = s->conn.cb_arg;
+    /* DONE from here on: nothing else calls conn.cb */
     s->done_err = err;
-    s->conn.cb = NULL;
-    retire_request(s);
     tpio__transport_ref(&s->base);
     tpio__tls_finish(s, err, true);
     s->done_node.cb = failed_later_cb;

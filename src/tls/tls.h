@@ -41,7 +41,6 @@ struct tpio__tls {
     tpio_transport_t *inner;      /* referenced until this one is freed */
     SSL *ssl;
     uint8_t state;
-    bool server;
     bool in_ssl;        /* inside an OpenSSL call: no upcall of flow control now */
     bool flow_dirty;    /* the transport below paused or resumed meanwhile */
     bool tcp_eof;       /* nothing more will come from below (EOF, or it ended) */
@@ -75,10 +74,8 @@ struct tpio__tls {
     struct tpio__node drain_node;
     struct tpio__node flow_node;
     struct tpio__node begin_node; /* start_tls: the handshake starts from the loop */
-    /* A cancelled handshake's completion, from the loop. */
+    /* A completion ended from the user's call (cancel, close), from the loop. */
     struct tpio__node done_node;
-    tpio_connect_cb_t done_cb;
-    void *done_arg;
     int done_err;
 };
 

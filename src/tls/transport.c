@@ -266,7 +266,6 @@ int tpio__tls_new(tpio_loop_t *loop, tpio_transport_t *inner, const struct tpio_
     tpio__transport_init(&s->base, loop, &tls_vt, TPIO_TRANSPORT_TLS);
     s->base.proto = &placeholder;
     s->layer.ops = &tpio__tls_layer_ops;
-    s->server = cfg->server;
     s->handshake_timeout = cfg->handshake_timeout;
     s->shutdown_timeout = cfg->shutdown_timeout;
     s->own_buf = inner->kind == TPIO_TRANSPORT_TLS;
