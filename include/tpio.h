@@ -373,6 +373,24 @@ TPIO_API int tpio_loop_default_error_handler(tpio_loop_t *loop,
 TPIO_API int tpio_loop_call_error_handler(tpio_loop_t *loop,
                                           const tpio_error_context_t *ctx);
 
+/* --- Embedding: around the wait -------------------------------------------- */
+
+/** A wait hook: runs just before (or just after) the loop blocks. */
+typedef void (*tpio_wait_hook_t)(tpio_loop_t *loop, void *arg);
+
+/**
+ * Call before(loop, arg) right before the loop blocks waiting for I/O and
+ * after(loop, arg) right after, for an embedder that must give something up
+ * while the thread sleeps (a Python interpreter releases its GIL there, so
+ * other threads run while the loop waits). Only a wait that may block is
+ * bracketed: when callbacks are ready or events are already waiting (a busy
+ * loop), the loop polls without blocking and calls neither, so a busy loop
+ * pays nothing. The hooks may not call into tpio. after() may call
+ * tpio_loop_stop(). Both NULL removes them; giving one alone: -EINVAL.
+ */
+TPIO_API int tpio_loop_set_wait_hooks(tpio_loop_t *loop, tpio_wait_hook_t before,
+                                      tpio_wait_hook_t after, void *arg);
+
 /* --- Watching descriptors ------------------------------------------------ */
 
 /** A descriptor watcher's callback: fd is ready for reading (or writing). */

@@ -539,7 +539,18 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         if (timeout < 0 || (uint64_t)timeout > ms)
             timeout = (int)ms;
     }
-    int rc = tpio__backend_poll(loop->backend, loop, timeout);
+    int rc;
+    if (timeout != 0 && loop->wait_before) {
+        /* A busy loop finds events at once and never brackets the wait. */
+        rc = tpio__backend_poll(loop->backend, loop, 0);
+        if (rc == 0) {
+            loop->wait_before(loop, loop->wait_arg);
+            rc = tpio__backend_poll(loop->backend, loop, timeout);
+            loop->wait_after(loop, loop->wait_arg);
+        }
+    } else {
+        rc = tpio__backend_poll(loop->backend, loop, timeout);
+    }
     if (rc < 0)
         return rc;
 
@@ -703,6 +714,17 @@ int tpio_loop_default_error_handler(tpio_loop_t *loop, const tpio_error_context_
                 tpio_strerror(ctx->error), tpio_err_name(ctx->error), extra);
     else
         fprintf(stderr, "tpio: %s%s\n", ctx->message ? ctx->message : "error", extra);
+    return 0;
+}
+
+int tpio_loop_set_wait_hooks(tpio_loop_t *loop, tpio_wait_hook_t before,
+                             tpio_wait_hook_t after, void *arg)
+{
+    if (!loop || !before != !after)
+        return -EINVAL;
+    loop->wait_before = before;
+    loop->wait_after = after;
+    loop->wait_arg = arg;
     return 0;
 }
 

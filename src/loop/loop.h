@@ -75,6 +75,10 @@ struct tpio_loop {
     tpio_error_handler_t error_handler;
     void *error_arg;
 
+    /* An embedder's hooks around a wait that may block (both or neither). */
+    tpio_wait_hook_t wait_before, wait_after;
+    void *wait_arg;
+
     /* For the layers above: the buffer Protocol reads go into (one per
      * loop: a read is delivered before the next one starts), and the write
      * buffer's one cached chunk (a plain allocation, freed at close). */

@@ -1,0 +1,877 @@
+/* Stream transports: TCP, Unix sockets and pipes, one C type under three
+ * asyncio classes (Transport, ReadTransport, WriteTransport).
+ *
+ * The object embeds the C protocol tpio calls, so an upcall finds its
+ * Python side with container_of and a read reaches data_received with one
+ * bytes object and one call. Errors in protocol callbacks are handled as
+ * asyncio's selector transports handle them. */
+#include "pytpio.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *extra_slot; /* asyncio.BaseTransport's _extra: unused */
+    tpio_protocol_t cproto;
+    tpio_transport_t *t; /* NULL once connection_lost returned */
+    pt_loop *loop;
+    PyObject *protocol;
+    PyObject *m_data, *m_get_buffer, *m_buffer_updated; /* bound, lazily */
+    Py_buffer view;
+    bool have_view, buffered, closing, eof_written, lost, socket_kind;
+    int kind;
+    int conn_lost;
+    PyObject *exc;       /* what ends the connection: a protocol's error */
+    PyObject *extra_obj; /* the user's socket or pipe object */
+    bool extra_dup;      /* tpio has a dup of extra_obj's descriptor */
+    PyObject *tsock;     /* the TransportSocket of 'socket' */
+    PyObject *sock;      /* the socket object under tsock (made here) */
+    struct sockaddr_storage peer, local;
+    socklen_t peerlen, locallen;
+    PyObject *dict, *weakreflist;
+} pt_stream;
+
+static PyTypeObject *stream_types[3];
+
+#define SELF(p) ((pt_stream *)((char *)(p) - offsetof(pt_stream, cproto)))
+
+PyObject *pt_transport_of(tpio_protocol_t *p)
+{
+    return (PyObject *)SELF(p);
+}
+
+static bool is_stream(PyObject *o)
+{
+    for (int i = 0; i < 3; i++)
+        if (Py_TYPE(o) == stream_types[i])
+            return true;
+    return false;
+}
+
+/* ---- errors -------------------------------------------------------------------- */
+
+/* asyncio's _fatal_error: report (OSErrors only in debug logs), then force
+ * the close, connection_lost getting the exception. */
+static void fatal(pt_stream *self, const char *message)
+{
+    PyObject *exc = pt_fetch_error(self->loop);
+    if (!exc)
+        return;
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_OSError))
+        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
+                  self->protocol, NULL);
+    if (!self->exc)
+        self->exc = exc;
+    else
+        Py_DECREF(exc);
+    self->closing = true;
+    if (!self->conn_lost)
+        self->conn_lost = 1;
+    if (self->t)
+        tpio_transport_abort(self->t);
+}
+
+/* An error in a callback asyncio runs as a loop callback (connection_made,
+ * connection_lost): reported as "Exception in callback ...". */
+static void callback_error(pt_stream *self, PyObject *method, PyObject *arg)
+{
+    PyObject *exc = pt_fetch_error(self->loop);
+    if (!exc)
+        return;
+    PyObject *args = arg ? PyTuple_Pack(1, arg) : PyTuple_New(0);
+    PyObject *src = args ? PyObject_CallFunctionObjArgs(pt.format_callback_source,
+                                                        method ? method : Py_None, args, NULL)
+                         : NULL;
+    Py_XDECREF(args);
+    PyObject *msg = src ? PyUnicode_FromFormat("Exception in callback %U", src) : NULL;
+    Py_XDECREF(src);
+    if (msg)
+        pt_report(self->loop, PyUnicode_AsUTF8(msg), exc, NULL);
+    else
+        PyErr_Clear();
+    Py_XDECREF(msg);
+    Py_DECREF(exc);
+}
+
+/* ---- the protocol's methods ------------------------------------------------------------ */
+
+static PyObject *method(pt_stream *self, PyObject **cache, PyObject *name)
+{
+    if (!*cache)
+        *cache = PyObject_GetAttr(self->protocol, name);
+    return *cache;
+}
+
+static void drop_methods(pt_stream *self)
+{
+    Py_CLEAR(self->m_data);
+    Py_CLEAR(self->m_get_buffer);
+    Py_CLEAR(self->m_buffer_updated);
+}
+
+static void release_view(pt_stream *self)
+{
+    if (self->have_view) {
+        self->have_view = false;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+/* ---- upcalls ------------------------------------------------------------------------- */
+
+static void up_made(tpio_protocol_t *p, tpio_transport_t *t)
+{
+    pt_stream *self = SELF(p);
+    self->t = t;
+    if (self->loop->dropping)
+        return;
+    PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_made);
+    PyObject *r = m ? PyObject_CallOneArg(m, (PyObject *)self) : NULL;
+    if (r)
+        Py_DECREF(r);
+    else
+        callback_error(self, m, (PyObject *)self);
+    Py_XDECREF(m);
+}
+
+static void snapshot_addrs(pt_stream *self)
+{
+    if (!self->socket_kind || !self->t)
+        return;
+    self->peerlen = sizeof self->peer;
+    if (tpio_transport_get_peername(self->t, &self->peer, &self->peerlen) < 0)
+        self->peerlen = 0;
+    self->locallen = sizeof self->local;
+    if (tpio_transport_get_sockname(self->t, &self->local, &self->locallen) < 0)
+        self->locallen = 0;
+}
+
+/* The end of the objects that stood for the descriptor: a socket made here
+ * or given by the user lets go of it (tpio closed it); a pipe object whose
+ * descriptor tpio had a copy of is closed, as asyncio closes it. */
+static void release_extra(pt_stream *self)
+{
+    PyObject *objs[2] = {self->sock, self->extra_obj};
+    for (int i = 0; i < 2; i++) {
+        if (!objs[i])
+            continue;
+        PyObject *r = PyObject_CallMethodNoArgs(objs[i], (i == 1 && self->extra_dup)
+                                                             ? pt.s_close
+                                                             : pt.s_detach);
+        if (!r)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+}
+
+static void up_lost(tpio_protocol_t *p, int err)
+{
+    pt_stream *self = SELF(p);
+    release_view(self);
+    snapshot_addrs(self);
+    self->closing = true;
+    if (!self->conn_lost)
+        self->conn_lost = 1;
+    if (!self->loop->dropping) {
+        PyObject *exc = self->exc;
+        if (!exc)
+            exc = err ? pt_oserror(err) : Py_NewRef(Py_None);
+        self->exc = NULL;
+        PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_lost);
+        PyObject *r = m && exc ? PyObject_CallOneArg(m, exc) : NULL;
+        if (r)
+            Py_DECREF(r);
+        else
+            callback_error(self, m, exc);
+        Py_XDECREF(m);
+        Py_XDECREF(exc);
+    }
+    release_extra(self);
+    self->t = NULL;
+    self->lost = true;
+    drop_methods(self);
+    Py_CLEAR(self->protocol);
+    Py_DECREF(self); /* tpio's reference, taken by the factory */
+}
+
+static void up_data(tpio_protocol_t *p, const void *data, size_t len)
+{
+    pt_stream *self = SELF(p);
+    if (self->loop->dropping)
+        return;
+    PyObject *m = method(self, &self->m_data, pt.s_data_received);
+    PyObject *b = m ? PyBytes_FromStringAndSize(data, (Py_ssize_t)len) : NULL;
+    PyObject *r = b ? PyObject_CallOneArg(m, b) : NULL;
+    Py_XDECREF(b);
+    if (r)
+        Py_DECREF(r);
+    else
+        fatal(self, "Fatal error: protocol.data_received() call failed.");
+}
+
+static bool up_eof(tpio_protocol_t *p)
+{
+    pt_stream *self = SELF(p);
+    if (self->loop->dropping)
+        return false;
+    PyObject *r = PyObject_CallMethodNoArgs(self->protocol, pt.s_eof_received);
+    if (!r) {
+        fatal(self, "Fatal error: protocol.eof_received() call failed.");
+        return true; /* the abort is under way */
+    }
+    int keep = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (keep < 0) {
+        fatal(self, "Fatal error: protocol.eof_received() call failed.");
+        return true;
+    }
+    return keep;
+}
+
+static void *up_get_buffer(tpio_protocol_t *p, ssize_t hint, size_t *len)
+{
+    (void)hint;
+    pt_stream *self = SELF(p);
+    release_view(self);
+    if (self->loop->dropping)
+        return NULL;
+    PyObject *m = method(self, &self->m_get_buffer, pt.s_get_buffer);
+    PyObject *b = m ? PyObject_CallOneArg(m, pt.minus_one) : NULL;
+    if (b) {
+        if (PyObject_GetBuffer(b, &self->view, PyBUF_WRITABLE) == 0) {
+            self->have_view = true;
+            if (self->view.len > 0) {
+                Py_DECREF(b);
+                *len = (size_t)self->view.len;
+                return self->view.buf;
+            }
+            release_view(self);
+            PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+        }
+        Py_DECREF(b);
+    }
+    fatal(self, "Fatal error: protocol.get_buffer() call failed.");
+    return NULL;
+}
+
+static void up_buffer_updated(tpio_protocol_t *p, size_t n)
+{
+    pt_stream *self = SELF(p);
+    release_view(self); /* as recv_into's export ends before buffer_updated */
+    if (self->loop->dropping)
+        return;
+    PyObject *m = method(self, &self->m_buffer_updated, pt.s_buffer_updated);
+    PyObject *arg = m ? PyLong_FromSize_t(n) : NULL;
+    PyObject *r = arg ? PyObject_CallOneArg(m, arg) : NULL;
+    Py_XDECREF(arg);
+    if (r)
+        Py_DECREF(r);
+    else
+        fatal(self, "Fatal error: protocol.buffer_updated() call failed.");
+}
+
+static void flow(pt_stream *self, PyObject *name, const char *message)
+{
+    if (self->loop->dropping)
+        return;
+    PyObject *r = PyObject_CallMethodNoArgs(self->protocol, name);
+    if (r) {
+        Py_DECREF(r);
+        return;
+    }
+    PyObject *exc = pt_fetch_error(self->loop);
+    if (exc) {
+        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
+                  self->protocol, NULL);
+        Py_DECREF(exc);
+    }
+}
+
+static void up_pause(tpio_protocol_t *p)
+{
+    flow(SELF(p), pt.s_pause_writing, "protocol.pause_writing() failed");
+}
+
+static void up_resume(tpio_protocol_t *p)
+{
+    flow(SELF(p), pt.s_resume_writing, "protocol.resume_writing() failed");
+}
+
+static const tpio_protocol_ops_t plain_ops = {
+    .connection_made = up_made,
+    .connection_lost = up_lost,
+    .pause_writing = up_pause,
+    .resume_writing = up_resume,
+    .data_received = up_data,
+    .eof_received = up_eof,
+};
+
+static const tpio_protocol_ops_t buffered_ops = {
+    .connection_made = up_made,
+    .connection_lost = up_lost,
+    .pause_writing = up_pause,
+    .resume_writing = up_resume,
+    .eof_received = up_eof,
+    .get_buffer = up_get_buffer,
+    .buffer_updated = up_buffer_updated,
+};
+
+static int use_protocol(pt_stream *self, PyObject *protocol)
+{
+    int buffered = PyObject_IsInstance(protocol, pt.asyncio_BufferedProtocol);
+    if (buffered < 0)
+        return -1;
+    drop_methods(self);
+    Py_INCREF(protocol);
+    Py_XSETREF(self->protocol, protocol);
+    self->buffered = buffered;
+    self->cproto.ops = buffered ? &buffered_ops : &plain_ops;
+    return 0;
+}
+
+/* ---- the factory -------------------------------------------------------------------- */
+
+tpio_protocol_t *pt_stream_factory(void *arg)
+{
+    pt_factory *f = arg;
+    if (f->loop->dropping)
+        return NULL;
+    PyObject *proto = PyObject_CallNoArgs(f->factory);
+    if (!proto) {
+        PyObject *e = pt_fetch_error(f->loop);
+        if (e && f->server) { /* asyncio tells of it in debug mode only */
+            if (f->loop->debug)
+                pt_report(f->loop, "Error on transport creation for incoming connection", e,
+                          NULL);
+            Py_DECREF(e);
+        } else if (e && !f->error) {
+            f->error = e;
+        } else {
+            Py_XDECREF(e);
+        }
+        return NULL;
+    }
+    PyTypeObject *tp = stream_types[f->kind];
+    pt_stream *self = (pt_stream *)tp->tp_alloc(tp, 0);
+    if (!self || use_protocol(self, proto) < 0) {
+        Py_XDECREF(self);
+        Py_DECREF(proto);
+        PyObject *e = pt_fetch_error(f->loop);
+        if (e && !f->error)
+            f->error = e;
+        else
+            Py_XDECREF(e);
+        return NULL;
+    }
+    Py_DECREF(proto);
+    self->loop = (pt_loop *)Py_NewRef((PyObject *)f->loop);
+    self->kind = f->kind;
+    self->socket_kind = f->kind == PT_STREAM_SOCKET;
+    if (f->extra_obj) {
+        self->extra_obj = Py_NewRef(f->extra_obj);
+        self->extra_dup = f->extra_dup;
+    }
+    f->made = (PyObject *)self;
+    return &self->cproto;
+}
+
+/* ---- BaseTransport ------------------------------------------------------------------------ */
+
+static PyObject *tr_close(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->t && !self->closing) {
+        self->closing = true;
+        tpio_transport_close(self->t);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_is_closing(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    bool c = true;
+    if (self->t && !self->closing)
+        tpio_transport_is_closing(self->t, &c);
+    return PyBool_FromLong(c);
+}
+
+static PyObject *tr_set_protocol(pt_stream *self, PyObject *protocol)
+{
+    if (use_protocol(self, protocol) < 0)
+        return NULL;
+    if (self->t)
+        tpio_transport_set_protocol(self->t, &self->cproto);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_get_protocol(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(self->protocol ? self->protocol : Py_None);
+}
+
+static PyObject *make_tsock(pt_stream *self)
+{
+    if (self->tsock)
+        return self->tsock;
+    PyObject *sockobj = self->extra_obj;
+    if (!sockobj) {
+        int fd;
+        if (!self->t || tpio_transport_get_fd(self->t, &fd) < 0)
+            return NULL;
+        PyObject *mod = PyImport_ImportModule("socket");
+        PyObject *cls = mod ? PyObject_GetAttrString(mod, "socket") : NULL;
+        Py_XDECREF(mod);
+        if (!cls)
+            return NULL;
+        PyObject *kw = Py_BuildValue("{s:i}", "fileno", fd);
+        PyObject *noargs = PyTuple_New(0);
+        self->sock = kw && noargs ? PyObject_Call(cls, noargs, kw) : NULL;
+        Py_XDECREF(kw);
+        Py_XDECREF(noargs);
+        Py_DECREF(cls);
+        if (!self->sock)
+            return NULL;
+        sockobj = self->sock;
+    }
+    self->tsock = PyObject_CallOneArg(pt.TransportSocket, sockobj);
+    return self->tsock;
+}
+
+static PyObject *tr_get_extra_info(pt_stream *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "default", NULL};
+    PyObject *name, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &name, &dflt))
+        return NULL;
+    if (!PyUnicode_Check(name))
+        return Py_NewRef(dflt);
+    const char *n = PyUnicode_AsUTF8(name);
+    if (!n)
+        return NULL;
+    if (self->socket_kind) {
+        bool peer = !strcmp(n, "peername");
+        if (peer || !strcmp(n, "sockname")) {
+            struct sockaddr_storage ss;
+            socklen_t len = sizeof ss;
+            if (self->t) {
+                int rc = peer ? tpio_transport_get_peername(self->t, &ss, &len)
+                              : tpio_transport_get_sockname(self->t, &ss, &len);
+                if (rc < 0)
+                    return Py_NewRef(dflt);
+            } else {
+                len = peer ? self->peerlen : self->locallen;
+                if (!len)
+                    return Py_NewRef(dflt);
+                memcpy(&ss, peer ? &self->peer : &self->local, len);
+            }
+            return pt_addr_to_py((struct sockaddr *)&ss, len);
+        }
+        if (!strcmp(n, "socket")) {
+            if (self->lost && !self->tsock)
+                return Py_NewRef(dflt);
+            PyObject *ts = make_tsock(self);
+            if (!ts) {
+                PyErr_Clear();
+                return Py_NewRef(dflt);
+            }
+            return Py_NewRef(ts);
+        }
+    } else if (!strcmp(n, "pipe") && self->extra_obj) {
+        return Py_NewRef(self->extra_obj);
+    }
+    return Py_NewRef(dflt);
+}
+
+/* ---- ReadTransport ------------------------------------------------------------------------ */
+
+static PyObject *tr_is_reading(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    bool r = false;
+    if (self->t && !self->closing)
+        tpio_transport_is_reading(self->t, &r);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *tr_pause_reading(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->t && !self->closing)
+        tpio_transport_pause_reading(self->t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_resume_reading(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->t && !self->closing)
+        tpio_transport_resume_reading(self->t);
+    Py_RETURN_NONE;
+}
+
+/* ---- WriteTransport ------------------------------------------------------------------------ */
+
+static PyObject *write_failed(int rc, const char *what)
+{
+    if (rc == -ESHUTDOWN)
+        return PyErr_Format(PyExc_RuntimeError, "Cannot call %s() after write_eof()", what);
+    if (rc == -EBUSY)
+        return PyErr_Format(PyExc_RuntimeError, "unable to %s; sendfile is in progress",
+                            what);
+    return pt_raise_errno(rc);
+}
+
+/* Writes after the connection is gone are dropped, with asyncio's warning
+ * from the fifth on. */
+static bool writes_dropped(pt_stream *self)
+{
+    if (self->t && !self->closing)
+        return false;
+    if (self->conn_lost >= 5) {
+        PyObject *r = PyObject_CallMethod(pt.logger, "warning", "s",
+                                          "socket.send() raised exception.");
+        Py_XDECREF(r);
+        if (!r)
+            PyErr_Clear();
+    }
+    self->conn_lost++;
+    return true;
+}
+
+static PyObject *tr_write(pt_stream *self, PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        if (self->eof_written)
+            return write_failed(-ESHUTDOWN, "write");
+        Py_ssize_t len = PyBytes_GET_SIZE(data);
+        if (!len || writes_dropped(self))
+            Py_RETURN_NONE;
+        int rc = tpio_transport_write(self->t, PyBytes_AS_STRING(data), (size_t)len);
+        if (rc < 0)
+            return write_failed(rc, "write");
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data))
+        return PyErr_Format(PyExc_TypeError,
+                            "data argument must be a bytes-like object, not '%.200s'",
+                            Py_TYPE(data)->tp_name);
+    if (self->eof_written)
+        return write_failed(-ESHUTDOWN, "write");
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = 0;
+    if (view.len && !writes_dropped(self))
+        rc = tpio_transport_write(self->t, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return write_failed(rc, "write");
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_writelines(pt_stream *self, PyObject *lines)
+{
+    PyObject *seq = PySequence_Fast(lines, "can only join an iterable");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer *views = PyMem_Calloc((size_t)n + 1, sizeof *views);
+    tpio_buf_t *bufs = PyMem_Calloc((size_t)n + 1, sizeof *bufs);
+    Py_ssize_t got = 0;
+    PyObject *res = NULL;
+    if (!views || !bufs) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    size_t total = 0;
+    for (; got < n; got++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, got);
+        if (PyObject_GetBuffer(item, &views[got], PyBUF_SIMPLE) < 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "sequence item %zd: expected a bytes-like object, %.80s found", got,
+                         Py_TYPE(item)->tp_name);
+            goto out;
+        }
+        bufs[got].base = views[got].buf;
+        bufs[got].len = (size_t)views[got].len;
+        total += bufs[got].len;
+    }
+    if (self->eof_written) {
+        write_failed(-ESHUTDOWN, "write");
+        goto out;
+    }
+    if (total && !writes_dropped(self)) {
+        int rc = tpio_transport_writelines(self->t, bufs, (size_t)n);
+        if (rc < 0) {
+            write_failed(rc, "write");
+            goto out;
+        }
+    }
+    res = Py_NewRef(Py_None);
+out:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(bufs);
+    Py_DECREF(seq);
+    return res;
+}
+
+static PyObject *tr_write_eof(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->t || self->closing || self->eof_written)
+        Py_RETURN_NONE;
+    int rc = tpio_transport_write_eof(self->t);
+    if (rc == -EBUSY)
+        return PyErr_Format(PyExc_RuntimeError, "unable to write_eof; sendfile is in progress");
+    if (rc < 0 && rc != -ENOTSUP)
+        return pt_raise_errno(rc);
+    if (rc == -ENOTSUP)
+        return PyErr_Format(PyExc_NotImplementedError, "write_eof() is not supported");
+    self->eof_written = true;
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_can_write_eof(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    bool can = self->kind != PT_STREAM_READ_PIPE;
+    if (self->t)
+        tpio_transport_can_write_eof(self->t, &can);
+    return PyBool_FromLong(can);
+}
+
+static PyObject *tr_abort(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->t) {
+        self->closing = true;
+        tpio_transport_abort(self->t);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tr_get_write_buffer_size(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    size_t n = 0;
+    if (self->t)
+        tpio_transport_get_write_buffer_size(self->t, &n);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *tr_get_write_buffer_limits(pt_stream *self, PyObject *unused)
+{
+    (void)unused;
+    size_t high = 64 * 1024, low = 16 * 1024;
+    if (self->t)
+        tpio_transport_get_write_buffer_limits(self->t, &high, &low);
+    return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+static PyObject *tr_set_write_buffer_limits(pt_stream *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *ho = Py_None, *lo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho,
+                                     &lo))
+        return NULL;
+    /* asyncio's rule, with its message */
+    PyObject *high, *low;
+    if (ho == Py_None)
+        high = lo == Py_None ? PyLong_FromLong(64 * 1024)
+                             : PyNumber_Multiply(lo, PyLong_FromLong(4));
+    else
+        high = Py_NewRef(ho);
+    if (!high)
+        return NULL;
+    if (lo == Py_None) {
+        PyObject *four = PyLong_FromLong(4);
+        low = PyNumber_FloorDivide(high, four);
+        Py_DECREF(four);
+    } else {
+        low = Py_NewRef(lo);
+    }
+    if (!low) {
+        Py_DECREF(high);
+        return NULL;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    int ok = PyObject_RichCompareBool(high, low, Py_GE);
+    if (ok == 1)
+        ok = PyObject_RichCompareBool(low, zero, Py_GE);
+    Py_DECREF(zero);
+    PyObject *res = NULL;
+    if (ok == 0) {
+        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
+    } else if (ok == 1) {
+        Py_ssize_t h = PyNumber_AsSsize_t(high, PyExc_OverflowError);
+        Py_ssize_t l = PyNumber_AsSsize_t(low, PyExc_OverflowError);
+        if (!PyErr_Occurred()) {
+            if (self->t)
+                tpio_transport_set_write_buffer_limits(self->t, h, l);
+            res = Py_NewRef(Py_None);
+        }
+    }
+    Py_DECREF(high);
+    Py_DECREF(low);
+    return res;
+}
+
+static PyObject *tr_repr(pt_stream *self)
+{
+    int fd = -1;
+    if (self->t)
+        tpio_transport_get_fd(self->t, &fd);
+    if (fd < 0)
+        return PyUnicode_FromFormat("<%s closed>", Py_TYPE(self)->tp_name);
+    return PyUnicode_FromFormat("<%s fd=%d%s>", Py_TYPE(self)->tp_name, fd,
+                                self->closing ? " closing" : "");
+}
+
+/* ---- object ------------------------------------------------------------------------------ */
+
+static int tr_traverse(pt_stream *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->extra_slot);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->m_data);
+    Py_VISIT(self->m_get_buffer);
+    Py_VISIT(self->m_buffer_updated);
+    Py_VISIT(self->exc);
+    Py_VISIT(self->extra_obj);
+    Py_VISIT(self->tsock);
+    Py_VISIT(self->sock);
+    Py_VISIT(self->dict);
+    Py_VISIT(self->loop);
+    return 0;
+}
+
+static int tr_clear(pt_stream *self)
+{
+    Py_CLEAR(self->extra_slot);
+    drop_methods(self);
+    Py_CLEAR(self->exc);
+    Py_CLEAR(self->tsock);
+    Py_CLEAR(self->dict);
+    if (!self->t) {
+        Py_CLEAR(self->protocol);
+        Py_CLEAR(self->extra_obj);
+        Py_CLEAR(self->sock);
+        Py_CLEAR(self->loop);
+    }
+    return 0;
+}
+
+static void tr_dealloc(pt_stream *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    release_view(self);
+    tr_clear(self);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->extra_obj);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->loop);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+#define NOARGS(name, fn) {name, (PyCFunction)fn, METH_NOARGS, NULL}
+#define BASE_METHODS                                                                    \
+    NOARGS("close", tr_close), NOARGS("is_closing", tr_is_closing),                     \
+        {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},                   \
+        NOARGS("get_protocol", tr_get_protocol),                                        \
+        {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info,              \
+         METH_VARARGS | METH_KEYWORDS, NULL}
+#define READ_METHODS                                                                    \
+    NOARGS("is_reading", tr_is_reading), NOARGS("pause_reading", tr_pause_reading),     \
+        NOARGS("resume_reading", tr_resume_reading)
+#define WRITE_METHODS                                                                   \
+    {"write", (PyCFunction)tr_write, METH_O, NULL},                                     \
+        {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},                       \
+        NOARGS("write_eof", tr_write_eof), NOARGS("can_write_eof", tr_can_write_eof),   \
+        NOARGS("abort", tr_abort), NOARGS("get_write_buffer_size", tr_get_write_buffer_size), \
+        NOARGS("get_write_buffer_limits", tr_get_write_buffer_limits),                  \
+        {"set_write_buffer_limits", (PyCFunction)(void (*)(void))tr_set_write_buffer_limits, \
+         METH_VARARGS | METH_KEYWORDS, NULL}
+
+static PyMethodDef socket_methods[] = {BASE_METHODS, READ_METHODS, WRITE_METHODS, {NULL}};
+static PyMethodDef read_methods[] = {BASE_METHODS, READ_METHODS, {NULL}};
+static PyMethodDef write_methods[] = {BASE_METHODS, WRITE_METHODS, {NULL}};
+
+static PyMemberDef tr_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(pt_stream, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(pt_stream, weakreflist), READONLY, NULL},
+    {NULL},
+};
+
+static PyObject *tr_get_loop_attr(pt_stream *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->loop && !self->lost ? (PyObject *)self->loop : Py_None);
+}
+
+static PyObject *tr_get_protocol_attr(pt_stream *self, void *c)
+{
+    (void)c;
+    return Py_NewRef(self->protocol ? self->protocol : Py_None);
+}
+
+static PyGetSetDef tr_getset[] = {
+    {"_loop", (getter)tr_get_loop_attr, NULL, NULL, NULL},
+    {"_protocol", (getter)tr_get_protocol_attr, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject *make_type(const char *name, PyObject *base, PyMethodDef *methods)
+{
+    if (((PyTypeObject *)base)->tp_basicsize != offsetof(pt_stream, cproto)) {
+        PyErr_Format(PyExc_ImportError, "tpio: unexpected layout of %s",
+                     ((PyTypeObject *)base)->tp_name);
+        return NULL;
+    }
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, tr_dealloc},   {Py_tp_traverse, tr_traverse},
+        {Py_tp_clear, tr_clear},       {Py_tp_methods, methods},
+        {Py_tp_members, tr_members},   {Py_tp_getset, tr_getset},
+        {Py_tp_repr, tr_repr},         {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = sizeof(pt_stream),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+        .slots = slots,
+    };
+    return (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);
+}
+
+int pt_stream_init(PyObject *module)
+{
+    stream_types[PT_STREAM_SOCKET] =
+        make_type("tpio.StreamTransport", pt.asyncio_Transport, socket_methods);
+    if (!stream_types[0])
+        return -1;
+    stream_types[PT_STREAM_READ_PIPE] =
+        make_type("tpio.ReadPipeTransport", pt.asyncio_ReadTransport, read_methods);
+    if (!stream_types[1])
+        return -1;
+    stream_types[PT_STREAM_WRITE_PIPE] =
+        make_type("tpio.WritePipeTransport", pt.asyncio_WriteTransport, write_methods);
+    if (!stream_types[2])
+        return -1;
+    if (PyModule_AddObjectRef(module, "StreamTransport", (PyObject *)stream_types[0]) ||
+        PyModule_AddObjectRef(module, "ReadPipeTransport", (PyObject *)stream_types[1]) ||
+        PyModule_AddObjectRef(module, "WritePipeTransport", (PyObject *)stream_types[2]))
+        return -1;
+    (void)is_stream;
+    return 0;
+}
