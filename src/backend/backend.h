@@ -34,8 +34,16 @@ TPIO__HIDDEN void tpio__io_init(struct tpio__io *io, int fd, tpio__io_cb cb);
  * reaches io afterwards, so its owner may be freed at once. A descriptor
  * that cannot be watched at all gives TPIO_ENOTWATCHABLE. */
 TPIO__HIDDEN int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want);
+/* An embedder's hooks around a wait that blocks (tpio_loop_set_wait_hooks). */
+struct tpio__wait_hooks {
+    tpio_wait_hook_t before, after;
+    void *arg;
+};
 /* Wait up to timeout_ms (-1: no limit) and call the ready watchers'
- * callbacks with `loop`; returns the events dispatched or -errno. */
-TPIO__HIDDEN int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms);
+ * callbacks with `loop`; returns the events dispatched or -errno. With
+ * hooks (may be NULL), a wait that would block is bracketed by them; the
+ * callbacks always run outside the bracket. */
+TPIO__HIDDEN int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
+                                    const struct tpio__wait_hooks *hooks);
 
 #endif

@@ -88,9 +88,23 @@ int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
     return 0;
 }
 
-int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms)
+int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
+                       const struct tpio__wait_hooks *hooks)
 {
-    int n = epoll_wait(b->epfd, b->batch, MAX_EVENTS, timeout_ms);
+    int n;
+    if (hooks && timeout_ms != 0) {
+        /* A busy loop finds events at once and never brackets the wait. */
+        n = epoll_wait(b->epfd, b->batch, MAX_EVENTS, 0);
+        if (n == 0) {
+            hooks->before(loop, hooks->arg);
+            n = epoll_wait(b->epfd, b->batch, MAX_EVENTS, timeout_ms);
+            int e = errno;
+            hooks->after(loop, hooks->arg);
+            errno = e;
+        }
+    } else {
+        n = epoll_wait(b->epfd, b->batch, MAX_EVENTS, timeout_ms);
+    }
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     b->batch_n = n;

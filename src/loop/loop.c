@@ -539,18 +539,8 @@ static int run_once(tpio_loop_t *loop, int timeout_ms)
         if (timeout < 0 || (uint64_t)timeout > ms)
             timeout = (int)ms;
     }
-    int rc;
-    if (timeout != 0 && loop->wait_before) {
-        /* A busy loop finds events at once and never brackets the wait. */
-        rc = tpio__backend_poll(loop->backend, loop, 0);
-        if (rc == 0) {
-            loop->wait_before(loop, loop->wait_arg);
-            rc = tpio__backend_poll(loop->backend, loop, timeout);
-            loop->wait_after(loop, loop->wait_arg);
-        }
-    } else {
-        rc = tpio__backend_poll(loop->backend, loop, timeout);
-    }
+    int rc = tpio__backend_poll(loop->backend, loop, timeout,
+                                loop->wait.before ? &loop->wait : NULL);
     if (rc < 0)
         return rc;
 
@@ -722,9 +712,9 @@ int tpio_loop_set_wait_hooks(tpio_loop_t *loop, tpio_wait_hook_t before,
 {
     if (!loop || !before != !after)
         return -EINVAL;
-    loop->wait_before = before;
-    loop->wait_after = after;
-    loop->wait_arg = arg;
+    loop->wait.before = before;
+    loop->wait.after = after;
+    loop->wait.arg = arg;
     return 0;
 }
 

@@ -76,8 +76,7 @@ struct tpio_loop {
     void *error_arg;
 
     /* An embedder's hooks around a wait that may block (both or neither). */
-    tpio_wait_hook_t wait_before, wait_after;
-    void *wait_arg;
+    struct tpio__wait_hooks wait;
 
     /* For the layers above: the buffer Protocol reads go into (one per
      * loop: a read is delivered before the next one starts), and the write
