@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <semaphore.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -1197,4 +1199,120 @@ Test(loop, close_with_a_connection_attempt_or_transport_is_ebusy, .timeout = 30)
     cr_assert_eq(tpio_server_wait_closed(s, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(th_fx.loop, &closed, 3.0));
     th_fx_close_loop();
+}
+
+/* ------------------------------------------------------------------------- */
+/* wait hooks (tpio_loop_set_wait_hooks)                                     */
+/* ------------------------------------------------------------------------- */
+
+struct hooks_rec {
+    int before, after;
+    bool inside;     /* between before and after */
+    bool cb_inside;  /* a callback ran between them: must never happen */
+    int efd;
+    sem_t blocking;  /* posted by before: the loop is about to block */
+};
+
+static void hook_before(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct hooks_rec *h = arg;
+    cr_assert(!h->inside);
+    h->inside = true;
+    h->before++;
+    sem_post(&h->blocking);
+}
+
+static void hook_after(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct hooks_rec *h = arg;
+    cr_assert(h->inside);
+    h->inside = false;
+    h->after++;
+}
+
+static void hooks_timer(tpio_loop_t *loop, void *arg)
+{
+    struct hooks_rec *h = arg;
+    h->cb_inside |= h->inside;
+    tpio_loop_stop(loop);
+}
+
+static void hooks_reader(tpio_loop_t *loop, int fd, void *arg)
+{
+    struct hooks_rec *h = arg;
+    h->cb_inside |= h->inside;
+    uint64_t v;
+    cr_assert_eq(read(fd, &v, sizeof v), (ssize_t)sizeof v);
+    tpio_loop_stop(loop);
+}
+
+static void *hooks_writer_thread(void *arg)
+{
+    struct hooks_rec *h = arg;
+    sem_wait(&h->blocking); /* the event comes while the loop waits */
+    uint64_t one = 1;
+    cr_assert_eq(write(h->efd, &one, sizeof one), (ssize_t)sizeof one);
+    return NULL;
+}
+
+Test(loop, wait_hooks_bracket_a_blocking_wait_only, .timeout = 30)
+{
+    tpio_loop_t *loop = th_fx.loop;
+    struct hooks_rec h = {0};
+    cr_assert_eq(sem_init(&h.blocking, 0, 0), 0);
+    cr_assert_eq(tpio_loop_set_wait_hooks(loop, hook_before, hook_after, &h), 0);
+
+    /* Only a timer pending: the loop blocks until it is due, inside the hooks;
+     * the timer's callback runs after them. */
+    cr_assert_eq(tpio_loop_call_later(loop, 0.01, hooks_timer, &h, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_geq(h.before, 1);
+    cr_assert_eq(h.before, h.after);
+    cr_assert(!h.cb_inside);
+
+    /* A descriptor event that arrives during the wait is dispatched after
+     * the wait's after hook. */
+    h.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    cr_assert_geq(h.efd, 0);
+    cr_assert_eq(sem_init(&h.blocking, 0, 0), 0);
+    cr_assert_eq(tpio_loop_add_reader(loop, h.efd, hooks_reader, &h), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, hooks_writer_thread, &h), 0);
+    int before = h.before;
+    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    pthread_join(th, NULL);
+    cr_assert_gt(h.before, before);
+    cr_assert_eq(h.before, h.after);
+    cr_assert(!h.cb_inside);
+
+    /* A busy loop does not block: ready callbacks, or events already
+     * waiting, mean no hook at all. */
+    before = h.before;
+    uint64_t one = 1;
+    cr_assert_eq(write(h.efd, &one, sizeof one), (ssize_t)sizeof one);
+    cr_assert_eq(tpio_loop_run_forever(loop), 0); /* the reader stops it */
+    cr_assert_eq(tpio_loop_call_soon(loop, hooks_timer, &h, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(h.before, before);
+    cr_assert_eq(h.after, before);
+    cr_assert(!h.cb_inside);
+
+    cr_assert_eq(tpio_loop_remove_reader(loop, h.efd, NULL), 0);
+    close(h.efd);
+    sem_destroy(&h.blocking);
+    /* Removing them: no more calls. */
+    cr_assert_eq(tpio_loop_set_wait_hooks(loop, NULL, NULL, NULL), 0);
+    cr_assert_eq(tpio_loop_call_later(loop, 0.005, hooks_timer, &h, NULL), 0);
+    cr_assert_eq(tpio_loop_run_forever(loop), 0);
+    cr_assert_eq(h.before, before);
+}
+
+Test(loop, wait_hooks_bad_arguments, .timeout = 30)
+{
+    int x;
+    cr_assert_eq(tpio_loop_set_wait_hooks(NULL, hook_before, hook_after, &x), -EINVAL);
+    cr_assert_eq(tpio_loop_set_wait_hooks(th_fx.loop, hook_before, NULL, &x), -EINVAL);
+    cr_assert_eq(tpio_loop_set_wait_hooks(th_fx.loop, NULL, hook_after, &x), -EINVAL);
 }

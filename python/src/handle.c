@@ -31,25 +31,15 @@ static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *off)
     return 0;
 }
 
-/* The C part holds no reference: asyncio's slots are all there is to visit. */
-static int h_traverse(PyObject *o, visitproc visit, void *arg)
-{
-    return Py_TYPE(o)->tp_base->tp_traverse(o, visit, arg);
-}
-
-static int h_clear(PyObject *o)
-{
-    inquiry clear = Py_TYPE(o)->tp_base->tp_clear;
-    return clear ? clear(o) : 0;
-}
-
 static PyTypeObject *subclass(const char *name, PyObject *base)
 {
-    PyType_Slot slots[] = {{Py_tp_traverse, h_traverse}, {Py_tp_clear, h_clear}, {0, NULL}};
+    /* No GC flag and no traverse: the type inherits asyncio's (the C part
+     * holds no reference), which walks the slots of every class above. */
+    PyType_Slot slots[] = {{0, NULL}};
     PyType_Spec spec = {
         .name = name,
         .basicsize = (int)(((PyTypeObject *)base)->tp_basicsize + sizeof(struct pt_handle_c)),
-        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+        .flags = Py_TPFLAGS_DEFAULT,
         .slots = slots,
     };
     return (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);

@@ -131,6 +131,19 @@ typedef struct pt_factory {
 PT_HIDDEN tpio_protocol_t *pt_stream_factory(void *arg);
 PT_HIDDEN tpio_protocol_t *pt_datagram_factory(void *arg);
 PT_HIDDEN PyObject *pt_transport_of(tpio_protocol_t *p); /* borrowed */
+
+/* Subprocesses (subprocess.c). A Python pipe transport (fd 0: a
+ * WritePipeTransport, 1 and 2: a ReadPipeTransport) for a pipe that tpio
+ * made for a subprocess (tpio_subprocess_get_pipe_transport): its protocol
+ * stays tpio's, the object forwards the methods only. */
+PT_HIDDEN PyObject *pt_stream_wrap_pipe(pt_loop *loop, tpio_transport_t *t, int fd);
+/* That pipe reached its end: the object lets go of the tpio transport (its
+ * methods then act as on a lost connection) and closes its 'pipe' file. */
+PT_HIDDEN void pt_stream_pipe_lost(PyObject *pipe);
+/* The Python object tpio means by protocol p when p is a live subprocess
+ * transport's, or the protocol tpio gave one of its pipes (the pipe's
+ * object); NULL otherwise (borrowed). */
+PT_HIDDEN PyObject *pt_subprocess_of(tpio_protocol_t *p);
 /* The loop closed under its servers (tpio freed them): forget them. */
 PT_HIDDEN void pt_servers_dropped(pt_loop *loop);
 

@@ -21,6 +21,7 @@ typedef struct {
     PyObject *m_data, *m_get_buffer, *m_buffer_updated; /* bound, lazily */
     Py_buffer view;
     bool have_view, buffered, closing, eof_written, lost, socket_kind;
+    bool wrapped; /* a subprocess's pipe: tpio's protocol, not ours (pt_stream_wrap_pipe) */
     int kind;
     int conn_lost;
     PyObject *exc;       /* what ends the connection: a protocol's error */
@@ -37,8 +38,14 @@ static PyTypeObject *stream_types[3];
 
 #define SELF(p) ((pt_stream *)((char *)(p) - offsetof(pt_stream, cproto)))
 
+static const tpio_protocol_ops_t plain_ops, buffered_ops;
+
 PyObject *pt_transport_of(tpio_protocol_t *p)
 {
+    PyObject *o;
+    /* a subprocess transport, or a subprocess pipe whose protocol is tpio's */
+    if (p->ops != &plain_ops && p->ops != &buffered_ops && (o = pt_subprocess_of(p)))
+        return o;
     return (PyObject *)SELF(p);
 }
 
@@ -377,6 +384,50 @@ tpio_protocol_t *pt_stream_factory(void *arg)
     return &self->cproto;
 }
 
+/* ---- subprocess pipes ------------------------------------------------------------------ */
+
+PyObject *pt_stream_wrap_pipe(pt_loop *loop, tpio_transport_t *t, int fd)
+{
+    int kind = fd == 0 ? PT_STREAM_WRITE_PIPE : PT_STREAM_READ_PIPE;
+    PyTypeObject *tp = stream_types[kind];
+    pt_stream *self = (pt_stream *)tp->tp_alloc(tp, 0);
+    if (!self)
+        return NULL;
+    self->loop = (pt_loop *)Py_NewRef((PyObject *)loop);
+    self->t = t;
+    self->kind = kind;
+    self->wrapped = true;
+    /* 'pipe': the file object asyncio's Popen would have made (bufsize 0) */
+    int pfd;
+    if (tpio_transport_get_fd(t, &pfd) == 0) {
+        PyObject *io = PyImport_ImportModule("io");
+        self->extra_obj = io ? PyObject_CallMethod(io, "FileIO", "isO", pfd,
+                                                   fd == 0 ? "wb" : "rb", Py_False)
+                             : NULL;
+        Py_XDECREF(io);
+        if (!self->extra_obj)
+            PyErr_Clear();
+    }
+    return (PyObject *)self;
+}
+
+void pt_stream_pipe_lost(PyObject *pipe)
+{
+    pt_stream *self = (pt_stream *)pipe;
+    if (!self->wrapped || self->lost)
+        return;
+    self->t = NULL;
+    self->lost = self->closing = true;
+    if (!self->conn_lost)
+        self->conn_lost = 1;
+    if (self->extra_obj) { /* closefd=False: marks it closed only */
+        PyObject *r = PyObject_CallMethodNoArgs(self->extra_obj, pt.s_close);
+        Py_XDECREF(r);
+        if (!r)
+            PyErr_Clear();
+    }
+}
+
 /* ---- BaseTransport ------------------------------------------------------------------------ */
 
 static PyObject *tr_close(pt_stream *self, PyObject *unused)
@@ -400,6 +451,9 @@ static PyObject *tr_is_closing(pt_stream *self, PyObject *unused)
 
 static PyObject *tr_set_protocol(pt_stream *self, PyObject *protocol)
 {
+    if (self->wrapped)
+        return PyErr_Format(PyExc_NotImplementedError,
+                            "tpio: the pipe transports of a subprocess keep their protocol");
     if (use_protocol(self, protocol) < 0)
         return NULL;
     if (self->t)

@@ -350,14 +350,190 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
 
     # ---- what is not here yet ---------------------------------------------
 
-    async def create_datagram_endpoint(self, protocol_factory, *args, **kw):
-        raise NotImplementedError('create_datagram_endpoint')
+    async def create_datagram_endpoint(self, protocol_factory,
+                                       local_addr=None, remote_addr=None, *,
+                                       family=0, proto=0, flags=0,
+                                       reuse_port=None,
+                                       allow_broadcast=None, sock=None):
+        """Create datagram connection (asyncio 3.11: no reuse_address)."""
+        # Addresses are resolved here as asyncio resolves them, and the C
+        # side makes one socket per (family, proto) pair: bound to the local
+        # address, connected to the remote one (not with allow_broadcast).
+        # Each attempt: (family, proto, local, remote to connect, _address).
+        if sock is not None:
+            if sock.type != socket.SOCK_DGRAM:
+                raise ValueError(
+                    f'A UDP Socket was expected, got {sock!r}')
+            if (local_addr or remote_addr or
+                    family or proto or flags or
+                    reuse_port or allow_broadcast):
+                # show the problematic kwargs in exception msg
+                opts = dict(local_addr=local_addr, remote_addr=remote_addr,
+                            family=family, proto=proto, flags=flags,
+                            reuse_port=reuse_port,
+                            allow_broadcast=allow_broadcast)
+                problems = ', '.join(f'{k}={v}' for k, v in opts.items() if v)
+                raise ValueError(
+                    f'socket modifier keyword arguments can not be used '
+                    f'when sock is specified. ({problems})')
+            sock.setblocking(False)
+            attempts = [(0, 0, None, None, None)]
+        elif not (local_addr or remote_addr):
+            if family == 0:
+                raise ValueError('unexpected address family')
+            attempts = [(family, proto, None, None, None)]
+        elif hasattr(socket, 'AF_UNIX') and family == socket.AF_UNIX:
+            for addr in (local_addr, remote_addr):
+                if addr is not None and not isinstance(addr, str):
+                    raise TypeError('string is expected')
+            if local_addr and local_addr[0] not in (0, '\x00'):
+                try:
+                    if stat.S_ISSOCK(os.stat(local_addr).st_mode):
+                        os.remove(local_addr)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    # Directory may have permissions only to create socket.
+                    base_events.logger.error(
+                        'Unable to check or remove stale UNIX socket '
+                        '%r: %r', local_addr, err)
+            r_addr = remote_addr if remote_addr else None
+            attempts = [(family, proto, local_addr or None,
+                         None if allow_broadcast else r_addr, r_addr)]
+        else:
+            # join address by (family, protocol)
+            addr_infos = {}  # Using order preserving dict
+            for idx, addr in ((0, local_addr), (1, remote_addr)):
+                if addr is not None:
+                    if not (isinstance(addr, tuple) and len(addr) == 2):
+                        raise TypeError('2-tuple is expected')
 
-    async def subprocess_exec(self, *args, **kw):
-        raise NotImplementedError('subprocess_exec')
+                    infos = await self._ensure_resolved(
+                        addr, family=family, type=socket.SOCK_DGRAM,
+                        proto=proto, flags=flags, loop=self)
+                    if not infos:
+                        raise OSError('getaddrinfo() returned empty list')
 
-    async def subprocess_shell(self, *args, **kw):
-        raise NotImplementedError('subprocess_shell')
+                    for fam, _, pro, _, address in infos:
+                        key = (fam, pro)
+                        if key not in addr_infos:
+                            addr_infos[key] = [None, None]
+                        addr_infos[key][idx] = address
+
+            # each addr has to have info for each (family, proto) pair
+            addr_pairs_info = [
+                (key, addr_pair) for key, addr_pair in addr_infos.items()
+                if not ((local_addr and addr_pair[0] is None) or
+                        (remote_addr and addr_pair[1] is None))]
+
+            if not addr_pairs_info:
+                raise ValueError('can not get address information')
+            attempts = []
+            for (fam, pro), (local_address, remote_address) in addr_pairs_info:
+                r_addr = remote_address if remote_addr else None
+                attempts.append((fam, pro,
+                                 local_address if local_addr else None,
+                                 None if allow_broadcast else r_addr, r_addr))
+
+        factory_failed = False
+
+        def factory():
+            nonlocal factory_failed
+            try:
+                return protocol_factory()
+            except BaseException:
+                factory_failed = True
+                raise
+
+        exceptions = []
+        for fam, pro, local, remote, r_addr in attempts:
+            fut = self.create_future()
+            try:
+                request = self._create_datagram_endpoint(
+                    fut, factory, fam, pro, local, remote,
+                    bool(reuse_port), bool(allow_broadcast), sock, r_addr)
+                transport, protocol = await self._wait(fut, request)
+            except OSError as exc:
+                if factory_failed or sock is not None:
+                    raise
+                exceptions.append(exc)
+            else:
+                break
+        else:
+            raise exceptions[0]
+
+        if self._debug:
+            if local_addr:
+                base_events.logger.info(
+                    "Datagram endpoint local_addr=%r remote_addr=%r "
+                    "created: (%r, %r)",
+                    local_addr, remote_addr, transport, protocol)
+            else:
+                base_events.logger.debug(
+                    "Datagram endpoint remote_addr=%r created: "
+                    "(%r, %r)",
+                    remote_addr, transport, protocol)
+        return transport, protocol
+
+    # -1 is subprocess.PIPE, as in asyncio's signatures.
+    async def subprocess_exec(self, protocol_factory, program, *args,
+                              stdin=-1, stdout=-1, stderr=-1,
+                              universal_newlines=False, shell=False, bufsize=0,
+                              encoding=None, errors=None, text=None, **kwargs):
+        if universal_newlines:
+            raise ValueError("universal_newlines must be False")
+        if shell:
+            raise ValueError("shell must be False")
+        if bufsize != 0:
+            raise ValueError("bufsize must be 0")
+        if text:
+            raise ValueError("text must be False")
+        if encoding is not None:
+            raise ValueError("encoding must be None")
+        if errors is not None:
+            raise ValueError("errors must be None")
+        from . import _subprocess
+        protocol = protocol_factory()
+        debug_log = None
+        if self._debug:
+            # as asyncio: no parameters (they may hold passwords)
+            debug_log = f'execute program {program!r}'
+            self._log_subprocess(debug_log, stdin, stdout, stderr)
+        transport = await _subprocess.start(
+            self, protocol, (program,) + args, False, stdin, stdout, stderr, kwargs)
+        if self._debug and debug_log is not None:
+            base_events.logger.info('%s: %r', debug_log, transport)
+        return transport, protocol
+
+    async def subprocess_shell(self, protocol_factory, cmd, *,
+                               stdin=-1, stdout=-1, stderr=-1,
+                               universal_newlines=False, shell=True, bufsize=0,
+                               encoding=None, errors=None, text=None, **kwargs):
+        if not isinstance(cmd, (bytes, str)):
+            raise ValueError("cmd must be a string")
+        if universal_newlines:
+            raise ValueError("universal_newlines must be False")
+        if not shell:
+            raise ValueError("shell must be True")
+        if bufsize != 0:
+            raise ValueError("bufsize must be 0")
+        if text:
+            raise ValueError("text must be False")
+        if encoding is not None:
+            raise ValueError("encoding must be None")
+        if errors is not None:
+            raise ValueError("errors must be None")
+        from . import _subprocess
+        protocol = protocol_factory()
+        debug_log = None
+        if self._debug:
+            debug_log = 'run shell command %r' % cmd
+            self._log_subprocess(debug_log, stdin, stdout, stderr)
+        transport = await _subprocess.start(
+            self, protocol, cmd, True, stdin, stdout, stderr, kwargs)
+        if self._debug and debug_log is not None:
+            base_events.logger.info('%s: %r', debug_log, transport)
+        return transport, protocol
 
 
 def _noop():
