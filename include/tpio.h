@@ -919,7 +919,10 @@ typedef struct tpio_server_opts {
     int backlog;           /**< listen() backlog; 0 means 100 */
     tpio_flag_t reuse_address; /**< SO_REUSEADDR: default on */
     tpio_flag_t reuse_port;    /**< SO_REUSEPORT: default off */
-    tpio_flag_t start_serving; /**< accept at once: default on */
+    /** Accept at once: default on. Off: the sockets are bound, and listen()
+     *  waits for tpio_server_start_serving() (clients are refused until
+     *  then), as in asyncio. */
+    tpio_flag_t start_serving;
     /** Already bound listening sockets to serve instead of host/port. */
     const int *socks;
     size_t nsocks;
@@ -993,7 +996,8 @@ typedef struct tpio_unix_opts {
      *  the leading NUL byte (Python's "\0name"). Default off. */
     tpio_flag_t abstract;
     int backlog;               /**< server: listen() backlog; 0 means 100 */
-    tpio_flag_t start_serving; /**< server: accept at once; default on */
+    tpio_flag_t start_serving; /**< server: accept at once; default on (off: as
+                                *   tpio_server_opts_t's) */
     /** TPIO_ON: use the existing socket `sock` instead of path: connected
      *  (client) or bound (server). Owned by the library from a 0 return on. */
     tpio_flag_t use_sock;

@@ -35,6 +35,7 @@ struct tpio_server {
     size_t nls;
     int backlog;
     bool serving;
+    bool listening; /* listen() done: at the first start_serving */
     bool closed;
     bool woken; /* closed with no connections left: wait_closed fires at once */
     /* The user's (until close), one per waiter, one while accepting. The
@@ -234,10 +235,8 @@ int tpio__server_new(tpio_loop_t *loop, const struct tpio__ctor *ctor,
         if (rc < 0)
             return server_undo(s, i, rc);
     }
-    /* Only once nothing else can fail: listen() changes the sockets. */
-    for (size_t i = 0; i < nfds; i++)
-        if (listen(fds[i], backlog) < 0)
-            return server_undo(s, nfds, -errno);
+    /* listen() waits for start_serving, as asyncio's does: until then a
+     * client is refused, not queued unanswered. */
     if (start) {
         int rc = tpio_server_start_serving(s);
         if (rc < 0)
@@ -315,6 +314,12 @@ int tpio_server_start_serving(tpio_server_t *s)
         return -EBADF;
     if (s->serving)
         return 0;
+    if (!s->listening) {
+        for (size_t i = 0; i < s->nls; i++)
+            if (listen(s->ls[i].io.fd, s->backlog) < 0)
+                return -errno;
+        s->listening = true;
+    }
     for (size_t i = 0; i < s->nls; i++) {
         int rc = tpio__watch(s->loop, &s->ls[i].io, TPIO__IN);
         if (rc < 0) {
