@@ -421,7 +421,8 @@ TPIO_API int tpio_loop_add_writer(tpio_loop_t *loop, int fd, tpio_fd_cb_t cb, vo
 /**
  * Stop watching fd for reading (asyncio's remove_reader). *removed (may be
  * NULL) says whether a reader was registered. Returns 0 either way, -EBADF
- * for fd < 0.
+ * for fd < 0, TPIO_EFDINUSE for a descriptor of one of tpio's transports or
+ * servers (asyncio raises there too).
  */
 TPIO_API int tpio_loop_remove_reader(tpio_loop_t *loop, int fd, bool *removed);
 /** As remove_reader, for the writer (asyncio's remove_writer). */

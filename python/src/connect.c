@@ -191,8 +191,11 @@ static int unix_path(PyObject *path, PyObject **bytes, tpio_unix_opts_t *o)
     *bytes = NULL;
     if (path == Py_None)
         return 0;
-    if (!PyUnicode_FSConverter(path, bytes))
+    if (!PyBytes_Check(path)) { /* the Python side gives os.fsencode(path) */
+        PyErr_SetString(PyExc_TypeError, "path must be bytes here");
         return -1;
+    }
+    *bytes = Py_NewRef(path);
     const char *p = PyBytes_AS_STRING(*bytes);
     Py_ssize_t n = PyBytes_GET_SIZE(*bytes);
     if (n > 0 && p[0] == '\0') {

@@ -25,10 +25,33 @@ static void run_cb(tpio_loop_t *l, void *arg)
     Py_DECREF(h);
 }
 
-static bool check_callback(PyObject *cb, const char *method)
+static PyObject *iscoroutinefunction; /* asyncio.iscoroutinefunction */
+
+/* asyncio checks in debug mode only; a coroutine or anything not callable
+ * is refused here always (it could only fail later), a coroutine function
+ * in debug mode, as asyncio. */
+static bool check_callback(pt_loop *self, PyObject *cb, const char *method)
 {
-    if (PyCallable_Check(cb) && !PyCoro_CheckExact(cb))
-        return true;
+    if (PyCallable_Check(cb) && !PyCoro_CheckExact(cb)) {
+        if (!self->debug)
+            return true;
+        if (!iscoroutinefunction) {
+            PyObject *m = PyImport_ImportModule("asyncio.coroutines");
+            iscoroutinefunction = m ? PyObject_GetAttrString(m, "iscoroutinefunction") : NULL;
+            Py_XDECREF(m);
+            if (!iscoroutinefunction)
+                return false;
+        }
+        PyObject *r = PyObject_CallOneArg(iscoroutinefunction, cb);
+        int is = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        if (is < 0)
+            return false;
+        if (!is)
+            return true;
+        PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
+        return false;
+    }
     if (PyCoro_CheckExact(cb))
         PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
     else
@@ -113,7 +136,7 @@ static PyObject *loop_call_soon(pt_loop *self, PyObject *const *args, Py_ssize_t
     if (!pt_check_open(self) || parse_call(args, nargs, kwnames, 0, "call_soon", &cb, &cargs,
                                            &ctx))
         return NULL;
-    if (!check_callback(cb, "call_soon") || !check_thread(self)) {
+    if (!check_callback(self, cb, "call_soon") || !check_thread(self)) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -127,7 +150,7 @@ static PyObject *loop_call_soon_threadsafe(pt_loop *self, PyObject *const *args,
     if (!pt_check_open(self) || parse_call(args, nargs, kwnames, 0, "call_soon_threadsafe",
                                            &cb, &cargs, &ctx))
         return NULL;
-    if (!check_callback(cb, "call_soon_threadsafe")) {
+    if (!check_callback(self, cb, "call_soon_threadsafe")) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -137,7 +160,7 @@ static PyObject *loop_call_soon_threadsafe(pt_loop *self, PyObject *const *args,
 static PyObject *schedule_at(pt_loop *self, double when, PyObject *cb, PyObject *cargs,
                              PyObject *ctx, const char *method)
 {
-    if (!check_callback(cb, method) || !check_thread(self)) {
+    if (!check_callback(self, cb, method) || !check_thread(self)) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -330,7 +353,7 @@ static PyObject *add_watch(pt_loop *self, PyObject *const *args, Py_ssize_t narg
     int fd = fileobj_to_fd(args[0]);
     if (fd < 0)
         return NULL;
-    if (!check_callback(args[1], method))
+    if (!check_callback(self, args[1], method))
         return NULL;
     PyObject *cargs = PyTuple_New(nargs - 2);
     if (!cargs)
@@ -389,6 +412,8 @@ static PyObject *remove_watch(pt_loop *self, PyObject *o, bool writer)
     bool removed = false;
     int rc = writer ? tpio_loop_remove_writer(self->loop, fd, &removed)
                     : tpio_loop_remove_reader(self->loop, fd, &removed);
+    if (rc == TPIO_EFDINUSE)
+        return PyErr_Format(PyExc_RuntimeError, "File descriptor %R is used by transport", o);
     if (rc < 0)
         return pt_raise_errno(rc);
     PyObject *key = PyLong_FromLong(fd);

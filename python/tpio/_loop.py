@@ -11,6 +11,7 @@ asyncio does and hands the work to the C side.
 
 import asyncio
 import collections.abc
+import errno
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
 
     def __init__(self):
         base_events.BaseEventLoop.__init__(self)
+        self._tpio_signals = set()
 
     def __repr__(self):
         return (f'<{self.__class__.__name__} running={self.is_running()} '
@@ -75,6 +77,10 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
+        # as asyncio's Unix loop: the signal handlers go with the loop
+        if not sys.is_finalizing():
+            for sig in list(self._tpio_signals):
+                self.remove_signal_handler(sig)
         base_events.BaseEventLoop.close(self)
         self._close()
 
@@ -134,6 +140,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             if not _is_stream_socket(sock):
                 raise ValueError(
                     f'A Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
             hostname, port_n = None, 0
         fut = self.create_future()
         try:
@@ -193,6 +200,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
                 raise ValueError('Neither host/port nor sock were specified')
             if not _is_stream_socket(sock):
                 raise ValueError(f'A Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
             hosts, port_n, socks = None, 0, [sock]
         handle = self._create_server(
             protocol_factory, hosts, port_n, int(family), int(flags),
@@ -219,6 +227,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             raise ValueError(
                 'ssl_shutdown_timeout is only meaningful with ssl')
         _check_ssl(ssl)
+        sock.setblocking(False)
         fut = self.create_future()
         request = self._connect_accepted_socket(fut, protocol_factory, sock)
         return await self._wait(fut, request)
@@ -244,7 +253,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             if sock is not None:
                 raise ValueError(
                     'path and sock can not be specified at the same time')
-            path = os.fspath(path)
+            path = os.fsencode(path)
         else:
             if sock is None:
                 raise ValueError('no path and sock were specified')
@@ -252,6 +261,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
                     sock.type != socket.SOCK_STREAM):
                 raise ValueError(
                     f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
         fut = self.create_future()
         request = self._create_unix_connection(fut, protocol_factory, path, sock)
         return await self._wait(fut, request)
@@ -271,24 +281,35 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             raise ValueError(
                 'ssl_shutdown_timeout is only meaningful with ssl')
         _check_ssl(ssl)
-        socks = None
         if path is not None:
             if sock is not None:
                 raise ValueError(
                     'path and sock can not be specified at the same time')
             path = os.fspath(path)
-            if isinstance(path, str) and path.startswith('\0'):
-                pass
-            elif isinstance(path, bytes) and path.startswith(b'\0'):
-                pass
-            else:
-                # a socket file left by an earlier run is replaced; anything
-                # else at the path is an error, as asyncio says it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # A socket file left by an earlier server is replaced (not an
+            # abstract name, nor anything that is not a socket).
+            if path[0] not in (0, '\x00'):
                 try:
                     if stat.S_ISSOCK(os.stat(path).st_mode):
                         os.remove(path)
                 except FileNotFoundError:
                     pass
+                except OSError as err:
+                    base_events.logger.error(
+                        'Unable to check or remove stale UNIX socket %r: %r',
+                        path, err)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    msg = f'Address {path!r} is already in use'
+                    raise OSError(errno.EADDRINUSE, msg) from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
         else:
             if sock is None:
                 raise ValueError(
@@ -297,14 +318,14 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
                     sock.type != socket.SOCK_STREAM):
                 raise ValueError(
                     f'A UNIX Domain Stream Socket was expected, got {sock!r}')
-            socks = [sock]
+        sock.setblocking(False)
+        socks = [sock]
         try:
-            handle = self._create_unix_server(protocol_factory, path, sock,
+            handle = self._create_unix_server(protocol_factory, None, sock,
                                               int(backlog), False)
-        except OSError as exc:
-            if exc.errno == 98 and path is not None:  # EADDRINUSE
-                raise OSError(exc.errno, f'error while attempting to bind on '
-                              f'address {path!r}: {exc.strerror.lower()}') from None
+        except BaseException:
+            if path is not None:
+                sock.close()
             raise
         server = Server(self, handle, socks)
         if start_serving:
@@ -336,11 +357,40 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 'set_wakeup_fd only works in main thread of the main interpreter')
-        self._add_signal(sig, callback, args)
+        # Python's table of handlers names a no-op, as with asyncio (so
+        # signal.getsignal() answers the same); tpio's own handler, installed
+        # over it, is the one that runs.
+        if sig in self._tpio_signals:  # tpio's handler is in place already
+            self._add_signal(sig, callback, args)
+            return
+        try:
+            signal.signal(sig, _sighandler_noop)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig:d} cannot be caught')
+            raise
+        try:
+            self._add_signal(sig, callback, args)
+        except BaseException:
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT
+                          else signal.default_int_handler)
+            raise
+        self._tpio_signals.add(sig)
 
     def remove_signal_handler(self, sig):
         self._check_signal(sig)
-        return self._remove_signal(sig)
+        if not self._remove_signal(sig):
+            return False
+        self._tpio_signals.discard(sig)
+        handler = (signal.default_int_handler if sig == signal.SIGINT
+                   else signal.SIG_DFL)
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig:d} cannot be caught')
+            raise
+        return True
 
     def _check_signal(self, sig):
         if not isinstance(sig, int):
@@ -538,6 +588,10 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
 
 def _noop():
     pass
+
+
+def _sighandler_noop(signum, frame):
+    """Dummy signal handler."""
 
 
 def _port_number(port):

@@ -168,6 +168,8 @@ static int remove_dir(tpio_loop_t *loop, int fd, int dir, bool *removed)
         return -EINVAL;
     if (fd < 0)
         return -EBADF;
+    if (claimed(loop, fd)) /* a transport's or server's: as asyncio, an error */
+        return TPIO_EFDINUSE;
     struct tpio__fdw *w = watcher_of(loop, fd);
     bool had = w && w->cb[dir];
     if (had) {
