@@ -7,6 +7,14 @@
 # echo pair's port (default 8443). The TLS pair uses a throw-away CA and a
 # server certificate (for localhost and 127.0.0.1) made here with the
 # openssl command into the temporary directory, removed at exit.
+# Then the specification's six Python examples (examples/python/*.py, its
+# code unchanged) run with /usr/bin/python3 on tpio's event loop, installed
+# through its policy (tpio.install(), tpio from DIR/../python), each compared
+# with what it prints on stock asyncio: examples/python/run.py. They use the
+# ports 8888 (TCP) and 9999 (UDP) as written; TPIO_PORT and TPIO_UDP_PORT do
+# not reach them. TPIO_PY_LOOP=uvloop checks uvloop instead, a stand-in;
+# TPIO_SPEC=.../transports-and-protocols.txt first checks that the .py files
+# are still the specification's code.
 # Each program's output is printed under a "== name ==" header; the script
 # exits non-zero if any step fails.
 #
@@ -16,6 +24,7 @@
 #                             run_example CLIENT [ARGS...]
 #                             stop_server
 #     (READY_TEXT: what the server prints once it is ready, e.g. "Serving on")
+#   - a Python example: examples/python/ (run.py's SCENARIOS, extract.py)
 set -u
 
 DIR=${1:-}
@@ -23,6 +32,9 @@ if [ -z "$DIR" ] || [ ! -d "$DIR" ]; then
     echo "usage: $0 DIR   (DIR: the directory of the built examples)" >&2
     exit 2
 fi
+BUILD=$(dirname "$DIR")   # the build directory: DIR is BUILD/examples
+HERE=$(dirname "$0")
+PY_LOOP=${TPIO_PY_LOOP:-tpio}
 PORT=${TPIO_PORT:-8888}
 UDP_PORT=${TPIO_UDP_PORT:-9999}
 TLS_PORT=${TPIO_TLS_PORT:-8443}
@@ -191,6 +203,14 @@ run_example unix_echo
 
 # loop.subprocess_exec() and SubprocessProtocol
 run_example subprocess_date
+
+# The six Python examples, on tpio's loop and on stock asyncio, compared
+set -- --loop "$PY_LOOP" --build "$BUILD"
+if [ -n "${TPIO_SPEC:-}" ]; then
+    set -- "$@" --spec "$TPIO_SPEC"
+fi
+"${TPIO_PYTHON:-/usr/bin/python3}" "$HERE/python/run.py" "$@" ||
+    fail "the Python examples (examples/python/run.py)"
 
 if [ "$FAILED" -ne 0 ]; then
     echo "Some examples FAILED" >&2

@@ -451,6 +451,8 @@ static const tpio_protocol_ops_t dgram_ops = {
     .error_received = up_error,
 };
 
+static PyObject *dg_close(pt_dgram *self, PyObject *unused);
+
 /* ---- the request and the factory ------------------------------------------------- */
 
 typedef struct {
@@ -546,9 +548,11 @@ static void made(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int er
     }
     if (err == 0) {
         PyObject *tr = (PyObject *)SELF(p);
+        (void)t;
         if (fut_done(r->fut)) { /* cancelled meanwhile: asyncio closes it */
-            tpio_transport_close(t);
-            ((pt_dgram *)tr)->closing = true;
+            Py_INCREF(tr);
+            Py_DECREF(dg_close((pt_dgram *)tr, NULL));
+            Py_DECREF(tr);
         } else {
             PyObject *pair = PyTuple_Pack(2, tr, r->protocol ? r->protocol : Py_None);
             if (pair)
@@ -614,8 +618,16 @@ static int unix_arg(PyObject *a, PyObject **bytes, const char **path, size_t *le
     *bytes = NULL;
     if (a == Py_None)
         return 0;
-    if (!PyUnicode_FSConverter(a, bytes))
+    /* not PyUnicode_FSConverter: it refuses the NUL of an abstract name */
+    *bytes = PyUnicode_Check(a) ? PyUnicode_EncodeFSDefault(a)
+             : PyBytes_Check(a) ? Py_NewRef(a)
+                                : NULL;
+    if (!*bytes) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "str or bytes path expected, not %.200s",
+                         Py_TYPE(a)->tp_name);
         return -1;
+    }
     const char *s = PyBytes_AS_STRING(*bytes);
     Py_ssize_t n = PyBytes_GET_SIZE(*bytes);
     if (n == 0) {
@@ -1002,8 +1014,9 @@ static PyObject *dg_set_write_buffer_limits(pt_dgram *self, PyObject *args, PyOb
         PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
     } else if (ok == 1) {
         Py_ssize_t h = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        Py_ssize_t l = h == -1 && PyErr_Occurred() ? 0
-                                                   : PyNumber_AsSsize_t(low, PyExc_OverflowError);
+        Py_ssize_t l = 0;
+        if (!PyErr_Occurred())
+            l = PyNumber_AsSsize_t(low, PyExc_OverflowError);
         if (!PyErr_Occurred()) {
             if (self->t) {
                 Py_INCREF(self); /* pause_writing() may run inside */

@@ -317,6 +317,15 @@ static PyObject *loop_run(pt_loop *self, PyObject *unused)
 
 static int fileobj_to_fd(PyObject *o)
 {
+    if (PyLong_Check(o)) { /* selectors' words for a negative number */
+        long n = PyLong_AsLong(o);
+        if (n == -1 && PyErr_Occurred())
+            return -1;
+        if (n < 0) {
+            PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", n);
+            return -1;
+        }
+    }
     int fd = PyObject_AsFileDescriptor(o);
     if (fd < 0 && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "Invalid file descriptor");

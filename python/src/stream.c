@@ -587,7 +587,10 @@ static bool writes_dropped(pt_stream *self)
         return false;
     if (self->conn_lost >= 5) {
         PyObject *r = PyObject_CallMethod(pt.logger, "warning", "s",
-                                          "socket.send() raised exception.");
+                                          self->kind == PT_STREAM_WRITE_PIPE
+                                              ? "pipe closed by peer or os.write(pipe, data) "
+                                                "raised exception."
+                                              : "socket.send() raised exception.");
         Py_XDECREF(r);
         if (!r)
             PyErr_Clear();
@@ -687,7 +690,10 @@ static PyObject *tr_write_eof(pt_stream *self, PyObject *unused)
         return pt_raise_errno(rc);
     if (rc == -ENOTSUP)
         return PyErr_Format(PyExc_NotImplementedError, "write_eof() is not supported");
-    self->eof_written = true;
+    if (self->kind == PT_STREAM_WRITE_PIPE)
+        self->closing = true; /* asyncio's write pipe: write_eof() closes; writes dropped */
+    else
+        self->eof_written = true;
     Py_RETURN_NONE;
 }
 

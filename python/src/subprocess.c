@@ -467,8 +467,8 @@ static const char **cstrings(PyObject *seq, const char *what)
  * args: the command (bytes) for shell, else a sequence of bytes; stdin,
  * stdout, stderr: None (inherit), subprocess.PIPE / STDOUT / DEVNULL or a
  * descriptor; env: None or a sequence of b"NAME=value"; cwd: None or bytes;
- * extra: None or the transport's extra info dict; program: for the debug
- * log. The Python side (tpio/_subprocess.py) has converted and checked all
+ * extra: None or the transport's extra info dict; program: what the debug
+ * log names (args[0], or the shell command). The Python side (tpio/_subprocess.py) has converted and checked all
  * of it as asyncio and Popen do. fut gets None once connection_made has
  * run. */
 PyObject *pt_loop_subprocess(pt_loop *self, PyObject *args, PyObject *kw)

@@ -46,6 +46,12 @@ def _check_kwargs(kwargs):
         elif name not in _DEFAULTS:
             raise TypeError(
                 f"Popen.__init__() got an unexpected keyword argument '{name}'")
+        elif name == 'close_fds':
+            # Accepted either way: Python's own descriptors are not
+            # inheritable (PEP 446), so close_fds=False changes something
+            # only for one made inheritable on purpose -- which tpio's child
+            # does not keep (it keeps 0, 1 and 2 only).
+            pass
         elif name == 'pass_fds':
             if value:
                 raise NotImplementedError(
@@ -113,7 +119,8 @@ async def start(loop, protocol, args, shell, stdin, stdout, stderr, kwargs):
     fut = loop.create_future()
     try:
         transport = loop._subprocess(fut, protocol, cmd, shell, *stdio, env_list, cwd_b,
-                                     None if extra is None else dict(extra), program)
+                                     None if extra is None else dict(extra),
+                                     args if shell else program)
     except OSError as exc:
         raise _start_error(exc, program, cwd) from None
     try:
