@@ -342,9 +342,9 @@ Test(watch, refused_descriptors, .timeout = 10)
     int tfd = th_fd(pr->t);
     cr_assert_eq(tpio_loop_add_reader(pr->loop, tfd, on_read, NULL), TPIO_EFDINUSE);
     cr_assert_eq(tpio_loop_add_writer(pr->loop, tfd, on_write, NULL), TPIO_EFDINUSE);
-    bool removed = true;
-    cr_assert_eq(tpio_loop_remove_reader(pr->loop, tfd, &removed), TPIO_EFDINUSE);
-    cr_assert_eq(tpio_loop_remove_writer(pr->loop, tfd, &removed), TPIO_EFDINUSE);
+    bool was = true;
+    cr_assert_eq(tpio_loop_remove_reader(pr->loop, tfd, &was), TPIO_EFDINUSE);
+    cr_assert_eq(tpio_loop_remove_writer(pr->loop, tfd, &was), TPIO_EFDINUSE);
     tpio_server_t *s;
     tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1");
     cr_assert_eq(tpio_loop_create_server(pr->loop, th_factory, NULL, &so, &s), 0);
