@@ -36,30 +36,6 @@ static void request_free(pt_request *r)
     PyMem_Free(r);
 }
 
-static bool fut_done(PyObject *fut)
-{
-    PyObject *d = PyObject_CallMethod(fut, "done", NULL);
-    int b = d ? PyObject_IsTrue(d) : 1;
-    Py_XDECREF(d);
-    if (!d)
-        PyErr_Clear();
-    return b != 0;
-}
-
-static void settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value)
-{
-    PyObject *r = PyObject_CallMethodOneArg(fut, name, value);
-    if (r) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *e = pt_fetch_error(loop);
-    if (e) {
-        pt_report(loop, "tpio: could not complete a future", e, NULL);
-        Py_DECREF(e);
-    }
-}
-
 /* Let go of the user's object: tpio closed the descriptor (or its copy). */
 static void release_obj(PyObject *obj, bool dup)
 {
@@ -83,24 +59,24 @@ static void connected(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, i
     }
     if (err == 0) {
         PyObject *tr = pt_transport_of(p);
-        if (fut_done(r->fut)) { /* cancelled meanwhile: nobody gets it */
+        if (pt_fut_done(r->fut)) { /* cancelled meanwhile: nobody gets it */
             tpio_transport_abort(t);
         } else {
             PyObject *proto = PyObject_GetAttrString(tr, "_protocol");
             PyObject *pair = proto ? PyTuple_Pack(2, tr, proto) : NULL;
             Py_XDECREF(proto);
             if (pair)
-                settle(loop, r->fut, pt.s_set_result, pair);
+                pt_fut_settle(loop, r->fut, pt.s_set_result, pair);
             else
                 PyErr_Clear();
             Py_XDECREF(pair);
         }
     } else {
         release_obj(r->f.extra_obj, r->f.extra_dup);
-        if (!fut_done(r->fut)) {
+        if (!pt_fut_done(r->fut)) {
             PyObject *exc = r->f.error ? Py_NewRef(r->f.error) : pt_oserror(err);
             if (exc)
-                settle(loop, r->fut, pt.s_set_exception, exc);
+                pt_fut_settle(loop, r->fut, pt.s_set_exception, exc);
             else
                 PyErr_Clear();
             Py_XDECREF(exc);

@@ -513,30 +513,6 @@ tpio_protocol_t *pt_datagram_factory(void *arg)
     return &self->cproto;
 }
 
-static bool fut_done(PyObject *fut)
-{
-    PyObject *d = PyObject_CallMethod(fut, "done", NULL);
-    int b = d ? PyObject_IsTrue(d) : 1;
-    Py_XDECREF(d);
-    if (!d)
-        PyErr_Clear();
-    return b != 0;
-}
-
-static void settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value)
-{
-    PyObject *r = PyObject_CallMethodOneArg(fut, name, value);
-    if (r) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *e = pt_fetch_error(loop);
-    if (e) {
-        pt_report(loop, "tpio: could not complete a future", e, NULL);
-        Py_DECREF(e);
-    }
-}
-
 static void made(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int err, void *arg)
 {
     (void)l;
@@ -549,14 +525,14 @@ static void made(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int er
     if (err == 0) {
         PyObject *tr = (PyObject *)SELF(p);
         (void)t;
-        if (fut_done(r->fut)) { /* cancelled meanwhile: asyncio closes it */
+        if (pt_fut_done(r->fut)) { /* cancelled meanwhile: asyncio closes it */
             Py_INCREF(tr);
             Py_DECREF(dg_close((pt_dgram *)tr, NULL));
             Py_DECREF(tr);
         } else {
             PyObject *pair = PyTuple_Pack(2, tr, r->protocol ? r->protocol : Py_None);
             if (pair)
-                settle(loop, r->fut, pt.s_set_result, pair);
+                pt_fut_settle(loop, r->fut, pt.s_set_result, pair);
             else
                 PyErr_Clear();
             Py_XDECREF(pair);
@@ -568,10 +544,10 @@ static void made(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int er
             if (!x)
                 PyErr_Clear();
         }
-        if (!fut_done(r->fut)) {
+        if (!pt_fut_done(r->fut)) {
             PyObject *exc = r->f.error ? Py_NewRef(r->f.error) : pt_oserror(err);
             if (exc)
-                settle(loop, r->fut, pt.s_set_exception, exc);
+                pt_fut_settle(loop, r->fut, pt.s_set_exception, exc);
             else
                 PyErr_Clear();
             Py_XDECREF(exc);
@@ -767,17 +743,7 @@ static PyObject *make_tsock(pt_dgram *self)
         int fd;
         if (!self->t || tpio_transport_get_fd(self->t, &fd) < 0)
             return NULL;
-        PyObject *mod = PyImport_ImportModule("socket");
-        PyObject *cls = mod ? PyObject_GetAttrString(mod, "socket") : NULL;
-        Py_XDECREF(mod);
-        if (!cls)
-            return NULL;
-        PyObject *kw = Py_BuildValue("{s:i}", "fileno", fd);
-        PyObject *noargs = PyTuple_New(0);
-        self->sock = kw && noargs ? PyObject_Call(cls, noargs, kw) : NULL;
-        Py_XDECREF(kw);
-        Py_XDECREF(noargs);
-        Py_DECREF(cls);
+        self->sock = pt_socket_of_fd(fd);
         if (!self->sock)
             return NULL;
         sockobj = self->sock;
@@ -978,57 +944,15 @@ static PyObject *dg_set_write_buffer_limits(pt_dgram *self, PyObject *args, PyOb
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho,
                                      &lo))
         return NULL;
-    /* asyncio's _set_write_buffer_limits, with its message */
-    PyObject *high, *low;
-    if (ho == Py_None) {
-        if (lo == Py_None) {
-            high = PyLong_FromLong(64 * 1024);
-        } else {
-            PyObject *four = PyLong_FromLong(4);
-            high = four ? PyNumber_Multiply(lo, four) : NULL;
-            Py_XDECREF(four);
-        }
-    } else {
-        high = Py_NewRef(ho);
-    }
-    if (!high)
+    Py_ssize_t h, l;
+    if (pt_write_limits(ho, lo, &h, &l) < 0)
         return NULL;
-    if (lo == Py_None) {
-        PyObject *four = PyLong_FromLong(4);
-        low = four ? PyNumber_FloorDivide(high, four) : NULL;
-        Py_XDECREF(four);
-    } else {
-        low = Py_NewRef(lo);
+    if (self->t) {
+        Py_INCREF(self); /* pause_writing() may run inside */
+        tpio_transport_set_write_buffer_limits(self->t, h, l);
+        Py_DECREF(self);
     }
-    if (!low) {
-        Py_DECREF(high);
-        return NULL;
-    }
-    PyObject *zero = PyLong_FromLong(0);
-    int ok = zero ? PyObject_RichCompareBool(high, low, Py_GE) : -1;
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(low, zero, Py_GE);
-    Py_XDECREF(zero);
-    PyObject *res = NULL;
-    if (ok == 0) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
-    } else if (ok == 1) {
-        Py_ssize_t h = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        Py_ssize_t l = 0;
-        if (!PyErr_Occurred())
-            l = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-        if (!PyErr_Occurred()) {
-            if (self->t) {
-                Py_INCREF(self); /* pause_writing() may run inside */
-                tpio_transport_set_write_buffer_limits(self->t, h, l);
-                Py_DECREF(self);
-            }
-            res = Py_NewRef(Py_None);
-        }
-    }
-    Py_DECREF(high);
-    Py_DECREF(low);
-    return res;
+    Py_RETURN_NONE;
 }
 
 /* asyncio's: <_SelectorDatagramTransport fd=6 read=polling write=<idle, bufsize=0>> */

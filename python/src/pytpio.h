@@ -86,6 +86,16 @@ PT_HIDDEN PyObject *pt_oserror(int err);
 /* Raise it (returns NULL). */
 PT_HIDDEN PyObject *pt_raise_errno(int err);
 PT_HIDDEN bool pt_check_open(pt_loop *loop);
+/* fut.done(), true when it cannot be asked. */
+PT_HIDDEN bool pt_fut_done(PyObject *fut);
+/* fut.set_result(value) / fut.set_exception(value) (name), a failure reported. */
+PT_HIDDEN void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value);
+/* set_write_buffer_limits(high, low)'s arguments by asyncio's rule: 0, or -1
+ * with asyncio's ValueError set. */
+PT_HIDDEN int pt_write_limits(PyObject *high, PyObject *low, Py_ssize_t *hout,
+                              Py_ssize_t *lout);
+/* A socket.socket over fd (it must let go of it with detach()). */
+PT_HIDDEN PyObject *pt_socket_of_fd(int fd);
 
 /* ---- cached objects -------------------------------------------------------- */
 

@@ -476,17 +476,7 @@ static PyObject *make_tsock(pt_stream *self)
         int fd;
         if (!self->t || tpio_transport_get_fd(self->t, &fd) < 0)
             return NULL;
-        PyObject *mod = PyImport_ImportModule("socket");
-        PyObject *cls = mod ? PyObject_GetAttrString(mod, "socket") : NULL;
-        Py_XDECREF(mod);
-        if (!cls)
-            return NULL;
-        PyObject *kw = Py_BuildValue("{s:i}", "fileno", fd);
-        PyObject *noargs = PyTuple_New(0);
-        self->sock = kw && noargs ? PyObject_Call(cls, noargs, kw) : NULL;
-        Py_XDECREF(kw);
-        Py_XDECREF(noargs);
-        Py_DECREF(cls);
+        self->sock = pt_socket_of_fd(fd);
         if (!self->sock)
             return NULL;
         sockobj = self->sock;
@@ -741,46 +731,12 @@ static PyObject *tr_set_write_buffer_limits(pt_stream *self, PyObject *args, PyO
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho,
                                      &lo))
         return NULL;
-    /* asyncio's rule, with its message */
-    PyObject *high, *low;
-    if (ho == Py_None)
-        high = lo == Py_None ? PyLong_FromLong(64 * 1024)
-                             : PyNumber_Multiply(lo, PyLong_FromLong(4));
-    else
-        high = Py_NewRef(ho);
-    if (!high)
+    Py_ssize_t h, l;
+    if (pt_write_limits(ho, lo, &h, &l) < 0)
         return NULL;
-    if (lo == Py_None) {
-        PyObject *four = PyLong_FromLong(4);
-        low = PyNumber_FloorDivide(high, four);
-        Py_DECREF(four);
-    } else {
-        low = Py_NewRef(lo);
-    }
-    if (!low) {
-        Py_DECREF(high);
-        return NULL;
-    }
-    PyObject *zero = PyLong_FromLong(0);
-    int ok = PyObject_RichCompareBool(high, low, Py_GE);
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(low, zero, Py_GE);
-    Py_DECREF(zero);
-    PyObject *res = NULL;
-    if (ok == 0) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
-    } else if (ok == 1) {
-        Py_ssize_t h = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        Py_ssize_t l = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-        if (!PyErr_Occurred()) {
-            if (self->t)
-                tpio_transport_set_write_buffer_limits(self->t, h, l);
-            res = Py_NewRef(Py_None);
-        }
-    }
-    Py_DECREF(high);
-    Py_DECREF(low);
-    return res;
+    if (self->t)
+        tpio_transport_set_write_buffer_limits(self->t, h, l);
+    Py_RETURN_NONE;
 }
 
 static PyObject *tr_repr(pt_stream *self)

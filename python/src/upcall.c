@@ -125,3 +125,82 @@ bool pt_check_open(pt_loop *loop)
     }
     return true;
 }
+
+/* ---- shared by the transport files ---------------------------------------- */
+
+bool pt_fut_done(PyObject *fut)
+{
+    PyObject *d = PyObject_CallMethod(fut, "done", NULL);
+    int b = d ? PyObject_IsTrue(d) : 1;
+    Py_XDECREF(d);
+    if (!d)
+        PyErr_Clear();
+    return b != 0;
+}
+
+void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value)
+{
+    PyObject *r = PyObject_CallMethodOneArg(fut, name, value);
+    if (r) {
+        Py_DECREF(r);
+        return;
+    }
+    PyObject *e = pt_fetch_error(loop);
+    if (e) {
+        pt_report(loop, "tpio: could not complete a future", e, NULL);
+        Py_DECREF(e);
+    }
+}
+
+int pt_write_limits(PyObject *ho, PyObject *lo, Py_ssize_t *hout, Py_ssize_t *lout)
+{
+    /* asyncio's rule, with its message */
+    PyObject *four = PyLong_FromLong(4), *zero = PyLong_FromLong(0);
+    PyObject *high = NULL, *low = NULL;
+    int rc = -1;
+    if (!four || !zero)
+        goto out;
+    if (ho == Py_None)
+        high = lo == Py_None ? PyLong_FromLong(64 * 1024) : PyNumber_Multiply(lo, four);
+    else
+        high = Py_NewRef(ho);
+    if (!high)
+        goto out;
+    low = lo == Py_None ? PyNumber_FloorDivide(high, four) : Py_NewRef(lo);
+    if (!low)
+        goto out;
+    int ok = PyObject_RichCompareBool(high, low, Py_GE);
+    if (ok == 1)
+        ok = PyObject_RichCompareBool(low, zero, Py_GE);
+    if (ok == 0) {
+        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
+    } else if (ok == 1) {
+        *hout = PyNumber_AsSsize_t(high, PyExc_OverflowError);
+        if (!PyErr_Occurred())
+            *lout = PyNumber_AsSsize_t(low, PyExc_OverflowError);
+        if (!PyErr_Occurred())
+            rc = 0;
+    }
+out:
+    Py_XDECREF(four);
+    Py_XDECREF(zero);
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    return rc;
+}
+
+PyObject *pt_socket_of_fd(int fd)
+{
+    PyObject *mod = PyImport_ImportModule("socket");
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, "socket") : NULL;
+    Py_XDECREF(mod);
+    if (!cls)
+        return NULL;
+    PyObject *kw = Py_BuildValue("{s:i}", "fileno", fd);
+    PyObject *noargs = PyTuple_New(0);
+    PyObject *sock = kw && noargs ? PyObject_Call(cls, noargs, kw) : NULL;
+    Py_XDECREF(kw);
+    Py_XDECREF(noargs);
+    Py_DECREF(cls);
+    return sock;
+}
