@@ -36,17 +36,6 @@ static void request_free(pt_request *r)
     PyMem_Free(r);
 }
 
-/* Let go of the user's object: tpio closed the descriptor (or its copy). */
-static void release_obj(PyObject *obj, bool dup)
-{
-    if (!obj)
-        return;
-    PyObject *r = PyObject_CallMethod(obj, dup ? "close" : "detach", NULL);
-    Py_XDECREF(r);
-    if (!r)
-        PyErr_Clear();
-}
-
 static void connected(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int err,
                       void *arg)
 {
@@ -63,24 +52,14 @@ static void connected(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, i
             tpio_transport_abort(t);
         } else {
             PyObject *proto = PyObject_GetAttrString(tr, "_protocol");
-            PyObject *pair = proto ? PyTuple_Pack(2, tr, proto) : NULL;
-            Py_XDECREF(proto);
-            if (pair)
-                pt_fut_settle(loop, r->fut, pt.s_set_result, pair);
+            if (proto)
+                pt_fut_made(loop, r->fut, tr, proto);
             else
                 PyErr_Clear();
-            Py_XDECREF(pair);
+            Py_XDECREF(proto);
         }
     } else {
-        release_obj(r->f.extra_obj, r->f.extra_dup);
-        if (!pt_fut_done(r->fut)) {
-            PyObject *exc = r->f.error ? Py_NewRef(r->f.error) : pt_oserror(err);
-            if (exc)
-                pt_fut_settle(loop, r->fut, pt.s_set_exception, exc);
-            else
-                PyErr_Clear();
-            Py_XDECREF(exc);
-        }
+        pt_fut_failed(loop, r->fut, &r->f, err);
     }
     request_free(r);
 }

@@ -20,20 +20,10 @@
 #include <sys/un.h>
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *extra_slot; /* asyncio.BaseTransport's _extra: unused */
-    tpio_protocol_t cproto; /* same offset as the stream's: pt_transport_of */
-    tpio_transport_t *t;    /* NULL once connection_lost returned */
-    pt_loop *loop;
-    PyObject *protocol;
+    PT_TRANSPORT_HEAD
     PyObject *m_dgram;   /* bound datagram_received, lazily */
     PyObject *address;   /* asyncio's _address: the remote address, or NULL */
-    PyObject *exc;       /* what ends the endpoint: a fatal error */
-    PyObject *extra_obj; /* the user's socket (sock=) */
-    PyObject *tsock;     /* the TransportSocket of 'socket' */
-    PyObject *sock;      /* the socket object under tsock (made here) */
-    bool closing, lost, connected;
-    int conn_lost;
+    bool connected;
     int family, fd;
     struct sockaddr_storage peer, local;
     socklen_t peerlen, locallen;
@@ -45,7 +35,6 @@ typedef struct {
     /* the sockaddr of `address` for an endpoint that is not connected */
     struct sockaddr_storage dst_ss;
     socklen_t dst_len;
-    PyObject *dict, *weakreflist;
 } pt_dgram;
 
 static PyTypeObject *dgram_type;
@@ -53,48 +42,6 @@ static PyTypeObject *dgram_type;
 #define SELF(p) ((pt_dgram *)((char *)(p) - offsetof(pt_dgram, cproto)))
 
 /* ---- errors ------------------------------------------------------------------- */
-
-/* asyncio's _fatal_error: report (OSErrors only in debug logs), then force
- * the close, connection_lost getting the exception. */
-static void fatal(pt_dgram *self, const char *message)
-{
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (!exc)
-        return;
-    if (!PyErr_GivenExceptionMatches(exc, PyExc_OSError))
-        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
-                  self->protocol, NULL);
-    if (self->conn_lost || !self->t) { /* _force_close: already ending */
-        Py_DECREF(exc);
-        return;
-    }
-    Py_XSETREF(self->exc, exc);
-    self->closing = true;
-    self->conn_lost++;
-    tpio_transport_abort(self->t);
-}
-
-/* An error in a callback asyncio runs as a loop callback (connection_made,
- * connection_lost): reported as "Exception in callback ...". */
-static void callback_error(pt_dgram *self, PyObject *method, PyObject *arg)
-{
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (!exc)
-        return;
-    PyObject *args = arg ? PyTuple_Pack(1, arg) : PyTuple_New(0);
-    PyObject *src = args ? PyObject_CallFunctionObjArgs(pt.format_callback_source,
-                                                        method ? method : Py_None, args, NULL)
-                         : NULL;
-    Py_XDECREF(args);
-    PyObject *msg = src ? PyUnicode_FromFormat("Exception in callback %U", src) : NULL;
-    Py_XDECREF(src);
-    if (msg)
-        pt_report(self->loop, PyUnicode_AsUTF8(msg), exc, NULL);
-    else
-        PyErr_Clear();
-    Py_XDECREF(msg);
-    Py_DECREF(exc);
-}
 
 /* An exception out of datagram_received / error_received: in asyncio it
  * leaves the transport's _read_ready, a loop callback: reported, and the
@@ -317,57 +264,14 @@ static void up_made(tpio_protocol_t *p, tpio_transport_t *t)
     pt_dgram *self = SELF(p);
     self->t = t;
     snapshot_addrs(self);
-    if (self->loop->dropping)
-        return;
-    PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_made);
-    PyObject *r = m ? PyObject_CallOneArg(m, (PyObject *)self) : NULL;
-    if (r)
-        Py_DECREF(r);
-    else
-        callback_error(self, m, (PyObject *)self);
-    Py_XDECREF(m);
-}
-
-/* The end of the socket objects: they let go of the descriptor (tpio
- * closed it), as asyncio closes the socket. */
-static void release_extra(pt_dgram *self)
-{
-    PyObject *objs[2] = {self->sock, self->extra_obj};
-    for (int i = 0; i < 2; i++) {
-        if (!objs[i])
-            continue;
-        PyObject *r = PyObject_CallMethodNoArgs(objs[i], pt.s_detach);
-        if (!r)
-            PyErr_Clear();
-        Py_XDECREF(r);
-    }
+    pt_tr_made(PT_TR(self));
 }
 
 static void up_lost(tpio_protocol_t *p, int err)
 {
     pt_dgram *self = SELF(p);
-    self->closing = true;
-    if (!self->conn_lost)
-        self->conn_lost = 1;
-    if (!self->loop->dropping) {
-        PyObject *exc = self->exc;
-        if (!exc)
-            exc = err ? pt_oserror(err) : Py_NewRef(Py_None);
-        self->exc = NULL;
-        PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_lost);
-        PyObject *r = m && exc ? PyObject_CallOneArg(m, exc) : NULL;
-        if (r)
-            Py_DECREF(r);
-        else
-            callback_error(self, m, exc);
-        Py_XDECREF(m);
-        Py_XDECREF(exc);
-    }
-    release_extra(self);
-    self->t = NULL;
-    self->lost = true;
+    pt_tr_lost(PT_TR(self), err);
     Py_CLEAR(self->m_dgram);
-    Py_CLEAR(self->protocol);
     Py_DECREF(self); /* tpio's reference, taken by the factory */
 }
 
@@ -415,38 +319,11 @@ static void up_error(tpio_protocol_t *p, int err)
     Py_XDECREF(exc);
 }
 
-static void flow(pt_dgram *self, PyObject *name, const char *message)
-{
-    if (self->loop->dropping)
-        return;
-    PyObject *r = PyObject_CallMethodNoArgs(self->protocol, name);
-    if (r) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (exc) {
-        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
-                  self->protocol, NULL);
-        Py_DECREF(exc);
-    }
-}
-
-static void up_pause(tpio_protocol_t *p)
-{
-    flow(SELF(p), pt.s_pause_writing, "protocol.pause_writing() failed");
-}
-
-static void up_resume(tpio_protocol_t *p)
-{
-    flow(SELF(p), pt.s_resume_writing, "protocol.resume_writing() failed");
-}
-
 static const tpio_protocol_ops_t dgram_ops = {
     .connection_made = up_made,
     .connection_lost = up_lost,
-    .pause_writing = up_pause,
-    .resume_writing = up_resume,
+    .pause_writing = pt_tr_up_pause,
+    .resume_writing = pt_tr_up_resume,
     .datagram_received = up_datagram,
     .error_received = up_error,
 };
@@ -530,28 +407,10 @@ static void made(tpio_loop_t *l, tpio_transport_t *t, tpio_protocol_t *p, int er
             Py_DECREF(dg_close((pt_dgram *)tr, NULL));
             Py_DECREF(tr);
         } else {
-            PyObject *pair = PyTuple_Pack(2, tr, r->protocol ? r->protocol : Py_None);
-            if (pair)
-                pt_fut_settle(loop, r->fut, pt.s_set_result, pair);
-            else
-                PyErr_Clear();
-            Py_XDECREF(pair);
+            pt_fut_made(loop, r->fut, tr, r->protocol);
         }
     } else {
-        if (r->f.extra_obj) { /* tpio closed the descriptor */
-            PyObject *x = PyObject_CallMethodNoArgs(r->f.extra_obj, pt.s_detach);
-            Py_XDECREF(x);
-            if (!x)
-                PyErr_Clear();
-        }
-        if (!pt_fut_done(r->fut)) {
-            PyObject *exc = r->f.error ? Py_NewRef(r->f.error) : pt_oserror(err);
-            if (exc)
-                pt_fut_settle(loop, r->fut, pt.s_set_exception, exc);
-            else
-                PyErr_Clear();
-            Py_XDECREF(exc);
-        }
+        pt_fut_failed(loop, r->fut, &r->f, err);
     }
     request_free(r);
 }
@@ -728,43 +587,15 @@ static PyObject *dg_set_protocol(pt_dgram *self, PyObject *protocol)
     Py_RETURN_NONE;
 }
 
-static PyObject *dg_get_protocol(pt_dgram *self, PyObject *unused)
-{
-    (void)unused;
-    return Py_NewRef(self->protocol ? self->protocol : Py_None);
-}
-
-static PyObject *make_tsock(pt_dgram *self)
-{
-    if (self->tsock)
-        return self->tsock;
-    PyObject *sockobj = self->extra_obj;
-    if (!sockobj) {
-        int fd;
-        if (!self->t || tpio_transport_get_fd(self->t, &fd) < 0)
-            return NULL;
-        self->sock = pt_socket_of_fd(fd);
-        if (!self->sock)
-            return NULL;
-        sockobj = self->sock;
-    }
-    self->tsock = PyObject_CallOneArg(pt.TransportSocket, sockobj);
-    return self->tsock;
-}
-
 /* As asyncio's _extra: 'socket', 'sockname' and 'peername' (None when not
  * connected), as they were when the endpoint was made. */
 static PyObject *dg_get_extra_info(pt_dgram *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "default", NULL};
-    PyObject *name, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &name, &dflt))
-        return NULL;
-    if (!PyUnicode_Check(name))
-        return Py_NewRef(dflt);
-    const char *n = PyUnicode_AsUTF8(name);
-    if (!n)
-        return NULL;
+    const char *n;
+    PyObject *dflt;
+    int k = pt_tr_extra_args(args, kw, &n, &dflt);
+    if (k <= 0)
+        return k < 0 ? NULL : Py_NewRef(dflt);
     if (!strcmp(n, "peername")) {
         if (!self->peerlen)
             Py_RETURN_NONE;
@@ -775,16 +606,8 @@ static PyObject *dg_get_extra_info(pt_dgram *self, PyObject *args, PyObject *kw)
             Py_RETURN_NONE;
         return pt_addr_to_py((struct sockaddr *)&self->local, self->locallen);
     }
-    if (!strcmp(n, "socket")) {
-        if (self->lost && !self->tsock)
-            return Py_NewRef(dflt);
-        PyObject *ts = make_tsock(self);
-        if (!ts) {
-            PyErr_Clear();
-            return Py_NewRef(dflt);
-        }
-        return Py_NewRef(ts);
-    }
+    if (!strcmp(n, "socket"))
+        return pt_tr_socket_info(PT_TR(self), dflt);
     return Py_NewRef(dflt);
 }
 
@@ -792,14 +615,7 @@ static PyObject *dg_get_extra_info(pt_dgram *self, PyObject *args, PyObject *kw)
  * warning from the fifth on. */
 static PyObject *dropped(pt_dgram *self)
 {
-    if (self->conn_lost >= 5) {
-        PyObject *r = PyObject_CallMethod(pt.logger, "warning", "s",
-                                          "socket.send() raised exception.");
-        Py_XDECREF(r);
-        if (!r)
-            PyErr_Clear();
-    }
-    self->conn_lost++;
+    pt_tr_drop_write(PT_TR(self), "socket.send() raised exception.");
     Py_RETURN_NONE;
 }
 
@@ -890,7 +706,7 @@ static PyObject *dg_sendto(pt_dgram *self, PyObject *const *args, Py_ssize_t nar
                         res = Py_NewRef(Py_None);
                     }
                 } else {
-                    fatal(self, "Fatal write error on datagram transport");
+                    pt_tr_fatal(PT_TR(self), "Fatal write error on datagram transport");
                     if (!PyErr_Occurred())
                         res = Py_NewRef(Py_None);
                 }
@@ -919,42 +735,6 @@ out:
     return res;
 }
 
-static PyObject *dg_get_write_buffer_size(pt_dgram *self, PyObject *unused)
-{
-    (void)unused;
-    size_t n = 0;
-    if (self->t)
-        tpio_transport_get_write_buffer_size(self->t, &n);
-    return PyLong_FromSize_t(n);
-}
-
-static PyObject *dg_get_write_buffer_limits(pt_dgram *self, PyObject *unused)
-{
-    (void)unused;
-    size_t high = 64 * 1024, low = 16 * 1024;
-    if (self->t)
-        tpio_transport_get_write_buffer_limits(self->t, &high, &low);
-    return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
-}
-
-static PyObject *dg_set_write_buffer_limits(pt_dgram *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *ho = Py_None, *lo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho,
-                                     &lo))
-        return NULL;
-    Py_ssize_t h, l;
-    if (pt_write_limits(ho, lo, &h, &l) < 0)
-        return NULL;
-    if (self->t) {
-        Py_INCREF(self); /* pause_writing() may run inside */
-        tpio_transport_set_write_buffer_limits(self->t, h, l);
-        Py_DECREF(self);
-    }
-    Py_RETURN_NONE;
-}
-
 /* asyncio's: <_SelectorDatagramTransport fd=6 read=polling write=<idle, bufsize=0>> */
 static PyObject *dg_repr(pt_dgram *self)
 {
@@ -974,36 +754,19 @@ static PyObject *dg_repr(pt_dgram *self)
 
 static int dg_traverse(pt_dgram *self, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->extra_slot);
-    Py_VISIT(self->protocol);
     Py_VISIT(self->m_dgram);
     Py_VISIT(self->address);
-    Py_VISIT(self->exc);
-    Py_VISIT(self->extra_obj);
-    Py_VISIT(self->tsock);
-    Py_VISIT(self->sock);
     Py_VISIT(self->last_obj);
-    Py_VISIT(self->dict);
-    Py_VISIT(self->loop);
-    return 0;
+    return pt_tr_traverse(PT_TR(self), visit, arg);
 }
 
 static int dg_clear(pt_dgram *self)
 {
-    Py_CLEAR(self->extra_slot);
     Py_CLEAR(self->m_dgram);
-    Py_CLEAR(self->exc);
-    Py_CLEAR(self->tsock);
     Py_CLEAR(self->last_obj);
-    Py_CLEAR(self->dict);
-    if (!self->t) { /* tpio still calls a live one: it keeps what it needs */
-        Py_CLEAR(self->protocol);
+    if (!self->t)
         Py_CLEAR(self->address);
-        Py_CLEAR(self->extra_obj);
-        Py_CLEAR(self->sock);
-        Py_CLEAR(self->loop);
-    }
+    pt_tr_clear(PT_TR(self));
     return 0;
 }
 
@@ -1013,12 +776,10 @@ static void dg_dealloc(pt_dgram *self)
     PyObject_GC_UnTrack(self);
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
-    dg_clear(self);
-    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->m_dgram);
+    Py_CLEAR(self->last_obj);
     Py_CLEAR(self->address);
-    Py_CLEAR(self->extra_obj);
-    Py_CLEAR(self->sock);
-    Py_CLEAR(self->loop);
+    pt_tr_dealloc(PT_TR(self));
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -1030,33 +791,12 @@ static PyMethodDef dg_methods[] = {
     NOARGS("close", dg_close),
     NOARGS("is_closing", dg_is_closing),
     {"set_protocol", (PyCFunction)dg_set_protocol, METH_O, NULL},
-    NOARGS("get_protocol", dg_get_protocol),
+    NOARGS("get_protocol", pt_tr_get_protocol),
     {"get_extra_info", (PyCFunction)(void (*)(void))dg_get_extra_info,
      METH_VARARGS | METH_KEYWORDS, NULL},
-    NOARGS("get_write_buffer_size", dg_get_write_buffer_size),
-    NOARGS("get_write_buffer_limits", dg_get_write_buffer_limits),
-    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))dg_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, NULL},
+    PT_TR_WRITE_BUFFER_METHODS,
     {NULL},
 };
-
-static PyMemberDef dg_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(pt_dgram, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(pt_dgram, weakreflist), READONLY, NULL},
-    {NULL},
-};
-
-static PyObject *dg_get_loop_attr(pt_dgram *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->loop && !self->lost ? (PyObject *)self->loop : Py_None);
-}
-
-static PyObject *dg_get_protocol_attr(pt_dgram *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->protocol ? self->protocol : Py_None);
-}
 
 static PyObject *dg_get_address_attr(pt_dgram *self, void *c)
 {
@@ -1065,29 +805,20 @@ static PyObject *dg_get_address_attr(pt_dgram *self, void *c)
 }
 
 static PyGetSetDef dg_getset[] = {
-    {"_loop", (getter)dg_get_loop_attr, NULL, NULL, NULL},
-    {"_protocol", (getter)dg_get_protocol_attr, NULL, NULL, NULL},
+    PT_TR_GETSET,
     {"_address", (getter)dg_get_address_attr, NULL, NULL, NULL},
     {NULL},
 };
 
 int pt_datagram_init(PyObject *module)
 {
-    PyTypeObject *base = (PyTypeObject *)pt.asyncio_DatagramTransport;
-    if (base->tp_basicsize != offsetof(pt_dgram, cproto)) {
-        PyErr_Format(PyExc_ImportError, "tpio: unexpected layout of %s", base->tp_name);
+    PyObject *base = pt.asyncio_DatagramTransport;
+    if (pt_tr_check_layout(base) < 0)
         return -1;
-    }
-    /* pt_transport_of() (stream.c's container_of) must find us too */
-    pt_dgram probe;
-    if (pt_transport_of(&probe.cproto) != (PyObject *)&probe) {
-        PyErr_SetString(PyExc_ImportError, "tpio: datagram and stream layouts differ");
-        return -1;
-    }
     PyType_Slot slots[] = {
         {Py_tp_dealloc, dg_dealloc},   {Py_tp_traverse, dg_traverse},
         {Py_tp_clear, dg_clear},       {Py_tp_methods, dg_methods},
-        {Py_tp_members, dg_members},   {Py_tp_getset, dg_getset},
+        {Py_tp_members, pt_tr_members},   {Py_tp_getset, dg_getset},
         {Py_tp_repr, dg_repr},         {0, NULL},
     };
     PyType_Spec spec = {
@@ -1096,8 +827,9 @@ int pt_datagram_init(PyObject *module)
         .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
         .slots = slots,
     };
-    dgram_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, (PyObject *)base);
+    dgram_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);
     if (!dgram_type)
         return -1;
+    pt_tr_register(&dgram_ops);
     return PyModule_AddObjectRef(module, "DatagramTransport", (PyObject *)dgram_type);
 }

@@ -4,9 +4,11 @@
  * loop.c (the loop: run, callbacks, timers, watchers, signals), handle.c
  * (asyncio's own Handle/TimerHandle classes, scheduled on tpio's queue),
  * upcall.c (calling into Python the way asyncio does: errors, exception
- * handler), transport files (stream.c, datagram.c, subprocess.c: one Python
- * type per specification class, each embedding the C protocol that tpio
- * calls), connect.c / server.c (the calls that make transports).
+ * handler), transport.c (BaseTransport: what every transport object
+ * shares), the transport types over it (stream.c, datagram.c,
+ * subprocess.c: one Python type per specification class, each embedding
+ * the C protocol that tpio calls), connect.c / server.c (the calls that
+ * make transports).
  * Uses only tpio.h of the library. */
 #ifndef PYTPIO_H
 #define PYTPIO_H
@@ -79,6 +81,13 @@ PT_HIDDEN void pt_pending_unlink(pt_loop *loop, PyObject *h);
  * back (a new reference, the error cleared) for the caller to report. NULL
  * when it was kept. */
 PT_HIDDEN PyObject *pt_fetch_error(pt_loop *loop);
+/* With the Python error set: an error in a protocol callback that asyncio runs as a loop callback of
+ * its own (connection_made, connection_lost, the subprocess callbacks):
+ * reported as "Exception in callback Proto.method(args)"; args a tuple, or
+ * NULL for none. */
+PT_HIDDEN void pt_callback_error(pt_loop *loop, PyObject *method, PyObject *args);
+/* The same for a call with the one argument arg. */
+PT_HIDDEN void pt_callback_error1(pt_loop *loop, PyObject *method, PyObject *arg);
 /* loop.call_exception_handler({message, exception, and name/value pairs...}). */
 PT_HIDDEN void pt_report(pt_loop *loop, const char *message, PyObject *exc, ...);
 /* An exception object for a negative errno (OSError's own subclass choice). */
@@ -90,10 +99,6 @@ PT_HIDDEN bool pt_check_open(pt_loop *loop);
 PT_HIDDEN bool pt_fut_done(PyObject *fut);
 /* fut.set_result(value) / fut.set_exception(value) (name), a failure reported. */
 PT_HIDDEN void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value);
-/* set_write_buffer_limits(high, low)'s arguments by asyncio's rule: 0, or -1
- * with asyncio's ValueError set. */
-PT_HIDDEN int pt_write_limits(PyObject *high, PyObject *low, Py_ssize_t *hout,
-                              Py_ssize_t *lout);
 /* A socket.socket over fd (it must let go of it with detach()). */
 PT_HIDDEN PyObject *pt_socket_of_fd(int fd);
 
@@ -115,7 +120,95 @@ struct pt_cache {
 };
 extern PT_HIDDEN struct pt_cache pt;
 
-/* ---- transports ----------------------------------------------------------- */
+/* ---- transports: the base every transport object starts with (transport.c) --- */
+
+/* asyncio's BaseTransport in C: the fields every transport type starts
+ * with, in this order, so that one set of functions serves them all (as
+ * PyObject_HEAD does). The C protocol tpio calls sits right after asyncio's
+ * own _extra slot, so an upcall finds its object with container_of. */
+#define PT_TRANSPORT_HEAD                                                          \
+    PyObject_HEAD                                                                  \
+    PyObject *extra;        /* asyncio.BaseTransport's _extra slot */              \
+    tpio_protocol_t cproto; /* what tpio calls */                                  \
+    tpio_transport_t *t;    /* NULL once connection_lost returned */               \
+    pt_loop *loop;                                                                 \
+    PyObject *protocol;     /* NULL once lost, asyncio's None */                   \
+    PyObject *exc;          /* what ends it (a fatal error): for connection_lost */ \
+    PyObject *extra_obj;    /* the user's socket or pipe object */                 \
+    PyObject *tsock;        /* the TransportSocket of 'socket' */                  \
+    PyObject *sock;         /* the socket object under tsock, made here */         \
+    int conn_lost;          /* asyncio's _conn_lost */                             \
+    bool closing, lost;                                                            \
+    bool extra_dup;         /* tpio was given a dup of extra_obj's descriptor */   \
+    PyObject *dict, *weakreflist;
+
+typedef struct pt_transport {
+    PT_TRANSPORT_HEAD
+} pt_transport;
+
+#define PT_TR(o) ((pt_transport *)(o))
+
+/* A type's C protocol tables, so that pt_transport_of() knows its objects;
+ * lookup: finds the objects of protocols that are not embedded in one (the
+ * pipes of a subprocess run on tpio's own protocol). */
+PT_HIDDEN void pt_tr_register(const tpio_protocol_ops_t *ops);
+PT_HIDDEN void pt_tr_set_lookup(PyObject *(*lookup)(tpio_protocol_t *p));
+PT_HIDDEN PyObject *pt_transport_of(tpio_protocol_t *p); /* borrowed, or NULL */
+/* ImportError unless asyncio's class ends where the head's C part begins. */
+PT_HIDDEN int pt_tr_check_layout(PyObject *base);
+
+/* protocol.connection_made(self), unless the loop is dropping callbacks. */
+PT_HIDDEN void pt_tr_made(pt_transport *tr);
+/* The end: closing, then protocol.connection_lost(the fatal error, or the
+ * OSError of err, or None); the socket or pipe objects let go of the
+ * descriptor; t, protocol and tsock's socket are dropped. The caller drops
+ * tpio's reference after it has cleared what its type caches. */
+PT_HIDDEN void pt_tr_lost(pt_transport *tr, int err);
+/* asyncio's _fatal_error with the Python error set: reported (OSErrors
+ * only in debug logs), then _force_close: the abort, connection_lost
+ * getting the exception. */
+PT_HIDDEN void pt_tr_fatal(pt_transport *tr, const char *message);
+/* protocol.pause_writing() / resume_writing(); a failure is reported with
+ * shown as the transport. */
+PT_HIDDEN void pt_tr_flow(pt_transport *tr, PyObject *shown, PyObject *name,
+                          const char *message);
+PT_HIDDEN void pt_tr_up_pause(tpio_protocol_t *p);
+PT_HIDDEN void pt_tr_up_resume(tpio_protocol_t *p);
+/* A write once the transport is gone: dropped, asyncio's warning from the
+ * fifth on. */
+PT_HIDDEN void pt_tr_drop_write(pt_transport *tr, const char *warning);
+/* get_extra_info(name, default=None)'s arguments: 1 with name a str (its
+ * UTF-8 in *name), 0 for another key (the answer is the default), -1 with
+ * the error set. */
+PT_HIDDEN int pt_tr_extra_args(PyObject *args, PyObject *kw, const char **name,
+                               PyObject **dflt);
+/* get_extra_info('socket'): the TransportSocket (a new reference), or dflt. */
+PT_HIDDEN PyObject *pt_tr_socket_info(pt_transport *tr, PyObject *dflt);
+/* The head's part of tp_traverse / tp_clear / tp_dealloc. */
+PT_HIDDEN int pt_tr_traverse(pt_transport *tr, visitproc visit, void *arg);
+PT_HIDDEN void pt_tr_clear(pt_transport *tr);
+PT_HIDDEN void pt_tr_dealloc(pt_transport *tr);
+/* What every transport type has: get_protocol(), and the _loop / _protocol
+ * attributes and __dictoffset__ / __weaklistoffset__ members. */
+PT_HIDDEN PyObject *pt_tr_get_protocol(PyObject *self, PyObject *unused);
+/* The write buffer's size and limits (asyncio's defaults once it is gone). */
+PT_HIDDEN PyObject *pt_tr_get_write_buffer_size(PyObject *self, PyObject *unused);
+PT_HIDDEN PyObject *pt_tr_get_write_buffer_limits(PyObject *self, PyObject *unused);
+PT_HIDDEN PyObject *pt_tr_set_write_buffer_limits(PyObject *self, PyObject *args,
+                                                  PyObject *kw);
+#define PT_TR_WRITE_BUFFER_METHODS                                                  \
+    {"get_write_buffer_size", pt_tr_get_write_buffer_size, METH_NOARGS, NULL},      \
+        {"get_write_buffer_limits", pt_tr_get_write_buffer_limits, METH_NOARGS, NULL}, \
+        {"set_write_buffer_limits", (PyCFunction)(void (*)(void))pt_tr_set_write_buffer_limits, \
+         METH_VARARGS | METH_KEYWORDS, NULL}
+#define PT_TR_GETSET                                                              \
+    {"_loop", pt_tr_loop_attr, NULL, NULL, NULL},                                 \
+        {"_protocol", pt_tr_protocol_attr, NULL, NULL, NULL}
+PT_HIDDEN PyObject *pt_tr_loop_attr(PyObject *self, void *c);
+PT_HIDDEN PyObject *pt_tr_protocol_attr(PyObject *self, void *c);
+extern PT_HIDDEN PyMemberDef pt_tr_members[];
+
+/* ---- transport types -------------------------------------------------------- */
 
 PT_HIDDEN int pt_stream_init(PyObject *module);
 PT_HIDDEN int pt_datagram_init(PyObject *module);
@@ -138,9 +231,15 @@ typedef struct pt_factory {
     PyObject *made;      /* the transport object made last (borrowed) */
 } pt_factory;
 
+/* The end of a call that makes a transport, for its future: set_result of
+ * (tr, protocol); or, failed, the factory's error or the OSError of err
+ * (unless the future is done already), and the user's socket or pipe
+ * object lets go of the descriptor (closed if tpio had a copy). */
+PT_HIDDEN void pt_fut_made(pt_loop *loop, PyObject *fut, PyObject *tr, PyObject *protocol);
+PT_HIDDEN void pt_fut_failed(pt_loop *loop, PyObject *fut, pt_factory *f, int err);
+
 PT_HIDDEN tpio_protocol_t *pt_stream_factory(void *arg);
 PT_HIDDEN tpio_protocol_t *pt_datagram_factory(void *arg);
-PT_HIDDEN PyObject *pt_transport_of(tpio_protocol_t *p); /* borrowed */
 
 /* Subprocesses (subprocess.c). A Python pipe transport (fd 0: a
  * WritePipeTransport, 1 and 2: a ReadPipeTransport) for a pipe that tpio
@@ -150,10 +249,6 @@ PT_HIDDEN PyObject *pt_stream_wrap_pipe(pt_loop *loop, tpio_transport_t *t, int 
 /* That pipe reached its end: the object lets go of the tpio transport (its
  * methods then act as on a lost connection) and closes its 'pipe' file. */
 PT_HIDDEN void pt_stream_pipe_lost(PyObject *pipe);
-/* The Python object tpio means by protocol p when p is a live subprocess
- * transport's, or the protocol tpio gave one of its pipes (the pipe's
- * object); NULL otherwise (borrowed). */
-PT_HIDDEN PyObject *pt_subprocess_of(tpio_protocol_t *p);
 /* The loop closed under its servers (tpio freed them): forget them. */
 PT_HIDDEN void pt_servers_dropped(pt_loop *loop);
 

@@ -12,26 +12,14 @@
 #include <sys/socket.h>
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *extra_slot; /* asyncio.BaseTransport's _extra: unused */
-    tpio_protocol_t cproto;
-    tpio_transport_t *t; /* NULL once connection_lost returned */
-    pt_loop *loop;
-    PyObject *protocol;
+    PT_TRANSPORT_HEAD
     PyObject *m_data, *m_get_buffer, *m_buffer_updated; /* bound, lazily */
     Py_buffer view;
-    bool have_view, buffered, closing, eof_written, lost, socket_kind;
+    bool have_view, buffered, eof_written, socket_kind;
     bool wrapped; /* a subprocess's pipe: tpio's protocol, not ours (pt_stream_wrap_pipe) */
     int kind;
-    int conn_lost;
-    PyObject *exc;       /* what ends the connection: a protocol's error */
-    PyObject *extra_obj; /* the user's socket or pipe object */
-    bool extra_dup;      /* tpio has a dup of extra_obj's descriptor */
-    PyObject *tsock;     /* the TransportSocket of 'socket' */
-    PyObject *sock;      /* the socket object under tsock (made here) */
     struct sockaddr_storage peer, local;
     socklen_t peerlen, locallen;
-    PyObject *dict, *weakreflist;
 } pt_stream;
 
 static PyTypeObject *stream_types[3];
@@ -39,68 +27,6 @@ static PyTypeObject *stream_types[3];
 #define SELF(p) ((pt_stream *)((char *)(p) - offsetof(pt_stream, cproto)))
 
 static const tpio_protocol_ops_t plain_ops, buffered_ops;
-
-PyObject *pt_transport_of(tpio_protocol_t *p)
-{
-    PyObject *o;
-    /* a subprocess transport, or a subprocess pipe whose protocol is tpio's */
-    if (p->ops != &plain_ops && p->ops != &buffered_ops && (o = pt_subprocess_of(p)))
-        return o;
-    return (PyObject *)SELF(p);
-}
-
-static bool is_stream(PyObject *o)
-{
-    for (int i = 0; i < 3; i++)
-        if (Py_TYPE(o) == stream_types[i])
-            return true;
-    return false;
-}
-
-/* ---- errors -------------------------------------------------------------------- */
-
-/* asyncio's _fatal_error: report (OSErrors only in debug logs), then force
- * the close, connection_lost getting the exception. */
-static void fatal(pt_stream *self, const char *message)
-{
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (!exc)
-        return;
-    if (!PyErr_GivenExceptionMatches(exc, PyExc_OSError))
-        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
-                  self->protocol, NULL);
-    if (!self->exc)
-        self->exc = exc;
-    else
-        Py_DECREF(exc);
-    self->closing = true;
-    if (!self->conn_lost)
-        self->conn_lost = 1;
-    if (self->t)
-        tpio_transport_abort(self->t);
-}
-
-/* An error in a callback asyncio runs as a loop callback (connection_made,
- * connection_lost): reported as "Exception in callback ...". */
-static void callback_error(pt_stream *self, PyObject *method, PyObject *arg)
-{
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (!exc)
-        return;
-    PyObject *args = arg ? PyTuple_Pack(1, arg) : PyTuple_New(0);
-    PyObject *src = args ? PyObject_CallFunctionObjArgs(pt.format_callback_source,
-                                                        method ? method : Py_None, args, NULL)
-                         : NULL;
-    Py_XDECREF(args);
-    PyObject *msg = src ? PyUnicode_FromFormat("Exception in callback %U", src) : NULL;
-    Py_XDECREF(src);
-    if (msg)
-        pt_report(self->loop, PyUnicode_AsUTF8(msg), exc, NULL);
-    else
-        PyErr_Clear();
-    Py_XDECREF(msg);
-    Py_DECREF(exc);
-}
 
 /* ---- the protocol's methods ------------------------------------------------------------ */
 
@@ -130,17 +56,8 @@ static void release_view(pt_stream *self)
 
 static void up_made(tpio_protocol_t *p, tpio_transport_t *t)
 {
-    pt_stream *self = SELF(p);
-    self->t = t;
-    if (self->loop->dropping)
-        return;
-    PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_made);
-    PyObject *r = m ? PyObject_CallOneArg(m, (PyObject *)self) : NULL;
-    if (r)
-        Py_DECREF(r);
-    else
-        callback_error(self, m, (PyObject *)self);
-    Py_XDECREF(m);
+    SELF(p)->t = t;
+    pt_tr_made(PT_TR(SELF(p)));
 }
 
 static void snapshot_addrs(pt_stream *self)
@@ -155,51 +72,13 @@ static void snapshot_addrs(pt_stream *self)
         self->locallen = 0;
 }
 
-/* The end of the objects that stood for the descriptor: a socket made here
- * or given by the user lets go of it (tpio closed it); a pipe object whose
- * descriptor tpio had a copy of is closed, as asyncio closes it. */
-static void release_extra(pt_stream *self)
-{
-    PyObject *objs[2] = {self->sock, self->extra_obj};
-    for (int i = 0; i < 2; i++) {
-        if (!objs[i])
-            continue;
-        PyObject *r = PyObject_CallMethodNoArgs(objs[i], (i == 1 && self->extra_dup)
-                                                             ? pt.s_close
-                                                             : pt.s_detach);
-        if (!r)
-            PyErr_Clear();
-        Py_XDECREF(r);
-    }
-}
-
 static void up_lost(tpio_protocol_t *p, int err)
 {
     pt_stream *self = SELF(p);
     release_view(self);
     snapshot_addrs(self);
-    self->closing = true;
-    if (!self->conn_lost)
-        self->conn_lost = 1;
-    if (!self->loop->dropping) {
-        PyObject *exc = self->exc;
-        if (!exc)
-            exc = err ? pt_oserror(err) : Py_NewRef(Py_None);
-        self->exc = NULL;
-        PyObject *m = PyObject_GetAttr(self->protocol, pt.s_connection_lost);
-        PyObject *r = m && exc ? PyObject_CallOneArg(m, exc) : NULL;
-        if (r)
-            Py_DECREF(r);
-        else
-            callback_error(self, m, exc);
-        Py_XDECREF(m);
-        Py_XDECREF(exc);
-    }
-    release_extra(self);
-    self->t = NULL;
-    self->lost = true;
+    pt_tr_lost(PT_TR(self), err);
     drop_methods(self);
-    Py_CLEAR(self->protocol);
     Py_DECREF(self); /* tpio's reference, taken by the factory */
 }
 
@@ -215,7 +94,7 @@ static void up_data(tpio_protocol_t *p, const void *data, size_t len)
     if (r)
         Py_DECREF(r);
     else
-        fatal(self, "Fatal error: protocol.data_received() call failed.");
+        pt_tr_fatal(PT_TR(self), "Fatal error: protocol.data_received() call failed.");
 }
 
 static bool up_eof(tpio_protocol_t *p)
@@ -225,13 +104,13 @@ static bool up_eof(tpio_protocol_t *p)
         return false;
     PyObject *r = PyObject_CallMethodNoArgs(self->protocol, pt.s_eof_received);
     if (!r) {
-        fatal(self, "Fatal error: protocol.eof_received() call failed.");
+        pt_tr_fatal(PT_TR(self), "Fatal error: protocol.eof_received() call failed.");
         return true; /* the abort is under way */
     }
     int keep = PyObject_IsTrue(r);
     Py_DECREF(r);
     if (keep < 0) {
-        fatal(self, "Fatal error: protocol.eof_received() call failed.");
+        pt_tr_fatal(PT_TR(self), "Fatal error: protocol.eof_received() call failed.");
         return true;
     }
     return keep;
@@ -259,7 +138,7 @@ static void *up_get_buffer(tpio_protocol_t *p, ssize_t hint, size_t *len)
         }
         Py_DECREF(b);
     }
-    fatal(self, "Fatal error: protocol.get_buffer() call failed.");
+    pt_tr_fatal(PT_TR(self), "Fatal error: protocol.get_buffer() call failed.");
     return NULL;
 }
 
@@ -276,41 +155,14 @@ static void up_buffer_updated(tpio_protocol_t *p, size_t n)
     if (r)
         Py_DECREF(r);
     else
-        fatal(self, "Fatal error: protocol.buffer_updated() call failed.");
-}
-
-static void flow(pt_stream *self, PyObject *name, const char *message)
-{
-    if (self->loop->dropping)
-        return;
-    PyObject *r = PyObject_CallMethodNoArgs(self->protocol, name);
-    if (r) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (exc) {
-        pt_report(self->loop, message, exc, "transport", (PyObject *)self, "protocol",
-                  self->protocol, NULL);
-        Py_DECREF(exc);
-    }
-}
-
-static void up_pause(tpio_protocol_t *p)
-{
-    flow(SELF(p), pt.s_pause_writing, "protocol.pause_writing() failed");
-}
-
-static void up_resume(tpio_protocol_t *p)
-{
-    flow(SELF(p), pt.s_resume_writing, "protocol.resume_writing() failed");
+        pt_tr_fatal(PT_TR(self), "Fatal error: protocol.buffer_updated() call failed.");
 }
 
 static const tpio_protocol_ops_t plain_ops = {
     .connection_made = up_made,
     .connection_lost = up_lost,
-    .pause_writing = up_pause,
-    .resume_writing = up_resume,
+    .pause_writing = pt_tr_up_pause,
+    .resume_writing = pt_tr_up_resume,
     .data_received = up_data,
     .eof_received = up_eof,
 };
@@ -318,8 +170,8 @@ static const tpio_protocol_ops_t plain_ops = {
 static const tpio_protocol_ops_t buffered_ops = {
     .connection_made = up_made,
     .connection_lost = up_lost,
-    .pause_writing = up_pause,
-    .resume_writing = up_resume,
+    .pause_writing = pt_tr_up_pause,
+    .resume_writing = pt_tr_up_resume,
     .eof_received = up_eof,
     .get_buffer = up_get_buffer,
     .buffer_updated = up_buffer_updated,
@@ -461,41 +313,13 @@ static PyObject *tr_set_protocol(pt_stream *self, PyObject *protocol)
     Py_RETURN_NONE;
 }
 
-static PyObject *tr_get_protocol(pt_stream *self, PyObject *unused)
-{
-    (void)unused;
-    return Py_NewRef(self->protocol ? self->protocol : Py_None);
-}
-
-static PyObject *make_tsock(pt_stream *self)
-{
-    if (self->tsock)
-        return self->tsock;
-    PyObject *sockobj = self->extra_obj;
-    if (!sockobj) {
-        int fd;
-        if (!self->t || tpio_transport_get_fd(self->t, &fd) < 0)
-            return NULL;
-        self->sock = pt_socket_of_fd(fd);
-        if (!self->sock)
-            return NULL;
-        sockobj = self->sock;
-    }
-    self->tsock = PyObject_CallOneArg(pt.TransportSocket, sockobj);
-    return self->tsock;
-}
-
 static PyObject *tr_get_extra_info(pt_stream *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "default", NULL};
-    PyObject *name, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &name, &dflt))
-        return NULL;
-    if (!PyUnicode_Check(name))
-        return Py_NewRef(dflt);
-    const char *n = PyUnicode_AsUTF8(name);
-    if (!n)
-        return NULL;
+    const char *n;
+    PyObject *dflt;
+    int k = pt_tr_extra_args(args, kw, &n, &dflt);
+    if (k <= 0)
+        return k < 0 ? NULL : Py_NewRef(dflt);
     if (self->socket_kind) {
         bool peer = !strcmp(n, "peername");
         if (peer || !strcmp(n, "sockname")) {
@@ -514,16 +338,8 @@ static PyObject *tr_get_extra_info(pt_stream *self, PyObject *args, PyObject *kw
             }
             return pt_addr_to_py((struct sockaddr *)&ss, len);
         }
-        if (!strcmp(n, "socket")) {
-            if (self->lost && !self->tsock)
-                return Py_NewRef(dflt);
-            PyObject *ts = make_tsock(self);
-            if (!ts) {
-                PyErr_Clear();
-                return Py_NewRef(dflt);
-            }
-            return Py_NewRef(ts);
-        }
+        if (!strcmp(n, "socket"))
+            return pt_tr_socket_info(PT_TR(self), dflt);
     } else if (!strcmp(n, "pipe") && self->extra_obj) {
         return Py_NewRef(self->extra_obj);
     }
@@ -575,17 +391,10 @@ static bool writes_dropped(pt_stream *self)
 {
     if (self->t && !self->closing)
         return false;
-    if (self->conn_lost >= 5) {
-        PyObject *r = PyObject_CallMethod(pt.logger, "warning", "s",
-                                          self->kind == PT_STREAM_WRITE_PIPE
-                                              ? "pipe closed by peer or os.write(pipe, data) "
-                                                "raised exception."
-                                              : "socket.send() raised exception.");
-        Py_XDECREF(r);
-        if (!r)
-            PyErr_Clear();
-    }
-    self->conn_lost++;
+    pt_tr_drop_write(PT_TR(self), self->kind == PT_STREAM_WRITE_PIPE
+                                      ? "pipe closed by peer or os.write(pipe, data) "
+                                        "raised exception."
+                                      : "socket.send() raised exception.");
     return true;
 }
 
@@ -706,39 +515,6 @@ static PyObject *tr_abort(pt_stream *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *tr_get_write_buffer_size(pt_stream *self, PyObject *unused)
-{
-    (void)unused;
-    size_t n = 0;
-    if (self->t)
-        tpio_transport_get_write_buffer_size(self->t, &n);
-    return PyLong_FromSize_t(n);
-}
-
-static PyObject *tr_get_write_buffer_limits(pt_stream *self, PyObject *unused)
-{
-    (void)unused;
-    size_t high = 64 * 1024, low = 16 * 1024;
-    if (self->t)
-        tpio_transport_get_write_buffer_limits(self->t, &high, &low);
-    return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
-}
-
-static PyObject *tr_set_write_buffer_limits(pt_stream *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"high", "low", NULL};
-    PyObject *ho = Py_None, *lo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:set_write_buffer_limits", kwlist, &ho,
-                                     &lo))
-        return NULL;
-    Py_ssize_t h, l;
-    if (pt_write_limits(ho, lo, &h, &l) < 0)
-        return NULL;
-    if (self->t)
-        tpio_transport_set_write_buffer_limits(self->t, h, l);
-    Py_RETURN_NONE;
-}
-
 static PyObject *tr_repr(pt_stream *self)
 {
     int fd = -1;
@@ -754,34 +530,16 @@ static PyObject *tr_repr(pt_stream *self)
 
 static int tr_traverse(pt_stream *self, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->extra_slot);
-    Py_VISIT(self->protocol);
     Py_VISIT(self->m_data);
     Py_VISIT(self->m_get_buffer);
     Py_VISIT(self->m_buffer_updated);
-    Py_VISIT(self->exc);
-    Py_VISIT(self->extra_obj);
-    Py_VISIT(self->tsock);
-    Py_VISIT(self->sock);
-    Py_VISIT(self->dict);
-    Py_VISIT(self->loop);
-    return 0;
+    return pt_tr_traverse(PT_TR(self), visit, arg);
 }
 
 static int tr_clear(pt_stream *self)
 {
-    Py_CLEAR(self->extra_slot);
     drop_methods(self);
-    Py_CLEAR(self->exc);
-    Py_CLEAR(self->tsock);
-    Py_CLEAR(self->dict);
-    if (!self->t) {
-        Py_CLEAR(self->protocol);
-        Py_CLEAR(self->extra_obj);
-        Py_CLEAR(self->sock);
-        Py_CLEAR(self->loop);
-    }
+    pt_tr_clear(PT_TR(self));
     return 0;
 }
 
@@ -792,11 +550,8 @@ static void tr_dealloc(pt_stream *self)
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
     release_view(self);
-    tr_clear(self);
-    Py_CLEAR(self->protocol);
-    Py_CLEAR(self->extra_obj);
-    Py_CLEAR(self->sock);
-    Py_CLEAR(self->loop);
+    drop_methods(self);
+    pt_tr_dealloc(PT_TR(self));
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -805,7 +560,7 @@ static void tr_dealloc(pt_stream *self)
 #define BASE_METHODS                                                                    \
     NOARGS("close", tr_close), NOARGS("is_closing", tr_is_closing),                     \
         {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},                   \
-        NOARGS("get_protocol", tr_get_protocol),                                        \
+        NOARGS("get_protocol", pt_tr_get_protocol),                                        \
         {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info,              \
          METH_VARARGS | METH_KEYWORDS, NULL}
 #define READ_METHODS                                                                    \
@@ -815,50 +570,22 @@ static void tr_dealloc(pt_stream *self)
     {"write", (PyCFunction)tr_write, METH_O, NULL},                                     \
         {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},                       \
         NOARGS("write_eof", tr_write_eof), NOARGS("can_write_eof", tr_can_write_eof),   \
-        NOARGS("abort", tr_abort), NOARGS("get_write_buffer_size", tr_get_write_buffer_size), \
-        NOARGS("get_write_buffer_limits", tr_get_write_buffer_limits),                  \
-        {"set_write_buffer_limits", (PyCFunction)(void (*)(void))tr_set_write_buffer_limits, \
-         METH_VARARGS | METH_KEYWORDS, NULL}
+        NOARGS("abort", tr_abort), PT_TR_WRITE_BUFFER_METHODS
 
 static PyMethodDef socket_methods[] = {BASE_METHODS, READ_METHODS, WRITE_METHODS, {NULL}};
 static PyMethodDef read_methods[] = {BASE_METHODS, READ_METHODS, {NULL}};
 static PyMethodDef write_methods[] = {BASE_METHODS, WRITE_METHODS, {NULL}};
 
-static PyMemberDef tr_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(pt_stream, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(pt_stream, weakreflist), READONLY, NULL},
-    {NULL},
-};
-
-static PyObject *tr_get_loop_attr(pt_stream *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->loop && !self->lost ? (PyObject *)self->loop : Py_None);
-}
-
-static PyObject *tr_get_protocol_attr(pt_stream *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->protocol ? self->protocol : Py_None);
-}
-
-static PyGetSetDef tr_getset[] = {
-    {"_loop", (getter)tr_get_loop_attr, NULL, NULL, NULL},
-    {"_protocol", (getter)tr_get_protocol_attr, NULL, NULL, NULL},
-    {NULL},
-};
+static PyGetSetDef tr_getset[] = {PT_TR_GETSET, {NULL}};
 
 static PyTypeObject *make_type(const char *name, PyObject *base, PyMethodDef *methods)
 {
-    if (((PyTypeObject *)base)->tp_basicsize != offsetof(pt_stream, cproto)) {
-        PyErr_Format(PyExc_ImportError, "tpio: unexpected layout of %s",
-                     ((PyTypeObject *)base)->tp_name);
+    if (pt_tr_check_layout(base) < 0)
         return NULL;
-    }
     PyType_Slot slots[] = {
         {Py_tp_dealloc, tr_dealloc},   {Py_tp_traverse, tr_traverse},
         {Py_tp_clear, tr_clear},       {Py_tp_methods, methods},
-        {Py_tp_members, tr_members},   {Py_tp_getset, tr_getset},
+        {Py_tp_members, pt_tr_members},   {Py_tp_getset, tr_getset},
         {Py_tp_repr, tr_repr},         {0, NULL},
     };
     PyType_Spec spec = {
@@ -888,6 +615,7 @@ int pt_stream_init(PyObject *module)
         PyModule_AddObjectRef(module, "ReadPipeTransport", (PyObject *)stream_types[1]) ||
         PyModule_AddObjectRef(module, "WritePipeTransport", (PyObject *)stream_types[2]))
         return -1;
-    (void)is_stream;
+    pt_tr_register(&plain_ops);
+    pt_tr_register(&buffered_ops);
     return 0;
 }

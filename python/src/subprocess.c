@@ -1,10 +1,9 @@
 /* Subprocess transports: asyncio's SubprocessTransport over tpio's.
  *
- * As stream.c, the object embeds the C protocol tpio calls (after
- * asyncio.BaseTransport's _extra slot, so that pt_transport_of() finds it
- * the same way). Each pipe of the child is a pipe transport object of
- * stream.c (pt_stream_wrap_pipe) whose protocol stays tpio's own adapter;
- * the SubprocessProtocol hears of the pipes through this object.
+ * The object starts with the head every transport has (transport.c). Each
+ * pipe of the child is a pipe transport object of stream.c
+ * (pt_stream_wrap_pipe) whose protocol stays tpio's own adapter; the
+ * SubprocessProtocol hears of the pipes through this object.
  *
  * asyncio (base_subprocess.py) runs every SubprocessProtocol callback as a
  * loop callback of its own, so an exception in one is reported as
@@ -21,12 +20,7 @@
 #include <string.h>
 
 typedef struct pt_proc {
-    PyObject_HEAD
-    PyObject *extra;      /* asyncio.BaseTransport's _extra: the extra= dict */
-    tpio_protocol_t cproto;
-    tpio_transport_t *t;  /* from connection_made until connection_lost returned */
-    pt_loop *loop;
-    PyObject *protocol;   /* NULL once finished, as asyncio's None */
+    PT_TRANSPORT_HEAD     /* extra: the extra= dict; lost: finished */
     PyObject *m_pipe_data; /* bound protocol.pipe_data_received, lazily */
     PyObject *pipes[3];   /* the pipe transport objects, NULL: no pipe */
     PyObject *waiters;    /* futures of _wait(); NULL once finished */
@@ -34,21 +28,20 @@ typedef struct pt_proc {
     struct pt_proc *prev, *next; /* in the list of live transports */
     pid_t pid;
     int returncode;
-    bool made, have_pid, have_code, closed, finished, linked;
-    PyObject *dict, *weakreflist;
+    bool made, have_pid, have_code, closed, linked;
 } pt_proc;
 
 static PyTypeObject *proc_type;
-static pt_proc *live; /* transports tpio holds: for pt_subprocess_of() */
+static pt_proc *live; /* transports tpio holds: for pipe_object() */
 
 #define SELF(p) ((pt_proc *)((char *)(p) - offsetof(pt_proc, cproto)))
 
 static const tpio_protocol_ops_t proc_ops;
 
-PyObject *pt_subprocess_of(tpio_protocol_t *p)
+/* The object of the protocol tpio gave a pipe of a live subprocess (the
+ * pipe's object), for pt_transport_of(). */
+static PyObject *pipe_object(tpio_protocol_t *p)
 {
-    if (p->ops == &proc_ops)
-        return (PyObject *)SELF(p);
     for (pt_proc *s = live; s; s = s->next) {
         if (!s->t)
             continue;
@@ -79,26 +72,6 @@ static void unlink_live(pt_proc *self)
 
 /* ---- errors ------------------------------------------------------------------------ */
 
-/* As asyncio's Handle reports a loop callback that raised:
- * "Exception in callback Proto.method(args)". */
-static void callback_error(pt_proc *self, PyObject *method, PyObject *args)
-{
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (!exc)
-        return;
-    PyObject *src = PyObject_CallFunctionObjArgs(pt.format_callback_source,
-                                                 method ? method : Py_None,
-                                                 args ? args : Py_None, NULL);
-    PyObject *msg = src ? PyUnicode_FromFormat("Exception in callback %U", src) : NULL;
-    Py_XDECREF(src);
-    if (msg)
-        pt_report(self->loop, PyUnicode_AsUTF8(msg), exc, NULL);
-    else
-        PyErr_Clear();
-    Py_XDECREF(msg);
-    Py_DECREF(exc);
-}
-
 /* Call protocol.<name>(*args) (args stolen, NULL for none); report a failure. */
 static void call_protocol(pt_proc *self, PyObject *name, PyObject *args)
 {
@@ -114,7 +87,7 @@ static void call_protocol(pt_proc *self, PyObject *name, PyObject *args)
     if (r)
         Py_DECREF(r);
     else
-        callback_error(self, m, args);
+        pt_callback_error(self->loop, m, args);
     Py_XDECREF(m);
     Py_DECREF(args);
 }
@@ -181,7 +154,7 @@ static void up_pipe_data(tpio_protocol_t *p, int fd, const void *data, size_t le
     if (r)
         Py_DECREF(r);
     else
-        callback_error(self, m, args);
+        pt_callback_error(self->loop, m, args);
     Py_XDECREF(args);
 }
 
@@ -223,33 +196,18 @@ static void up_exited(tpio_protocol_t *p)
 
 /* stdin's flow control reaches the SubprocessProtocol, as asyncio's
  * WriteSubprocessPipeProto passes it on; its failure is the pipe's. */
-static void flow(tpio_protocol_t *p, PyObject *name, const char *message)
-{
-    pt_proc *self = SELF(p);
-    if (self->loop->dropping || !self->protocol)
-        return;
-    PyObject *r = PyObject_CallMethodNoArgs(self->protocol, name);
-    if (r) {
-        Py_DECREF(r);
-        return;
-    }
-    PyObject *exc = pt_fetch_error(self->loop);
-    if (exc) {
-        pt_report(self->loop, message, exc, "transport",
-                  self->pipes[0] ? self->pipes[0] : (PyObject *)self, "protocol",
-                  self->protocol, NULL);
-        Py_DECREF(exc);
-    }
-}
-
 static void up_pause(tpio_protocol_t *p)
 {
-    flow(p, pt.s_pause_writing, "protocol.pause_writing() failed");
+    pt_proc *self = SELF(p);
+    pt_tr_flow(PT_TR(self), self->pipes[0] ? self->pipes[0] : (PyObject *)self,
+               pt.s_pause_writing, "protocol.pause_writing() failed");
 }
 
 static void up_resume(tpio_protocol_t *p)
 {
-    flow(p, pt.s_resume_writing, "protocol.resume_writing() failed");
+    pt_proc *self = SELF(p);
+    pt_tr_flow(PT_TR(self), self->pipes[0] ? self->pipes[0] : (PyObject *)self,
+               pt.s_resume_writing, "protocol.resume_writing() failed");
 }
 
 static void wake_waiters(pt_proc *self)
@@ -292,22 +250,12 @@ static void up_lost(tpio_protocol_t *p, int err)
     for (int fd = 0; fd < 3; fd++)
         if (self->pipes[fd])
             pt_stream_pipe_lost(self->pipes[fd]);
-    self->finished = true;
-    if (!self->loop->dropping) {
-        PyObject *exc = err ? pt_oserror(err) : Py_NewRef(Py_None);
-        if (!exc) {
-            PyErr_Clear();
-            exc = Py_NewRef(Py_None);
-        }
-        call_protocol(self, pt.s_connection_lost, PyTuple_Pack(1, exc));
-        Py_DECREF(exc);
+    pt_tr_lost(PT_TR(self), err);
+    if (!self->loop->dropping)
         wake_waiters(self); /* as asyncio's _call_connection_lost: after it */
-    }
     Py_CLEAR(self->waiters);
-    self->t = NULL;
     unlink_live(self);
     Py_CLEAR(self->m_pipe_data);
-    Py_CLEAR(self->protocol);
     Py_DECREF(self); /* tpio's reference, taken by the factory */
 }
 
@@ -650,12 +598,6 @@ static PyObject *sp_set_protocol(pt_proc *self, PyObject *protocol)
     Py_RETURN_NONE;
 }
 
-static PyObject *sp_get_protocol(pt_proc *self, PyObject *unused)
-{
-    (void)unused;
-    return Py_NewRef(self->protocol ? self->protocol : Py_None);
-}
-
 static PyObject *sp_get_extra_info(pt_proc *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"name", "default", NULL};
@@ -767,32 +709,24 @@ static void sp_finalize(pt_proc *self)
 
 static int sp_traverse(pt_proc *self, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->extra);
-    Py_VISIT(self->protocol);
     Py_VISIT(self->m_pipe_data);
     for (int i = 0; i < 3; i++)
         Py_VISIT(self->pipes[i]);
     Py_VISIT(self->waiters);
     Py_VISIT(self->program);
-    Py_VISIT(self->dict);
-    Py_VISIT(self->loop);
-    return 0;
+    return pt_tr_traverse(PT_TR(self), visit, arg);
 }
 
 static int sp_clear(pt_proc *self)
 {
     Py_CLEAR(self->m_pipe_data);
-    Py_CLEAR(self->dict);
     if (!self->t) { /* tpio is done with it: nothing reaches these again */
-        Py_CLEAR(self->extra);
-        Py_CLEAR(self->protocol);
         for (int i = 0; i < 3; i++)
             Py_CLEAR(self->pipes[i]);
         Py_CLEAR(self->waiters);
         Py_CLEAR(self->program);
-        Py_CLEAR(self->loop);
     }
+    pt_tr_clear(PT_TR(self));
     return 0;
 }
 
@@ -811,12 +745,6 @@ static void sp_dealloc(pt_proc *self)
     Py_DECREF(tp);
 }
 
-static PyObject *sp_get_loop_attr(pt_proc *self, void *c)
-{
-    (void)c;
-    return Py_NewRef(self->loop && !self->finished ? (PyObject *)self->loop : Py_None);
-}
-
 #define NOARGS(name, fn) {name, (PyCFunction)fn, METH_NOARGS, NULL}
 static PyMethodDef sp_methods[] = {
     NOARGS("get_pid", sp_get_pid),
@@ -828,37 +756,27 @@ static PyMethodDef sp_methods[] = {
     NOARGS("close", sp_close),
     NOARGS("is_closing", sp_is_closing),
     {"set_protocol", (PyCFunction)sp_set_protocol, METH_O, NULL},
-    NOARGS("get_protocol", sp_get_protocol),
+    NOARGS("get_protocol", pt_tr_get_protocol),
     {"get_extra_info", (PyCFunction)(void (*)(void))sp_get_extra_info,
      METH_VARARGS | METH_KEYWORDS, NULL},
     NOARGS("_wait", sp_wait),
     {NULL},
 };
 
-static PyMemberDef sp_members[] = {
-    {"__dictoffset__", T_PYSSIZET, offsetof(pt_proc, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(pt_proc, weakreflist), READONLY, NULL},
-    {NULL},
-};
-
 static PyGetSetDef sp_getset[] = {
-    {"_loop", (getter)sp_get_loop_attr, NULL, NULL, NULL},
-    {"_protocol", (getter)sp_get_protocol, NULL, NULL, NULL},
+    PT_TR_GETSET,
     {NULL},
 };
 
 int pt_subprocess_init(PyObject *module)
 {
     PyObject *base = pt.asyncio_SubprocessTransport;
-    if (((PyTypeObject *)base)->tp_basicsize != offsetof(pt_proc, cproto)) {
-        PyErr_Format(PyExc_ImportError, "tpio: unexpected layout of %s",
-                     ((PyTypeObject *)base)->tp_name);
+    if (pt_tr_check_layout(base) < 0)
         return -1;
-    }
     PyType_Slot slots[] = {
         {Py_tp_dealloc, sp_dealloc},   {Py_tp_traverse, sp_traverse},
         {Py_tp_clear, sp_clear},       {Py_tp_finalize, sp_finalize},
-        {Py_tp_methods, sp_methods},   {Py_tp_members, sp_members},
+        {Py_tp_methods, sp_methods},   {Py_tp_members, pt_tr_members},
         {Py_tp_getset, sp_getset},     {Py_tp_repr, sp_repr},
         {0, NULL},
     };
@@ -871,5 +789,7 @@ int pt_subprocess_init(PyObject *module)
     proc_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);
     if (!proc_type)
         return -1;
+    pt_tr_register(&proc_ops);
+    pt_tr_set_lookup(pipe_object);
     return PyModule_AddObjectRef(module, "SubprocessTransport", (PyObject *)proc_type);
 }

@@ -71,6 +71,45 @@ fail:
     PyErr_WriteUnraisable((PyObject *)loop);
 }
 
+static void callback_error(pt_loop *loop, PyObject *exc, PyObject *method, PyObject *args)
+{
+    PyObject *src = args ? PyObject_CallFunctionObjArgs(pt.format_callback_source,
+                                                        method ? method : Py_None, args, NULL)
+                         : NULL;
+    PyObject *msg = src ? PyUnicode_FromFormat("Exception in callback %U", src) : NULL;
+    Py_XDECREF(src);
+    if (msg)
+        pt_report(loop, PyUnicode_AsUTF8(msg), exc, NULL);
+    else
+        PyErr_Clear();
+    Py_XDECREF(msg);
+    Py_DECREF(exc);
+}
+
+void pt_callback_error(pt_loop *loop, PyObject *method, PyObject *args)
+{
+    PyObject *exc = pt_fetch_error(loop);
+    if (!exc)
+        return;
+    if (args) {
+        callback_error(loop, exc, method, args);
+    } else {
+        args = PyTuple_New(0);
+        callback_error(loop, exc, method, args);
+        Py_XDECREF(args);
+    }
+}
+
+void pt_callback_error1(pt_loop *loop, PyObject *method, PyObject *arg)
+{
+    PyObject *exc = pt_fetch_error(loop);
+    if (!exc)
+        return;
+    PyObject *args = PyTuple_Pack(1, arg);
+    callback_error(loop, exc, method, args);
+    Py_XDECREF(args);
+}
+
 static int gai_code(int err)
 {
     switch (err) {
@@ -150,43 +189,6 @@ void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value
         pt_report(loop, "tpio: could not complete a future", e, NULL);
         Py_DECREF(e);
     }
-}
-
-int pt_write_limits(PyObject *ho, PyObject *lo, Py_ssize_t *hout, Py_ssize_t *lout)
-{
-    /* asyncio's rule, with its message */
-    PyObject *four = PyLong_FromLong(4), *zero = PyLong_FromLong(0);
-    PyObject *high = NULL, *low = NULL;
-    int rc = -1;
-    if (!four || !zero)
-        goto out;
-    if (ho == Py_None)
-        high = lo == Py_None ? PyLong_FromLong(64 * 1024) : PyNumber_Multiply(lo, four);
-    else
-        high = Py_NewRef(ho);
-    if (!high)
-        goto out;
-    low = lo == Py_None ? PyNumber_FloorDivide(high, four) : Py_NewRef(lo);
-    if (!low)
-        goto out;
-    int ok = PyObject_RichCompareBool(high, low, Py_GE);
-    if (ok == 1)
-        ok = PyObject_RichCompareBool(low, zero, Py_GE);
-    if (ok == 0) {
-        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
-    } else if (ok == 1) {
-        *hout = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        if (!PyErr_Occurred())
-            *lout = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-        if (!PyErr_Occurred())
-            rc = 0;
-    }
-out:
-    Py_XDECREF(four);
-    Py_XDECREF(zero);
-    Py_XDECREF(high);
-    Py_XDECREF(low);
-    return rc;
 }
 
 PyObject *pt_socket_of_fd(int fd)
