@@ -782,7 +782,8 @@ typedef void (*tpio_sendfile_cb_t)(tpio_loop_t *loop, tpio_transport_t *t, uint6
  * sendfile completes with -ECANCELED and the bytes sent so far, and the
  * transport goes on. Returns 0 (the completion then runs once, from the
  * loop), or -EINVAL (NULL, a transport of another loop, offset < 0, fd not a
- * regular file), -EBADF, -ENOTSUP (not a writable stream transport), -EBUSY
+ * regular file), -EBADF, -ENOTSUP (not a writable stream transport, or a
+ * write pipe on a device the loop cannot watch), -EBUSY
  * (a sendfile is under way), -ESHUTDOWN (closing, or after write_eof),
  * -ENOMEM.
  */
@@ -1040,8 +1041,8 @@ TPIO_API int tpio_loop_create_unix_server(tpio_loop_t *loop,
 /**
  * Wrap the read end of a pipe (asyncio's connect_read_pipe): fd must be a
  * FIFO, a socket or a character device (anything else: -EINVAL, fd untouched)
- * that the loop can watch (else TPIO_ENOTWATCHABLE, fd untouched; -EBADF for
- * a descriptor that is not open). The
+ * that the loop can watch (else TPIO_ENOTWATCHABLE, fd untouched: /dev/null,
+ * say, could never be heard of; -EBADF for a descriptor that is not open). The
  * transport is a ReadTransport: data_received or the BufferedProtocol calls,
  * pause/resume reading; at EOF eof_received (its answer is ignored: a pipe
  * cannot be half-open) then connection_lost(0). EIO (a terminal whose other
@@ -1057,8 +1058,11 @@ TPIO_API int tpio_loop_connect_read_pipe(tpio_loop_t *loop,
 
 /**
  * Wrap the write end of a pipe (asyncio's connect_write_pipe); same checks
- * on fd. A full WriteTransport with flow control. It notices the reader going
- * away even while idle (FIFOs and sockets): connection_lost(0) if nothing was
+ * on fd, except that a character device the loop cannot watch (/dev/null)
+ * is accepted, as asyncio accepts it: every write goes to the kernel at once
+ * and nothing is ever buffered (a write it refuses ends the transport;
+ * tpio_loop_sendfile gives -ENOTSUP). A full WriteTransport with flow
+ * control. It notices the reader going away even while idle (FIFOs and sockets): connection_lost(0) if nothing was
  * buffered, connection_lost(-EPIPE) if data was lost. write_eof() and close()
  * both flush, then close the pipe. Because writing to a pipe whose reader
  * left raises SIGPIPE, the first write pipe sets SIGPIPE to SIG_IGN if it was

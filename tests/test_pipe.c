@@ -682,19 +682,83 @@ Test(pipe, regular_file_is_einval_and_untouched, .timeout = 10)
     unlink(path);
 }
 
-Test(pipe, unpollable_char_device_is_not_watchable, .timeout = 10)
+/* /dev/null cannot be watched by epoll: a read pipe on it could never hear
+ * of data and is refused; a write pipe works as asyncio's does, without
+ * the loop, since the kernel takes every write at once. */
+Test(pipe, unpollable_char_device_read_refused, .timeout = 10)
 {
     int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     cr_assert_geq(fd, 0);
     int fl = fcntl(fd, F_GETFL);
     th_conn_t c = {0};
     cr_assert_eq(tpio_loop_connect_read_pipe(th_fx.loop, factory, &f, fd, th_on_conn, &c, NULL), TPIO_ENOTWATCHABLE);
-    cr_assert_eq(tpio_loop_connect_write_pipe(th_fx.loop, factory, &f, fd, th_on_conn, &c, NULL), TPIO_ENOTWATCHABLE);
     cr_assert_eq(fcntl(fd, F_GETFL), fl);
     th_run_timer(th_fx.loop, 0.01, TMO);
     cr_assert_eq(c.calls, 0);
     cr_assert_eq(f.factory_calls, 0);
     close(fd);
+}
+
+static void never_sent(tpio_loop_t *loop, tpio_transport_t *t, uint64_t sent, int err,
+                       void *arg)
+{
+    (void)loop, (void)t, (void)err, (void)sent, (void)arg;
+    cr_assert_fail("a refused sendfile completed");
+}
+
+Test(pipe, unpollable_char_device_as_write_pipe, .timeout = 10)
+{
+    int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    th_conn_t c;
+    open_write(&f, fd, &c);
+    const size_t total = 1024 * 1024; /* far above the high watermark */
+    unsigned char *data = pattern(0, total);
+    cr_assert_eq(tpio_transport_write(c.t, data, total), 0);
+    cr_assert_eq(th_wbuf_size(c.t), 0);
+    tpio_buf_t iov[3] = {{data, 10}, {data + 10, 70000}, {data + 70010, 5}};
+    cr_assert_eq(tpio_transport_writelines(c.t, iov, 3), 0);
+    cr_assert_eq(th_wbuf_size(c.t), 0);
+    cr_assert_str_eq(c.p->events, "made"); /* no pause: nothing was buffered */
+    /* a writer that waits for writability could never run */
+    FILE *file = tmpfile();
+    cr_assert_not_null(file);
+    cr_assert_eq(fwrite("abc", 1, 3, file), 3);
+    cr_assert_eq(fflush(file), 0);
+    cr_assert_eq(tpio_loop_sendfile(th_fx.loop, c.t, fileno(file), 0, 0, TPIO_ON, never_sent,
+                                    NULL, NULL),
+                 -ENOTSUP);
+    fclose(file);
+    th_run_timer(th_fx.loop, 0.02, TMO);
+    cr_assert_str_eq(c.p->events, "made");
+    cr_assert_eq(tpio_transport_write_eof(c.t), 0);
+    cr_assert(th_is_closing(c.t));
+    cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+    free(data);
+
+    /* close() ends it the same way */
+    fx_next();
+    fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    open_write(&f, fd, &c);
+    cr_assert_eq(tpio_transport_write(c.t, "gone", 4), 0);
+    cr_assert_eq(tpio_transport_close(c.t), 0);
+    cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:0");
+}
+
+/* /dev/full refuses every write with ENOSPC: the write that meets it ends
+ * the transport, as any write error does. */
+Test(pipe, unpollable_write_error_ends_the_transport, .timeout = 10)
+{
+    int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    th_conn_t c;
+    open_write(&f, fd, &c);
+    cr_assert_eq(tpio_transport_write(c.t, "x", 1), 0);
+    cr_assert(th_run_until(th_fx.loop, &c.p->lost, TMO));
+    cr_assert_str_eq(c.p->events, "made,lost:ENOSPC");
 }
 
 /* ---- what each end does not have, extra info ------------------------------------------- */

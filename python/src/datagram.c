@@ -812,13 +812,18 @@ static PyGetSetDef dg_getset[] = {
 
 int pt_datagram_init(PyObject *module)
 {
-    PyObject *base = pt.asyncio_DatagramTransport;
-    if (pt_tr_check_layout(base) < 0)
+    /* The specification's class, and asyncio's Transport, which its own
+     * datagram transport is (isinstance(t, asyncio.Transport) holds there). */
+    if (pt_tr_check_layout(pt.asyncio_DatagramTransport) < 0 ||
+        pt_tr_check_layout(pt.asyncio_Transport) < 0)
+        return -1;
+    PyObject *bases = PyTuple_Pack(2, pt.asyncio_DatagramTransport, pt.asyncio_Transport);
+    if (!bases)
         return -1;
     PyType_Slot slots[] = {
         {Py_tp_dealloc, dg_dealloc},   {Py_tp_traverse, dg_traverse},
         {Py_tp_clear, dg_clear},       {Py_tp_methods, dg_methods},
-        {Py_tp_members, pt_tr_members},   {Py_tp_getset, dg_getset},
+        {Py_tp_members, pt_tr_members}, {Py_tp_getset, dg_getset},
         {Py_tp_repr, dg_repr},         {0, NULL},
     };
     PyType_Spec spec = {
@@ -827,7 +832,8 @@ int pt_datagram_init(PyObject *module)
         .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
         .slots = slots,
     };
-    dgram_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, base);
+    dgram_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
     if (!dgram_type)
         return -1;
     pt_tr_register(&dgram_ops);

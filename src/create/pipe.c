@@ -4,7 +4,7 @@
 
 #include <sys/stat.h>
 
-static int pipe_check(tpio_loop_t *loop, int fd)
+static int pipe_check(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind)
 {
     struct stat st;
     if (fd < 0)
@@ -16,11 +16,15 @@ static int pipe_check(tpio_loop_t *loop, int fd)
     int rc = tpio__fd_check(loop, fd); /* before the probe registers it */
     if (rc < 0)
         return rc;
-    /* Some character devices (/dev/null) cannot be watched: say so now
-     * rather than through connection_lost later. */
+    /* Some character devices (/dev/null) cannot be watched: a read pipe
+     * could never hear of data, so say so now rather than through
+     * connection_lost later. A write pipe works without the loop, as
+     * asyncio's does: the kernel takes every write to such a device. */
     struct tpio__io probe;
     tpio__io_init(&probe, fd, NULL);
     rc = tpio__watch(loop, &probe, TPIO__IN);
+    if (rc == TPIO_ENOTWATCHABLE && kind == TPIO_TRANSPORT_PIPE_WRITE && S_ISCHR(st.st_mode))
+        return 0;
     if (rc < 0)
         return rc;
     tpio__watch(loop, &probe, 0);
@@ -33,7 +37,7 @@ static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void
 {
     if (!loop || !factory || !cb)
         return -EINVAL;
-    int rc = pipe_check(loop, fd);
+    int rc = pipe_check(loop, fd, kind);
     if (rc)
         return rc;
     struct tpio__conn conn = {factory, factory_arg, cb, cb_arg, NULL, 0};

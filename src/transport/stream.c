@@ -30,6 +30,7 @@ struct stream {
     uint8_t mode;
     bool is_socket;     /* the fd is a socket: send() with MSG_NOSIGNAL */
     bool watch_reader;  /* write pipe: poll for readability to see the reader go */
+    bool unwatchable;   /* write pipe on a device epoll refuses (/dev/null): never waits */
     bool read_eof;      /* EOF seen: nothing more to read */
     uint8_t wblock;     /* the user's writes are refused: WB_EOF, WB_WRITER */
     struct tpio__wbuf wbuf;
@@ -94,7 +95,7 @@ static void update_io(struct stream *s)
         if (s->base.wsize || (s->wblock & WB_WRITER))
             want |= TPIO__OUT;
     }
-    if (want == s->io.registered)
+    if (want == s->io.registered || __builtin_expect(s->unwatchable, 0))
         return;
     int rc = tpio__watch(s->base.loop, &s->io, want);
     if (rc < 0 && want) /* the kernel refused to watch the fd: it cannot work */
@@ -280,6 +281,36 @@ static __attribute__((noinline)) void flush(struct stream *s)
         after_drain(s);
 }
 
+/* The rest of a write to a descriptor the loop cannot wait for: written
+ * now, as the kernel takes it (a device such as /dev/null takes it all).
+ * One that would block or fails ends the transport: nothing can wait. */
+static __attribute__((noinline)) int write_through(struct stream *s, const struct iovec *iov,
+                                                   int cnt, size_t total, ssize_t n)
+{
+    size_t sent = 0;
+    for (;;) {
+        if (n < 0) {
+            force_close(s, -errno);
+            return 0;
+        }
+        if ((sent += (size_t)n) >= total)
+            return 0;
+        struct iovec rest[IOV_MAX];
+        int k = 0;
+        size_t skip = sent;
+        for (int i = 0; i < cnt && k < IOV_MAX; i++) {
+            if (skip >= iov[i].iov_len) {
+                skip -= iov[i].iov_len;
+                continue;
+            }
+            rest[k].iov_base = (char *)iov[i].iov_base + skip;
+            rest[k++].iov_len = iov[i].iov_len - skip;
+            skip = 0;
+        }
+        n = do_send(s, rest, k);
+    }
+}
+
 /* After a direct send of n bytes (or -1 with errno), buffer the rest;
  * `notify`: the protocol hears pause_writing (not for an attached writer's
  * bytes, which the protocol did not write). */
@@ -287,6 +318,8 @@ static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t
                       ssize_t n, bool notify)
 {
     tpio_transport_t *t = &s->base;
+    if (__builtin_expect(s->unwatchable, 0))
+        return write_through(s, iov, cnt, total, n);
     if (n < 0) {
         if (errno != EAGAIN) {
             /* Inside the caller's write: connection_lost tells the protocol,
@@ -584,6 +617,15 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
             s->mode == MODE_WRITE_PIPE && (S_ISFIFO(st.st_mode) || s->is_socket);
         if (s->mode == MODE_WRITE_PIPE && !s->is_socket)
             ignore_sigpipe();
+        if (s->mode == MODE_WRITE_PIPE && S_ISCHR(st.st_mode)) {
+            /* connect_write_pipe let it through (create/pipe.c) */
+            struct tpio__io probe;
+            tpio__io_init(&probe, fd, NULL);
+            int w = tpio__watch(loop, &probe, TPIO__OUT);
+            s->unwatchable = w == TPIO_ENOTWATCHABLE;
+            if (w == 0)
+                tpio__watch(loop, &probe, 0);
+        }
     } else {
         struct sockaddr_storage ss;
         if (!peer) {
@@ -631,6 +673,8 @@ int tpio__stream_attach(tpio_transport_t *t, struct tpio__stream_writer *w)
         return -ESHUTDOWN;
     if (s->wblock & WB_WRITER)
         return -EBUSY;
+    if (s->unwatchable) /* its turns come with writability, which never comes */
+        return -ENOTSUP;
     if (!more_of(s))
         return -ENOMEM;
     s->more->writer = w;

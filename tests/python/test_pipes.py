@@ -258,7 +258,6 @@ def test_pipe_rejects_regular_file(loop, tmp_path):
 
 
 @pytest.mark.crashes_on("uvloop", reason="libuv assertion, abort()")
-@pytest.mark.tpio_differs(reason="tpio's write pipe needs a descriptor epoll can watch")
 def test_write_pipe_char_device(loop):
     async def main():
         with open("/dev/null", "wb", 0) as f:
