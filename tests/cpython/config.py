@@ -17,7 +17,8 @@ detected at run time and reported as "loop-independent", outside the counts.
 
 Tests of core modules whose name matches OUT_OF_SCOPE_RE (SSL, start_tls,
 sendfile, sock_*) are reported in the extra group, as are the classes in
-OUT_OF_SCOPE_CLASSES.
+OUT_OF_SCOPE_CLASSES and the tests in OUT_OF_SCOPE_TESTS (their names say
+nothing, but they call loop.sock_*()).
 """
 
 import re
@@ -25,6 +26,12 @@ import re
 OUT_OF_SCOPE_RE = re.compile(r'ssl|tls|sendfile|(^|_)sock_(recv|send|connect|accept)')
 OUT_OF_SCOPE_CLASSES = {
     'test_unix_events.SelectorEventLoopUnixSockSendfileTests': 'sendfile',
+}
+OUT_OF_SCOPE_TESTS = {
+    'test_events.EventLoopTests.test_write_pipe_disconnect_on_close':
+        'reads the other end of the pipe with loop.sock_recv()',
+    'test_events.EventLoopTests.test_prompt_cancellation':
+        'cancels a loop.sock_recv()',
 }
 
 WIN = 'Windows only (Proactor / IOCP)'

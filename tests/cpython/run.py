@@ -263,7 +263,8 @@ def classify_tests(results, baseline):
             cls, _, meth = tid.split('.', 1)[1].rpartition('.')
             group = spec['group']
             if group == 'core' and (config.OUT_OF_SCOPE_RE.search(meth)
-                                    or f'{module}.{cls}' in config.OUT_OF_SCOPE_CLASSES):
+                                    or f'{module}.{cls}' in config.OUT_OF_SCOPE_CLASSES
+                                    or tid in config.OUT_OF_SCOPE_TESTS):
                 group = 'extra'
             rec['group'] = group
 
@@ -507,6 +508,7 @@ def main():
         elapsed=round(time.monotonic() - t0, 1),
         unavailable=unavailable,
         excluded={m: s['exclude'] for m, s in config.MODULES.items() if m in modules},
+        out_of_scope_tests=config.OUT_OF_SCOPE_TESTS,
         not_run_modules=config.NOT_RUN,
         loops={})
     print(LEGEND)
