@@ -59,6 +59,10 @@ def parse_args():
         'TPIO_PYTHONPATH', os.path.join(REPO, 'build', 'python')),
         help='directory holding the tpio extension (default build/python)')
     ap.add_argument('--logs', metavar='DIR', help='keep the workers\' output here')
+    ap.add_argument('--expect', metavar='FILE',
+                    help='check mode: exit 1 if a core test that passes on asyncio does not '
+                         'pass on a loop under test, unless FILE lists it (one test id a line, '
+                         '"#" comments)')
     ap.add_argument('-v', '--verbose', action='store_true',
                     help='also list skipped and loop-independent tests, and tracebacks')
     return ap.parse_args()
@@ -531,7 +535,39 @@ def main():
         with open(args.json, 'w') as f:
             json.dump(summary, f, indent=1)
         print(f'summary written to {args.json}')
+    if args.expect:
+        return check_expected(args.expect, summary, unavailable, loops)
     return 0
+
+
+def check_expected(path, summary, unavailable, loops):
+    """The regression check: every core test that passes on asyncio passes
+    on the loops under test, except those the file lists (a listed test
+    that passes again is reported, so that the list can shrink)."""
+    expected = set()
+    with open(path) as f:
+        for line in f:
+            tid = line.split('#', 1)[0].strip()
+            if tid:
+                expected.add(tid)
+    status = 0
+    for loop in loops:
+        if loop == 'asyncio':
+            continue
+        if loop in unavailable:
+            print(f'CHECK FAILED: {loop} is not available: {unavailable[loop]}')
+            return 1
+        lost = set(summary['loops'][loop].get('vs_asyncio', {}).get('core', {})
+                   .get('not_passed', []))
+        for tid in sorted(lost - expected):
+            print(f'CHECK FAILED: {loop}: {tid} passes on asyncio, not here')
+            status = 1
+        for tid in sorted(expected - lost):
+            print(f'note: {loop}: {tid} is listed in {path} but did not fail')
+        if not status:
+            print(f'check: {loop}: every core test that passes on asyncio passes, '
+                  f'{len(lost & expected)} listed exception(s)')
+    return status
 
 
 if __name__ == '__main__':
