@@ -1172,21 +1172,47 @@ typedef struct tpio_subprocess_opts {
     const char *const *env;
     /** The child's working directory; NULL: the parent's. */
     const char *cwd;
+    /** TPIO_ON: the child calls setsid(), so it leads a new session and a new
+     *  process group, without a controlling terminal (Popen's
+     *  start_new_session). Default: the parent's session. */
+    tpio_flag_t new_session;
+    /** TPIO_ON: the child calls setpgid(0, pgid), joining process group pgid
+     *  of the caller's session, or with pgid 0 a new group that it leads
+     *  (Popen's process_group). Default: the parent's group. pgid < 0, or a
+     *  pgid other than 0 without set_pgid, gives -EINVAL. A group that does
+     *  not exist, or set_pgid together with new_session (a session leader
+     *  cannot change group), fails the call with -EPERM, as with Popen. */
+    tpio_flag_t set_pgid;
+    pid_t pgid;
+    /** Descriptors the child inherits under the same numbers (Popen's
+     *  pass_fds): pass_fds[0] to pass_fds[n_pass_fds - 1], which the closing
+     *  of every other descriptor spares and whose FD_CLOEXEC is cleared in
+     *  the child only (yours keep their flags). Order and duplicates do not
+     *  matter. 0, 1 and 2 are what stdio says (a pipe or a given fd is put
+     *  there anyway); for an inherited one, passing it keeps it open even if
+     *  it is FD_CLOEXEC. A negative or closed descriptor gives -EBADF;
+     *  pass_fds NULL with n_pass_fds > 0 gives -EINVAL. */
+    const int *pass_fds;
+    size_t n_pass_fds;
 } tpio_subprocess_opts_t;
 
 /**
  * Start argv[0] with arguments argv (NULL-terminated) as a child process
  * (asyncio's subprocess_exec). argv[0] without a '/' is searched in PATH.
- * In the child, every descriptor other than 0, 1, 2 is closed, signal
- * handlers are reset to SIG_DFL (SIGPIPE too; other ignored signals stay
- * ignored) and no signal is blocked. opts may be NULL.
+ * In the child, every descriptor other than 0, 1, 2 (and opts->pass_fds)
+ * is closed, signal handlers are reset to SIG_DFL (SIGPIPE too; other
+ * ignored signals stay ignored) and no signal is blocked; then it changes
+ * directory, session and process group as opts asks (Popen's order), and
+ * execs. opts may be NULL.
  *
  * A program that cannot be started fails the call itself with the exec
  * error (-ENOENT, -EACCES, -ENOEXEC; a bad cwd gives chdir's error): no
  * child is left behind and cb is never called. Also -EINVAL (NULL loop,
- * factory, cb or argv, argv[0] NULL, a bad stdio mode), -EBADF (a
- * TPIO_STDIO_FD that is not open), -ECONNABORTED (the factory returned
- * NULL: the child is killed and reaped first).
+ * factory, cb or argv, argv[0] NULL, a bad stdio mode, a bad flag or
+ * pgid), -EBADF (a TPIO_STDIO_FD or a pass_fds entry that is not open),
+ * -EPERM (setsid or setpgid refused in the child, which is reaped),
+ * -ECONNABORTED (the factory returned NULL: the child is killed and reaped
+ * first).
  *
  * On success the completion runs from the loop with the transport (kind
  * TPIO_TRANSPORT_SUBPROCESS) and the protocol, whose callbacks come in

@@ -5,7 +5,8 @@
  * exact order for a child that closes its outputs then waits on stdin, a
  * grandchild holding stdout, 200 children at once, exec failures, closing a
  * running child, descriptors leaking into children, dup2 ordering, bad
- * arguments. Nothing sleeps: the loop runs until a condition holds.
+ * arguments, a new session or process group, descriptors passed on.
+ * Nothing sleeps: the loop runs until a condition holds.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -988,4 +989,203 @@ Test(process, sigchld_ignored_reports_255, .timeout = 60)
     cr_assert_eq(returncode(&f.sp), 255);
     cr_assert_eq(reported, -ECHILD);
     sigaction(SIGCHLD, &old, NULL);
+}
+
+/* ---- session, process group, passed descriptors --------------------------------- */
+
+/* The child's pid, process group and session, from its own /proc/<pid>/stat
+ * as the shell printed it (fields 1, 5 and 6; the name, field 2, is in
+ * parentheses). */
+static void ids_of(const char *stat, pid_t *pid, pid_t *pgrp, pid_t *sid)
+{
+    cr_assert_not_null(stat);
+    const char *close_paren = strrchr(stat, ')');
+    cr_assert_not_null(close_paren, "%s", stat);
+    int p = atoi(stat), g = 0, s = 0, ppid = 0;
+    char state;
+    cr_assert_eq(sscanf(close_paren + 1, " %c %d %d %d", &state, &ppid, &g, &s), 4, "%s", stat);
+    *pid = p;
+    *pgrp = g;
+    *sid = s;
+}
+
+static const char *const print_ids[] = {"sh", "-c", "read -r l </proc/$$/stat; echo \"$l\"", NULL};
+
+/* Run print_ids with o, to the end; the child's ids. */
+static void run_ids(const tpio_subprocess_opts_t *o, pid_t *pid, pid_t *pgrp, pid_t *sid)
+{
+    start_ok(&f, print_ids, o);
+    pid_t started = th_pid(f.t);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 0, "%s", f.sp.out[2] ? f.sp.out[2] : "");
+    ids_of(f.sp.out[1], pid, pgrp, sid);
+    cr_assert_eq(*pid, started, "the shell itself printed its ids");
+    fx_next();
+}
+
+Test(process, new_session_and_process_group, .timeout = 60)
+{
+    pid_t pid, pgrp, sid;
+    /* default: our group and session */
+    run_ids(NULL, &pid, &pgrp, &sid);
+    cr_assert_eq(pgrp, getpgrp());
+    cr_assert_eq(sid, getsid(0));
+
+    /* start_new_session: leads a session and a group of its own */
+    tpio_subprocess_opts_t o = TPIO_OPTS(tpio_subprocess_opts_t, .new_session = TPIO_ON);
+    run_ids(&o, &pid, &pgrp, &sid);
+    cr_assert_eq(sid, pid);
+    cr_assert_eq(pgrp, pid);
+    cr_assert_neq(sid, getsid(0));
+
+    /* process_group=0: a group of its own, in our session */
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_ON, .pgid = 0);
+    run_ids(&o, &pid, &pgrp, &sid);
+    cr_assert_eq(pgrp, pid);
+    cr_assert_eq(sid, getsid(0));
+
+    /* joining another child's group: the leader blocks on its stdin */
+    fx_t lf = {0};
+    sp_init(&lf.sp);
+    const char *cat[] = {"cat", NULL};
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_ON);
+    o.stdio[1].mode = TPIO_STDIO_DEVNULL;
+    o.stdio[2].mode = TPIO_STDIO_DEVNULL;
+    start_ok(&lf, cat, &o);
+    pid_t lpid = th_pid(lf.t);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_ON, .pgid = lpid);
+    start_ok(&f, print_ids, &o);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 0);
+    ids_of(f.sp.out[1], &pid, &pgrp, &sid);
+    cr_assert_eq(pgrp, lpid);
+    cr_assert_eq(sid, getsid(0));
+    cr_assert_eq(tpio_transport_close(lf.t), 0);
+    run_to_lost(&lf);
+    cr_assert_eq(returncode(&lf.sp), -SIGKILL);
+    sp_fini(&lf.sp);
+    fx_next();
+
+    /* the kernel's refusals fail the call, as Popen's: a group of another
+     * session (init's), a session leader changing group */
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_ON, .pgid = 1);
+    cr_assert_eq(start(&f, print_ids, &o), -EPERM);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .new_session = TPIO_ON, .set_pgid = TPIO_ON);
+    cr_assert_eq(start(&f, print_ids, &o), -EPERM);
+    cr_assert_eq(f.factory_calls, 0);
+    assert_no_children();
+}
+
+Test(process, session_group_and_pass_fds_bad_arguments, .timeout = 60)
+{
+    const char *ok[] = {"true", NULL};
+    tpio_subprocess_opts_t o = TPIO_OPTS(tpio_subprocess_opts_t, .new_session = (tpio_flag_t)5);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = (tpio_flag_t)2);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_ON, .pgid = -1);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .pgid = 5);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL, "a pgid without set_pgid");
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .set_pgid = TPIO_OFF, .pgid = 5);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL);
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .n_pass_fds = 1);
+    cr_assert_eq(start(&f, ok, &o), -EINVAL);
+    int neg[] = {1, -1};
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .pass_fds = neg, .n_pass_fds = 2);
+    cr_assert_eq(start(&f, ok, &o), -EBADF);
+    cr_assert_lt(fcntl(1000, F_GETFD), 0);
+    int closed[] = {1000};
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .pass_fds = closed, .n_pass_fds = 1);
+    cr_assert_eq(start(&f, ok, &o), -EBADF);
+    /* a program built against the header before these fields: still fine */
+    o = TPIO_OPTS(tpio_subprocess_opts_t);
+    o.size = offsetof(tpio_subprocess_opts_t, new_session);
+    o.stdio[1].mode = TPIO_STDIO_DEVNULL;
+    cr_assert_eq(f.factory_calls, 0);
+    assert_no_children();
+    start_ok(&f, ok, &o);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 0);
+}
+
+/* Our pipe end `fd`, moved to `at` (CLOEXEC, as Python's descriptors are). */
+static int move_fd(int fd, int at)
+{
+    int r = fcntl(fd, F_DUPFD_CLOEXEC, at);
+    cr_assert_eq(r, at, "fd %d is free", at);
+    close(fd);
+    return r;
+}
+
+Test(process, pass_fds_kept_at_their_numbers, .timeout = 60)
+{
+    /* 50: the read end of a pipe holding "hello\n"; 60: the write end of
+     * another; both CLOEXEC. 70: not CLOEXEC but not passed: closed. */
+    int a[2], b[2];
+    cr_assert_eq(pipe2(a, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(b, O_CLOEXEC), 0);
+    int r = move_fd(a[0], 50), w = move_fd(b[1], 60);
+    cr_assert_eq(write(a[1], "hello\n", 6), 6);
+    close(a[1]);
+    int stray = fcntl(0, F_DUPFD, 70);
+    cr_assert_eq(stray, 70);
+
+    /* which descriptors the child has: 0, 1, 2, ls's own, 50 and 60 */
+    int pass[] = {60, 50, 60, 1}; /* any order, duplicates, one of 0..2 */
+    const char *ls[] = {"ls", "/proc/self/fd", NULL};
+    tpio_subprocess_opts_t o = TPIO_OPTS(tpio_subprocess_opts_t, .pass_fds = pass,
+                                         .n_pass_fds = 4);
+    start_ok(&f, ls, &o);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 0);
+    bool seen[71] = {0};
+    char *save = NULL;
+    for (char *tok = strtok_r(f.sp.out[1], "\n", &save); tok; tok = strtok_r(NULL, "\n", &save)) {
+        int fd = atoi(tok);
+        cr_assert(fd <= 3 || fd == 50 || fd == 60, "fd %s in the child", tok);
+        seen[fd] = true;
+    }
+    cr_assert(seen[0] && seen[1] && seen[2] && seen[50] && seen[60]);
+    /* ours keep CLOEXEC */
+    cr_assert_eq(fcntl(r, F_GETFD), FD_CLOEXEC);
+    cr_assert_eq(fcntl(w, F_GETFD), FD_CLOEXEC);
+    fx_next();
+
+    /* readable and writable there (dash takes no fd above 9 in a
+     * redirection: through /dev/fd); stdout, passed too, is still the pipe */
+    const char *sh[] = {"sh", "-c",
+                        "read x </dev/fd/50; echo \"got $x\" >/dev/fd/60; echo out", NULL};
+    start_ok(&f, sh, &o);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 0);
+    cr_assert_str_eq(f.sp.out[1], "out\n");
+    close(w); /* the child's copy is gone: EOF after its line */
+    char buf[64];
+    read_all(b[0], buf, sizeof buf);
+    cr_assert_str_eq(buf, "got hello\n");
+    close(b[0]);
+    close(r);
+    close(stray);
+    fx_next();
+
+    /* An inherited stream that is CLOEXEC stays open when passed (as
+     * Popen's pass_fds=(0,) with stdin=None). */
+    int saved0 = dup(0), in[2];
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(write(in[1], "xyz", 3), 3);
+    close(in[1]);
+    cr_assert_eq(dup3(in[0], 0, O_CLOEXEC), 0);
+    close(in[0]);
+    int zero[] = {0};
+    o = TPIO_OPTS(tpio_subprocess_opts_t, .pass_fds = zero, .n_pass_fds = 1);
+    o.stdio[0].mode = TPIO_STDIO_INHERIT;
+    const char *cat[] = {"cat", NULL};
+    int rc = start(&f, cat, &o);
+    dup2(saved0, 0);
+    close(saved0);
+    cr_assert_eq(rc, 0);
+    run_to_lost(&f);
+    cr_assert_str_eq(f.sp.out[1], "xyz");
+    cr_assert_eq(returncode(&f.sp), 0);
 }

@@ -11,11 +11,18 @@
  * asyncio's order: connection_made once the pipes are connected (and before
  * the call completes), process_exited when the child is reaped,
  * connection_lost once it has exited and every pipe has closed; the
- * futures of _wait() (Process.wait()) are resolved after connection_lost. */
+ * futures of _wait() (Process.wait()) are resolved after connection_lost.
+ *
+ * get_extra_info('subprocess') is a Popen-like object of tpio/_subprocess.py
+ * (asyncio's is a subprocess.Popen): this object tells it what Popen would
+ * know (its pid and pipe files at connection_made, its returncode at the
+ * exit) and lends it a copy of the pidfd to wait without reaping. */
 #include "pytpio.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -25,6 +32,7 @@ typedef struct pt_proc {
     PyObject *pipes[3];   /* the pipe transport objects, NULL: no pipe */
     PyObject *waiters;    /* futures of _wait(); NULL once finished */
     PyObject *program;    /* for the debug log */
+    PyObject *popen;      /* the Popen-like object (_set_popen), NULL: none */
     struct pt_proc *prev, *next; /* in the list of live transports */
     pid_t pid;
     int returncode;
@@ -105,6 +113,51 @@ static void debug_log(pt_proc *self, const char *level, const char *fmt, PyObjec
 
 /* ---- upcalls ---------------------------------------------------------------------- */
 
+/* popen.<name> = value (stolen; NULL: a failure to clear). */
+static void popen_set(pt_proc *self, const char *name, PyObject *value)
+{
+    if (value && PyObject_SetAttrString(self->popen, name, value) == 0) {
+        Py_DECREF(value);
+        return;
+    }
+    Py_XDECREF(value);
+    PyErr_Clear(); /* the object's own business; nothing here depends on it */
+}
+
+/* What Popen knows once started: its pid, and its stdin/stdout/stderr are
+ * the file objects of the pipes (asyncio's pipe transports are made over
+ * Popen's own), None for a stream that is no pipe. */
+static void popen_started(pt_proc *self)
+{
+    if (!self->popen)
+        return;
+    if (self->have_pid)
+        popen_set(self, "pid", PyLong_FromLong(self->pid));
+    static const char *names[3] = {"stdin", "stdout", "stderr"};
+    for (int fd = 0; fd < 3; fd++) {
+        PyObject *file = NULL;
+        if (self->pipes[fd])
+            file = PyObject_CallMethod(self->pipes[fd], "get_extra_info", "s", "pipe");
+        else
+            file = Py_NewRef(Py_None);
+        popen_set(self, names[fd], file);
+    }
+}
+
+/* asyncio's _process_exited: the exit status goes to Popen too, unless its
+ * own poll() or wait() found it first. */
+static void popen_exited(pt_proc *self)
+{
+    if (!self->popen || !self->have_code)
+        return;
+    PyObject *cur = PyObject_GetAttrString(self->popen, "returncode");
+    if (cur == Py_None)
+        popen_set(self, "returncode", PyLong_FromLong(self->returncode));
+    else if (!cur)
+        PyErr_Clear();
+    Py_XDECREF(cur);
+}
+
 static void up_made(tpio_protocol_t *p, tpio_transport_t *t)
 {
     pt_proc *self = SELF(p);
@@ -123,6 +176,7 @@ static void up_made(tpio_protocol_t *p, tpio_transport_t *t)
         if (!self->pipes[fd])
             PyErr_Clear(); /* out of memory: get_pipe_transport() says None */
     }
+    popen_started(self);
     if (self->loop->dropping)
         return;
     if (self->loop->debug) {
@@ -182,6 +236,7 @@ static void up_exited(tpio_protocol_t *p)
         self->returncode = code;
         self->have_code = true;
     }
+    popen_exited(self);
     if (self->loop->dropping)
         return;
     if (self->loop->debug && self->have_code) {
@@ -254,6 +309,7 @@ static void up_lost(tpio_protocol_t *p, int err)
     if (!self->loop->dropping)
         wake_waiters(self); /* as asyncio's _call_connection_lost: after it */
     Py_CLEAR(self->waiters);
+    Py_CLEAR(self->popen); /* asyncio's _proc = None; the extra dict keeps it */
     unlink_live(self);
     Py_CLEAR(self->m_pipe_data);
     Py_DECREF(self); /* tpio's reference, taken by the factory */
@@ -410,22 +466,54 @@ static const char **cstrings(PyObject *seq, const char *what)
     return v;
 }
 
+/* pass_fds: a tuple of ints, as a PyMem array (NULL and *n = 0 for none). */
+static int fd_array(PyObject *tuple, int **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!PyTuple_Check(tuple)) {
+        PyErr_SetString(PyExc_TypeError, "pass_fds must be a tuple");
+        return -1;
+    }
+    Py_ssize_t len = PyTuple_GET_SIZE(tuple);
+    if (len == 0)
+        return 0;
+    int *v = PyMem_Calloc((size_t)len, sizeof *v);
+    if (!v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (as_int(PyTuple_GET_ITEM(tuple, i), &v[i]) < 0) {
+            PyMem_Free(v);
+            return -1;
+        }
+    }
+    *out = v;
+    *n = (size_t)len;
+    return 0;
+}
+
 /* _subprocess(fut, protocol, args, shell, stdin, stdout, stderr, env, cwd,
- *             extra, program) -> the transport
+ *             extra, program, start_new_session, process_group, pass_fds)
+ *   -> the transport
  * args: the command (bytes) for shell, else a sequence of bytes; stdin,
  * stdout, stderr: None (inherit), subprocess.PIPE / STDOUT / DEVNULL or a
  * descriptor; env: None or a sequence of b"NAME=value"; cwd: None or bytes;
  * extra: None or the transport's extra info dict; program: what the debug
- * log names (args[0], or the shell command). The Python side (tpio/_subprocess.py) has converted and checked all
- * of it as asyncio and Popen do. fut gets None once connection_made has
- * run. */
+ * log names (args[0], or the shell command); process_group: None or the
+ * group for setpgid(0, group); pass_fds: a tuple of descriptors. The Python
+ * side (tpio/_subprocess.py) has converted and checked all of it as asyncio
+ * and Popen do. fut gets None once connection_made has run. */
 PyObject *pt_loop_subprocess(pt_loop *self, PyObject *args, PyObject *kw)
 {
     (void)kw;
-    PyObject *fut, *protocol, *cmd, *in, *out, *err, *env, *cwd, *extra, *program;
-    int shell;
-    if (!PyArg_ParseTuple(args, "OOOpOOOOOOO:_subprocess", &fut, &protocol, &cmd, &shell, &in,
-                          &out, &err, &env, &cwd, &extra, &program) ||
+    PyObject *fut, *protocol, *cmd, *in, *out, *err, *env, *cwd, *extra, *program, *pgroup,
+        *pass;
+    int shell, new_session;
+    if (!PyArg_ParseTuple(args, "OOOpOOOOOOOpOO:_subprocess", &fut, &protocol, &cmd, &shell,
+                          &in, &out, &err, &env, &cwd, &extra, &program, &new_session,
+                          &pgroup, &pass) ||
         !pt_check_open(self))
         return NULL;
     tpio_subprocess_opts_t o = TPIO_OPTS(tpio_subprocess_opts_t);
@@ -433,18 +521,36 @@ PyObject *pt_loop_subprocess(pt_loop *self, PyObject *args, PyObject *kw)
     for (int i = 0; i < 3; i++)
         if (stdio_opt(stdio[i], i, &o.stdio[i]) < 0)
             return NULL;
-    if (cwd != Py_None) {
-        if (!PyBytes_Check(cwd))
-            return PyErr_Format(PyExc_TypeError, "cwd must be bytes");
-        o.cwd = PyBytes_AS_STRING(cwd);
+    o.new_session = new_session ? TPIO_ON : TPIO_DEFAULT;
+    if (pgroup != Py_None) {
+        int g;
+        if (as_int(pgroup, &g) < 0)
+            return NULL;
+        o.set_pgid = TPIO_ON;
+        o.pgid = g;
     }
-    if (extra != Py_None && !PyDict_Check(extra))
-        return PyErr_Format(PyExc_TypeError, "extra must be a dict");
+    int *fds;
+    if (fd_array(pass, &fds, &o.n_pass_fds) < 0)
+        return NULL;
+    o.pass_fds = fds;
     PyObject *argseq = NULL, *envseq = NULL, *res = NULL;
     const char **argv = NULL, **envp = NULL;
+    if (cwd != Py_None) {
+        if (!PyBytes_Check(cwd)) {
+            PyErr_Format(PyExc_TypeError, "cwd must be bytes");
+            goto out;
+        }
+        o.cwd = PyBytes_AS_STRING(cwd);
+    }
+    if (extra != Py_None && !PyDict_Check(extra)) {
+        PyErr_Format(PyExc_TypeError, "extra must be a dict");
+        goto out;
+    }
     if (shell) {
-        if (!PyBytes_Check(cmd))
-            return PyErr_Format(PyExc_TypeError, "cmd must be bytes");
+        if (!PyBytes_Check(cmd)) {
+            PyErr_Format(PyExc_TypeError, "cmd must be bytes");
+            goto out;
+        }
     } else {
         argseq = PySequence_Fast(cmd, "args must be a sequence");
         if (!argseq || !(argv = cstrings(argseq, "args")))
@@ -484,6 +590,7 @@ PyObject *pt_loop_subprocess(pt_loop *self, PyObject *args, PyObject *kw)
     }
     res = Py_NewRef((PyObject *)r->made);
 out:
+    PyMem_Free(fds);
     PyMem_Free(argv);
     PyMem_Free(envp);
     Py_XDECREF(argseq);
@@ -565,24 +672,89 @@ static PyObject *sp_kill(pt_proc *self, PyObject *unused)
     return signal_child(self, SIGKILL);
 }
 
+/* asyncio's close() kills the child through Popen, unless the exit was
+ * seen (by the loop, or by Popen's own poll() or wait(), which do not reap
+ * it): popen.poll() is None, then popen.kill(). 0, or -1 with the error of
+ * poll() or kill() set (ProcessLookupError is swallowed, as asyncio). */
+static int popen_kill_running(pt_proc *self)
+{
+    int code;
+    if (!self->popen || tpio_subprocess_get_returncode(self->t, &code) != -EAGAIN)
+        return 0;
+    PyObject *popen = Py_NewRef(self->popen); /* kill() may run anything */
+    PyObject *r = PyObject_CallMethod(popen, "poll", NULL);
+    int rc = r ? 0 : -1;
+    if (r == Py_None) {
+        if (self->loop->debug) {
+            PyObject *w = PyObject_CallMethod(pt.logger, "warning", "sO",
+                                              "Close running child process: kill %r",
+                                              (PyObject *)self);
+            Py_XDECREF(w);
+            PyErr_Clear();
+        }
+        PyObject *k = PyObject_CallMethod(popen, "kill", NULL);
+        if (k)
+            Py_DECREF(k);
+        else if (PyErr_ExceptionMatches(PyExc_ProcessLookupError))
+            PyErr_Clear();
+        else
+            rc = -1;
+    }
+    Py_XDECREF(r);
+    Py_DECREF(popen);
+    return rc;
+}
+
 static PyObject *sp_close(pt_proc *self, PyObject *unused)
 {
     (void)unused;
     if (self->closed)
         Py_RETURN_NONE;
     self->closed = true;
-    if (self->t) {
-        int code;
-        if (self->loop->debug && tpio_subprocess_get_returncode(self->t, &code) == -EAGAIN) {
-            PyObject *r = PyObject_CallMethod(pt.logger, "warning", "sO",
-                                              "Close running child process: kill %r",
-                                              (PyObject *)self);
-            Py_XDECREF(r);
-            PyErr_Clear();
-        }
-        tpio_transport_close(self->t); /* closes the pipes, kills a running child */
-    }
+    if (!self->t)
+        Py_RETURN_NONE;
+    int bad = popen_kill_running(self);
+    /* Closes the pipes and SIGKILLs the child unless tpio has reaped it: a
+     * child that Popen found exited is a zombie, which the signal leaves
+     * as it is. Done even if poll() or kill() failed (their error is
+     * raised, as asyncio raises it). */
+    if (self->t)
+        tpio_transport_close(self->t);
+    if (bad)
+        return NULL;
     Py_RETURN_NONE;
+}
+
+/* _set_popen(popen): the object get_extra_info('subprocess') gives, which
+ * close() asks (asyncio's _proc). */
+static PyObject *sp_set_popen(pt_proc *self, PyObject *popen)
+{
+    if (!self->extra || PyDict_SetItemString(self->extra, "subprocess", popen) < 0)
+        return NULL;
+    if (!self->lost)
+        Py_XSETREF(self->popen, Py_NewRef(popen));
+    Py_RETURN_NONE;
+}
+
+/* _pidfd(): a new descriptor (CLOEXEC; the caller closes it) on the child's
+ * pidfd, for waiting with WNOWAIT and signalling; None once tpio has let go
+ * of the child (its returncode is known then). A copy, not tpio's own:
+ * tpio closes its pidfd after connection_lost, whose number could then be
+ * another file's while another thread still waits on it. */
+static PyObject *sp_pidfd(pt_proc *self, PyObject *unused)
+{
+    (void)unused;
+    tpio_extra_t e;
+    if (!self->t || tpio_transport_get_extra_info(self->t, "subprocess", &e) < 0 ||
+        e.type != TPIO_EXTRA_FD)
+        Py_RETURN_NONE;
+    int fd = fcntl(e.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *r = PyLong_FromLong(fd);
+    if (!r)
+        close(fd);
+    return r;
 }
 
 static PyObject *sp_is_closing(pt_proc *self, PyObject *unused)
@@ -604,8 +776,7 @@ static PyObject *sp_get_extra_info(pt_proc *self, PyObject *args, PyObject *kw)
     PyObject *name, *dflt = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &name, &dflt))
         return NULL;
-    /* 'subprocess' (asyncio's Popen object) has no equivalent: the child is
-     * tpio's, a Popen must not wait for it. Only the extra= entries. */
+    /* the extra= entries and 'subprocess', the Popen-like object */
     PyObject *v = self->extra ? PyDict_GetItemWithError(self->extra, name) : NULL;
     if (v)
         return Py_NewRef(v);
@@ -714,6 +885,7 @@ static int sp_traverse(pt_proc *self, visitproc visit, void *arg)
         Py_VISIT(self->pipes[i]);
     Py_VISIT(self->waiters);
     Py_VISIT(self->program);
+    Py_VISIT(self->popen);
     return pt_tr_traverse(PT_TR(self), visit, arg);
 }
 
@@ -725,6 +897,7 @@ static int sp_clear(pt_proc *self)
             Py_CLEAR(self->pipes[i]);
         Py_CLEAR(self->waiters);
         Py_CLEAR(self->program);
+        Py_CLEAR(self->popen);
     }
     pt_tr_clear(PT_TR(self));
     return 0;
@@ -760,6 +933,8 @@ static PyMethodDef sp_methods[] = {
     {"get_extra_info", (PyCFunction)(void (*)(void))sp_get_extra_info,
      METH_VARARGS | METH_KEYWORDS, NULL},
     NOARGS("_wait", sp_wait),
+    NOARGS("_pidfd", sp_pidfd),
+    {"_set_popen", (PyCFunction)sp_set_popen, METH_O, NULL},
     {NULL},
 };
 

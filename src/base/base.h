@@ -96,12 +96,18 @@ struct tpio__spawn {
     const char *const *envp;  /* NULL: the parent's environ */
     const char *cwd;          /* NULL: the parent's */
     int fds[3];               /* the child's 0, 1, 2 (-1: inherit); not closed */
+    const int *keep;          /* kept open at the same number, CLOEXEC cleared: */
+    size_t nkeep;             /*   open descriptors, any order, duplicates fine */
+    bool setsid;              /* setsid() in the child */
+    bool setpgid;             /* setpgid(0, pgid) in the child, after setsid */
+    pid_t pgid;
     pid_t pid;                /* out */
     int pidfd;                /* out: CLOEXEC */
 };
-/* Start the child; an exec failure in the child (-ENOENT, -EACCES, ...) is
- * returned here, with the child already reaped. Every descriptor other than
- * 0, 1, 2 is closed in the child. */
+/* Start the child; a failure in the child (the exec's -ENOENT, -EACCES, ...,
+ * chdir's, setsid's or setpgid's) is returned here, with the child already
+ * reaped. Every descriptor other than 0, 1, 2 and keep is closed in the
+ * child. */
 TPIO__HIDDEN int tpio__spawn(struct tpio__spawn *s);
 /* waitid on a pidfd: 1 and *code (exit status, or -signal) once reaped, 0 if
  * still running (nohang), or -errno. */

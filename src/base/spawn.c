@@ -46,6 +46,10 @@ struct child {
     size_t flen;      /* strlen(argv[0]) */
     long maxfd;       /* bound of the last-resort close loop */
     int fds[3];
+    const int *keep;  /* sorted, no duplicates */
+    size_t nkeep;
+    bool setsid, setpgid;
+    pid_t pgid;
     int err;
 };
 
@@ -64,16 +68,50 @@ NOSAN __attribute__((noreturn)) static void child_fail(struct child *c, int err)
         syscall(SYS_exit_group, 127);
 }
 
+/* Is fd one of the descriptors to pass? (binary search: keep is sorted) */
+NOSAN static bool kept(const struct child *c, long fd)
+{
+    size_t lo = 0, hi = c->nkeep;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->keep[mid] == fd)
+            return true;
+        if (c->keep[mid] < fd)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* Close every descriptor from 3 up, except those to pass: one close_range
+ * per gap between them. -1 if the kernel has no close_range (it fails on the
+ * first call, before anything was closed). */
+NOSAN static int close_fds(const struct child *c)
+{
+    unsigned lo = 3;
+    for (size_t i = 0; i < c->nkeep; i++) {
+        unsigned k = (unsigned)c->keep[i];
+        if (k < lo)
+            continue; /* 0, 1, 2: the stdio set-up's */
+        if (k > lo && syscall(SYS_close_range, lo, k - 1, 0) < 0)
+            return -1;
+        lo = k + 1;
+    }
+    return syscall(SYS_close_range, lo, ~0U, 0) < 0 ? -1 : 0;
+}
+
 /* Kernels before 5.9 have no close_range: walk /proc/self/fd (closing while
  * reading is fine, the directory is ordered by descriptor number), or,
  * without /proc, close every number up to the limit. */
-NOSAN static void close_fds_slow(long maxfd)
+NOSAN static void close_fds_slow(const struct child *c)
 {
     int dfd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/fd",
                            O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
-        for (long fd = 3; fd < maxfd; fd++)
-            syscall(SYS_close, fd);
+        for (long fd = 3; fd < c->maxfd; fd++)
+            if (!kept(c, fd))
+                syscall(SYS_close, fd);
         return;
     }
     char buf[2048] __attribute__((aligned(8)));
@@ -88,7 +126,7 @@ NOSAN static void close_fds_slow(long maxfd)
                 continue;
             while (*p >= '0' && *p <= '9')
                 fd = fd * 10 + (*p++ - '0');
-            if (fd >= 3 && fd != dfd)
+            if (fd >= 3 && fd != dfd && !kept(c, fd))
                 syscall(SYS_close, fd);
         }
     }
@@ -157,6 +195,13 @@ NOSAN static int child_main(void *arg)
     uint64_t none[(NSIG - 1) / 64 + 1] = {0};
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, none, NULL, (NSIG - 1) / 8);
 
+    /* The descriptors to pass lose CLOEXEC first, as Popen's
+     * make_inheritable: one of 0, 1, 2 is then replaced by the stdio set-up
+     * below if it has a source (stdio decides), kept open if inherited. */
+    for (size_t i = 0; i < c->nkeep; i++)
+        if (syscall(SYS_fcntl, c->keep[i], F_SETFD, 0) < 0)
+            child_fail(c, errno);
+
     /* Put the sources on 0, 1, 2. A source that is itself 0..2 but meant
      * for another slot would be overwritten by an earlier dup: move it
      * above 2 first. A source already in its slot only loses CLOEXEC. */
@@ -178,10 +223,16 @@ NOSAN static int child_main(void *arg)
             child_fail(c, errno);
     }
     /* Nothing else leaks into the child, CLOEXEC or not. */
-    if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
-        close_fds_slow(c->maxfd);
+    if (close_fds(c) < 0)
+        close_fds_slow(c);
 
+    /* Popen's order: directory, then session, then group (after setsid the
+     * child leads its session, and setpgid fails with EPERM: as Popen). */
     if (c->cwd && syscall(SYS_chdir, c->cwd) < 0)
+        child_fail(c, errno);
+    if (c->setsid && syscall(SYS_setsid) < 0)
+        child_fail(c, errno);
+    if (c->setpgid && syscall(SYS_setpgid, 0, c->pgid) < 0)
         child_fail(c, errno);
     child_exec(c);
     return 127;
@@ -197,6 +248,29 @@ static const char *search_path(char *const *envp)
     return "/bin:/usr/bin";
 }
 
+static int cmp_fd(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* The descriptors to pass, sorted and without duplicates, for the child's
+ * binary search and its close_range gaps (it cannot allocate). */
+static int *sorted_keep(const int *keep, size_t n, size_t *out_n)
+{
+    int *v = tpio__malloc(n * sizeof *v);
+    if (!v)
+        return NULL;
+    memcpy(v, keep, n * sizeof *v);
+    qsort(v, n, sizeof *v, cmp_fd);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (k == 0 || v[i] != v[k - 1])
+            v[k++] = v[i];
+    *out_n = k;
+    return v;
+}
+
 int tpio__spawn(struct tpio__spawn *s)
 {
     struct child c = {
@@ -205,9 +279,22 @@ int tpio__spawn(struct tpio__spawn *s)
         .cwd = s->cwd,
         .flen = strlen(s->argv[0]),
         .fds = {s->fds[0], s->fds[1], s->fds[2]},
+        .setsid = s->setsid,
+        .setpgid = s->setpgid,
+        .pgid = s->pgid,
     };
     if (c.flen == 0)
         return -ENOENT; /* as execvp */
+    for (size_t i = 0; i < s->nkeep; i++)
+        if (s->keep[i] < 0)
+            return -EBADF;
+    int *keep = NULL;
+    if (s->nkeep) {
+        keep = sorted_keep(s->keep, s->nkeep, &c.nkeep);
+        if (!keep)
+            return -ENOMEM;
+        c.keep = keep;
+    }
     if (!strchr(s->argv[0], '/'))
         c.path = search_path(c.envp);
     c.maxfd = sysconf(_SC_OPEN_MAX);
@@ -216,8 +303,11 @@ int tpio__spawn(struct tpio__spawn *s)
 
     void *stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED)
-        return -errno;
+    if (stack == MAP_FAILED) {
+        int err = errno;
+        tpio__free(keep);
+        return -err;
+    }
     /* A signal handler must never run in the child (it would run on our
      * memory): block everything until the child has reset the handlers. */
     sigset_t all, old;
@@ -231,6 +321,7 @@ int tpio__spawn(struct tpio__spawn *s)
     int clone_err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     munmap(stack, CHILD_STACK); /* the child has exec'd or exited */
+    tpio__free(keep);
     if (pid < 0)
         return -clone_err;
     if (c.err) {

@@ -4,11 +4,37 @@
 #include "create/create.h"
 
 #include <fcntl.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
-/* tpio_subprocess_opts_t as of 0.2. */
-#define SUBPROCESS_OPTS_V1 sizeof(tpio_subprocess_opts_t)
+/* tpio_subprocess_opts_t as of 0.2 (0.3 added new_session, set_pgid, pgid,
+ * pass_fds and n_pass_fds). */
+#define SUBPROCESS_OPTS_V1 offsetof(tpio_subprocess_opts_t, new_session)
+
+/* What the child does besides its stdio, checked: the session and group
+ * flags, and the descriptors to pass, which must be open now (the child
+ * would fail on them with EBADF; this way no child is started at all). */
+static int child_opts(const tpio_subprocess_opts_t *o, struct tpio__spawn *sp)
+{
+    int sid = tpio__flag(o->new_session, false);
+    int pgid = tpio__flag(o->set_pgid, false);
+    if (sid < 0 || pgid < 0)
+        return -EINVAL;
+    if (o->pgid < 0 || (o->pgid != 0 && !pgid))
+        return -EINVAL;
+    if (o->n_pass_fds && !o->pass_fds)
+        return -EINVAL;
+    for (size_t i = 0; i < o->n_pass_fds; i++)
+        if (o->pass_fds[i] < 0 || fcntl(o->pass_fds[i], F_GETFD) < 0)
+            return -EBADF;
+    sp->setsid = sid;
+    sp->setpgid = pgid;
+    sp->pgid = o->pgid;
+    sp->keep = o->pass_fds;
+    sp->nkeep = o->n_pass_fds;
+    return 0;
+}
 
 /* The descriptors for the child (child[i], -1: inherit) and our pipe ends
  * (parent[i], -1: none); owned[i]: child[i] was opened here. */
@@ -72,10 +98,13 @@ int tpio_loop_subprocess_exec(tpio_loop_t *loop, tpio_protocol_factory_t factory
         if (rc < 0)
             return rc;
     }
+    struct tpio__spawn sp = {.argv = argv, .envp = o.env, .cwd = o.cwd};
+    int rc = child_opts(&o, &sp);
+    if (rc < 0)
+        return rc;
     int child[3], parent[3];
     bool owned[3];
-    struct tpio__spawn sp = {.argv = argv, .envp = o.env, .cwd = o.cwd};
-    int rc = open_stdio(&o, child, parent, owned);
+    rc = open_stdio(&o, child, parent, owned);
     if (rc == 0) {
         memcpy(sp.fds, child, sizeof child);
         rc = tpio__spawn(&sp);

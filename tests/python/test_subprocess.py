@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
+from unittest import mock
 
 import pytest
 
@@ -69,7 +71,6 @@ def test_subprocess_exec_protocol(loop):
     assert len(p.events) == 8    # made, 2 data, 3 pipe_lost, exited, lost
 
 
-@pytest.mark.tpio_differs(reason="no Popen object: tpio's child is not Popen's")
 def test_subprocess_extra_info_popen(loop):
     # asyncio's subprocess transport gives its subprocess.Popen object
     async def main():
@@ -295,3 +296,396 @@ def test_many_subprocesses(loop):
         return await asyncio.gather(*(one(i) for i in range(10)))
 
     assert run(loop, main()) == [(b"%d\n" % i, i % 5) for i in range(10)]
+
+
+# ------------------------------------- session, process group, pass_fds
+
+IDS = "import os; print(os.getpid(), os.getpgrp(), os.getsid(0))"
+
+
+async def child_ids(**kw):
+    """(pid, process group, session) of a child started with kw, as the
+    child sees them, and its returncode."""
+    proc = await asyncio.create_subprocess_exec(PY, "-c", IDS,
+                                                stdout=subprocess.PIPE, **kw)
+    out, _ = await proc.communicate()
+    pid, pgrp, sid = map(int, out.split())
+    assert pid == proc.pid
+    return pid, pgrp, sid, proc.returncode
+
+
+def test_subprocess_start_new_session(loop):
+    async def main():
+        out = []
+        pid, pgrp, sid, rc = await child_ids()
+        out.append((pgrp == os.getpgrp(), sid == os.getsid(0), rc))
+        pid, pgrp, sid, rc = await child_ids(start_new_session=True)
+        out.append((pgrp == pid, sid == pid, rc))
+        # the shell's way, as CPython's test_subprocess_wait_no_same_group
+        t, p = await loop.subprocess_shell(lambda: RecSubproc(loop), "exit 7",
+                                           stdin=None, stdout=None, stderr=None,
+                                           start_new_session=True)
+        await p.lost
+        t.close()
+        out.append(t.get_returncode())
+        return out
+
+    assert run(loop, main()) == [(True, True, 0), (True, True, 0), 7]
+
+
+def test_subprocess_process_group(loop):
+    async def main():
+        out = []
+        pid, pgrp, sid, _ = await child_ids(process_group=0)
+        out.append((pgrp == pid, sid == os.getsid(0)))
+        pid, pgrp, sid, _ = await child_ids(process_group=os.getpgrp())
+        out.append(pgrp == os.getpgrp())
+        pid, pgrp, sid, _ = await child_ids(process_group=-5)  # Popen: none
+        out.append(pgrp == os.getpgrp())
+        # joining the group another child leads
+        leader = await asyncio.create_subprocess_exec(
+            PY, "-c", "import sys; sys.stdin.read()", stdin=subprocess.PIPE,
+            process_group=0)
+        pid, pgrp, sid, _ = await child_ids(process_group=leader.pid)
+        out.append(pgrp == leader.pid)
+        leader.stdin.close()
+        out.append(await leader.wait())
+        # the kernel's refusals: a group of another session (init's), a
+        # session leader changing group
+        for kw in (dict(process_group=1),
+                   dict(start_new_session=True, process_group=0)):
+            try:
+                await asyncio.create_subprocess_exec(PY, "-c", "pass", **kw)
+                out.append("no error")
+            except OSError as e:
+                out.append((type(e).__name__, e.errno, e.filename))
+        for bad in ("x", 2 ** 40):
+            try:
+                await asyncio.create_subprocess_exec(PY, "-c", "pass",
+                                                     process_group=bad)
+                out.append("no error")
+            except (TypeError, OverflowError) as e:
+                out.append(type(e).__name__)
+        return out
+
+    assert run(loop, main()) == [
+        (True, True), True, True, True, 0,
+        ("PermissionError", 1, None), ("PermissionError", 1, None),
+        "TypeError", "OverflowError"]
+
+
+# The child reports, for each descriptor given as an argument, whether it is
+# open in the child, and writes b"data" to the first.
+PASSED = ("import os, sys\n"
+          "fds = [int(a) for a in sys.argv[1:]]\n"
+          "def is_open(fd):\n"
+          "    try:\n"
+          "        os.fstat(fd)\n"
+          "        return True\n"
+          "    except OSError:\n"
+          "        return False\n"
+          "print(*[is_open(fd) for fd in fds])\n"
+          "os.write(fds[0], b'data')\n")
+
+
+def test_subprocess_pass_fds(loop):
+    async def main():
+        r, w = os.pipe()
+        r2, w2 = os.pipe()
+        os.set_inheritable(w2, True)  # inheritable, but not passed: closed
+        try:
+            out = []
+            reader = asyncio.StreamReader()
+            rt, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), open(r, "rb", 0))
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-c", PASSED, str(w), str(r2), str(w2),
+                stdout=subprocess.PIPE, pass_fds={w, w, 1})
+            stdout, _ = await proc.communicate()
+            out.append((stdout, proc.returncode))
+            os.close(w)
+            w = None
+            out.append(await reader.read())    # EOF: the child's copy is gone
+            out.append((os.get_inheritable(r2), os.get_inheritable(w2)))
+            rt.close()
+            # Popen's checks
+            for kw in (dict(pass_fds=(-1,)), dict(pass_fds=(r2, 1000))):
+                try:
+                    await asyncio.create_subprocess_exec(PY, "-c", "pass", **kw)
+                    out.append("no error")
+                except (ValueError, OSError) as e:
+                    out.append((type(e).__name__, getattr(e, "errno", None)))
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                proc = await asyncio.create_subprocess_exec(
+                    PY, "-c", "pass", pass_fds=(r2,), close_fds=False)
+                out.append(await proc.wait())
+            out.append([(w_.category.__name__, str(w_.message)) for w_ in rec])
+            return out
+        finally:
+            for fd in (w, r2, w2):
+                if fd is not None:
+                    os.close(fd)
+
+    assert run(loop, main()) == [
+        (b"True False False\n", 0), b"data", (False, True),
+        ("ValueError", None), ("OSError", 9), 0,
+        [("RuntimeWarning", "pass_fds overriding close_fds.")]]
+
+
+def test_subprocess_stream_from_pass_fds_child(loop):
+    # CPython's test_read_all_from_pipe_reader: the child writes to a pipe
+    # it got through pass_fds, read through connect_read_pipe with a small
+    # StreamReader limit.
+    async def main():
+        rfd, wfd = os.pipe()
+        reader = asyncio.StreamReader(limit=1)
+        t, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), open(rfd, "rb", 0))
+        code = "import os, sys; fd = int(sys.argv[1]); os.write(fd, b'data'); os.close(fd)"
+        proc = await asyncio.create_subprocess_exec(PY, "-c", code, str(wfd),
+                                                    pass_fds={wfd})
+        rc = await proc.wait()
+        os.close(wfd)
+        data = await reader.read(-1)
+        t.close()
+        return rc, data
+
+    assert run(loop, main()) == (0, b"data")
+
+
+# ------------------------------------------------ the Popen object
+
+BLOCKED = "import sys; print('ready', flush=True); sys.stdin.read()"
+
+
+def test_subprocess_popen_poll_wait_kill(loop):
+    async def main():
+        t, p = await loop.subprocess_exec(lambda: RecSubproc(loop), PY, "-c",
+                                          BLOCKED)
+        popen = t.get_extra_info("subprocess")
+        await p.wait_data(1, b"ready")
+        out = [popen is t.get_extra_info("subprocess"),
+               type(popen).__name__, popen.pid == t.get_pid(), popen.args,
+               popen.stdin is t.get_pipe_transport(0).get_extra_info("pipe"),
+               popen.stdout is t.get_pipe_transport(1).get_extra_info("pipe"),
+               popen.stderr is t.get_pipe_transport(2).get_extra_info("pipe"),
+               popen.stdin is not None, popen.returncode, popen.poll()]
+        try:
+            popen.wait(timeout=0.01)
+            out.append("no timeout")
+        except subprocess.TimeoutExpired as e:
+            out.append((type(e).__name__, e.cmd == popen.args, e.timeout))
+        popen.kill()
+        await p.exited
+        out += [t.get_returncode(), popen.returncode, popen.poll(),
+                popen.wait(), popen.wait(timeout=0)]
+        await p.lost
+        popen.kill()      # known to have exited: nothing, as Popen
+        popen.terminate()
+        popen.send_signal(signal.SIGUSR1)
+        t.close()
+        out += [popen.returncode, t.get_extra_info("subprocess") is popen]
+        return out
+
+    assert run(loop, main()) == [
+        True, "Popen", True, (PY, "-c", BLOCKED), True, True, True, True,
+        None, None, ("TimeoutExpired", True, 0.01),
+        -signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL,
+        -signal.SIGKILL, -signal.SIGKILL, True]
+
+
+@pytest.mark.parametrize("how,rc", [
+    ("send_signal", -signal.SIGUSR1), ("terminate", -signal.SIGTERM)])
+def test_subprocess_popen_signals(loop, how, rc):
+    async def main():
+        t, p = await loop.subprocess_shell(
+            lambda: RecSubproc(loop), "echo ready; read x", stdin=subprocess.PIPE,
+            stderr=None)
+        popen = t.get_extra_info("subprocess")
+        await p.wait_data(1, b"ready")
+        if how == "send_signal":
+            popen.send_signal(signal.SIGUSR1)
+        else:
+            popen.terminate()
+        await p.lost
+        t.close()
+        return (popen.args, popen.stderr, t.get_returncode(),
+                popen.returncode)
+
+    assert run(loop, main()) == ("echo ready; read x", None, rc, rc)
+
+
+def test_subprocess_close_kills_running_through_popen(loop):
+    # asyncio's close(): a child still running is killed with Popen.kill()
+    async def main():
+        t, p = await loop.subprocess_exec(lambda: RecSubproc(loop), PY, "-c",
+                                          BLOCKED)
+        await p.wait_data(1, b"ready")
+        popen = t.get_extra_info("subprocess")
+        calls = []
+        orig_kill = popen.kill
+
+        def kill():
+            calls.append("kill")
+            orig_kill()
+
+        popen.kill = kill
+        rc = t.get_returncode()
+        t.close()
+        await p.lost
+        return rc, calls, t.get_returncode()
+
+    assert run(loop, main()) == (None, ["kill"], -signal.SIGKILL)
+
+
+def test_subprocess_close_dont_kill_finished(loop):
+    # A child that has exited (Popen.wait() saw it) before the loop heard of
+    # it is not killed by close().
+    async def main():
+        t, p = await loop.subprocess_exec(lambda: RecSubproc(loop), PY, "-c",
+                                          BLOCKED)
+        await p.wait_data(1, b"ready")
+        popen = t.get_extra_info("subprocess")
+        popen.kill()
+        popen.wait()     # blocks: the loop has not run since
+        popen.kill = mock.Mock()
+        out = [popen.poll() is not None, t.get_returncode()]
+        t.close()
+        await p.lost
+        out += [popen.kill.called, t.get_returncode() is not None]
+        return out
+
+    assert run(loop, main()) == [True, None, False, True]
+
+
+def test_subprocess_popen_without_pipes(loop):
+    async def main():
+        t, p = await loop.subprocess_exec(lambda: RecSubproc(loop), PY, "-c",
+                                          "import sys; sys.exit(4)",
+                                          stdin=None, stdout=None, stderr=None)
+        popen = t.get_extra_info("subprocess")
+        await p.exited
+        out = [popen.stdin, popen.stdout, popen.stderr,
+               popen.communicate(), popen.returncode]
+        await p.lost
+        t.close()
+        return out
+
+    assert run(loop, main()) == [None, None, None, (None, None), 4]
+
+
+# ------------------------------------------------- child watchers
+
+class RecWatcher(asyncio.AbstractChildWatcher):
+    def __init__(self):
+        self.calls = []
+
+    def attach_loop(self, loop):
+        self.calls.append(("attach", loop))
+
+    def close(self):
+        self.calls.append(("close",))
+
+    def is_active(self):
+        return True
+
+    def add_child_handler(self, pid, callback, *args):
+        raise AssertionError("not to be called here")
+
+    def remove_child_handler(self, pid):
+        raise AssertionError("not to be called here")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_policy_child_watcher_calls(policy_factory, loop_factory):
+    old = asyncio.get_event_loop_policy()
+    pol = policy_factory()
+    lp = loop_factory()
+    out = []
+    try:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            asyncio.set_event_loop_policy(pol)
+            w = asyncio.get_child_watcher()
+            out += [isinstance(w, asyncio.AbstractChildWatcher),
+                    asyncio.get_child_watcher() is w, pol.get_child_watcher() is w]
+            mine = RecWatcher()
+            asyncio.set_child_watcher(mine)    # closes w
+            out.append(pol.get_child_watcher() is mine)
+            pol.set_event_loop(lp)             # main thread: attaches lp
+            pol.set_event_loop(None)
+            pol.set_child_watcher(None)        # closes mine
+            out.append(mine.calls == [("attach", lp), ("attach", None), ("close",)])
+            try:
+                pol.set_child_watcher(42)
+                out.append("no error")
+            except AssertionError:
+                out.append("AssertionError")
+        cats = {r.category for r in rec}
+        out.append(cats <= {DeprecationWarning} if sys.version_info >= (3, 12)
+                   else cats == set())
+    finally:
+        asyncio.set_event_loop_policy(old)
+        lp.close()
+    assert out == [True, True, True, True, True, "AssertionError", True]
+
+
+def test_policy_child_watcher_add_child_handler(policy_factory, loop_factory):
+    # The default watcher watches a pid given to it (a process the loop did
+    # not start), on the running loop.
+    old = asyncio.get_event_loop_policy()
+    pol = policy_factory()
+    lp = loop_factory()
+    try:
+        asyncio.set_event_loop_policy(pol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            w = pol.get_child_watcher()
+
+        async def main():
+            proc = subprocess.Popen([SH, "-c", "exit 5"])
+            fut = lp.create_future()
+            w.add_child_handler(proc.pid, lambda pid, rc, tag: fut.set_result(
+                (pid == proc.pid, rc, tag)), "tag")
+            res = await fut
+            proc.returncode = res[1]   # reaped by the watcher, not by Popen
+            return res
+
+        assert run(lp, main()) == (True, 5, "tag")
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pol.set_child_watcher(None)
+        asyncio.set_event_loop_policy(old)
+        lp.close()
+
+
+def test_subprocess_with_a_child_watcher_set(policy_factory, loop):
+    # A watcher set through the policy (CPython's tests set SafeChildWatcher
+    # so) does not keep children of the loop from being seen to exit.
+    old = asyncio.get_event_loop_policy()
+    pol = policy_factory()
+    try:
+        asyncio.set_event_loop_policy(pol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.SafeChildWatcher()
+            watcher.attach_loop(loop)
+            asyncio.set_child_watcher(watcher)
+
+        async def main():
+            proc = await asyncio.create_subprocess_exec(SH, "-c", "exit 6")
+            return await proc.wait()
+
+        assert run(loop, main()) == 6
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(None)
+        asyncio.set_event_loop_policy(old)
