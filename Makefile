@@ -7,7 +7,7 @@ BUILD      ?= build
 TEST_BUILD ?= build-test
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 PACKAGES   := cmake make gcc pkg-config libcriterion-dev libssl-dev openssl python3 clang \
-              python3-dev python3-pytest libpython3.11-testsuite
+              python3-dev python3-pytest libpython3.11-testsuite liburing-dev
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all run test deps build build-test examples clean install

@@ -223,9 +223,27 @@ typedef void (*tpio_callback_t)(tpio_loop_t *loop, void *arg);
  */
 typedef uint64_t tpio_handle_t;
 
-/** Options of tpio_loop_new(); none yet besides the size. */
+/**
+ * How a loop waits for its descriptors. TPIO_BACKEND_AUTO (the default)
+ * takes the environment variable TPIO_BACKEND ("epoll", "io_uring" or
+ * "auto"; anything else counts as "auto"), and "auto" is the one that is
+ * fastest here: epoll, for now (see docs/performance.md). io_uring asked
+ * for by the option or by TPIO_BACKEND is set up or the loop is not made
+ * (tpio_loop_new returns the kernel's refusal: -ENOSYS, -EPERM under a
+ * seccomp profile or kernel.io_uring_disabled, -ENOTSUP for missing
+ * features); auto falls back to epoll instead. tpio_loop_get_backend() says
+ * which one a loop runs. Every contract of this header holds on both.
+ */
+typedef enum tpio_backend {
+    TPIO_BACKEND_AUTO = 0,
+    TPIO_BACKEND_EPOLL = 1,
+    TPIO_BACKEND_IO_URING = 2,
+} tpio_backend_t;
+
+/** Options of tpio_loop_new(). */
 typedef struct tpio_loop_opts {
     size_t size;
+    tpio_backend_t backend; /**< TPIO_BACKEND_AUTO by default */
 } tpio_loop_opts_t;
 
 /** The completion of a call that gives no other result: 0 or an error. */
@@ -237,6 +255,12 @@ typedef void (*tpio_done_cb_t)(tpio_loop_t *loop, int err, void *arg);
  * could not create (-EMFILE...).
  */
 TPIO_API int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts);
+
+/**
+ * The backend the loop runs (see tpio_backend_t): *name is "epoll" or
+ * "io_uring", a static string. -EINVAL for NULL.
+ */
+TPIO_API int tpio_loop_get_backend(const tpio_loop_t *loop, const char **name);
 
 /**
  * Close and free the loop. Fails with -EBUSY (and the loop stays usable) while

@@ -143,8 +143,8 @@ if command -v ldd >/dev/null 2>&1; then
         || die "app_pc is not linked to $LIBDIR/libtpio.so"
 fi
 
-step "a build without OpenSSL (-DTPIO_TLS=OFF): the TLS calls say -ENOTSUP"
-cmake -S "$SRC" -B "$TMP/notls" -DCMAKE_BUILD_TYPE=Release -DTPIO_TLS=OFF \
+step "a build without OpenSSL and liburing (-DTPIO_TLS=OFF -DTPIO_URING=OFF): the TLS calls and the io_uring backend say -ENOTSUP"
+cmake -S "$SRC" -B "$TMP/notls" -DCMAKE_BUILD_TYPE=Release -DTPIO_TLS=OFF -DTPIO_URING=OFF \
       -DTPIO_BUILD_TESTS=OFF -DTPIO_BUILD_EXAMPLES=OFF -DTPIO_SANITIZE=OFF \
       >"$TMP/notls-configure.log" 2>&1 \
     || { cat "$TMP/notls-configure.log"; die "cmake configure (TPIO_TLS=OFF)"; }
@@ -162,6 +162,10 @@ int main(void)
     tpio_tls_opts_t tls = TPIO_OPTS(tpio_tls_opts_t, .ctx = ctx);
     tpio_server_opts_t so = TPIO_OPTS(tpio_server_opts_t, .host = "127.0.0.1", .tls = &tls);
     tpio_server_t *s;
+    tpio_loop_opts_t lo = TPIO_OPTS(tpio_loop_opts_t, .backend = TPIO_BACKEND_IO_URING);
+    tpio_loop_t *ring;
+    if (tpio_loop_new(&ring, &lo) != -ENOTSUP)
+        return 1;
     if (tpio_loop_new(&loop, NULL) != 0 ||
         tpio_loop_create_server(loop, factory, NULL, &so, &s) != -ENOTSUP ||
         tpio_tls_client_context(&ctx, NULL) != -ENOTSUP ||
@@ -176,6 +180,9 @@ EOF
 [ "$("$TMP/app/notls")" = "notls ok" ] || die "the build without OpenSSL misbehaves"
 if nm "$TMP/notls/libtpio.a" | grep -q " U SSL_"; then
     die "the build without OpenSSL still needs OpenSSL"
+fi
+if nm "$TMP/notls/libtpio.a" | grep -q " U io_uring_"; then
+    die "the build without liburing still needs liburing"
 fi
 
 step "passed"

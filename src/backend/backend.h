@@ -1,7 +1,9 @@
 /* The backend: how the loop learns that descriptors are ready. The loop and
  * the transports see only this interface; the backend's state (the epoll
- * descriptor, the batch of events being dispatched) is its own, behind an
- * opaque pointer, as redis keeps aeApiState behind eventLoop->apidata. */
+ * descriptor, the batch of events being dispatched; the ring) is its own,
+ * behind an opaque pointer, as redis keeps aeApiState behind
+ * eventLoop->apidata. Two backends: epoll (epoll.c) and io_uring (uring.c),
+ * chosen when a loop is made (select.c). */
 #ifndef TPIO_BACKEND_H
 #define TPIO_BACKEND_H
 
@@ -22,28 +24,81 @@ struct tpio__io {
     int fd;
     uint32_t registered; /* events currently in the interest set */
     tpio__io_cb cb;
+    uint32_t tag;        /* the backend's own (io_uring: its slot), 0 when none */
 };
 
-struct tpio__backend;
-
-TPIO__HIDDEN int tpio__backend_open(struct tpio__backend **out);
-TPIO__HIDDEN void tpio__backend_close(struct tpio__backend *b);
-TPIO__HIDDEN void tpio__io_init(struct tpio__io *io, int fd, tpio__io_cb cb);
-/* Make the interest set `want`; nothing is done when it is already that.
- * An empty set stops watching: no event of the batch being dispatched
- * reaches io afterwards, so its owner may be freed at once. A descriptor
- * that cannot be watched at all gives TPIO_ENOTWATCHABLE. */
-TPIO__HIDDEN int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want);
 /* An embedder's hooks around a wait that blocks (tpio_loop_set_wait_hooks). */
 struct tpio__wait_hooks {
     tpio_wait_hook_t before, after;
     void *arg;
 };
+
+struct tpio__backend;
+
+/* What a backend does; every backend's state starts with a pointer to its
+ * table, so that the loop holds one opaque pointer whichever it runs. */
+struct tpio__backend_ops {
+    const char *name;
+    int (*io_set)(struct tpio__backend *b, struct tpio__io *io, uint32_t want);
+    void (*io_forget)(struct tpio__backend *b, struct tpio__io *io);
+    int (*poll)(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
+                const struct tpio__wait_hooks *hooks);
+    void (*close)(struct tpio__backend *b);
+};
+
+struct tpio__backend {
+    const struct tpio__backend_ops *ops;
+};
+
+/* The backends (tpio_backend_t's values but AUTO). */
+TPIO__HIDDEN int tpio__epoll_open(struct tpio__backend **out);
+TPIO__HIDDEN int tpio__uring_open(struct tpio__backend **out);
+
+/* The backend `which` asks for (TPIO_BACKEND_AUTO: TPIO_BACKEND's, else the
+ * default), falling back to epoll where auto's choice cannot be set up. */
+TPIO__HIDDEN int tpio__backend_open(tpio_backend_t which, struct tpio__backend **out);
+static inline void tpio__backend_close(struct tpio__backend *b)
+{
+    if (b)
+        b->ops->close(b);
+}
+static inline void tpio__io_init(struct tpio__io *io, int fd, tpio__io_cb cb)
+{
+    io->fd = fd;
+    io->registered = 0;
+    io->cb = cb;
+    io->tag = 0;
+}
+/* Make the interest set `want`; nothing is done when it is already that.
+ * An empty set stops watching: no event of the batch being dispatched
+ * reaches io afterwards, so its owner may be freed at once. A descriptor
+ * that cannot be watched at all gives TPIO_ENOTWATCHABLE. */
+static inline int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
+{
+    if (want == io->registered)
+        return 0; /* the common case on the hot path: no call at all */
+    return b->ops->io_set(b, io, want);
+}
+/* io's descriptor was closed under its watch (the kernel dropped it): stop
+ * watching without naming the descriptor, whose number may be another's. */
+static inline void tpio__io_forget(struct tpio__backend *b, struct tpio__io *io)
+{
+    if (io->registered)
+        b->ops->io_forget(b, io);
+}
 /* Wait up to timeout_ms (-1: no limit) and call the ready watchers'
  * callbacks with `loop`; returns the events dispatched or -errno. With
  * hooks (may be NULL), a wait that would block is bracketed by them; the
  * callbacks always run outside the bracket. */
-TPIO__HIDDEN int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
-                                    const struct tpio__wait_hooks *hooks);
+static inline int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop,
+                                     int timeout_ms, const struct tpio__wait_hooks *hooks)
+{
+    return b->ops->poll(b, loop, timeout_ms, hooks);
+}
+/* The name tpio_loop_get_backend gives. */
+static inline const char *tpio__backend_name(const struct tpio__backend *b)
+{
+    return b->ops->name;
+}
 
 #endif

@@ -11,7 +11,8 @@ static_assert(TPIO__IN == EPOLLIN && TPIO__OUT == EPOLLOUT && TPIO__ERR == EPOLL
 
 #define MAX_EVENTS 256
 
-struct tpio__backend {
+struct epoll_backend {
+    struct tpio__backend base;
     int epfd;
     /* The batch being dispatched: a watcher removed during dispatch has its
      * later entries cleared, so its owner may be freed at once. */
@@ -19,40 +20,17 @@ struct tpio__backend {
     struct epoll_event batch[MAX_EVENTS];
 };
 
-int tpio__backend_open(struct tpio__backend **out)
+#define E(b) ((struct epoll_backend *)(b))
+
+static void epoll_close(struct tpio__backend *base)
 {
-    struct tpio__backend *b = tpio__calloc(1, sizeof *b);
-    if (!b)
-        return -ENOMEM;
-    b->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (b->epfd < 0) {
-        int err = -errno;
-        tpio__free(b);
-        return err;
-    }
-    *out = b;
-    return 0;
+    close(E(base)->epfd);
+    tpio__free(base);
 }
 
-void tpio__backend_close(struct tpio__backend *b)
+static int epoll_io_set(struct tpio__backend *base, struct tpio__io *io, uint32_t want)
 {
-    if (!b)
-        return;
-    close(b->epfd);
-    tpio__free(b);
-}
-
-void tpio__io_init(struct tpio__io *io, int fd, tpio__io_cb cb)
-{
-    io->fd = fd;
-    io->registered = 0;
-    io->cb = cb;
-}
-
-int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
-{
-    if (want == io->registered)
-        return 0; /* the common case on the hot path: no syscall */
+    struct epoll_backend *b = E(base);
     int op;
     struct epoll_event ev = {.events = want, .data.ptr = io};
     /* An fd with an empty interest set is removed rather than kept with 0:
@@ -88,9 +66,21 @@ int tpio__io_set(struct tpio__backend *b, struct tpio__io *io, uint32_t want)
     return 0;
 }
 
-int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
-                       const struct tpio__wait_hooks *hooks)
+/* The kernel dropped the registration with the closed file: nothing to
+ * tell it, only the batch being dispatched to forget io. */
+static void epoll_io_forget(struct tpio__backend *base, struct tpio__io *io)
 {
+    struct epoll_backend *b = E(base);
+    for (int i = b->batch_i + 1; i < b->batch_n; i++)
+        if (b->batch[i].data.ptr == io)
+            b->batch[i].data.ptr = NULL;
+    io->registered = 0;
+}
+
+static int epoll_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout_ms,
+                      const struct tpio__wait_hooks *hooks)
+{
+    struct epoll_backend *b = E(base);
     int n;
     if (hooks && timeout_ms != 0) {
         /* A busy loop finds events at once and never brackets the wait. */
@@ -115,4 +105,28 @@ int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop, int timeout_m
     }
     b->batch_n = b->batch_i = 0;
     return n;
+}
+
+static const struct tpio__backend_ops epoll_ops = {
+    .name = "epoll",
+    .io_set = epoll_io_set,
+    .io_forget = epoll_io_forget,
+    .poll = epoll_poll,
+    .close = epoll_close,
+};
+
+int tpio__epoll_open(struct tpio__backend **out)
+{
+    struct epoll_backend *b = tpio__calloc(1, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    b->base.ops = &epoll_ops;
+    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (b->epfd < 0) {
+        int err = -errno;
+        tpio__free(b);
+        return err;
+    }
+    *out = &b->base;
+    return 0;
 }

@@ -422,12 +422,14 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
 {
     if (!out)
         return -EINVAL;
-    tpio_loop_opts_t o;
+    tpio_loop_opts_t o = {.size = sizeof o};
     if (opts) {
         int rc = TPIO__OPTS_COPY(&o, opts, LOOP_OPTS_V1);
         if (rc < 0)
             return rc;
     }
+    if ((unsigned)o.backend > TPIO_BACKEND_IO_URING)
+        return -EINVAL;
     tpio__allocator_hold();
     tpio_loop_t *loop = tpio__calloc(1, sizeof *loop);
     if (!loop) {
@@ -438,7 +440,7 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
     loop->efd = -1;
     for (int k = 0; k < TPIO__OWNED_KINDS; k++)
         tpio__list_init(&loop->owned[k].items);
-    int rc = tpio__backend_open(&loop->backend);
+    int rc = tpio__backend_open(o.backend, &loop->backend);
     if (rc)
         goto fail;
     loop->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -474,6 +476,14 @@ fail:
     tpio__free(loop);
     tpio__allocator_release();
     return rc;
+}
+
+int tpio_loop_get_backend(const tpio_loop_t *loop, const char **name)
+{
+    if (!loop || !name)
+        return -EINVAL;
+    *name = tpio__backend_name(loop->backend);
+    return 0;
 }
 
 unsigned char *tpio__loop_layer_buf(tpio_loop_t *loop)

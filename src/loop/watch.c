@@ -72,7 +72,7 @@ int tpio__fd_claim_new(tpio_loop_t *loop, int fd)
          * number to the library: the watcher is stale. The kernel dropped
          * the old registration with the old file; no epoll call now, it
          * would name the new one. */
-        w->io.registered = 0;
+        tpio__io_forget(loop->backend, &w->io);
         watcher_free(loop, w);
     }
     return tpio__fd_claim(loop, fd);

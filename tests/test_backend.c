@@ -1,0 +1,155 @@
+/*
+ * Which backend a loop runs: the loop option, the TPIO_BACKEND variable,
+ * auto's choice, and what happens where io_uring cannot be set up (a
+ * seccomp filter refusing io_uring_setup with EPERM, as container runtimes'
+ * default profiles do, installed in the test's own worker process).
+ * Everything else runs on both backends: ctest runs every test file twice.
+ */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include "helpers.h"
+
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* The backend of a new loop made with backend `which`, or the error. */
+static int backend_of(tpio_backend_t which, char *name, size_t len)
+{
+    tpio_loop_opts_t o = TPIO_OPTS(tpio_loop_opts_t);
+    o.backend = which;
+    tpio_loop_t *loop = NULL;
+    int rc = tpio_loop_new(&loop, &o);
+    if (rc < 0)
+        return rc;
+    const char *n = NULL;
+    cr_assert_eq(tpio_loop_get_backend(loop, &n), 0);
+    cr_assert_not_null(n);
+    snprintf(name, len, "%s", n);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    return 0;
+}
+
+/* What io_uring_setup answers here: 0, or the kernel's refusal. */
+static int kernel_uring(void)
+{
+    struct {
+        uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle, features,
+            wq_fd, resv[3];
+        uint64_t off[10];
+    } p;
+    memset(&p, 0, sizeof p);
+    long fd = syscall(SYS_io_uring_setup, 4, &p);
+    if (fd < 0)
+        return -errno;
+    close((int)fd);
+    return 0;
+}
+
+static void set_env(const char *v)
+{
+    if (v)
+        cr_assert_eq(setenv("TPIO_BACKEND", v, 1), 0);
+    else
+        cr_assert_eq(unsetenv("TPIO_BACKEND"), 0);
+}
+
+Test(backend, option_and_environment, .timeout = 10)
+{
+    char n[16];
+    set_env(NULL);
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll", "auto's choice");
+    cr_assert_eq(backend_of(TPIO_BACKEND_EPOLL, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll");
+    int k = kernel_uring(); /* a machine may refuse io_uring: then so must tpio */
+    cr_assert_eq(backend_of(TPIO_BACKEND_IO_URING, n, sizeof n), k);
+    if (k == 0)
+        cr_assert_str_eq(n, "io_uring");
+
+    set_env("io_uring");
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), k);
+    if (k == 0)
+        cr_assert_str_eq(n, "io_uring");
+    cr_assert_eq(backend_of(TPIO_BACKEND_EPOLL, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll", "the option wins over the variable");
+    set_env("epoll");
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll");
+    cr_assert_eq(backend_of(TPIO_BACKEND_IO_URING, n, sizeof n), k);
+    set_env("auto");
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll");
+    set_env("no-such-backend");
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), 0);
+    cr_assert_str_eq(n, "epoll", "an unknown name counts as auto");
+    set_env(NULL);
+}
+
+Test(backend, bad_arguments, .timeout = 10)
+{
+    tpio_loop_opts_t o = TPIO_OPTS(tpio_loop_opts_t);
+    o.backend = (tpio_backend_t)3;
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop, &o), -EINVAL);
+    o.backend = (tpio_backend_t)-1;
+    cr_assert_eq(tpio_loop_new(&loop, &o), -EINVAL);
+    cr_assert_null(loop);
+    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    const char *n = "unchanged";
+    cr_assert_eq(tpio_loop_get_backend(NULL, &n), -EINVAL);
+    cr_assert_str_eq(n, "unchanged");
+    cr_assert_eq(tpio_loop_get_backend(loop, NULL), -EINVAL);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* io_uring_setup refused with EPERM from here on, in this process only. */
+static void refuse_io_uring(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof f / sizeof *f, .filter = f};
+    cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    cr_assert_eq(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 0,
+                 "seccomp: %s", strerror(errno));
+}
+
+static void count_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    ++*(int *)arg;
+}
+
+Test(backend, io_uring_refused_by_seccomp, .timeout = 10)
+{
+    refuse_io_uring();
+    char n[16];
+    set_env(NULL);
+    cr_assert_eq(backend_of(TPIO_BACKEND_IO_URING, n, sizeof n), -EPERM,
+                 "asked for by name: the kernel's refusal");
+    set_env("io_uring");
+    cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, n, sizeof n), -EPERM);
+    set_env(NULL);
+    /* auto never fails for want of it, and the loop works */
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    const char *name;
+    cr_assert_eq(tpio_loop_get_backend(loop, &name), 0);
+    cr_assert_str_eq(name, "epoll");
+    int calls = 0;
+    cr_assert_eq(tpio_loop_call_soon(loop, count_cb, &calls, NULL), 0);
+    cr_assert_eq(tpio_loop_run_once(loop, 0), 0);
+    cr_assert_eq(calls, 1);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
