@@ -367,6 +367,8 @@ tpio_protocol_t *pt_datagram_factory(void *arg)
     if (f->loop->dropping)
         return NULL;
     PyObject *proto = PyObject_CallNoArgs(f->factory);
+    if (proto && pt_check_protocol(proto) < 0)
+        Py_CLEAR(proto);
     if (!proto) {
         keep_error(f);
         return NULL;
@@ -784,13 +786,15 @@ static void dg_dealloc(pt_dgram *self)
     Py_DECREF(tp);
 }
 
+PT_ONE_ARG(dg_set_protocol_kw, dg_set_protocol, pt_dgram, "set_protocol", "protocol")
+
 #define NOARGS(name, fn) {name, (PyCFunction)fn, METH_NOARGS, NULL}
 static PyMethodDef dg_methods[] = {
     {"sendto", (PyCFunction)(void (*)(void))dg_sendto, METH_FASTCALL | METH_KEYWORDS, NULL},
     NOARGS("abort", dg_abort),
     NOARGS("close", dg_close),
     NOARGS("is_closing", dg_is_closing),
-    {"set_protocol", (PyCFunction)dg_set_protocol, METH_O, NULL},
+    PT_ONE_ARG_DEF("set_protocol", dg_set_protocol_kw),
     NOARGS("get_protocol", pt_tr_get_protocol),
     {"get_extra_info", (PyCFunction)(void (*)(void))dg_get_extra_info,
      METH_VARARGS | METH_KEYWORDS, NULL},

@@ -199,7 +199,17 @@ static void run_now(pt_loop *loop, PyObject *h)
     Py_INCREF(cb);
     Py_INCREF(args);
     PyObject *res = NULL;
-    if (PyContext_Enter(ctx) == 0) {
+    if (!PyContext_CheckExact(ctx)) {
+        /* context= that is not a Context: asyncio calls its run() all the
+         * same (an AttributeError for most objects) */
+        PyObject *run = PyObject_GetAttrString(ctx, "run");
+        PyObject *first = run ? PyTuple_Pack(1, cb) : NULL;
+        PyObject *full = first ? PySequence_Concat(first, args) : NULL;
+        res = full ? PyObject_Call(run, full, NULL) : NULL;
+        Py_XDECREF(full);
+        Py_XDECREF(first);
+        Py_XDECREF(run);
+    } else if (PyContext_Enter(ctx) == 0) {
         res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
                                   (size_t)PyTuple_GET_SIZE(args), NULL);
         if (PyContext_Exit(ctx) && res) {

@@ -9,6 +9,7 @@
  * up the GIL only while the loop really sleeps. */
 #include "pytpio.h"
 
+#include <math.h>
 #include <pythread.h>
 #include <time.h>
 
@@ -70,34 +71,54 @@ static bool check_thread(pt_loop *self)
     return false;
 }
 
-/* Parse (fixed..., callback, *args, context=None) of the call_* methods. */
+/* Parse ([fixed,] callback, *args, context=None) of the call_* methods as
+ * Python binds a def's arguments (fixed and callback can be named too);
+ * *fixed_obj is the `delay` / `when` / `fd` argument (borrowed); context
+ * NULL: no context= (add_reader / add_writer). */
 static int parse_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                      Py_ssize_t fixed, const char *method, PyObject **callback,
-                      PyObject **cargs, PyObject **context)
+                      const char *fixed, const char *method, PyObject **fixed_obj,
+                      PyObject **callback, PyObject **cargs, PyObject **context)
 {
-    *context = NULL;
-    if (kwnames) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t i = 0; i < nk; i++) {
-            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (!PyUnicode_Check(k) || PyUnicode_CompareWithASCIIString(k, "context") != 0) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
-                             method, k);
-                return -1;
-            }
-            *context = args[nargs + i];
+    Py_ssize_t nfixed = fixed ? 1 : 0;
+    PyObject *named[2] = {NULL, NULL}; /* fixed, callback */
+    if (context)
+        *context = NULL;
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        int slot = context && PyUnicode_CompareWithASCIIString(k, "context") == 0 ? 2
+                   : PyUnicode_CompareWithASCIIString(k, "callback") == 0 ? 1
+                   : fixed && PyUnicode_CompareWithASCIIString(k, fixed) == 0 ? 0
+                                                                            : -1;
+        if (slot < 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
+                         method, k);
+            return -1;
         }
+        if (slot == 2) {
+            *context = args[nargs + i];
+            continue;
+        }
+        if (nargs > (slot == 0 ? 0 : nfixed)) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%S'",
+                         method, k);
+            return -1;
+        }
+        named[slot] = args[nargs + i];
     }
-    if (nargs < fixed + 1) {
-        PyErr_Format(PyExc_TypeError, "%s() missing required positional argument", method);
+    *fixed_obj = nargs > 0 && fixed ? args[0] : named[0];
+    *callback = nargs > nfixed ? args[nfixed] : named[1];
+    if ((fixed && !*fixed_obj) || !*callback) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", method,
+                     fixed && !*fixed_obj ? fixed : "callback");
         return -1;
     }
-    *callback = args[fixed];
-    *cargs = PyTuple_New(nargs - fixed - 1);
+    Py_ssize_t first = nfixed + 1;
+    *cargs = PyTuple_New(nargs > first ? nargs - first : 0);
     if (!*cargs)
         return -1;
-    for (Py_ssize_t i = fixed + 1; i < nargs; i++)
-        PyTuple_SET_ITEM(*cargs, i - fixed - 1, Py_NewRef(args[i]));
+    for (Py_ssize_t i = first; i < nargs; i++)
+        PyTuple_SET_ITEM(*cargs, i - first, Py_NewRef(args[i]));
     return 0;
 }
 
@@ -132,11 +153,10 @@ static PyObject *schedule_soon(pt_loop *self, PyObject *cb, PyObject *cargs, PyO
 static PyObject *loop_call_soon(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    PyObject *cb, *cargs, *ctx;
-    if (!pt_check_open(self) || parse_call(args, nargs, kwnames, 0, "call_soon", &cb, &cargs,
-                                           &ctx))
+    PyObject *fx, *cb, *cargs, *ctx;
+    if (parse_call(args, nargs, kwnames, NULL, "call_soon", &fx, &cb, &cargs, &ctx))
         return NULL;
-    if (!check_callback(self, cb, "call_soon") || !check_thread(self)) {
+    if (!pt_check_open(self) || !check_callback(self, cb, "call_soon") || !check_thread(self)) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -146,11 +166,10 @@ static PyObject *loop_call_soon(pt_loop *self, PyObject *const *args, Py_ssize_t
 static PyObject *loop_call_soon_threadsafe(pt_loop *self, PyObject *const *args,
                                            Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *cb, *cargs, *ctx;
-    if (!pt_check_open(self) || parse_call(args, nargs, kwnames, 0, "call_soon_threadsafe",
-                                           &cb, &cargs, &ctx))
+    PyObject *fx, *cb, *cargs, *ctx;
+    if (parse_call(args, nargs, kwnames, NULL, "call_soon_threadsafe", &fx, &cb, &cargs, &ctx))
         return NULL;
-    if (!check_callback(self, cb, "call_soon_threadsafe")) {
+    if (!pt_check_open(self) || !check_callback(self, cb, "call_soon_threadsafe")) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -164,16 +183,14 @@ static PyObject *schedule_at(pt_loop *self, double when, PyObject *cb, PyObject 
         Py_DECREF(cargs);
         return NULL;
     }
-    if (when != when) {
-        Py_DECREF(cargs);
-        PyErr_SetString(PyExc_ValueError, "Invalid value NaN (not a number)");
-        return NULL;
-    }
     PyObject *h = pt_handle_new(self, cb, cargs, ctx, true, when);
     if (!h)
         return NULL;
     Py_INCREF(h);
-    int rc = tpio_loop_call_at(self->loop, when, run_cb, h, &pt_hc(h)->id);
+    /* A NaN compares false with everything: asyncio's loop takes such a
+     * timer as due (its when() stays NaN). */
+    int rc = tpio_loop_call_at(self->loop, when == when ? when : -INFINITY, run_cb, h,
+                               &pt_hc(h)->id);
     if (rc < 0) {
         Py_DECREF(h);
         Py_DECREF(h);
@@ -194,29 +211,51 @@ static int get_time(PyObject *o, const char *what, double *out)
     return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+static PyObject *loop_time(pt_loop *self, PyObject *unused);
+
 static PyObject *loop_call_later(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    PyObject *cb, *cargs, *ctx;
-    if (parse_call(args, nargs, kwnames, 1, "call_later", &cb, &cargs, &ctx))
+    PyObject *d, *cb, *cargs, *ctx;
+    if (parse_call(args, nargs, kwnames, "delay", "call_later", &d, &cb, &cargs, &ctx))
         return NULL;
     double delay, now;
-    if (get_time(args[0], "delay must not be None", &delay) || !pt_check_open(self)) {
+    if (PyFloat_CheckExact(d) || PyLong_CheckExact(d)) {
+        if (get_time(d, "delay must not be None", &delay) || !pt_check_open(self)) {
+            Py_DECREF(cargs);
+            return NULL;
+        }
+        tpio_loop_time(self->loop, &now);
+        return schedule_at(self, now + delay, cb, cargs, ctx, "call_later");
+    }
+    /* anything else: asyncio's self.time() + delay, with what that raises
+     * (a Decimal, a str...), before the loop is looked at */
+    if (d == Py_None) {
+        Py_DECREF(cargs);
+        PyErr_SetString(PyExc_TypeError, "delay must not be None");
+        return NULL;
+    }
+    PyObject *t = loop_time(self, NULL);
+    PyObject *when = t ? PyNumber_Add(t, d) : NULL;
+    Py_XDECREF(t);
+    double w = 0;
+    if (!when || get_time(when, "when cannot be None", &w) || !pt_check_open(self)) {
+        Py_XDECREF(when);
         Py_DECREF(cargs);
         return NULL;
     }
-    tpio_loop_time(self->loop, &now);
-    return schedule_at(self, now + delay, cb, cargs, ctx, "call_later");
+    Py_DECREF(when);
+    return schedule_at(self, w, cb, cargs, ctx, "call_later");
 }
 
 static PyObject *loop_call_at(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *cb, *cargs, *ctx;
-    if (parse_call(args, nargs, kwnames, 1, "call_at", &cb, &cargs, &ctx))
+    PyObject *w, *cb, *cargs, *ctx;
+    if (parse_call(args, nargs, kwnames, "when", "call_at", &w, &cb, &cargs, &ctx))
         return NULL;
     double when;
-    if (get_time(args[0], "when cannot be None", &when) || !pt_check_open(self)) {
+    if (get_time(w, "when cannot be None", &when) || !pt_check_open(self)) {
         Py_DECREF(cargs);
         return NULL;
     }
@@ -315,25 +354,37 @@ static PyObject *loop_run(pt_loop *self, PyObject *unused)
 
 /* ---- descriptor watchers ---------------------------------------------------------- */
 
-static int fileobj_to_fd(PyObject *o)
+/* The descriptor number of o as asyncio's _ensure_fd_no_transport() reads
+ * it, before anything else (a closed loop too): an int as it is, else
+ * int(o.fileno()); ValueError "Invalid file object" when that fails. A new
+ * reference to an int, or NULL with the error set. */
+static PyObject *fileobj_number(PyObject *o)
 {
-    if (PyLong_Check(o)) { /* selectors' words for a negative number */
-        long n = PyLong_AsLong(o);
-        if (n == -1 && PyErr_Occurred())
-            return -1;
-        if (n < 0) {
-            PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", n);
-            return -1;
-        }
-    }
-    int fd = PyObject_AsFileDescriptor(o);
-    if (fd < 0 && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "Invalid file descriptor");
-    if (fd < 0 && PyErr_ExceptionMatches(PyExc_TypeError)) {
+    if (PyLong_Check(o))
+        return Py_NewRef(o);
+    PyObject *r = PyObject_CallMethodNoArgs(o, pt.s_fileno);
+    PyObject *n = r ? PyNumber_Long(r) : NULL;
+    Py_XDECREF(r);
+    if (!n && (PyErr_ExceptionMatches(PyExc_AttributeError) ||
+               PyErr_ExceptionMatches(PyExc_TypeError) ||
+               PyErr_ExceptionMatches(PyExc_ValueError))) {
         PyErr_Clear();
         PyErr_Format(PyExc_ValueError, "Invalid file object: %R", o);
     }
-    return fd;
+    return n;
+}
+
+/* That number as a descriptor, as selectors take it: a negative one is a
+ * ValueError, one above a C int an OverflowError (*fd -1 with the error
+ * set). Steals num. */
+static int number_to_fd(PyObject *num, int *fd)
+{
+    int neg = PyObject_RichCompareBool(num, pt.minus_one, Py_LE);
+    if (neg == 1)
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %S", num);
+    *fd = neg == 0 ? PyObject_AsFileDescriptor(num) : -1;
+    Py_DECREF(num);
+    return *fd < 0 ? -1 : 0;
 }
 
 static void fd_cb(tpio_loop_t *l, int fd, void *arg)
@@ -350,27 +401,29 @@ static void fd_cb(tpio_loop_t *l, int fd, void *arg)
 }
 
 static PyObject *add_watch(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
-                           bool writer)
+                           PyObject *kwnames, bool writer)
 {
     const char *method = writer ? "add_writer" : "add_reader";
-    if (nargs < 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", method);
+    PyObject *fdo, *cb, *cargs;
+    if (parse_call(args, nargs, kwnames, "fd", method, &fdo, &cb, &cargs, NULL))
+        return NULL;
+    PyObject *num = fileobj_number(fdo);
+    if (!num) {
+        Py_DECREF(cargs);
         return NULL;
     }
-    if (!pt_check_open(self))
+    if (!pt_check_open(self)) {
+        Py_DECREF(num);
+        Py_DECREF(cargs);
         return NULL;
-    int fd = fileobj_to_fd(args[0]);
-    if (fd < 0)
+    }
+    int fd;
+    if (number_to_fd(num, &fd) < 0 || !check_callback(self, cb, method)) {
+        Py_DECREF(cargs);
         return NULL;
-    if (!check_callback(self, args[1], method))
-        return NULL;
-    PyObject *cargs = PyTuple_New(nargs - 2);
-    if (!cargs)
-        return NULL;
-    for (Py_ssize_t i = 2; i < nargs; i++)
-        PyTuple_SET_ITEM(cargs, i - 2, Py_NewRef(args[i]));
+    }
     PyObject *ctx = Py_None;
-    PyObject *h = pt_handle_new(self, args[1], cargs, ctx, false, 0);
+    PyObject *h = pt_handle_new(self, cb, cargs, ctx, false, 0);
     if (!h)
         return NULL;
     int rc = writer ? tpio_loop_add_writer(self->loop, fd, fd_cb, h)
@@ -379,7 +432,7 @@ static PyObject *add_watch(pt_loop *self, PyObject *const *args, Py_ssize_t narg
         Py_DECREF(h);
         if (rc == TPIO_EFDINUSE)
             return PyErr_Format(PyExc_RuntimeError,
-                                "File descriptor %R is used by transport", args[0]);
+                                "File descriptor %R is used by transport", fdo);
         if (rc == TPIO_ENOTWATCHABLE)
             return pt_raise_errno(-EPERM);
         return pt_raise_errno(rc);
@@ -401,23 +454,35 @@ static PyObject *add_watch(pt_loop *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
-static PyObject *loop_add_reader(pt_loop *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *loop_add_reader(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
-    return add_watch(self, args, nargs, false);
+    return add_watch(self, args, nargs, kwnames, false);
 }
 
-static PyObject *loop_add_writer(pt_loop *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *loop_add_writer(pt_loop *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
-    return add_watch(self, args, nargs, true);
+    return add_watch(self, args, nargs, kwnames, true);
 }
 
 static PyObject *remove_watch(pt_loop *self, PyObject *o, bool writer)
 {
-    if (!self->loop || self->closed)
-        Py_RETURN_FALSE;
-    int fd = fileobj_to_fd(o);
-    if (fd < 0)
+    PyObject *num = fileobj_number(o);
+    if (!num)
         return NULL;
+    if (!self->loop || self->closed) {
+        Py_DECREF(num);
+        Py_RETURN_FALSE;
+    }
+    int fd;
+    if (number_to_fd(num, &fd) < 0) {
+        /* a number no descriptor has is not registered: False, as asyncio */
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
     bool removed = false;
     int rc = writer ? tpio_loop_remove_writer(self->loop, fd, &removed)
                     : tpio_loop_remove_reader(self->loop, fd, &removed);
@@ -454,6 +519,9 @@ static PyObject *loop_remove_writer(pt_loop *self, PyObject *o)
 {
     return remove_watch(self, o, true);
 }
+
+PT_ONE_ARG(loop_remove_reader_kw, loop_remove_reader, pt_loop, "remove_reader", "fd")
+PT_ONE_ARG(loop_remove_writer_kw, loop_remove_writer, pt_loop, "remove_writer", "fd")
 
 /* ---- signals ------------------------------------------------------------------ */
 
@@ -700,10 +768,10 @@ static PyMethodDef loop_methods[] = {
     {"_timer_handle_cancelled", (PyCFunction)loop_timer_cancelled, METH_O, NULL},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, NULL},
     {"_close", (PyCFunction)loop_close_c, METH_NOARGS, NULL},
-    {"add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL, NULL},
-    {"add_writer", (PyCFunction)(void (*)(void))loop_add_writer, METH_FASTCALL, NULL},
-    {"remove_reader", (PyCFunction)loop_remove_reader, METH_O, NULL},
-    {"remove_writer", (PyCFunction)loop_remove_writer, METH_O, NULL},
+    {"add_reader", (PyCFunction)(void (*)(void))loop_add_reader, FAST, NULL},
+    {"add_writer", (PyCFunction)(void (*)(void))loop_add_writer, FAST, NULL},
+    PT_ONE_ARG_DEF("remove_reader", loop_remove_reader_kw),
+    PT_ONE_ARG_DEF("remove_writer", loop_remove_writer_kw),
     {"_add_signal", (PyCFunction)loop_add_signal, METH_VARARGS, NULL},
     {"_remove_signal", (PyCFunction)loop_remove_signal, METH_O, NULL},
     {"_create_connection", (PyCFunction)(void (*)(void))pt_loop_create_connection,

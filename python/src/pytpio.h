@@ -99,6 +99,22 @@ PT_HIDDEN bool pt_check_open(pt_loop *loop);
 PT_HIDDEN bool pt_fut_done(PyObject *fut);
 /* fut.set_result(value) / fut.set_exception(value) (name), a failure reported. */
 PT_HIDDEN void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value);
+/* The one argument of a Python-style method m(self, name): positional or
+ * name=...; borrowed, or NULL with Python's TypeError set. */
+PT_HIDDEN PyObject *pt_one_arg(const char *method, const char *name, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames);
+/* A METH_FASTCALL | METH_KEYWORDS method `wrapper` over the METH_O one
+ * `impl` (asyncio's methods are Python functions: their argument can be
+ * given by name). */
+#define PT_ONE_ARG(wrapper, impl, type, method, name)                                  \
+    static PyObject *wrapper(PyObject *self, PyObject *const *args, Py_ssize_t nargs,  \
+                             PyObject *kwnames)                                        \
+    {                                                                                  \
+        PyObject *a = pt_one_arg(method, name, args, nargs, kwnames);                  \
+        return a ? impl((type *)self, a) : NULL;                                       \
+    }
+#define PT_ONE_ARG_DEF(pyname, wrapper)                                                \
+    {pyname, (PyCFunction)(void (*)(void))wrapper, METH_FASTCALL | METH_KEYWORDS, NULL}
 /* A socket.socket over fd (it must let go of it with detach()). */
 PT_HIDDEN PyObject *pt_socket_of_fd(int fd);
 
@@ -239,6 +255,9 @@ PT_HIDDEN void pt_fut_made(pt_loop *loop, PyObject *fut, PyObject *tr, PyObject 
 PT_HIDDEN void pt_fut_failed(pt_loop *loop, PyObject *fut, pt_factory *f, int err);
 
 PT_HIDDEN tpio_protocol_t *pt_stream_factory(void *arg);
+/* 0 when protocol has a connection_made (asyncio's transport looks it up
+ * as it is made: an AttributeError fails the call), -1 with the error set. */
+PT_HIDDEN int pt_check_protocol(PyObject *protocol);
 PT_HIDDEN tpio_protocol_t *pt_datagram_factory(void *arg);
 
 /* Subprocesses (subprocess.c). A Python pipe transport (fd 0: a

@@ -82,6 +82,19 @@ static void up_lost(tpio_protocol_t *p, int err)
     Py_DECREF(self); /* tpio's reference, taken by the factory */
 }
 
+/* What data_received() raised on a read pipe: asyncio's pipe calls it from
+ * its _read_ready callback, so it is reported as that callback's error and
+ * the pipe goes on reading (a socket's is fatal). */
+static void read_pipe_error(pt_stream *self)
+{
+    PyObject *exc = pt_fetch_error(self->loop);
+    if (!exc)
+        return;
+    pt_report(self->loop, "Exception in callback ReadPipeTransport._read_ready()", exc,
+              "transport", (PyObject *)self, "protocol", self->protocol, NULL);
+    Py_DECREF(exc);
+}
+
 static void up_data(tpio_protocol_t *p, const void *data, size_t len)
 {
     pt_stream *self = SELF(p);
@@ -93,6 +106,8 @@ static void up_data(tpio_protocol_t *p, const void *data, size_t len)
     Py_XDECREF(b);
     if (r)
         Py_DECREF(r);
+    else if (self->kind == PT_STREAM_READ_PIPE)
+        read_pipe_error(self);
     else
         pt_tr_fatal(PT_TR(self), "Fatal error: protocol.data_received() call failed.");
 }
@@ -102,6 +117,19 @@ static bool up_eof(tpio_protocol_t *p)
     pt_stream *self = SELF(p);
     if (self->loop->dropping)
         return false;
+    if (self->kind == PT_STREAM_READ_PIPE) {
+        /* asyncio's read pipe: eof_received() runs as a callback of its
+         * own (what it raises is reported), its answer is not asked, and
+         * the pipe ends with connection_lost(None) */
+        PyObject *m = PyObject_GetAttr(self->protocol, pt.s_eof_received);
+        PyObject *r = m ? PyObject_CallNoArgs(m) : NULL;
+        if (r)
+            Py_DECREF(r);
+        else
+            pt_callback_error(self->loop, m, NULL);
+        Py_XDECREF(m);
+        return false;
+    }
     PyObject *r = PyObject_CallMethodNoArgs(self->protocol, pt.s_eof_received);
     if (!r) {
         pt_tr_fatal(PT_TR(self), "Fatal error: protocol.eof_received() call failed.");
@@ -198,6 +226,8 @@ tpio_protocol_t *pt_stream_factory(void *arg)
     if (f->loop->dropping)
         return NULL;
     PyObject *proto = PyObject_CallNoArgs(f->factory);
+    if (proto && pt_check_protocol(proto) < 0)
+        Py_CLEAR(proto);
     if (!proto) {
         PyObject *e = pt_fetch_error(f->loop);
         if (e && f->server) { /* asyncio tells of it in debug mode only */
@@ -398,6 +428,71 @@ static bool writes_dropped(pt_stream *self)
     return true;
 }
 
+/* write() of something not bytes-like: asyncio's socket transport raises
+ * TypeError; its write pipe asserts (AssertionError, the repr as the
+ * message), unless assertions are off (-O). */
+static PyObject *bad_data(pt_stream *self, PyObject *data)
+{
+    if (self->kind == PT_STREAM_WRITE_PIPE) {
+        PyObject *flags = PySys_GetObject("flags"); /* borrowed */
+        PyObject *opt = flags ? PyObject_GetAttrString(flags, "optimize") : NULL;
+        int optimized = opt ? PyObject_IsTrue(opt) : 0;
+        Py_XDECREF(opt);
+        PyErr_Clear();
+        if (!optimized) {
+            PyObject *r = PyObject_Repr(data);
+            if (r) {
+                PyErr_SetObject(PyExc_AssertionError, r);
+                Py_DECREF(r);
+            }
+            return NULL;
+        }
+    }
+    PyObject *tn = PyType_GetName(Py_TYPE(data));
+    if (tn) {
+        PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not %R", tn);
+        Py_DECREF(tn);
+    }
+    return NULL;
+}
+
+/* A memoryview that is not contiguous: asyncio takes it, and what fails is
+ * its send() at once (a fatal error of the transport); one that waits
+ * behind buffered data is copied. */
+static PyObject *write_not_contiguous(pt_stream *self, PyObject *data)
+{
+    if (!PyMemoryView_Check(data) || !PyErr_ExceptionMatches(PyExc_BufferError))
+        return NULL;
+    if (!PyObject_Size(data)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    size_t queued = 0;
+    if (self->t)
+        tpio_transport_get_write_buffer_size(self->t, &queued);
+    if (writes_dropped(self)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (!queued) {
+        pt_tr_fatal(PT_TR(self), self->kind == PT_STREAM_WRITE_PIPE
+                                     ? "Fatal write error on pipe transport"
+                                     : "Fatal write error on socket transport");
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyErr_Clear();
+    PyObject *b = PyBytes_FromObject(data);
+    if (!b)
+        return NULL;
+    int rc = tpio_transport_write(self->t, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    Py_DECREF(b);
+    if (rc < 0)
+        return write_failed(rc, "write");
+    Py_RETURN_NONE;
+}
+
 static PyObject *tr_write(pt_stream *self, PyObject *data)
 {
     if (PyBytes_CheckExact(data)) {
@@ -412,14 +507,12 @@ static PyObject *tr_write(pt_stream *self, PyObject *data)
         Py_RETURN_NONE;
     }
     if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data))
-        return PyErr_Format(PyExc_TypeError,
-                            "data argument must be a bytes-like object, not '%.200s'",
-                            Py_TYPE(data)->tp_name);
+        return bad_data(self, data);
     if (self->eof_written)
         return write_failed(-ESHUTDOWN, "write");
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        return write_not_contiguous(self, data);
     int rc = 0;
     if (view.len && !writes_dropped(self))
         rc = tpio_transport_write(self->t, view.buf, (size_t)view.len);
@@ -556,10 +649,14 @@ static void tr_dealloc(pt_stream *self)
     Py_DECREF(tp);
 }
 
+PT_ONE_ARG(tr_set_protocol_kw, tr_set_protocol, pt_stream, "set_protocol", "protocol")
+PT_ONE_ARG(tr_write_kw, tr_write, pt_stream, "write", "data")
+PT_ONE_ARG(tr_writelines_kw, tr_writelines, pt_stream, "writelines", "list_of_data")
+
 #define NOARGS(name, fn) {name, (PyCFunction)fn, METH_NOARGS, NULL}
 #define BASE_METHODS                                                                    \
     NOARGS("close", tr_close), NOARGS("is_closing", tr_is_closing),                     \
-        {"set_protocol", (PyCFunction)tr_set_protocol, METH_O, NULL},                   \
+        PT_ONE_ARG_DEF("set_protocol", tr_set_protocol_kw),                             \
         NOARGS("get_protocol", pt_tr_get_protocol),                                        \
         {"get_extra_info", (PyCFunction)(void (*)(void))tr_get_extra_info,              \
          METH_VARARGS | METH_KEYWORDS, NULL}
@@ -567,8 +664,7 @@ static void tr_dealloc(pt_stream *self)
     NOARGS("is_reading", tr_is_reading), NOARGS("pause_reading", tr_pause_reading),     \
         NOARGS("resume_reading", tr_resume_reading)
 #define WRITE_METHODS                                                                   \
-    {"write", (PyCFunction)tr_write, METH_O, NULL},                                     \
-        {"writelines", (PyCFunction)tr_writelines, METH_O, NULL},                       \
+    PT_ONE_ARG_DEF("write", tr_write_kw), PT_ONE_ARG_DEF("writelines", tr_writelines_kw), \
         NOARGS("write_eof", tr_write_eof), NOARGS("can_write_eof", tr_can_write_eof),   \
         NOARGS("abort", tr_abort), PT_TR_WRITE_BUFFER_METHODS
 

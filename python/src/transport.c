@@ -7,6 +7,7 @@
  * dropped with a warning, and 'socket' is a TransportSocket. */
 #include "pytpio.h"
 
+#include <math.h>
 #include <stddef.h>
 
 #define HEAD(p) ((pt_transport *)((char *)(p) - offsetof(pt_transport, cproto)))
@@ -72,6 +73,13 @@ void pt_fut_failed(pt_loop *loop, PyObject *fut, pt_factory *f, int err)
     else
         PyErr_Clear();
     Py_XDECREF(exc);
+}
+
+int pt_check_protocol(PyObject *protocol)
+{
+    PyObject *m = PyObject_GetAttr(protocol, pt.s_connection_made);
+    Py_XDECREF(m);
+    return m ? 0 : -1;
 }
 
 /* ---- the start and the end ------------------------------------------------------ */
@@ -192,6 +200,27 @@ void pt_tr_drop_write(pt_transport *tr, const char *warning)
     tr->conn_lost++;
 }
 
+/* A limit as a byte count: asyncio compares the buffer's size with the
+ * value as given (a float, a huge int), so the floor of it, capped, says
+ * the same of every size. 0, or -1 with the error set. */
+static int limit_size(PyObject *v, Py_ssize_t *out)
+{
+    if (PyIndex_Check(v)) {
+        PyObject *i = PyNumber_Index(v);
+        if (!i)
+            return -1;
+        *out = PyNumber_AsSsize_t(i, NULL); /* clamped */
+        Py_DECREF(i);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    d = floor(d);
+    *out = d >= (double)PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : d <= 0 ? 0 : (Py_ssize_t)d;
+    return 0;
+}
+
 /* set_write_buffer_limits(high, low)'s arguments by asyncio's rule, with
  * its message: 0, or -1 with ValueError set. */
 static int write_limits(PyObject *ho, PyObject *lo, Py_ssize_t *hout, Py_ssize_t *lout)
@@ -216,12 +245,8 @@ static int write_limits(PyObject *ho, PyObject *lo, Py_ssize_t *hout, Py_ssize_t
         ok = PyObject_RichCompareBool(low, zero, Py_GE);
     if (ok == 0) {
         PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", high, low);
-    } else if (ok == 1) {
-        *hout = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        if (!PyErr_Occurred())
-            *lout = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-        if (!PyErr_Occurred())
-            rc = 0;
+    } else if (ok == 1 && limit_size(high, hout) == 0 && limit_size(low, lout) == 0) {
+        rc = 0;
     }
 out:
     Py_XDECREF(four);
@@ -294,8 +319,8 @@ int pt_tr_extra_args(PyObject *args, PyObject *kw, const char **name, PyObject *
     *dflt = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:get_extra_info", kwlist, &key, dflt))
         return -1;
-    if (!PyUnicode_Check(key))
-        return 0;
+    if (!PyUnicode_Check(key)) /* asyncio's _extra.get(): the key must hash */
+        return PyObject_Hash(key) == -1 ? -1 : 0;
     *name = PyUnicode_AsUTF8(key);
     return *name ? 1 : -1;
 }

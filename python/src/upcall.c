@@ -191,6 +191,31 @@ void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value
     }
 }
 
+PyObject *pt_one_arg(const char *method, const char *name, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs == 1 && !nkw)
+        return args[0];
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError,
+                            "%s() takes 2 positional arguments but %zd were given", method,
+                            nargs + 1);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, name) != 0)
+            return PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                                method, k);
+    }
+    if (nkw && nargs)
+        return PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                            method, name);
+    if (nkw)
+        return args[0];
+    return PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                        method, name);
+}
+
 PyObject *pt_socket_of_fd(int fd)
 {
     PyObject *mod = PyImport_ImportModule("socket");

@@ -12,6 +12,7 @@ asyncio does and hands the work to the C side.
 import asyncio
 import collections.abc
 import errno
+import operator
 import os
 import signal
 import socket
@@ -127,12 +128,36 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             if sock is not None:
                 raise ValueError(
                     'host/port and sock can not be specified at the same time')
+            # The arguments as asyncio reads them (its exceptions): numeric
+            # addresses skip getaddrinfo(), so their port is checked by
+            # connect() / bind(); anything else is getaddrinfo()'s.
+            hostname, port_n, resolved = _address_arg(
+                host, port, family, proto, 'connect')
+            if hostname is None:
+                hostname = 'localhost'
             if local_addr is not None:
-                local_host, local_port = local_addr[0], local_addr[1] or 0
-            hostname = host
-            if hostname is None or hostname == '':
-                hostname = 'localhost' if host is None else host
-            port_n = _port_number(port)
+                lhost, lport = local_addr[:2]
+                local_host, local_port, lresolved = _address_arg(
+                    lhost, lport, family, proto, 'bind', *local_addr[2:])
+                if local_host is None:
+                    local_host = 'localhost'
+                resolved = resolved and lresolved
+            if not resolved:
+                flags = operator.index(flags)
+                family = operator.index(family)
+                if (family not in _INET_FAMILIES or
+                        proto not in (0, socket.IPPROTO_TCP)):
+                    # what getaddrinfo() says of them, as asyncio asks it
+                    await self.getaddrinfo(
+                        hostname, port_n, family=family,
+                        type=socket.SOCK_STREAM, proto=proto, flags=flags)
+            elif not isinstance(flags, int):
+                flags = 0   # asyncio does not look at them
+            if happy_eyeballs_delay is not None:
+                # asyncio starts the next attempt at once for a delay <= 0
+                happy_eyeballs_delay = float(happy_eyeballs_delay)
+                if not happy_eyeballs_delay > 0:
+                    happy_eyeballs_delay = 1e-9
         else:
             if sock is None:
                 raise ValueError(
@@ -194,7 +219,22 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
                 hosts = [host]
             else:
                 hosts = list(host)
-            port_n = _port_number(port)
+            # as asyncio reads them: a numeric host skips getaddrinfo()
+            # (bind() checks the port), the others go through it
+            family = operator.index(family)
+            port_n, resolved, names = None, True, []
+            for h in (hosts if hosts is not None else [None]):
+                name, p, numeric = _address_arg(h, port, family, 0, 'bind')
+                names.append(name)
+                if port_n is None or not numeric:
+                    port_n = p
+                resolved = resolved and numeric
+            if hosts is not None:
+                hosts = names
+            if not resolved:
+                flags = operator.index(flags)
+            elif not isinstance(flags, int):
+                flags = 0
         else:
             if sock is None:
                 raise ValueError('Neither host/port nor sock were specified')
@@ -204,7 +244,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             hosts, port_n, socks = None, 0, [sock]
         handle = self._create_server(
             protocol_factory, hosts, port_n, int(family), int(flags),
-            int(backlog), _flag(reuse_address), _flag(reuse_port),
+            _backlog(backlog), _flag(reuse_address), _flag(reuse_port),
             False, socks)
         server = Server(self, handle, socks)
         if start_serving:
@@ -253,7 +293,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             if sock is not None:
                 raise ValueError(
                     'path and sock can not be specified at the same time')
-            path = os.fsencode(path)
+            path = _unix_path(path)
         else:
             if sock is None:
                 raise ValueError('no path and sock were specified')
@@ -322,7 +362,7 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
         socks = [sock]
         try:
             handle = self._create_unix_server(protocol_factory, None, sock,
-                                              int(backlog), False)
+                                              _backlog(backlog), False)
         except BaseException:
             if path is not None:
                 sock.close()
@@ -336,11 +376,13 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
     # ---- pipes ------------------------------------------------------------
 
     async def connect_read_pipe(self, protocol_factory, pipe):
+        pipe.fileno()   # as asyncio's transport asks it (AttributeError...)
         fut = self.create_future()
         request = self._connect_pipe(fut, protocol_factory, pipe, False)
         return await self._wait(fut, request)
 
     async def connect_write_pipe(self, protocol_factory, pipe):
+        pipe.fileno()
         fut = self.create_future()
         request = self._connect_pipe(fut, protocol_factory, pipe, True)
         return await self._wait(fut, request)
@@ -436,6 +478,8 @@ class EventLoop(_tpio.Loop, base_events.BaseEventLoop):
             for addr in (local_addr, remote_addr):
                 if addr is not None and not isinstance(addr, str):
                     raise TypeError('string is expected')
+                if addr:
+                    _unix_path(addr)   # bind() / connect()'s own checks
             if local_addr and local_addr[0] not in (0, '\x00'):
                 try:
                     if stat.S_ISSOCK(os.stat(local_addr).st_mode):
@@ -594,15 +638,52 @@ def _sighandler_noop(signum, frame):
     """Dummy signal handler."""
 
 
-def _port_number(port):
+_INET_FAMILIES = (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6)
+
+
+def _address_arg(host, port, family, proto, call, *rest):
+    """(host, port) as asyncio reads them before it connects or binds:
+    (host for the C side, port number, numeric). A numeric host skips
+    getaddrinfo() there (base_events._ipaddr_info), and connect() / bind()
+    check its port; any other goes to getaddrinfo(), whose reading of the
+    port (service names, its errors) is taken here, and whose checks of the
+    host are the C side's (a str, or None)."""
+    info = base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM,
+                                    proto, *rest)
+    if info is not None:
+        p = info[4][1]
+        if not 0 <= p <= 0xffff:
+            raise OverflowError(f'{call}(): port must be 0-65535.')
+        return info[4][0], p, True
+    if isinstance(host, bytes):
+        host = host.decode('idna')
+    return host, _service_port(port), False
+
+
+def _service_port(port):
+    """The port getaddrinfo() makes of port (number, service name...)."""
     if port is None:
         return 0
-    if isinstance(port, str):
-        try:
-            return int(port)
-        except ValueError:
-            return socket.getservbyname(port, 'tcp')
-    return int(port)
+    if type(port) is int and 0 <= port <= 0xffff:
+        return port
+    return socket.getaddrinfo(None, port, type=socket.SOCK_STREAM,
+                              flags=socket.AI_PASSIVE)[0][4][1]
+
+
+def _backlog(backlog):
+    """listen()'s reading of backlog: an integer, a negative one is 0."""
+    backlog = operator.index(backlog)
+    return 0 if -2 ** 31 <= backlog < 0 else backlog
+
+
+def _unix_path(path):
+    """A Unix socket path as bytes, with the socket module's checks."""
+    path = os.fsencode(path)
+    if len(path) > 108:     # sizeof(sun_path)
+        raise OSError('AF_UNIX path too long')
+    if not path:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return path
 
 
 def _connect_error(exc, host, port):
