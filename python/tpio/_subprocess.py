@@ -111,6 +111,16 @@ def _process_group(value):
     return value if value >= 0 else None
 
 
+def _empty_program_error(env):
+    """An empty program name: tpio follows execvp (ENOENT at once), Popen
+    joins it to each directory of the search path and so tries to run the
+    directories themselves (EACCES for one that exists)."""
+    for d in os.get_exec_path(env):
+        if os.path.isdir(d):
+            return OSError(errno.EACCES, os.strerror(errno.EACCES))
+    return OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
 def _start_error(exc, program, cwd, grouped):
     """OSError of a start that failed, named as Popen names it."""
     if exc.errno not in _EXEC_ERRORS or exc.filename is not None:
@@ -273,6 +283,8 @@ async def start(loop, protocol, args, shell, stdin, stdout, stderr, kwargs):
                                      args if shell else program,
                                      new_session, group, pass_fds)
     except OSError as exc:
+        if program in ('', b'') and exc.errno == errno.ENOENT:
+            exc = _empty_program_error(env)
         raise _start_error(exc, program, cwd, new_session or group is not None) from None
     # connection_made has not run yet: the protocol finds it there
     transport._set_popen(Popen(transport, popen_args))

@@ -223,14 +223,9 @@ EXPECT = {}
 MARKS = {}
 
 
-# Subprocess probes where tpio differs: python/src/subprocess.c and
-# python/tpio/_subprocess.py are not this suite's to fix; the mismatch is
-# reported and the probe an expected failure on tpio (strict).
-SUBPROCESS_KNOWN = {
-    "subprocess_exec_program_empty":
-        "FileNotFoundError: tpio does not try '' in each PATH directory "
-        "(Popen does, and executing a directory is EACCES)",
-}
+# Subprocess probes where tpio differs (an expected failure on tpio,
+# strict): none today.
+SUBPROCESS_KNOWN = {}
 
 
 def probe(result=None, *, at_run=None, reported=(), differs=None):
