@@ -49,12 +49,14 @@ clean:
 	rm -rf $(BUILD) $(TEST_BUILD)
 
 # ---- benchmarks (bench/, docs/performance.md) -------------------------------
-#   make bench        the whole matrix, counts and memory, plain and TLS (< 15 min); writes
-#                     bench/results/ and the generated part of docs/performance.md
-#   make bench-quick  smoke check (< 1 min); writes build-bench/results-quick/
+#   make bench        the whole matrix, counts and memory, plain and TLS, and the
+#                     Python event loops (< 15 min); writes bench/results/ and the
+#                     generated part of docs/performance.md
+#   make bench-quick  smoke check (< 3 min); writes build-bench/results-quick/
 BENCH_BUILD    ?= build-bench
 BENCH_PACKAGES := cmake make gcc pkg-config python3 libuv1-dev libevent-dev \
-                  libssl-dev openssl valgrind strace gnuplot-nox util-linux
+                  libssl-dev openssl valgrind strace gnuplot-nox util-linux \
+                  python3-dev python3-uvloop liburing-dev
 
 .PHONY: bench bench-quick bench-build bench-deps
 
@@ -74,10 +76,10 @@ bench-build: bench-deps
 	cmake --build $(BENCH_BUILD) -j $(JOBS)
 
 bench: bench-build
-	python3 bench/run.py --build $(BENCH_BUILD) --out bench/results --doc docs/performance.md
+	/usr/bin/python3 bench/run.py --build $(BENCH_BUILD) --out bench/results --doc docs/performance.md
 
 bench-quick: bench-build
-	python3 bench/run.py --quick --build $(BENCH_BUILD) --out $(BENCH_BUILD)/results-quick
+	/usr/bin/python3 bench/run.py --quick --build $(BENCH_BUILD) --out $(BENCH_BUILD)/results-quick
 
 # ---- mutation testing (tests/mutants/) ---------------------------------------
 #   make mutate   plant each bug of tests/mutants/mutants.txt in src/, one at a

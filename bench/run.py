@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark driver: echo servers on tpio (Protocol, BufferedProtocol), libuv,
-libevent and a bare epoll loop, measured by bench/loadgen; and the same over
-TLS 1.3 (tpio, libevent's bufferevent_openssl, epoll with OpenSSL).
+libevent and a bare epoll loop, measured by bench/loadgen; the same over
+TLS 1.3 (tpio, libevent's bufferevent_openssl, epoll with OpenSSL); and the
+same echo in Python (bench/servers/py_echo.py) on stock asyncio, uvloop and
+tpio's event loop.
 
     python3 bench/run.py [--quick] [--build build-bench] [--out bench/results]
-                         [--doc docs/performance.md] [--skip tls,...]
+                         [--doc docs/performance.md] [--skip tls,python,...]
 
 What it does, in order (see docs/performance.md for the method):
  1. throughput: every server is started once, pinned to one core; the load
@@ -26,11 +28,17 @@ What it does, in order (see docs/performance.md for the method):
     split by object into OpenSSL's (libssl, libcrypto and the C library
     functions they call) and the rest; syscalls; memory per idle TLS
     connection (handshake done, one byte echoed).
- 5. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
+ 5. Python: the six Python servers (three loops x Protocol/BufferedProtocol),
+    all on the interpreter the extension was built for, in their own load
+    generator run per configuration (the same matrix, interleaved in slices
+    as in 1), and their instructions and syscalls per round trip at
+    1 KiB x 10 as in 2 (shorter runs: Python under valgrind is slow).
+ 6. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
     --doc replaces the generated part of docs/performance.md.
 
 Only the Python standard library; taskset, valgrind, strace, gnuplot, openssl
-from Debian. Every subprocess has a timeout; servers are stopped by their pid.
+and python3-uvloop from Debian. Every subprocess has a timeout; servers are
+stopped by their pid.
 """
 import argparse
 import csv
@@ -77,6 +85,26 @@ OPENSSL_OBJECTS = ("libssl.so", "libcrypto.so")  # basename prefixes
 # libcrypto calls the C library.
 SYSTEM_OBJECTS = ("libc.so", "ld-linux", "libm.so", "vgpreload_", "???")
 
+# The Python servers: (name, --loop, --proto) of bench/servers/py_echo.py.
+PY_SERVERS = [
+    ("py-asyncio", "asyncio", "protocol"),
+    ("py-asyncio-buffered", "asyncio", "buffered"),
+    ("py-uvloop", "uvloop", "protocol"),
+    ("py-uvloop-buffered", "uvloop", "buffered"),
+    ("py-tpio", "tpio", "protocol"),
+    ("py-tpio-buffered", "tpio", "buffered"),
+]
+# tpio's loop is held to uvloop's with the same kind of protocol.
+PY_PAIRS = [("py-tpio", "py-uvloop"), ("py-tpio-buffered", "py-uvloop-buffered")]
+PY_BARS = dict(rtps=1.0, cpu=0.7, instructions=0.5)
+PY_ECHO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers", "py_echo.py")
+
+
+def py_ref(name):
+    """The uvloop server of the same kind of protocol."""
+    return "py-uvloop-buffered" if name.endswith("-buffered") else "py-uvloop"
+
+
 # Throughput runs load every server in turn within one load generator run, in
 # slices (see bench/loadgen.c): `seconds` of slices per server and
 # configuration, after `warmup` seconds of uncounted ones.
@@ -85,12 +113,14 @@ FULL = dict(
     sizes=[64, 1024, 16384], conns=[1, 10, 100],
     count_cfgs=[(1024, 10), (1024, 1)], count_rounds=(2000, 12000),
     idle_conns=10000, tls_count_rounds=(2000, 12000), tls_idle_conns=10000,
+    py_count_rounds=(2000, 6000),
 )
 QUICK = dict(
     slice=0.05, warmup=0.1, seconds=0.5, bulk_slice=0.2, bulk_warmup=0.2, bulk_seconds=1.0,
     sizes=None, conns=None,  # explicit list below
     count_cfgs=[(1024, 10)], count_rounds=(500, 2500),
     idle_conns=1000, tls_count_rounds=(500, 2500), tls_idle_conns=1000,
+    py_count_rounds=(500, 1500),
 )
 QUICK_MATRIX = [(64, 1), (1024, 10), (16384, 100)]
 BAR_CFG = (1024, 10)  # where the instruction, syscall and 0.97x-epoll bars apply
@@ -162,10 +192,10 @@ class Pinning:
 class Server:
     """A server process; its first stdout line is the port."""
 
-    def __init__(self, argv, errlog, timeout=30):
+    def __init__(self, argv, errlog, timeout=30, env=None):
         self.errlog = open(errlog, "ab")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.errlog,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         self.port = None
         line = b""
         deadline = time.monotonic() + timeout
@@ -207,6 +237,51 @@ class Server:
         self.errlog.close()
 
 
+def py_interpreter(build):
+    """The interpreter the extension in <build>/python was built for (CMake's
+    choice: Debian's /usr/bin/python3 unless told otherwise); Debian's uvloop
+    is for that one too."""
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                m = re.match(r"_?Python3_EXECUTABLE:[A-Z]+=(.+)$", line.strip())
+                if m and os.access(m.group(1), os.X_OK):
+                    return m.group(1)
+    except OSError:
+        pass
+    return "/usr/bin/python3"
+
+
+def py_env(build):
+    """The Python servers' environment. The caller's PYTHON* variables go:
+    debug mode, another allocator or a startup file would change what is
+    measured. A fixed hash seed keeps the dicts' layout, and so the
+    instruction counts, the same from one process to the next."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = os.path.join(build, "python")
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def py_argv(a, loop, kind):
+    # -s: no user site-packages, whose uvloop could differ from Debian's.
+    return [a.python, "-s", PY_ECHO, "--loop", loop, "--proto", kind]
+
+
+def py_check(a):
+    """Versions of the interpreter, uvloop and tpio's package, or exit if
+    either cannot be imported."""
+    r = subprocess.run([a.python, "-s", "-c", "import sys, uvloop, tpio; print(sys.version."
+                        "split()[0], uvloop.__version__, getattr(tpio, '__version__', '?'))"],
+                       env=a.py_env, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        sys.exit("%s cannot import uvloop and tpio (PYTHONPATH=%s): %s\nDebian: python3-uvloop; "
+                 "the extension: `make bench-build`; or pass --skip python" % (
+                     a.python, a.py_env["PYTHONPATH"], r.stderr.strip().splitlines()[-1:]))
+    v = r.stdout.split()
+    return dict(python=v[0], uvloop=v[1], tpio_py=v[2])
+
+
 def cpu_ns(pid):
     """Time the process has run on a CPU (user + kernel), in ns."""
     with open("/proc/%d/schedstat" % pid) as f:
@@ -239,16 +314,19 @@ def loadgen(a, pin, port, *args, timeout):
 # 1. throughput matrix
 
 
-def run_matrix(a, P, pin, tmp, tls=None):
+def run_matrix(a, P, pin, tmp, tls=None, python=False):
     """Every configuration is one load generator run over all the servers,
     which take turns in short slices (the order rotating every round), so a
     slow spell of the machine falls on all of them alike. Each round is a
     repetition: `rep` in the rows is the round, and the ratios are taken
-    within a round. With tls (a Tls): the TLS servers and configurations."""
+    within a round. With tls (a Tls): the TLS servers and configurations.
+    With python: the Python servers, over the plain-TCP configurations."""
     if tls:
         cfgs = list(TLS_MATRIX)
         label = lambda c: tls_cfg_name(*c)
-        server_list, srv_args, lg_args, logtag = TLS_SERVERS, tls.server_args, tls.loadgen_args, "tls-"
+        lg_args, logtag = tls.loadgen_args, "tls-"
+        launch = [(n, [os.path.join(a.build, b)] + tls.server_args, None)
+                  for n, b in TLS_SERVERS]
     else:
         if a.quick:
             cfgs = [("pingpong", s, c) for s, c in QUICK_MATRIX]
@@ -256,7 +334,11 @@ def run_matrix(a, P, pin, tmp, tls=None):
             cfgs = [("pingpong", s, c) for s in P["sizes"] for c in P["conns"]]
         cfgs.append(("bulk", 65536, 1))
         label = lambda c: "bulk" if c[0] == "bulk" else cfg_name(c[1], c[2])
-        server_list, srv_args, lg_args, logtag = SERVERS, [], [], ""
+        lg_args, logtag = [], ""
+        if python:
+            launch = [(n, py_argv(a, loop, kind), a.py_env) for n, loop, kind in PY_SERVERS]
+        else:
+            launch = [(n, [os.path.join(a.build, b)], None) for n, b in SERVERS]
     if a.only:
         keep = set(x.strip() for x in a.only.split(","))
         cfgs = [c for c in cfgs if label(c) in keep]
@@ -264,14 +346,15 @@ def run_matrix(a, P, pin, tmp, tls=None):
         return [], []
     servers = {}
     try:
-        for name, binary in server_list:
-            servers[name] = Server(pin.server() + [os.path.join(a.build, binary)] + srv_args,
-                                   os.path.join(tmp, "server-%s%s.log" % (logtag, name)))
+        for name, argv, env in launch:
+            servers[name] = Server(pin.server() + argv,
+                                   os.path.join(tmp, "server-%s%s.log" % (logtag, name)),
+                                   env=env)
     except Exception:
         for s in servers.values():
             s.stop()
         raise
-    names = [n for n, _ in server_list]
+    names = [n for n, _, _ in launch]
     ports = ",".join(str(servers[n].port) for n in names)
     rows = []
     try:
@@ -310,7 +393,7 @@ def run_matrix(a, P, pin, tmp, tls=None):
 def medians(rows, configs, server_list=SERVERS):
     med = {}
     for cfg in configs:
-        for name, _ in server_list:
+        for name in (s[0] for s in server_list):
             rs = [r for r in rows if r["config"] == cfg and r["server"] == name]
             if not rs:
                 continue
@@ -475,17 +558,20 @@ def strace_counts(path):
     return counts
 
 
-def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None):
+def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None, env=None):
+    """binary: a program of the build directory, or a whole command (a list)."""
     out = os.path.join(tmp, "%s-%s.out" % (tag, rounds))
     if tool == "callgrind":
-        prefix = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out]
+        prefix = ["valgrind", "--tool=callgrind", "--trace-children=no",
+                  "--callgrind-out-file=" + out]
     else:
         prefix = ["strace", "-f", "-c", "-o", out, "--"]
+    cmd = list(binary) if isinstance(binary, list) else [os.path.join(a.build, binary)]
     # The server exits once the `conns` connections are closed, so the tool
-    # writes its report.
-    srv = Server(pin.server() + prefix + [os.path.join(a.build, binary)] +
+    # writes its report. An interpreter under valgrind takes seconds to start.
+    srv = Server(pin.server() + prefix + cmd +
                  (tls.server_args if tls else []) + ["0", str(conns)],
-                 os.path.join(tmp, "%s.log" % tag), timeout=60)
+                 os.path.join(tmp, "%s.log" % tag), timeout=60 if env is None else 180, env=env)
     try:
         loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size, "-n", rounds,
                 *(tls.loadgen_args if tls else []), timeout=300)
@@ -578,6 +664,45 @@ def run_tls_counts(a, P, pin, tmp, tls, plain_counts):
             log("counts %-14s %-14s %8.0f instr/rt (plain TCP, the reference of the TLS "
                 "counts)" % (plain_cfg, name, plain[name]))
     return counts, profiles, plain
+
+
+def run_py_counts(a, P, pin, tmp):
+    """Instructions (with a profile by function) and syscalls per round trip
+    of the Python servers at 1 KiB x 10, each the difference of two run
+    lengths as for the C servers; shorter runs, as the interpreter under
+    valgrind is slow. Only the server process is counted: the interpreter,
+    the loop's extension or uvloop's, libuv, libc."""
+    r1, r2 = P["py_count_rounds"]
+    size, conns = BAR_CFG
+    cfg = cfg_name(size, conns)
+    counts, profiles = [], {}
+    for name, loop, kind in PY_SERVERS:
+        argv = py_argv(a, loop, kind)
+        tag = "cg-%s" % name
+        fa = counted_run(a, pin, "callgrind", argv, size, conns, r1, tmp, tag, env=a.py_env)
+        fb = counted_run(a, pin, "callgrind", argv, size, conns, r2, tmp, tag, env=a.py_env)
+        ir = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
+        ffa, ffb = callgrind_functions(fa), callgrind_functions(fb)
+        diff = {k: (ffb.get(k, 0) - ffa.get(k, 0)) / (r2 - r1) for k in set(ffa) | set(ffb)}
+        profiles[name] = sorted(diff.items(), key=lambda kv: -kv[1])
+        # Only tpio's loop keeps its whole profile (for callgrind_annotate):
+        # an interpreter's is most of a megabyte, and the others are not ours
+        # to fix; py-profiles.txt has every server's functions.
+        if loop == "tpio":
+            shutil.copyfile(fb, os.path.join(a.out, "callgrind-%s.out" % name))
+        tag = "st-%s" % name
+        sa = strace_counts(counted_run(a, pin, "strace", argv, size, conns, r1, tmp, tag,
+                                       env=a.py_env))
+        sb = strace_counts(counted_run(a, pin, "strace", argv, size, conns, r2, tmp, tag,
+                                       env=a.py_env))
+        per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
+        per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
+        counts.append(dict(server=name, config=cfg, size=size, conns=conns, instructions=ir,
+                           syscalls=sum(per.values()), breakdown=per))
+        log("counts %-8s %-20s %8.0f instr/rt  %.3f syscalls/rt  %s" % (
+            cfg, name, ir, sum(per.values()),
+            " ".join("%s=%.3f" % kv for kv in sorted(per.items()))))
+    return counts, profiles
 
 
 # ---------------------------------------------------------------------------
@@ -831,6 +956,181 @@ def check_tls_bars(T):
     return bars
 
 
+def check_py_bars(Y):
+    """The Python bars: tpio's loop against uvloop's with the same kind of
+    protocol; Y is main's dict of Python results."""
+    bars = []
+    med, configs = Y["med"], Y["configs"]
+    cnt = {c["server"]: c for c in Y["counts"]}
+    bar_cfg = cfg_name(*BAR_CFG)
+    pp = [c for c in configs if c != "bulk"]
+    bar = PY_BARS["rtps"]
+    for t, ref in PY_PAIRS:
+        if pp:
+            worst = min((ratio(med, c, t, ref), c) for c in pp)
+            vs = {c: verdict(med, c, t, ref, bar) for c in pp}
+            below = [c for c in pp if vs[c] != "yes"]
+            nos = [c for c in pp if vs[c] == "no"]
+            bars.append((t, "rt/s >= %s in every ping-pong configuration" % ref,
+                         "worst %.3fx (%s)%s; median below %.3f in %d of %d (%s), "
+                         "significantly below in %d" % (
+                             worst[0], worst[1], ratio_range(med, worst[1], t, ref, bar), bar,
+                             len(below), len(pp), ", ".join(below) or "none", len(nos)),
+                         "no" if nos else ("tie" if below else "yes")))
+        r = ratio(med, "bulk", t, ref)
+        if r is not None:
+            bars.append((t, "bulk MB/s >= %s" % ref,
+                         "%.3fx%s" % (r, ratio_range(med, "bulk", t, ref, bar)),
+                         verdict(med, "bulk", t, ref, bar)))
+        if (bar_cfg, t) in med and (bar_cfg, ref) in med:
+            a_, b_ = med[(bar_cfg, t)]["cpu_ns"], med[(bar_cfg, ref)]["cpu_ns"]
+            bars.append((t, "server CPU/rt <= %.1fx %s at %s" % (PY_BARS["cpu"], ref, bar_cfg),
+                         "%.0f ns vs %.0f ns = %.2fx" % (a_, b_, a_ / b_),
+                         "yes" if a_ / b_ <= PY_BARS["cpu"] else "no"))
+            rs = [(med[(c, t)]["cpu_ns"] / med[(c, ref)]["cpu_ns"], c) for c in pp
+                  if (c, t) in med and (c, ref) in med]
+            if rs:
+                bars.append((t, "server CPU/rt vs %s in every ping-pong configuration" % ref,
+                             "%.2fx (%s) to %.2fx (%s)" % (min(rs) + max(rs)), "info"))
+        ct, cr = cnt.get(t), cnt.get(ref)
+        if ct and cr:
+            r = ct["instructions"] / cr["instructions"]
+            bars.append((t, "instructions/rt <= %.1fx %s at %s" % (
+                PY_BARS["instructions"], ref, ct["config"]),
+                         "%.0f vs %.0f = %.2fx" % (ct["instructions"], cr["instructions"], r),
+                         "yes" if r <= PY_BARS["instructions"] else "no"))
+    return bars
+
+
+def py_summary_md(a, P, Y):
+    """The Python part of the summary (markdown lines), self-contained: its
+    method, tables, bars and profiles."""
+    names = [n for n, _, _ in PY_SERVERS]
+    med, configs, counts = Y["med"], Y["configs"], Y["counts"]
+    v = Y["versions"]
+    r1, r2 = P["py_count_rounds"]
+    L = []
+    L.append("### Python event loops")
+    L.append("")
+    L.append("The same echo in Python (`bench/servers/py_echo.py`) on Python %s (Debian's "
+             "`%s`, no user site-packages, `PYTHONHASHSEED=0`, the caller's other `PYTHON*` "
+             "variables removed): `py-asyncio` is the standard library's loop (selectors, "
+             "epoll), `py-uvloop` is uvloop %s (Debian's python3-uvloop, on libuv), `py-tpio` "
+             "is tpio's loop (the package %s and its extension, built into "
+             "`build-bench/python` with the release flags, on `PYTHONPATH`). Each has an "
+             "`asyncio.Protocol` (`data_received` writes the bytes it gets) and, `-buffered`, "
+             "an `asyncio.BufferedProtocol` (`get_buffer` returns a view of one 64 KiB buffer "
+             "shared by all connections, `buffer_updated` writes a slice of it; on uvloop, "
+             "whose `write` keeps the object and sends it later, a copy of the slice). The "
+             "flow control (64 KiB / 16 KiB), `TCP_NODELAY`, pinning, matrix, slices and "
+             "rounds are the C servers'; the six take turns in their own load generator "
+             "run per configuration, apart from the C servers' runs. Server CPU per round "
+             "trip as above. Instructions and syscalls per round trip at %s as above, from "
+             "a %d- and a %d-round-trip run (shorter: the interpreter under valgrind is "
+             "slow), the whole server process: the interpreter, the loop (tpio's "
+             "extension, or uvloop and libuv) and the C library. tpio's loop is held to "
+             "uvloop's with the same kind of protocol: round trips per second at least "
+             "%.1fx in every configuration, server CPU per round trip at most %.1fx and "
+             "instructions per round trip at most %.1fx at %s." % (
+                 v["python"], a.python, v["uvloop"], v["tpio_py"], cfg_name(*BAR_CFG), r1, r2,
+                 PY_BARS["rtps"], PY_BARS["cpu"], PY_BARS["instructions"],
+                 cfg_name(*BAR_CFG)))
+    L.append("")
+    for c in Y.get("charts", []):
+        L.append("![%s](%s)" % (c[1], c[0]))
+        L.append("")
+    if configs:
+        L.append("#### Python: throughput (median round trips per second; bulk: MB/s)")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            L.append("| %s | " % cfg + " | ".join(
+                fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med
+                else "-" for n in names) + " |")
+        L.append("")
+        L.append("#### Python: ratios to uvloop with the same kind of protocol")
+        L.append("")
+        L.append("Median of the paired ratios, to `py-uvloop` for the Protocols and to "
+                 "`py-uvloop-buffered` for the BufferedProtocols.")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            cells = []
+            for n in names:
+                r = ratio(med, cfg, n, py_ref(n))
+                cells.append("%.2f" % r if r is not None else "-")
+            L.append("| %s | " % cfg + " | ".join(cells) + " |")
+        L.append("")
+        L.append("#### Python: latency over all measured slices, p50 / p99 in microseconds")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            if cfg == "bulk":
+                continue
+            L.append("| %s | " % cfg + " | ".join(
+                "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
+                if (cfg, n) in med else "-" for n in names) + " |")
+        L.append("")
+        L.append("#### Python: server CPU time per round trip (user + kernel, ns; bulk: per "
+                 "MB echoed)")
+        L.append("")
+        L.append("| configuration | " + " | ".join(names) + " |")
+        L.append("|---|" + "---:|" * len(names))
+        for cfg in configs:
+            L.append("| %s | " % cfg + " | ".join(
+                "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-"
+                for n in names) + " |")
+        L.append("")
+    if counts:
+        L.append("#### Python: costs per round trip in the server (deterministic counts)")
+        L.append("")
+        L.append("| configuration | server | instructions / rt | vs uvloop | syscalls / rt | "
+                 "syscalls by name |")
+        L.append("|---|---|---:|---:|---:|---|")
+        cnt = {c["server"]: c for c in counts}
+        for c in counts:
+            ref = cnt.get(py_ref(c["server"]))
+            L.append("| %s | %s | %.0f | %s | %.3f | %s |" % (
+                c["config"], c["server"], c["instructions"],
+                "%.2f" % (c["instructions"] / ref["instructions"]) if ref else "-",
+                c["syscalls"], ", ".join("%s %.3f" % kv for kv in sorted(
+                    c["breakdown"].items(), key=lambda kv: -kv[1]))))
+        L.append("")
+    if Y["bars"]:
+        L.append("#### Python: the bars tpio's loop must clear")
+        L.append("")
+        L.append("`yes`, `tie` and **no** as in the bars above; the CPU and instruction "
+                 "bars are single figures, without an interval.")
+        L.append("")
+        L.append("| server | bar | measured | met |")
+        L.append("|---|---|---|---|")
+        for s_, b, val, ok in Y["bars"]:
+            L.append("| %s | %s | %s | %s |" % (s_, b, val, "**no**" if ok == "no" else ok))
+        L.append("")
+    if Y["profiles"]:
+        L.append("#### Python: where the instructions go at %s (self instructions per round "
+                 "trip, top functions)" % cfg_name(*BAR_CFG))
+        L.append("")
+        for n in names:
+            if n not in Y["profiles"]:
+                continue
+            L.append("<details><summary>%s</summary>" % n)
+            L.append("")
+            L.append("| instr / rt | function |")
+            L.append("|---:|---|")
+            for fn, val in Y["profiles"][n][:25]:
+                if val < 0.5:
+                    break
+                L.append("| %.1f | `%s` |" % (val, fn))
+            L.append("")
+            L.append("</details>")
+            L.append("")
+    return L
+
+
 def tls_summary_md(a, P, T):
     """The TLS part of the summary (markdown lines)."""
     names = [n for n, _ in TLS_SERVERS]
@@ -951,7 +1251,8 @@ def tls_summary_md(a, P, T):
     return L
 
 
-def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names, T=None):
+def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names, T=None,
+               Y=None):
     names = [n for n, _ in SERVERS]
     L = []
     L.append("Measured %s on: **%s**, %s cores, Linux %s, %s RAM; gcc %s, libuv %s, "
@@ -1096,6 +1397,8 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
             L.append("")
             L.append("</details>")
             L.append("")
+    if Y:
+        L.extend(py_summary_md(a, P, Y))
     return "\n".join(L)
 
 
@@ -1150,6 +1453,89 @@ def write_tls_csvs(a, T):
                     if abs(v) >= 0.5:
                         f.write("%10.1f  %s\n" % (v, fn))
                 f.write("\n")
+
+
+def write_py_csvs(a, Y):
+    """py-runs.csv, py-results.csv, py-counts.csv, py-profiles.txt."""
+    write_csv(os.path.join(a.out, "py-runs.csv"), Y["rows"],
+              ["server", "config", "size", "conns", "rep", "value", "unit", "p50_us",
+               "p99_us", "cpu_ns"])
+    summ = []
+    for cfg in Y["configs"]:
+        for n, _, _ in PY_SERVERS:
+            m = Y["med"].get((cfg, n))
+            if m:
+                ru = ratio(Y["med"], cfg, n, py_ref(n))
+                summ.append(dict(config=cfg, server=n, median=round(m["value"], 1),
+                                 unit=m["unit"], runs=m["n"],
+                                 ratio_uvloop=round(ru, 4) if ru is not None else "",
+                                 p50_us=m.get("p50_us", ""), p99_us=m.get("p99_us", ""),
+                                 server_cpu_ns=round(m["cpu_ns"])))
+    write_csv(os.path.join(a.out, "py-results.csv"), summ,
+              ["config", "server", "median", "unit", "runs", "ratio_uvloop", "p50_us",
+               "p99_us", "server_cpu_ns"])
+    crow = []
+    for c in Y["counts"]:
+        d = dict(c)
+        d["breakdown"] = " ".join("%s=%.4f" % kv for kv in sorted(c["breakdown"].items()))
+        crow.append(d)
+    write_csv(os.path.join(a.out, "py-counts.csv"), crow,
+              ["config", "server", "instructions", "syscalls", "breakdown"])
+    if Y["profiles"]:
+        with open(os.path.join(a.out, "py-profiles.txt"), "w") as f:
+            for n, prof in Y["profiles"].items():
+                f.write("== %s: self instructions per round trip at %s ==\n" % (
+                    n, cfg_name(*BAR_CFG)))
+                for fn, v in prof:
+                    if abs(v) >= 0.5:
+                        f.write("%10.1f  %s\n" % (v, fn))
+                f.write("\n")
+
+
+def py_chart(a, Y, info, tmp):
+    """python.png: every Python server's round trips per second relative to
+    uvloop with a Protocol, so that the two kinds of protocol show on one
+    scale."""
+    if not shutil.which("gnuplot") or not Y["med"]:
+        return []
+    names = [n for n, _, _ in PY_SERVERS]
+    colors = ["#9edae5", "#17becf", "#aec7e8", "#1f77b4", "#ff9896", "#d62728"]
+    dat = os.path.join(tmp, "py-ratio.dat")
+    with open(dat, "w") as f:
+        for cfg in Y["configs"]:
+            f.write('"%s" ' % cfg.replace(" x ", " x") + " ".join(
+                "%.4f" % (ratio(Y["med"], cfg, n, "py-uvloop") or 0) for n in names) + "\n")
+    sub = "%s, %s cores, Linux %s; Python %s, uvloop %s" % (
+        info["cpu"], info["cores"], info["kernel"], Y["versions"]["python"],
+        Y["versions"]["uvloop"])
+    plots = ", ".join(
+        "'%s' using %d:xtic(1) title '%s' lc rgb '%s'" % (dat if i == 0 else "", i + 2, n,
+                                                         colors[i])
+        for i, n in enumerate(names))
+    script = """
+set terminal pngcairo size 1300,560 font 'DejaVu Sans,10'
+set output '{out}'
+set title "Python echo throughput relative to uvloop with a Protocol (= 1.0), median of the per-round ratios\\n{{/*0.85 {sub}}}"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.9 border -1
+set boxwidth 0.9
+set key outside right top
+set ylabel 'round trips/s (bulk: MB/s) / py-uvloop'
+set yrange [0:*]
+set grid ytics
+set xtics rotate by -25 scale 0
+set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb '#444444'
+plot {plots}
+""".format(out=os.path.join(a.out, "python.png"), sub=sub, plots=plots)
+    sp = os.path.join(tmp, "py-chart.gp")
+    with open(sp, "w") as f:
+        f.write(script)
+    r = subprocess.run(["gnuplot", sp], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        log("gnuplot failed: " + r.stderr.strip())
+        return []
+    return [("python.png", "Python throughput relative to uvloop")]
 
 
 def gnuplot_charts(a, med, configs, counts, mem, info, tmp):
@@ -1234,8 +1620,8 @@ unset multiplot
 
 def update_doc(doc, summary, out_rel):
     begin, end = "<!-- BEGIN GENERATED by bench/run.py -->", "<!-- END GENERATED -->"
-    block = summary.replace("](throughput.png)", "](%s/throughput.png)" % out_rel).replace(
-        "](costs.png)", "](%s/costs.png)" % out_rel)
+    block = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: "](%s/%s)" % (out_rel, m.group(1)),
+                   summary)
     text = open(doc).read() if os.path.exists(doc) else "# Performance\n\n%s\n%s\n" % (begin, end)
     if begin not in text or end not in text:
         text += "\n%s\n%s\n" % (begin, end)
@@ -1250,15 +1636,15 @@ def update_doc(doc, summary, out_rel):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke check, under a minute")
+    ap.add_argument("--quick", action="store_true", help="smoke check, a few minutes")
     ap.add_argument("--build", default="build-bench")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--doc", default=None, help="markdown file whose generated part to update")
     ap.add_argument("--seconds", type=float,
                     help="measured seconds per server and configuration (default 4 / 0.5)")
     ap.add_argument("--skip", default="", help="comma list of: matrix,counts,memory (for "
-                    "plain TCP and TLS alike), tls (everything over TLS), plain (everything "
-                    "over plain TCP)")
+                    "plain TCP, TLS and Python alike), tls (everything over TLS), plain "
+                    "(the C servers over plain TCP), python (the Python servers)")
     ap.add_argument("--only", default="", help="comma list of configurations to run, e.g. "
                     "'1 KiB x 10,bulk,TLS 1 KiB x 10,TLS bulk' (default: all)")
     a = ap.parse_args()
@@ -1267,7 +1653,7 @@ def main():
         P["seconds"] = a.seconds
         P["bulk_seconds"] = 2 * a.seconds
     skip = set(filter(None, a.skip.split(",")))
-    unknown = skip - {"matrix", "counts", "memory", "tls", "plain"}
+    unknown = skip - {"matrix", "counts", "memory", "tls", "plain", "python"}
     if unknown:
         ap.error("unknown --skip: %s" % ",".join(sorted(unknown)))
     a.build = os.path.abspath(a.build)
@@ -1279,6 +1665,8 @@ def main():
             sys.exit("missing %s in %s: build with `make bench-build`" % (binary, a.build))
     if "tls" not in skip and not shutil.which("openssl"):
         sys.exit("the openssl command is missing (Debian: openssl), or pass --skip tls")
+    a.python, a.py_env = py_interpreter(a.build), py_env(a.build)
+    py_versions = None if "python" in skip else py_check(a)
     pin = Pinning()
     if not pin.ok:
         log("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
@@ -1310,6 +1698,16 @@ def main():
             if "memory" not in skip:
                 T["mem"] = run_memory(a, P, pin, tmp, tls)
             bars += check_tls_bars(T)
+        Y = None
+        if py_versions:
+            Y = dict(rows=[], configs=[], med={}, counts=[], profiles={}, bars=[],
+                     versions=py_versions)
+            if "matrix" not in skip:
+                Y["rows"], Y["configs"] = run_matrix(a, P, pin, tmp, python=True)
+                Y["med"] = medians(Y["rows"], Y["configs"], PY_SERVERS)
+            if "counts" not in skip:
+                Y["counts"], Y["profiles"] = run_py_counts(a, P, pin, tmp)
+            Y["bars"] = check_py_bars(Y)
         cpu1 = cpu_times()
         d = [b - a for a, b in zip(cpu0, cpu1)]
         # user nice system idle iowait irq softirq steal ...
@@ -1355,8 +1753,11 @@ def main():
                     f.write("\n")
         if T:
             write_tls_csvs(a, T)
+        if Y:
+            write_py_csvs(a, Y)
+            Y["charts"] = py_chart(a, Y, info, tmp)
         charts = gnuplot_charts(a, med, configs, counts, mem, info, tmp) if med else []
-        md = summary_md(a, P, info, med, configs, counts, profiles, mem, bars, charts, T)
+        md = summary_md(a, P, info, med, configs, counts, profiles, mem, bars, charts, T, Y)
         with open(os.path.join(a.out, "summary.md"), "w") as f:
             f.write(md + "\n")
         if a.doc:
@@ -1368,14 +1769,18 @@ def main():
         if T and T["med"]:
             print("### TLS: throughput" + md.split("### TLS: throughput", 1)[1].split(
                 "### TLS: latency")[0])
-        for s, b, v, ok in bars:
+        if Y and Y["med"]:
+            print("#### Python: throughput" + md.split("#### Python: throughput", 1)[1].split(
+                "#### Python: latency")[0])
+        for s, b, v, ok in bars + (Y["bars"] if Y else []):
             print("%-4s %-14s %-50s %s" % ({"yes": "PASS", "tie": "TIE", "info": "INFO"}.get(
                 ok, "FAIL"), s, b, v))
         if a.quick:
             print("(quick: a short run per configuration; the timed bars are indicative only, "
                   "the counts are exact)")
-        log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s%s)" % (
-            a.out, ", tls-*.csv" if T else "",
+        charts += Y.get("charts", []) if Y else []
+        log("results in %s (summary.md, results.csv, runs.csv, counts.csv, memory.csv%s%s%s)" % (
+            a.out, ", tls-*.csv" if T else "", ", py-*.csv" if Y else "",
             ", " + ", ".join(c[0] for c in charts) if charts else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
