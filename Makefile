@@ -31,6 +31,11 @@ build: deps
 
 run: build
 	@sh examples/run-examples.sh $(BUILD)/examples
+	@if TPIO_BACKEND=io_uring PYTHONPATH=$(BUILD)/python /usr/bin/python3 -c \
+	    "import tpio; tpio.new_event_loop().close()" 2>/dev/null; then \
+	  echo "==== again, every loop on the io_uring backend (TPIO_BACKEND=io_uring) ===="; \
+	  TPIO_BACKEND=io_uring sh examples/run-examples.sh $(BUILD)/examples; \
+	else echo "(this machine refuses io_uring: the examples ran on epoll only)"; fi
 
 build-test: deps
 	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTPIO_SANITIZE=ON
