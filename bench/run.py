@@ -1040,15 +1040,8 @@ def py_summary_md(a, P, Y):
         L.append("![%s](%s)" % (c[1], c[0]))
         L.append("")
     if configs:
-        L.append("#### Python: throughput (median round trips per second; bulk: MB/s)")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            L.append("| %s | " % cfg + " | ".join(
-                fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med
-                else "-" for n in names) + " |")
-        L.append("")
+        md_matrix(L, "#### Python: throughput (median round trips per second; bulk: MB/s)",
+                  configs, names, cell_value(med))
         L.append("#### Python: ratios to uvloop with the same kind of protocol")
         L.append("")
         L.append("Median of the paired ratios, to `py-uvloop` for the Protocols and to "
@@ -1063,27 +1056,10 @@ def py_summary_md(a, P, Y):
                 cells.append("%.2f" % r if r is not None else "-")
             L.append("| %s | " % cfg + " | ".join(cells) + " |")
         L.append("")
-        L.append("#### Python: latency over all measured slices, p50 / p99 in microseconds")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            if cfg == "bulk":
-                continue
-            L.append("| %s | " % cfg + " | ".join(
-                "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
-                if (cfg, n) in med else "-" for n in names) + " |")
-        L.append("")
-        L.append("#### Python: server CPU time per round trip (user + kernel, ns; bulk: per "
-                 "MB echoed)")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            L.append("| %s | " % cfg + " | ".join(
-                "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-"
-                for n in names) + " |")
-        L.append("")
+        md_matrix(L, "#### Python: latency over all measured slices, p50 / p99 in microseconds",
+                  configs, names, cell_latency(med), skip_bulk=True)
+        md_matrix(L, "#### Python: server CPU time per round trip (user + kernel, ns; bulk: "
+                  "per MB echoed)", configs, names, cell_cpu(med))
     if counts:
         L.append("#### Python: costs per round trip in the server (deterministic counts)")
         L.append("")
@@ -1131,6 +1107,37 @@ def py_summary_md(a, P, Y):
     return L
 
 
+def md_matrix(L, title, configs, names, cell, intro=None, skip_bulk=False):
+    """A table of the report: one row per configuration, one column per
+    server, cell(cfg, name) in each ("-" where there is no figure)."""
+    L.append(title)
+    L.append("")
+    if intro:
+        L.append(intro)
+        L.append("")
+    L.append("| configuration | " + " | ".join(names) + " |")
+    L.append("|---|" + "---:|" * len(names))
+    for cfg in configs:
+        if skip_bulk and cfg.endswith("bulk"):
+            continue
+        L.append("| %s | " % cfg + " | ".join(cell(cfg, n) for n in names) + " |")
+    L.append("")
+
+
+def cell_value(med):
+    return lambda cfg, n: (fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"])
+                           if (cfg, n) in med else "-")
+
+
+def cell_latency(med):
+    return lambda cfg, n: ("%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
+                           if (cfg, n) in med else "-")
+
+
+def cell_cpu(med):
+    return lambda cfg, n: "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-"
+
+
 def tls_summary_md(a, P, T):
     """The TLS part of the summary (markdown lines)."""
     names = [n for n, _ in TLS_SERVERS]
@@ -1150,15 +1157,8 @@ def tls_summary_md(a, P, T):
              "certificate. Slices and rounds as above." % T.get("openssl_version", "?"))
     L.append("")
     if configs:
-        L.append("### TLS: throughput (median round trips per second; bulk: MB/s)")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            L.append("| %s | " % cfg + " | ".join(
-                fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med
-                else "-" for n in names) + " |")
-        L.append("")
+        md_matrix(L, "### TLS: throughput (median round trips per second; bulk: MB/s)",
+                  configs, names, cell_value(med))
         L.append("### TLS: ratios to the epoll+OpenSSL yardstick / to libevent")
         L.append("")
         L.append("| configuration | " + " | ".join(names) + " |")
@@ -1171,30 +1171,12 @@ def tls_summary_md(a, P, T):
                              else "-")
             L.append("| %s | " % cfg + " | ".join(cells) + " |")
         L.append("")
-        L.append("### TLS: latency over all measured slices, p50 / p99 in microseconds")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            if cfg.endswith("bulk"):
-                continue
-            L.append("| %s | " % cfg + " | ".join(
-                "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
-                if (cfg, n) in med else "-" for n in names) + " |")
-        L.append("")
-        L.append("### TLS: server CPU time per round trip (user + kernel, ns; bulk: per MB "
-                 "echoed)")
-        L.append("")
-        L.append("As for plain TCP: /proc/PID/schedstat around the run over every round trip "
-                 "of it (warm-up included; the few handshakes of the run too).")
-        L.append("")
-        L.append("| configuration | " + " | ".join(names) + " |")
-        L.append("|---|" + "---:|" * len(names))
-        for cfg in configs:
-            L.append("| %s | " % cfg + " | ".join(
-                "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-"
-                for n in names) + " |")
-        L.append("")
+        md_matrix(L, "### TLS: latency over all measured slices, p50 / p99 in microseconds",
+                  configs, names, cell_latency(med), skip_bulk=True)
+        md_matrix(L, "### TLS: server CPU time per round trip (user + kernel, ns; bulk: per MB "
+                  "echoed)", configs, names, cell_cpu(med),
+                  intro="As for plain TCP: /proc/PID/schedstat around the run over every "
+                  "round trip of it (warm-up included; the few handshakes of the run too).")
     if counts:
         r1, r2 = P["tls_count_rounds"]
         L.append("### TLS: costs per round trip in the server (deterministic counts)")
@@ -1272,15 +1254,8 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
     for c in chart_names:
         L.append("![%s](%s)" % (c[1], c[0]))
         L.append("")
-    L.append("### Throughput (median round trips per second; bulk: MB/s)")
-    L.append("")
-    L.append("| configuration | " + " | ".join(names) + " |")
-    L.append("|---|" + "---:|" * len(names))
-    for cfg in configs:
-        L.append("| %s | " % cfg + " | ".join(
-            fmt_val(med[(cfg, n)]["value"], med[(cfg, n)]["unit"]) if (cfg, n) in med else "-"
-            for n in names) + " |")
-    L.append("")
+    md_matrix(L, "### Throughput (median round trips per second; bulk: MB/s)",
+              configs, names, cell_value(med))
     L.append("### Ratios: to the epoll yardstick / to libuv")
     L.append("")
     L.append("Median over the rounds of the ratio within each round (the slices of one "
@@ -1295,29 +1270,13 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
             cells.append("%.2f / %.2f" % (re_, ru) if re_ is not None else "-")
         L.append("| %s | " % cfg + " | ".join(cells) + " |")
     L.append("")
-    L.append("### Latency over all measured slices: p50 / p99 in microseconds")
-    L.append("")
-    L.append("| configuration | " + " | ".join(names) + " |")
-    L.append("|---|" + "---:|" * len(names))
-    for cfg in configs:
-        if cfg == "bulk":
-            continue
-        L.append("| %s | " % cfg + " | ".join(
-            "%.0f / %.0f" % (med[(cfg, n)]["p50_us"], med[(cfg, n)]["p99_us"])
-            if (cfg, n) in med else "-" for n in names) + " |")
-    L.append("")
-    L.append("### Server CPU time per round trip (user + kernel, ns; bulk: per MB echoed)")
-    L.append("")
-    L.append("From /proc/PID/schedstat around each configuration's run, divided by every "
-             "round trip of the run (warm-up included). Less sensitive to other load than "
-             "throughput, though cache and steal effects remain.")
-    L.append("")
-    L.append("| configuration | " + " | ".join(names) + " |")
-    L.append("|---|" + "---:|" * len(names))
-    for cfg in configs:
-        L.append("| %s | " % cfg + " | ".join(
-            "%.0f" % med[(cfg, n)]["cpu_ns"] if (cfg, n) in med else "-" for n in names) + " |")
-    L.append("")
+    md_matrix(L, "### Latency over all measured slices: p50 / p99 in microseconds",
+              configs, names, cell_latency(med), skip_bulk=True)
+    md_matrix(L, "### Server CPU time per round trip (user + kernel, ns; bulk: per MB echoed)",
+              configs, names, cell_cpu(med),
+              intro="From /proc/PID/schedstat around each configuration's run, divided by "
+              "every round trip of the run (warm-up included). Less sensitive to other load "
+              "than throughput, though cache and steal effects remain.")
     r1, r2 = P["count_rounds"]
     L.append("### Costs per round trip in the server (deterministic counts)")
     L.append("")
