@@ -251,8 +251,10 @@ typedef void (*tpio_done_cb_t)(tpio_loop_t *loop, int err, void *arg);
 
 /**
  * Create a loop (asyncio's new_event_loop). opts may be NULL (defaults).
- * Returns 0 and sets *out, or -ENOMEM, or the error of a descriptor the loop
- * could not create (-EMFILE...).
+ * Returns 0 and sets *out, or -EINVAL (a backend that is none of
+ * tpio_backend_t's), -ENOMEM, the error of a descriptor the loop could not
+ * create (-EMFILE...), or io_uring's refusal when it was asked for by name
+ * (see tpio_backend_t).
  */
 TPIO_API int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts);
 
