@@ -101,8 +101,18 @@ PT_HIDDEN bool pt_fut_done(PyObject *fut);
 PT_HIDDEN void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value);
 /* The one argument of a Python-style method m(self, name): positional or
  * name=...; borrowed, or NULL with Python's TypeError set. */
-PT_HIDDEN PyObject *pt_one_arg(const char *method, const char *name, PyObject *const *args,
-                               Py_ssize_t nargs, PyObject *kwnames);
+PT_HIDDEN PyObject *pt_one_arg_slow(const char *method, const char *name,
+                                    PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames);
+/* Inline: write() is called once per message, and the positional call is
+ * the one that counts (a call here cost 25 instructions per round trip). */
+static inline PyObject *pt_one_arg(const char *method, const char *name, PyObject *const *args,
+                                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (__builtin_expect(nargs == 1 && !kwnames, 1))
+        return args[0];
+    return pt_one_arg_slow(method, name, args, nargs, kwnames);
+}
 /* A METH_FASTCALL | METH_KEYWORDS method `wrapper` over the METH_O one
  * `impl` (asyncio's methods are Python functions: their argument can be
  * given by name). */

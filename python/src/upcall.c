@@ -191,8 +191,8 @@ void pt_fut_settle(pt_loop *loop, PyObject *fut, PyObject *name, PyObject *value
     }
 }
 
-PyObject *pt_one_arg(const char *method, const char *name, PyObject *const *args,
-                     Py_ssize_t nargs, PyObject *kwnames)
+PyObject *pt_one_arg_slow(const char *method, const char *name, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs == 1 && !nkw)
