@@ -1087,24 +1087,29 @@ def py_summary_md(a, P, Y):
             L.append("| %s | %s | %s | %s |" % (s_, b, val, "**no**" if ok == "no" else ok))
         L.append("")
     if Y["profiles"]:
-        L.append("#### Python: where the instructions go at %s (self instructions per round "
-                 "trip, top functions)" % cfg_name(*BAR_CFG))
-        L.append("")
-        for n in names:
-            if n not in Y["profiles"]:
-                continue
-            L.append("<details><summary>%s</summary>" % n)
-            L.append("")
-            L.append("| instr / rt | function |")
-            L.append("|---:|---|")
-            for fn, val in Y["profiles"][n][:25]:
-                if val < 0.5:
-                    break
-                L.append("| %.1f | `%s` |" % (val, fn))
-            L.append("")
-            L.append("</details>")
-            L.append("")
+        md_profiles(L, "#### Python: where the instructions go at %s (self instructions per "
+                    "round trip, top functions)" % cfg_name(*BAR_CFG), names, Y["profiles"], 25)
     return L
+
+
+def md_profiles(L, title, names, profiles, top, label="%s"):
+    """Each server's top functions (self instructions per round trip), folded."""
+    L.append(title)
+    L.append("")
+    for n in names:
+        if n not in profiles:
+            continue
+        L.append("<details><summary>%s</summary>" % (label % n))
+        L.append("")
+        L.append("| instr / rt | function |")
+        L.append("|---:|---|")
+        for fn, v in profiles[n][:top]:
+            if v < 0.5:
+                break
+            L.append("| %.1f | `%s` |" % (v, fn))
+        L.append("")
+        L.append("</details>")
+        L.append("")
 
 
 def md_matrix(L, title, configs, names, cell, intro=None, skip_bulk=False):
@@ -1321,41 +1326,12 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
         L.append("| %s | %s | %s | %s |" % (s, b, v, "**no**" if ok == "no" else ok))
     L.append("")
     if profiles:
-        L.append("### Where the instructions go at %s (self instructions per round trip, "
-                 "top functions)" % cfg_name(*BAR_CFG))
-        L.append("")
-        for n in names:
-            if n not in profiles:
-                continue
-            L.append("<details><summary>%s</summary>" % n)
-            L.append("")
-            L.append("| instr / rt | function |")
-            L.append("|---:|---|")
-            for fn, v in profiles[n][:15]:
-                if v < 0.5:
-                    break
-                L.append("| %.1f | `%s` |" % (v, fn))
-            L.append("")
-            L.append("</details>")
-            L.append("")
+        md_profiles(L, "### Where the instructions go at %s (self instructions per round trip, "
+                    "top functions)" % cfg_name(*BAR_CFG), names, profiles, 15)
     if T and T["profiles"]:
-        L.append("### Where the instructions go over TLS at %s (self instructions per round "
-                 "trip, top functions)" % cfg_name(*BAR_CFG))
-        L.append("")
-        for n, _ in TLS_SERVERS:
-            if n not in T["profiles"]:
-                continue
-            L.append("<details><summary>TLS %s</summary>" % n)
-            L.append("")
-            L.append("| instr / rt | function |")
-            L.append("|---:|---|")
-            for fn, v in T["profiles"][n][:25]:
-                if v < 0.5:
-                    break
-                L.append("| %.1f | `%s` |" % (v, fn))
-            L.append("")
-            L.append("</details>")
-            L.append("")
+        md_profiles(L, "### Where the instructions go over TLS at %s (self instructions per "
+                    "round trip, top functions)" % cfg_name(*BAR_CFG),
+                    [n for n, _ in TLS_SERVERS], T["profiles"], 25, label="TLS %s")
     if Y:
         L.extend(py_summary_md(a, P, Y))
     return "\n".join(L)

@@ -74,20 +74,16 @@ def main():
             sys.stdout.flush()
             os._exit(0)
 
-    def setup(transport):
-        sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=HIGH, low=LOW)
-
-    class Echo(asyncio.Protocol):
-        __slots__ = ("transport",)
+    class Conn:
+        """What both protocols do besides the echo: the C servers' socket
+        options, write limits and flow control."""
+        __slots__ = ()
 
         def connection_made(self, transport):
             self.transport = transport
-            setup(transport)
-
-        def data_received(self, data):
-            self.transport.write(data)
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.set_write_buffer_limits(high=HIGH, low=LOW)
 
         def pause_writing(self):
             self.transport.pause_reading()
@@ -97,33 +93,26 @@ def main():
 
         def connection_lost(self, exc):
             lost()
+
+    class Echo(Conn, asyncio.Protocol):
+        __slots__ = ("transport",)
+
+        def data_received(self, data):
+            self.transport.write(data)
 
     size = int(os.environ.get("BENCH_BUF", READ))
     if not 1 <= size <= READ:
         sys.exit("BENCH_BUF must be 1..%d" % READ)
     view = memoryview(bytearray(size))
 
-    class EchoBuffered(asyncio.BufferedProtocol):
+    class EchoBuffered(Conn, asyncio.BufferedProtocol):
         __slots__ = ("transport",)
-
-        def connection_made(self, transport):
-            self.transport = transport
-            setup(transport)
 
         def get_buffer(self, sizehint):
             return view
 
         def buffer_updated(self, nbytes):
             self.transport.write(view[:nbytes])
-
-        def pause_writing(self):
-            self.transport.pause_reading()
-
-        def resume_writing(self):
-            self.transport.resume_reading()
-
-        def connection_lost(self, exc):
-            lost()
 
     class EchoBufferedCopy(EchoBuffered):
         __slots__ = ()
