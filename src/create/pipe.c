@@ -20,15 +20,10 @@ static int pipe_check(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind)
      * could never hear of data, so say so now rather than through
      * connection_lost later. A write pipe works without the loop, as
      * asyncio's does: the kernel takes every write to such a device. */
-    struct tpio__io probe;
-    tpio__io_init(&probe, fd, NULL);
-    rc = tpio__watch(loop, &probe, TPIO__IN);
+    rc = tpio__fd_watchable(loop, fd);
     if (rc == TPIO_ENOTWATCHABLE && kind == TPIO_TRANSPORT_PIPE_WRITE && S_ISCHR(st.st_mode))
         return 0;
-    if (rc < 0)
-        return rc;
-    tpio__watch(loop, &probe, 0);
-    return 0;
+    return rc;
 }
 
 static int connect_pipe(tpio_loop_t *loop, tpio_protocol_factory_t factory, void *factory_arg,

@@ -186,6 +186,10 @@ TPIO__HIDDEN void tpio__fd_release(tpio_loop_t *loop, int fd);
 /* 0 if fd is free for a transport (neither claimed nor watched), else
  * TPIO_EFDINUSE: checked inside the user's call, before the fd is taken. */
 TPIO__HIDDEN int tpio__fd_check(const tpio_loop_t *loop, int fd);
+/* 0 if the loop's backend can watch fd, TPIO_ENOTWATCHABLE if it never can
+ * (regular files, /dev/null), or the error of a descriptor that is not open;
+ * asked by registering it for a moment, so fd must be free (fd_check). */
+TPIO__HIDDEN int tpio__fd_watchable(tpio_loop_t *loop, int fd);
 
 
 /* ---- resolver ----------------------------------------------------------- */

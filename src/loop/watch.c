@@ -64,6 +64,16 @@ int tpio__fd_check(const tpio_loop_t *loop, int fd)
     return fd >= 0 && (watcher_of(loop, fd) || claimed(loop, fd)) ? TPIO_EFDINUSE : 0;
 }
 
+int tpio__fd_watchable(tpio_loop_t *loop, int fd)
+{
+    struct tpio__io probe;
+    tpio__io_init(&probe, fd, NULL);
+    int rc = tpio__watch(loop, &probe, TPIO__IN);
+    if (rc == 0)
+        tpio__watch(loop, &probe, 0);
+    return rc;
+}
+
 int tpio__fd_claim_new(tpio_loop_t *loop, int fd)
 {
     struct tpio__fdw *w = fd >= 0 ? watcher_of(loop, fd) : NULL;

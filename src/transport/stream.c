@@ -617,15 +617,9 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
             s->mode == MODE_WRITE_PIPE && (S_ISFIFO(st.st_mode) || s->is_socket);
         if (s->mode == MODE_WRITE_PIPE && !s->is_socket)
             ignore_sigpipe();
-        if (s->mode == MODE_WRITE_PIPE && S_ISCHR(st.st_mode)) {
-            /* connect_write_pipe let it through (create/pipe.c) */
-            struct tpio__io probe;
-            tpio__io_init(&probe, fd, NULL);
-            int w = tpio__watch(loop, &probe, TPIO__OUT);
-            s->unwatchable = w == TPIO_ENOTWATCHABLE;
-            if (w == 0)
-                tpio__watch(loop, &probe, 0);
-        }
+        /* connect_write_pipe lets such a device through (create/pipe.c) */
+        if (s->mode == MODE_WRITE_PIPE && S_ISCHR(st.st_mode))
+            s->unwatchable = tpio__fd_watchable(loop, fd) == TPIO_ENOTWATCHABLE;
     } else {
         struct sockaddr_storage ss;
         if (!peer) {
