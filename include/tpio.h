@@ -233,6 +233,19 @@ typedef uint64_t tpio_handle_t;
  * seccomp profile or kernel.io_uring_disabled, -ENOTSUP for missing
  * features); auto falls back to epoll instead. tpio_loop_get_backend() says
  * which one a loop runs. Every contract of this header holds on both.
+ *
+ * On io_uring (kernel 6.0 and later) the kernel receives and sends for the
+ * stream sockets (TCP, Unix): one multishot receive per connection into the
+ * loop's provided buffers, and sends queued from the loop, so that one
+ * io_uring_enter per iteration serves every connection. What that changes,
+ * within the contracts: tpio_transport_write() copies all it is given and
+ * the bytes leave with the loop's next iteration, never inside the call
+ * (get_write_buffer_size counts them until the kernel took them, so a low
+ * high-water mark pauses sooner, as on asyncio's proactor loop); a
+ * BufferedProtocol's get_buffer() is asked once bytes are there, and they
+ * are copied into it. Pipes, listening sockets, connects and datagrams still
+ * wait for readiness, through the ring. TPIO_URING_OPS=0 in the
+ * environment keeps a ring loop to readiness alone.
  */
 typedef enum tpio_backend {
     TPIO_BACKEND_AUTO = 0,
@@ -705,7 +718,9 @@ TPIO_API int tpio_transport_get_read_size(const tpio_transport_t *t, size_t *siz
 
 /**
  * Write len bytes. When nothing is buffered, they are sent at once and only
- * what the kernel did not take is buffered (copied). Returns 0, or:
+ * what the kernel did not take is buffered (copied); on the io_uring
+ * backend they are all copied and sent from the loop (see tpio_backend_t).
+ * Returns 0, or:
  *  -ESHUTDOWN after write_eof(); -EBUSY while a tpio_loop_sendfile() of the
  *  transport is under way; -ENOTSUP for read-only kinds; -EINVAL for
  *  NULL data with len > 0; -ENOMEM when the rest could not be copied: part of

@@ -145,6 +145,11 @@ void th_shrink_bufs(th_pair_t *pr);
 /* Write the pattern stream until the transport has to buffer something. The
  * loop does not run meanwhile, so nothing drains. */
 void th_fill_until_buffered(th_pair_t *pr);
+/* The loop's backend receives and sends for the stream transports
+ * (io_uring's operations): a write is buffered until the loop runs, never
+ * sent inside the call, and a receive needs no get_buffer before data
+ * comes (no read finds EAGAIN). */
+bool th_ring_ops(tpio_loop_t *loop);
 void th_write_pattern(th_pair_t *pr, size_t n);
 
 /* ---- a loop error handler that counts reports --------------------------- */

@@ -10,6 +10,8 @@
 #include "helpers.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -152,4 +154,82 @@ Test(backend, io_uring_refused_by_seccomp, .timeout = 10)
     cr_assert_eq(tpio_loop_run_once(loop, 0), 0);
     cr_assert_eq(calls, 1);
     cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* The ring is the loop's alone: a child the program starts (tpio's own
+ * subprocesses, or a fork and exec of the user's) must not inherit it. */
+Test(backend, ring_is_close_on_exec, .timeout = 10)
+{
+    if (kernel_uring() < 0) {
+        /* refused here: nothing to inherit, and the loop runs on epoll */
+        char name[32];
+        cr_assert_eq(backend_of(TPIO_BACKEND_AUTO, name, sizeof name), 0);
+        cr_assert_str_eq(name, "epoll");
+        return;
+    }
+    tpio_loop_opts_t o = TPIO_OPTS(tpio_loop_opts_t);
+    o.backend = TPIO_BACKEND_IO_URING;
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop, &o), 0);
+    int rings = 0;
+    for (int fd = 0; fd < 1024; fd++) {
+        char path[64], target[128];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n < 0)
+            continue;
+        target[n] = 0;
+        if (strstr(target, "io_uring")) {
+            rings++;
+            cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC, "ring fd %d is inherited", fd);
+        }
+    }
+    cr_assert_geq(rings, 1);
+    cr_assert_eq(tpio_loop_close(loop), 0);
+}
+
+/* With TPIO_URING_OPS=0 a ring loop waits for readiness as epoll does:
+ * the stream transport then sends inside write, and the suite's other
+ * expectations are epoll's. */
+Test(backend, ring_without_operations_sends_inside_write, .timeout = 10)
+{
+    if (kernel_uring() < 0)
+        return; /* refused: option_and_environment covers the fallback */
+    set_env("io_uring");
+    cr_assert_eq(setenv("TPIO_URING_OPS", "0", 1), 0);
+    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    cr_assert_not(th_ring_ops(pr->loop));
+    cr_assert_eq(tpio_transport_write(pr->t, "abc", 3), 0);
+    cr_assert_eq(th_wbuf_size(pr->t), 0);
+    char buf[4] = {0};
+    cr_assert_eq(th_peer_recv_exact(pr, buf, 3), 3);
+    cr_assert_str_eq(buf, "abc");
+    cr_assert_eq(unsetenv("TPIO_URING_OPS"), 0);
+    cr_assert_eq(tpio_transport_close(pr->t), 0);
+    th_pair_finish(pr);
+    set_env(NULL);
+}
+
+/* With operations a write is copied and sent from the loop: nothing
+ * reaches the peer before the loop runs, and abort() before then drops it
+ * all — the kernel never sees the send. */
+Test(backend, ring_write_waits_for_the_loop_and_abort_drops_it, .timeout = 10)
+{
+    if (kernel_uring() < 0)
+        return;
+    set_env("io_uring");
+    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    cr_assert(th_ring_ops(pr->loop));
+    char msg[] = "never";
+    cr_assert_eq(tpio_transport_write(pr->t, msg, 5), 0);
+    memset(msg, 'X', sizeof msg - 1);
+    cr_assert_eq(th_wbuf_size(pr->t), 5);
+    cr_assert_eq(tpio_transport_abort(pr->t), 0);
+    cr_assert_eq(th_wbuf_size(pr->t), 0);
+    cr_assert(th_run_until(pr->loop, &pr->p->lost, 5));
+    cr_assert_str_eq(pr->p->events, "made,lost:0");
+    char c;
+    cr_assert_eq(recv(pr->peer, &c, 1, 0), 0, "the peer got bytes of an aborted write");
+    th_pair_finish(pr);
+    set_env(NULL);
 }

@@ -409,6 +409,15 @@ Test(behaviours, connection_lost_sees_fd_and_extra_info_after_reset, .timeout = 
 /* 3. the write buffer                                                       */
 /* ------------------------------------------------------------------------- */
 
+static void free_pool(void *spare)
+{
+    for (struct tpio__chunk *c = spare; c;) {
+        struct tpio__chunk *next = c->next;
+        tpio__free(c);
+        c = next;
+    }
+}
+
 /* The buffer's iovecs concatenated must be src[from, from + n). */
 static void wbuf_expect(const struct tpio__wbuf *b, size_t size, const unsigned char *src,
                         size_t from, size_t n, int chunks)
@@ -495,7 +504,39 @@ Test(behaviours, wbuf_piece_past_the_room_of_a_partly_sent_chunk_goes_to_a_new_c
     cr_assert_null(b.head);
     cr_assert_null(b.tail);
     tpio__wbuf_clear(&b, &size);
-    tpio__free(spare);
+    free_pool(spare);
+}
+
+/* The loop's pool of drained chunks: reused before anything is allocated,
+ * and bounded in bytes (2 MiB), however many connections drain at once. */
+Test(behaviours, wbuf_pool_reuses_and_is_bounded, .timeout = 10)
+{
+    enum { N = 200 };
+    static unsigned char src[100];
+    struct tpio__wbuf b[N] = {{0}};
+    size_t size[N] = {0};
+    void *spare = NULL;
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(tpio__wbuf_append(&b[i], &size[i], &spare, src, sizeof src), 0);
+    struct tpio__chunk *first = b[0].head;
+    for (int i = 0; i < N; i++)
+        tpio__wbuf_consume(&b[i], &size[i], &spare, sizeof src);
+    size_t nodes = 0, bytes = 0;
+    for (struct tpio__chunk *c = spare; c; c = c->next) {
+        nodes++;
+        bytes += c->cap;
+    }
+    cr_assert_gt(nodes, 1);
+    cr_assert_leq(bytes, (size_t)2 << 20);
+    cr_assert_eq(((struct tpio__chunk *)spare)->len, bytes, "the head keeps the pool's bytes");
+    /* a drained chunk comes back before the allocator is asked */
+    struct tpio__chunk *head = spare;
+    cr_assert_eq(tpio__wbuf_append(&b[0], &size[0], &spare, src, sizeof src), 0);
+    cr_assert_eq(b[0].head, head);
+    cr_assert_eq(((struct tpio__chunk *)spare)->len, bytes - head->cap);
+    (void)first;
+    tpio__wbuf_clear(&b[0], &size[0]);
+    free_pool(spare);
 }
 
 /* The same through a transport: writes of mixed sizes while the buffer is
@@ -1138,6 +1179,8 @@ Test(behaviours, race_loser_is_closed_and_never_reaches_the_user, .timeout = 30)
     cr_assert_eq(recv(loser, &ch, 1, MSG_DONTWAIT), 0, "the loser's peer did not read EOF");
     /* the winner works */
     cr_assert_eq(tpio_transport_write(pr->t, "w", 1), 0);
+    if (th_ring_ops(pr->loop)) /* io_uring sends with the loop's next submission */
+        tpio_loop_run_once(pr->loop, 0);
     p = (struct pollfd){.fd = winner, .events = POLLIN};
     cr_assert_eq(poll(&p, 1, 5000), 1);
     cr_assert_eq(recv(winner, &ch, 1, MSG_DONTWAIT), 1);

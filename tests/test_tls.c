@@ -199,7 +199,10 @@ Test(tls, buffered_protocol_and_read_size, .timeout = TMO)
     cr_assert(th_run_until_count(th_fx.loop, &c.p->rxlen, sizeof big, TH_TMO));
     cr_assert_eq(memcmp(c.p->rx, big, sizeof big), 0);
     /* a get_buffer may go unanswered (a record was not complete yet) */
-    cr_assert(strncmp(c.p->events, "made,getbuf,", 12) == 0, "%s", c.p->events);
+    /* (on io_uring the 200000 bytes wait for the loop to send them: above
+     * the default high, so pause_writing comes first) */
+    const char *head = th_ring_ops(th_fx.loop) ? "made,pause,getbuf," : "made,getbuf,";
+    cr_assert(strncmp(c.p->events, head, strlen(head)) == 0, "%s", c.p->events);
     cr_assert_not_null(strstr(c.p->events, "getbuf,updated"));
     cr_assert_null(strstr(c.p->events, "data"));
     cr_assert_eq(tpio_transport_close(c.t), 0);
@@ -865,7 +868,10 @@ Test(tls, write_buffer_limits_pass_down, .timeout = TMO)
         th_run_iters(th_fx.loop, 1);
     }
     cr_assert_str_eq(c.p->events, "made,pause");
-    cr_assert(th_wbuf_size(t) > 100000, "%zu", th_wbuf_size(t));
+    /* on io_uring, sends that completed later in the same iteration may
+     * have taken up to one block since */
+    cr_assert(th_wbuf_size(t) > 100000 - (th_ring_ops(th_fx.loop) ? sizeof blk : 0), "%zu",
+              th_wbuf_size(t));
     /* the server reads: everything drains, resume_writing comes */
     cr_assert_eq(tpio_transport_resume_reading(sv.last->t), 0);
     cr_assert(th_run_until_count(th_fx.loop, &c.p->resumes, 1, TH_TMO));

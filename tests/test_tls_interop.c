@@ -979,7 +979,17 @@ Test(interop, python_server_bulk, .timeout = TMO)
     cr_assert_eq(memcmp(c.p->rx + glen, big, total), 0);
     free(big);
     cr_assert_eq(tpio_transport_close(c.t), 0);
-    assert_clean_end(c.p, "made,data,lost:0");
+    if (th_ring_ops(th_fx.loop)) {
+        /* io_uring: the 1 MiB waits for the loop to send it, above high:
+         * pause_writing first, resume_writing once the kernel took it */
+        run_until_lost(c.p);
+        cr_assert(strncmp(c.p->events, "made,pause,data,", 16) == 0, "%s", c.p->events);
+        cr_assert_not_null(strstr(c.p->events, "resume"), "%s", c.p->events);
+        cr_assert_not_null(strstr(c.p->events, ",data,lost:0"), "%s", c.p->events);
+        cr_assert_eq(IP(c.p)->shutdown_at_lost, BOTH_NOTIFIES);
+    } else {
+        assert_clean_end(c.p, "made,data,lost:0");
+    }
     child_finish(srv, 0);
     cr_assert_str_eq(after_port(srv),
                      "version TLSv1.3 alpn h2 sni ['localhost'] client None\n"
@@ -2175,7 +2185,10 @@ Test(interop, client_finished_data_and_reset_tls13, .timeout = TMO)
     cr_assert_str_eq(cli->out.d, "ready\nreset\n");
     child_free(cli);
     close_server(&sv);
-    /* (the server's NewSessionTicket write meets the reset) */
-    cr_assert_str_eq(p->events, "made,data,lost:ECONNRESET");
+    /* (the server's NewSessionTicket write meets the reset; on io_uring the
+     * send runs after the receive took the reset, and the kernel says
+     * EPIPE) */
+    cr_assert_str_eq(p->events, th_ring_ops(th_fx.loop) ? "made,data,lost:EPIPE"
+                                                        : "made,data,lost:ECONNRESET");
     assert_rx(p, "first words\n");
 }

@@ -33,6 +33,26 @@ struct tpio__wait_hooks {
     void *arg;
 };
 
+/* ---- operations: what a completion backend (io_uring) does itself ---------
+ * A readiness backend (epoll) has none; a transport asks
+ * tpio__backend_has_ops and, where there are, hands the backend whole
+ * operations — receive, send — instead of waiting for readiness and doing
+ * the syscall itself. An operation in flight names its owner's struct
+ * tpio__op, which must stay where it is until the operation's last
+ * completion: the owner holds a reference for it. */
+struct tpio__op;
+/* A completion: res is the bytes moved, 0 for a receive's EOF, or -errno
+ * (-ECANCELED after tpio__op_cancel). For a receive, data is the received
+ * bytes, lent for the call. `more`: the operation goes on (a multishot
+ * receive) and will complete again; else it is over, op is idle again and
+ * may be started anew from the callback. */
+typedef void (*tpio__op_cb)(tpio_loop_t *loop, struct tpio__op *op, int32_t res,
+                            const void *data, bool more);
+struct tpio__op {
+    uint32_t tag; /* the backend's (its slot + 1); 0: idle */
+};
+static inline bool tpio__op_busy(const struct tpio__op *op) { return op->tag != 0; }
+
 struct tpio__backend;
 
 /* What a backend does; every backend's state starts with a pointer to its
@@ -44,6 +64,20 @@ struct tpio__backend_ops {
     int (*poll)(struct tpio__backend *b, tpio_loop_t *loop, int timeout_ms,
                 const struct tpio__wait_hooks *hooks);
     void (*close)(struct tpio__backend *b);
+    /* Operations (NULL in a readiness backend). recv: receive on a stream
+     * socket until stopped, into the backend's own buffers; send: one send
+     * of len bytes at data, which stay put until it completes; cancel: the
+     * kernel lets go of op's operation at once (its last completion still
+     * comes, from the next poll). -ENOTSUP where the kernel lacks them. */
+    int (*recv)(struct tpio__backend *b, struct tpio__op *op, int fd, tpio__op_cb cb);
+    int (*send)(struct tpio__backend *b, struct tpio__op *op, int fd, const void *data,
+                size_t len, tpio__op_cb cb);
+    void (*cancel)(struct tpio__backend *b, struct tpio__op *op);
+    /* drop: the owner is going; on return the kernel no longer uses op's
+     * operation (or its memory), op is idle and no completion reaches it.
+     * What it received and not yet delivered is lost with it. */
+    void (*drop)(struct tpio__backend *b, struct tpio__op *op);
+    bool (*has_ops)(const struct tpio__backend *b);
 };
 
 struct tpio__backend {
@@ -95,6 +129,34 @@ static inline int tpio__backend_poll(struct tpio__backend *b, tpio_loop_t *loop,
 {
     return b->ops->poll(b, loop, timeout_ms, hooks);
 }
+/* Whether b does operations itself (io_uring with the kernel's multishot
+ * receive and provided buffers), so that transports use them. */
+static inline bool tpio__backend_has_ops(const struct tpio__backend *b)
+{
+    return b->ops->has_ops && b->ops->has_ops(b);
+}
+static inline int tpio__op_recv(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                tpio__op_cb cb)
+{
+    return b->ops->recv(b, op, fd, cb);
+}
+static inline int tpio__op_send(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                const void *data, size_t len, tpio__op_cb cb)
+{
+    return b->ops->send(b, op, fd, data, len, cb);
+}
+static inline void tpio__op_cancel(struct tpio__backend *b, struct tpio__op *op)
+{
+    if (op->tag)
+        b->ops->cancel(b, op);
+}
+
+static inline void tpio__op_drop(struct tpio__backend *b, struct tpio__op *op)
+{
+    if (op->tag)
+        b->ops->drop(b, op);
+}
+
 /* The name tpio_loop_get_backend gives. */
 static inline const char *tpio__backend_name(const struct tpio__backend *b)
 {

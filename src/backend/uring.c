@@ -1,23 +1,34 @@
-/* The io_uring backend, first step: the same readiness interface as epoll,
- * on one ring. Each watched descriptor has a one-shot poll request in
- * flight, armed again after its event has been dispatched (a multishot
+/* The io_uring backend: one ring for readiness and for operations.
+ *
+ * Readiness (struct tpio__io, for what still waits to be ready: listening
+ * sockets, pipes, the eventfd, a connect) is a one-shot poll request per
+ * descriptor, armed again after its event has been dispatched (a multishot
  * poll fires on wake-ups only, and the transports rely on level-triggered
- * readiness: a bounded read burst leaves data behind on purpose). Changes
- * of interest and re-arms are queued as submissions and go to the kernel
- * with the wait, in one io_uring_enter per loop iteration.
+ * readiness: a bounded read burst leaves data behind on purpose).
  *
- * Requests name their descriptor by a slot and a generation (user_data),
- * never by a pointer: a watcher removed during the dispatch of a batch, or
- * freed right after, has its slot's generation moved on, and what comes
- * for the old one is dropped.
+ * Operations (struct tpio__op) are the kernel's: a stream socket receives
+ * with one multishot receive into a ring of provided buffers, shared by the
+ * loop's connections, and sends with one send at a time per connection
+ * (liburing's examples/proxy.c works this way). A busy connection then
+ * costs no syscall of its own: what every connection queued goes to the
+ * kernel with the wait, in one io_uring_enter per loop iteration.
  *
- * Reads, writes, accepts and connects are still done by the transports on
- * readiness; operations on the ring itself are the next step (issue 13). */
+ * Requests name their owner by a slot and a generation (user_data), never
+ * by a pointer: a watcher removed during the dispatch of a batch, or freed
+ * right after, has its slot's generation moved on, and what comes for the
+ * old one is dropped. An operation keeps its slot until its last
+ * completion, which always reaches its owner (who keeps itself alive for
+ * it). */
 #include "backend/backend.h"
 
 #include <liburing.h>
 #include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,14 +37,35 @@ _Static_assert(TPIO__IN == POLLIN && TPIO__OUT == POLLOUT && TPIO__ERR == POLLER
                "tpio's readiness bits pass through to poll untranslated");
 
 #define RING_ENTRIES 256
+/* Room for many connections' completions at once; the kernel keeps what
+ * overflows (IORING_FEAT_NODROP) and the batch loop below flushes it. */
+#define CQ_ENTRIES 4096
 #define MAX_BATCH 256
-#define UD_IGNORE UINT64_MAX /* the completions of removals */
+#define UD_IGNORE UINT64_MAX /* the completions of removals and cancels */
+
+/* The provided buffers receives land in: a power of two of them, made on
+ * the first receive. 128 x 32 KiB: a batch of completions rarely takes them
+ * all, and each goes back to the kernel as soon as its bytes were
+ * delivered. */
+#define BUF_GROUP 0
+#define BUF_COUNT 128u
+#define BUF_SIZE (32u * 1024)
+
+enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND };
 
 struct slot {
-    struct tpio__io *io; /* NULL: free */
+    union {
+        struct tpio__io *io;
+        struct tpio__op *op;
+    };
+    tpio__op_cb cb; /* operations */
     uint32_t gen;
     uint32_t next_free;
-    bool armed; /* a poll request is in flight */
+    uint8_t kind;
+    bool armed; /* a request is in flight */
+    bool nopped; /* operations: cancelled before it was submitted */
+    int fd;     /* operations: to re-arm a receive the kernel ended */
+    unsigned seq; /* operations: the submission queue entry's number */
 };
 
 struct uring_backend {
@@ -46,11 +78,16 @@ struct uring_backend {
     int probe_fd;
     struct slot *slots;
     uint32_t nslots, free_head;
+    /* Operations: whether the kernel has them, and the provided buffers. */
+    bool ops_ok;
+    struct io_uring_buf_ring *br;
+    unsigned char *bufs; /* NULL until the first receive */
     /* The batch being dispatched, copied out of the completion queue. */
     int batch_n;
     struct {
         uint64_t ud;
         int32_t res;
+        uint32_t flags;
     } batch[MAX_BATCH];
 };
 
@@ -105,7 +142,7 @@ static int slot_new(struct uring_backend *b, struct tpio__io *io, uint32_t *out)
         if (!v)
             return -ENOMEM;
         for (uint32_t i = b->nslots; i < n; i++)
-            v[i] = (struct slot){NULL, 0, i + 1 < n ? i + 1 : NO_SLOT, false};
+            v[i] = (struct slot){.next_free = i + 1 < n ? i + 1 : NO_SLOT};
         b->free_head = b->nslots;
         b->slots = v;
         b->nslots = n;
@@ -113,6 +150,7 @@ static int slot_new(struct uring_backend *b, struct tpio__io *io, uint32_t *out)
     uint32_t i = b->free_head;
     b->free_head = b->slots[i].next_free;
     b->slots[i].io = io;
+    b->slots[i].kind = SLOT_IO;
     b->slots[i].armed = false;
     *out = i;
     return 0;
@@ -120,8 +158,10 @@ static int slot_new(struct uring_backend *b, struct tpio__io *io, uint32_t *out)
 
 static void slot_free(struct uring_backend *b, uint32_t i)
 {
-    disarm(b, i);
+    if (b->slots[i].kind == SLOT_IO)
+        disarm(b, i);
     b->slots[i].io = NULL;
+    b->slots[i].kind = SLOT_FREE;
     b->slots[i].gen++;
     b->slots[i].next_free = b->free_head;
     b->free_head = i;
@@ -180,6 +220,9 @@ static void uring_io_forget(struct tpio__backend *base, struct tpio__io *io)
     uring_io_set(base, io, 0); /* a removal names the request, never the fd */
 }
 
+static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
+                    uint32_t flags);
+
 /* Submit what is queued and wait for at least one completion, or until the
  * timeout (-1: none); 0: do not wait. */
 static int enter(struct uring_backend *b, int timeout_ms)
@@ -223,6 +266,7 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
     for (unsigned k = 0; k < n; k++) {
         b->batch[k].ud = io_uring_cqe_get_data64(cqes[k]);
         b->batch[k].res = cqes[k]->res;
+        b->batch[k].flags = cqes[k]->flags;
     }
     io_uring_cq_advance(&b->ring, n);
     int dispatched = 0;
@@ -231,14 +275,18 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
         if (ud == UD_IGNORE)
             continue;
         uint32_t i = (uint32_t)ud, gen = (uint32_t)(ud >> 32);
-        if (i >= b->nslots || !b->slots[i].io || b->slots[i].gen != gen)
+        if (i >= b->nslots || b->slots[i].kind == SLOT_FREE || b->slots[i].gen != gen)
             continue; /* removed, or re-armed since: stale */
+        dispatched++;
+        if (b->slots[i].kind != SLOT_IO) {
+            op_done(b, loop, i, b->batch[k].res, b->batch[k].flags);
+            continue;
+        }
         struct slot *s = &b->slots[i];
         struct tpio__io *io = s->io;
         s->armed = false;
         int32_t res = b->batch[k].res;
         uint32_t events = res >= 0 ? (uint32_t)res : TPIO__ERR | TPIO__HUP;
-        dispatched++;
         io->cb(loop, io, events);
         /* Level-triggered, as epoll: armed again unless the callback
          * changed the interest (which armed it) or removed it. */
@@ -249,10 +297,247 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
     return dispatched;
 }
 
+/* ---- operations ---------------------------------------------------------------- */
+
+/* Multishot receives need 6.0; provided-buffer rings 5.19. */
+static bool kernel_has_ops(void)
+{
+    struct utsname u;
+    unsigned major = 0, minor = 0;
+    if (uname(&u) < 0 || sscanf(u.release, "%u.%u", &major, &minor) != 2)
+        return false;
+    (void)minor;
+    return major >= 6;
+}
+
+static int ops_init(struct uring_backend *b)
+{
+    size_t ring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
+    void *br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br == MAP_FAILED)
+        return -errno;
+    b->br = br;
+    io_uring_buf_ring_init(b->br);
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uintptr_t)br, .ring_entries = BUF_COUNT, .bgid = BUF_GROUP};
+    int rc = io_uring_register_buf_ring(&b->ring, &reg, 0);
+    if (rc < 0) {
+        munmap(br, ring_bytes);
+        b->br = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+static void buf_give(struct uring_backend *b, unsigned bid)
+{
+    io_uring_buf_ring_add(b->br, b->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
+                          io_uring_buf_ring_mask(BUF_COUNT), 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+/* The buffers, on the first receive: anonymous memory, so that what no
+ * receive touched costs nothing. */
+static int bufs_make(struct uring_backend *b)
+{
+    void *m = mmap(NULL, (size_t)BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->bufs = m;
+    for (unsigned i = 0; i < BUF_COUNT; i++)
+        buf_give(b, i);
+    return 0;
+}
+
+static int op_slot(struct uring_backend *b, struct tpio__op *op, int kind, int fd,
+                   tpio__op_cb cb, uint32_t *out)
+{
+    int rc = slot_new(b, NULL, out);
+    if (rc < 0)
+        return rc;
+    struct slot *s = &b->slots[*out];
+    s->op = op;
+    s->kind = (uint8_t)kind;
+    s->cb = cb;
+    s->fd = fd;
+    s->armed = true;
+    s->nopped = false;
+    s->seq = b->ring.sq.sqe_tail - 1; /* the entry just taken */
+    op->tag = *out + 1;
+    return 0;
+}
+
+static void prep_recv(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    b->slots[i].seq = b->ring.sq.sqe_tail - 1;
+    io_uring_prep_recv_multishot(sqe, b->slots[i].fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BUF_GROUP;
+    io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
+}
+
+static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    int rc;
+    if (!b->bufs && (rc = bufs_make(b)) < 0)
+        return rc;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    if ((rc = op_slot(b, op, SLOT_RECV, fd, cb, &i)) < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    prep_recv(b, i, sqe);
+    return 0;
+}
+
+static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, const void *data,
+                      size_t len, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    int rc = op_slot(b, op, SLOT_SEND, fd, cb, &i);
+    if (rc < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    io_uring_prep_send(sqe, fd, data, len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
+    return 0;
+}
+
+static bool unsubmitted(const struct uring_backend *b, const struct slot *s)
+{
+    const struct io_uring_sq *sq = &b->ring.sq;
+    return s->seq - sq->sqe_head < sq->sqe_tail - sq->sqe_head;
+}
+
+/* Submitted at once: the owner is ending, and the peer must see it (a
+ * receive in flight holds the file, so a close would not reach it). */
+static void uring_cancel(struct tpio__backend *base, struct tpio__op *op)
+{
+    struct uring_backend *b = U(base);
+    uint32_t i = op->tag - 1;
+    struct slot *s = &b->slots[i];
+    if (!s->armed)
+        return; /* already asked */
+    s->armed = false;
+    /* Not submitted yet (the common case: a write then abort() in one
+     * callback): the kernel must never see it. Its entry becomes a no-op
+     * whose completion says cancelled. */
+    if (unsubmitted(b, s)) {
+        struct io_uring_sqe *e = &b->ring.sq.sqes[s->seq & b->ring.sq.ring_mask];
+        io_uring_prep_nop(e);
+        io_uring_sqe_set_data64(e, ud_of(i, s->gen));
+        s->nopped = true;
+        return;
+    }
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return;
+    io_uring_prep_cancel64(sqe, ud_of(i, s->gen), 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    io_uring_submit(&b->ring);
+}
+
+/* Synchronous, so that the owner may close the descriptor and free what the
+ * operation reads at once, as on epoll; the completions still to come for
+ * it find no owner and are dropped. */
+static void uring_drop(struct tpio__backend *base, struct tpio__op *op)
+{
+    struct uring_backend *b = U(base);
+    uint32_t i = op->tag - 1;
+    struct slot *s = &b->slots[i];
+    if (s->armed && unsubmitted(b, s)) {
+        struct io_uring_sqe *e = &b->ring.sq.sqes[s->seq & b->ring.sq.ring_mask];
+        io_uring_prep_nop(e);
+        io_uring_sqe_set_data64(e, ud_of(i, s->gen));
+        s->nopped = true;
+    } else {
+        struct io_uring_sync_cancel_reg reg = {
+            .addr = ud_of(i, s->gen), .fd = -1, .timeout = {.tv_sec = -1, .tv_nsec = -1}};
+        int rc = io_uring_register_sync_cancel(&b->ring, &reg);
+        if (rc < 0 && rc != -ENOENT && rc != -EALREADY) {
+            uring_cancel(base, op); /* the owner waits for the completion */
+            return;
+        }
+    }
+    s->armed = false;
+    s->op = NULL;
+    op->tag = 0;
+}
+
+/* A completion for operation slot i. A receive the kernel ended for want of
+ * buffers is armed again here, unseen by its owner: the batch's buffers
+ * have gone back by then. */
+static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
+                    uint32_t flags)
+{
+    struct slot *s = &b->slots[i];
+    if (s->nopped) {
+        res = -ECANCELED;
+        flags = 0;
+    }
+    bool more = flags & IORING_CQE_F_MORE;
+    if (!s->op) { /* dropped by its owner */
+        if (flags & IORING_CQE_F_BUFFER)
+            buf_give(b, flags >> IORING_CQE_BUFFER_SHIFT);
+        if (!more)
+            slot_free(b, i);
+        return;
+    }
+    if (s->kind == SLOT_RECV && res == -ENOBUFS && !more) {
+        if (!s->armed) {
+            res = -ECANCELED; /* it was being cancelled: that is how it ended */
+        } else {
+            struct io_uring_sqe *sqe = sqe_get(b);
+            if (sqe) {
+                prep_recv(b, i, sqe);
+                return;
+            }
+            res = -ENOMEM;
+        }
+    }
+    struct tpio__op *op = s->op;
+    tpio__op_cb cb = s->cb;
+    const void *data = NULL;
+    int bid = -1;
+    if (flags & IORING_CQE_F_BUFFER) {
+        bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+        data = b->bufs + (size_t)bid * BUF_SIZE;
+    }
+    if (!more) {
+        op->tag = 0;
+        slot_free(b, i);
+    }
+    cb(loop, op, res, data, more);
+    if (bid >= 0)
+        buf_give(b, (unsigned)bid);
+}
+
+static bool uring_has_ops(const struct tpio__backend *base) { return U(base)->ops_ok; }
+
 static void uring_close(struct tpio__backend *base)
 {
     struct uring_backend *b = U(base);
     io_uring_queue_exit(&b->ring);
+    if (b->br)
+        munmap(b->br, BUF_COUNT * sizeof(struct io_uring_buf));
+    if (b->bufs)
+        munmap(b->bufs, (size_t)BUF_COUNT * BUF_SIZE);
     close(b->probe_fd);
     tpio__free(b->slots);
     tpio__free(b);
@@ -264,6 +549,11 @@ static const struct tpio__backend_ops uring_ops = {
     .io_forget = uring_io_forget,
     .poll = uring_poll,
     .close = uring_close,
+    .recv = uring_recv,
+    .send = uring_send,
+    .cancel = uring_cancel,
+    .drop = uring_drop,
+    .has_ops = uring_has_ops,
 };
 
 /* The ring, COOP_TASKRUN where the kernel has it (completions are run when
@@ -278,7 +568,9 @@ static int ring_init(struct io_uring *ring)
     };
     int rc = -EINVAL;
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) {
-        struct io_uring_params p = {.flags = flags[i] | IORING_SETUP_SUBMIT_ALL};
+        struct io_uring_params p = {.flags = flags[i] | IORING_SETUP_SUBMIT_ALL |
+                                             IORING_SETUP_CQSIZE,
+                                    .cq_entries = CQ_ENTRIES};
         rc = io_uring_queue_init_params(RING_ENTRIES, ring, &p);
         if (rc != -EINVAL)
             break;
@@ -305,6 +597,10 @@ int tpio__uring_open(struct tpio__backend **out)
         tpio__free(b);
         return rc;
     }
+    /* Operations, where the kernel has them; else readiness alone. The
+     * environment can ask for readiness alone (tests, comparisons). */
+    const char *e = getenv("TPIO_URING_OPS");
+    b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
     *out = &b->base;
     return 0;
 }

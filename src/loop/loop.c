@@ -510,7 +510,12 @@ int tpio_loop_close(tpio_loop_t *loop)
     tpio__free(loop->heap);
     tpio__aligned_free(loop->rbuf);
     tpio__aligned_free(loop->layer_buf);
-    tpio__free(loop->spare_chunk);
+    /* the write buffers' pool: a list through each chunk's first field */
+    for (void *c = loop->spare_chunk; c;) {
+        void *next = *(void **)c;
+        tpio__free(c);
+        c = next;
+    }
     tpio__free(loop);
     tpio__allocator_release();
     return 0;

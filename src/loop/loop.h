@@ -80,9 +80,9 @@ struct tpio_loop {
 
     /* For the layers above: the buffer Protocol reads go into (one per
      * loop: a read is delivered before the next one starts), and the write
-     * buffer's one cached chunk (a plain allocation, freed at close). */
+     * buffer's pool of drained chunks (freed at close). */
     unsigned char *rbuf;
-    void *spare_chunk;
+    void *spare_chunk; /* a pool: a list through each one's first pointer */
     /* A second buffer of TPIO__LAYER_BUF_SIZE for a layer that transforms
      * what was read into rbuf (TLS decrypts into it); made on first use. */
     unsigned char *layer_buf;

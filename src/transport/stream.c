@@ -29,11 +29,18 @@ struct stream {
     struct tpio__io io;
     uint8_t mode;
     bool is_socket;     /* the fd is a socket: send() with MSG_NOSIGNAL */
+    bool direct;        /* a socket this transport sends to itself (not ops) */
     bool watch_reader;  /* write pipe: poll for readability to see the reader go */
     bool unwatchable;   /* write pipe on a device epoll refuses (/dev/null): never waits */
     bool read_eof;      /* EOF seen: nothing more to read */
+    bool ops;           /* the backend receives and sends (io_uring): see below */
+    bool rstop;         /* ops: the receive was asked to stop */
     uint8_t wblock;     /* the user's writes are refused: WB_EOF, WB_WRITER */
     struct tpio__wbuf wbuf;
+    /* ops: the receive and the send in flight, and the chunk that send
+     * reads when the buffer was dropped under it (abort) */
+    struct tpio__op rop, wop;
+    struct tpio__chunk *orphan;
     /* peername is cached when the connection is made (asyncio: it survives a
      * reset); IP addresses fit inline, longer ones (Unix paths) and the
      * sockname, asked for rarely, go to `more`, allocated on demand. */
@@ -54,14 +61,22 @@ struct stream_more {
     struct sockaddr_storage peer, self;
     socklen_t selflen;
     struct tpio__stream_writer *writer;
+    /* ops: what the kernel received after pause_reading (the receive was
+     * already under way), delivered after resume_reading from `held_node` */
+    struct tpio__wbuf held;
+    size_t held_size;
+    bool held_eof, held_queued;
+    int held_err;
+    struct tpio__node held_node;
+    struct stream *owner;
 };
 
 #define S(t) ((struct stream *)(t))
 
 static struct stream_more *more_of(struct stream *s)
 {
-    if (!s->more)
-        s->more = tpio__calloc(1, sizeof *s->more);
+    if (!s->more && (s->more = tpio__calloc(1, sizeof *s->more)))
+        s->more->owner = s;
     return s->more;
 }
 
@@ -86,8 +101,15 @@ static bool reading_active(const struct stream *s)
     return s->mode != MODE_WRITE_PIPE && tpio__reading_allowed(&s->base) && !s->read_eof;
 }
 
+static void update_ops(struct stream *s);
+static bool stream_busy(const tpio_transport_t *t);
+
 static void update_io(struct stream *s)
 {
+    if (s->ops) {
+        update_ops(s);
+        return;
+    }
     uint32_t want = 0;
     if (!s->base.lost_scheduled) {
         if (reading_active(s) || (s->watch_reader && s->base.made))
@@ -141,6 +163,8 @@ static void force_close(struct stream *s, int err)
 {
     if (s->base.lost_scheduled)
         return;
+    if (tpio__op_busy(&s->wop)) /* the kernel still reads it */
+        s->orphan = tpio__wbuf_take_head(&s->wbuf, &s->base.wsize);
     tpio__wbuf_clear(&s->wbuf, &s->base.wsize);
     schedule_lost(s, err);
 }
@@ -175,6 +199,23 @@ static void on_eof(struct stream *s)
         tpio_transport_close(t);
 }
 
+/* A BufferedProtocol's buffer for the next bytes; NULL when the transport
+ * closed inside get_buffer or the protocol gave none (the transport has
+ * failed then, as asyncio's does). */
+static inline __attribute__((always_inline)) void *ask_buffer(struct stream *s, size_t *len)
+{
+    tpio_transport_t *t = &s->base;
+    *len = 0;
+    void *buf = TPIO__UPCALL_VALUE(t, (void *)NULL, get_buffer, -1, len);
+    if (t->closing)
+        return NULL;
+    if (!buf || *len == 0) {
+        fatal_error(s, TPIO_EPROTOCOL_BUFFER, "Fatal error: protocol.get_buffer() call failed.");
+        return NULL;
+    }
+    return buf;
+}
+
 /* Returns the bytes read when they filled the whole buffer and reading may go
  * on (more is probably waiting), else 0. Inlined into both of its callers:
  * called, it costs 14 more instructions per round trip (make bench's counts). */
@@ -184,15 +225,8 @@ static inline __attribute__((always_inline)) size_t do_read(struct stream *s)
     void *buf;
     size_t len;
     if (t->proto->ops->get_buffer) {
-        len = 0;
-        buf = TPIO__UPCALL_VALUE(t, (void *)NULL, get_buffer, -1, &len);
-        if (t->closing)
+        if (!(buf = ask_buffer(s, &len)))
             return 0;
-        if (!buf || len == 0) {
-            fatal_error(s, TPIO_EPROTOCOL_BUFFER,
-                        "Fatal error: protocol.get_buffer() call failed.");
-            return 0;
-        }
     } else {
         buf = t->loop->rbuf;
         len = t->read_size;
@@ -355,11 +389,16 @@ static int write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t
     return 0;
 }
 
+static int ops_write(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                     bool notify);
+
 static int write_any(struct stream *s, const struct iovec *iov, int cnt, size_t total,
                      bool notify)
 {
     if (total == 0 || s->base.closing)
         return 0; /* asyncio drops writes once the connection is going away */
+    if (s->ops)
+        return ops_write(s, iov, cnt, total, notify);
     /* Queue behind what is buffered; else send now, and copy only the rest. */
     ssize_t n = s->base.wsize ? 0 : do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
     if (__builtin_expect(n == (ssize_t)total, 1))
@@ -386,8 +425,7 @@ static int stream_write1(tpio_transport_t *t, const void *data, size_t len)
 {
     struct stream *s = S(t);
     struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-    if (__builtin_expect(t->wsize == 0 && len && !t->closing && !s->wblock && s->is_socket,
-                         1)) {
+    if (__builtin_expect(t->wsize == 0 && len && !t->closing && !s->wblock && s->direct, 1)) {
         ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL);
         if (__builtin_expect(n == (ssize_t)len, 1))
             return 0;
@@ -420,7 +458,7 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
             read_more(s, n);
     }
     if ((events & (TPIO__OUT | TPIO__HUP | TPIO__ERR)) && !s->base.lost_scheduled) {
-        if (s->base.wsize)
+        if (s->base.wsize && !s->ops)
             flush(s);
         else if (s->wblock & WB_WRITER)
             s->more->writer->writable(s->more->writer);
@@ -428,6 +466,268 @@ static void stream_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
 }
 
 static void stream_started(tpio_transport_t *t) { update_io(S(t)); }
+
+/* ---- operations: the kernel receives and sends (io_uring) ---------------------
+ * The same transport on a completion backend. A multishot receive stays in
+ * the kernel while reading is active, and each completion's bytes — lent
+ * from the backend's buffers — are delivered at once, as a read's are. A
+ * write is copied whole into the write buffer and sent from there, one
+ * send in flight at a time, so that the order holds and nothing is sent
+ * twice; it costs a copy where epoll's direct send costs a syscall.
+ *
+ * What the contracts ask: pause_reading stops the receive, and what was
+ * received meanwhile (completions already on their way) is held and
+ * delivered after resume_reading; connection_lost waits for the last
+ * completion of both operations (stream_busy), so that the descriptor is
+ * closed only once the kernel has let go of it and the buffers the kernel
+ * reads stay put until then. */
+
+/* One data_received (or get_buffer + buffer_updated) for the first bytes of
+ * p; returns how many it took, 0 when the transport failed meanwhile. */
+static size_t deliver_piece(struct stream *s, const unsigned char *p, size_t n)
+{
+    tpio_transport_t *t = &s->base;
+    if (t->proto->ops->get_buffer) {
+        size_t len;
+        void *buf = ask_buffer(s, &len);
+        if (!buf)
+            return 0;
+        size_t k = n < len ? n : len;
+        memcpy(buf, p, k);
+        TPIO__UPCALL(t, buffer_updated, k);
+        return k;
+    }
+    size_t k = n < t->read_size ? n : t->read_size;
+    TPIO__UPCALL(t, data_received, p, k);
+    return k;
+}
+
+static bool ops_reading(const struct stream *s)
+{
+    return tpio__reading_allowed(&s->base) && !s->base.lost_scheduled;
+}
+
+/* Keep what came while reading was paused; false when out of memory (the
+ * transport has failed then). */
+static bool hold(struct stream *s, const unsigned char *p, size_t n)
+{
+    struct stream_more *m = more_of(s);
+    if (!m || tpio__wbuf_append(&m->held, &m->held_size, &s->base.loop->spare_chunk, p, n) < 0) {
+        fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+        return false;
+    }
+    return true;
+}
+
+static bool has_held(const struct stream *s)
+{
+    return s->more && (s->more->held_size || s->more->held_eof || s->more->held_err);
+}
+
+static void deliver(struct stream *s, const unsigned char *p, size_t n)
+{
+    while (n) {
+        if (!ops_reading(s)) {
+            if (!s->base.closing)
+                hold(s, p, n);
+            return;
+        }
+        size_t k = deliver_piece(s, p, n);
+        if (!k)
+            return;
+        p += k;
+        n -= k;
+    }
+}
+
+/* asyncio (and uvloop) ask a BufferedProtocol for a buffer before the read
+ * that finds EOF: so does this, though the kernel already said. */
+static void ops_eof(struct stream *s)
+{
+    size_t len;
+    if (s->base.proto->ops->get_buffer && !ask_buffer(s, &len))
+        return;
+    on_eof(s);
+}
+
+/* What was held is delivered from the ready queue after resume_reading, as
+ * asyncio's reads would come after it, never inside it; the receive starts
+ * again only when all of it went. */
+static void held_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct stream_more *m = tpio_container_of(arg, struct stream_more, held_node);
+    struct stream *s = m->owner;
+    tpio_transport_t *t = &s->base;
+    m->held_queued = false;
+    while (m->held.head && ops_reading(s)) {
+        struct tpio__chunk *c = m->held.head;
+        size_t k = deliver_piece(s, c->data + c->off, c->len);
+        if (!k)
+            break;
+        tpio__wbuf_consume(&m->held, &m->held_size, &t->loop->spare_chunk, k);
+    }
+    if (!m->held.head && m->held_eof && ops_reading(s)) {
+        m->held_eof = false;
+        ops_eof(s);
+    } else if (!m->held.head && m->held_err && ops_reading(s)) {
+        int err = m->held_err;
+        m->held_err = 0;
+        fatal_error(s, err, "Fatal read error on socket transport");
+    }
+    update_io(s);
+    tpio__transport_unref(t);
+}
+
+/* The receive's completions. */
+static void rop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop;
+    struct stream *s = tpio_container_of(op, struct stream, rop);
+    tpio_transport_t *t = &s->base;
+    if (!more)
+        s->rstop = false;
+    if (res > 0) {
+        if (t->lost_scheduled || t->closing)
+            ; /* asyncio stops reading at close(): dropped */
+        else if (has_held(s))
+            hold(s, data, (size_t)res);
+        else
+            deliver(s, data, (size_t)res);
+    } else if (res == 0) {
+        s->read_eof = true;
+        if (t->lost_scheduled || t->closing)
+            ;
+        else if (ops_reading(s) && !has_held(s))
+            ops_eof(s);
+        else if (more_of(s))
+            s->more->held_eof = true;
+        else
+            fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+    } else if (res != -ECANCELED && !t->lost_scheduled && !t->closing) {
+        /* an error met while reading was paused waits, as EOF does: an
+         * epoll loop would only meet it on its next read */
+        s->read_eof = true;
+        if (ops_reading(s) && !has_held(s))
+            fatal_error(s, res, "Fatal read error on socket transport");
+        else if (more_of(s))
+            s->more->held_err = res;
+        else
+            fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+    }
+    if (!more) {
+        update_io(s);
+        if (t->lost_scheduled && !tpio__op_busy(&s->wop))
+            tpio__transport_ops_done(t);
+    }
+}
+
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more);
+
+static void send_next(struct stream *s)
+{
+    struct tpio__chunk *c = s->wbuf.head;
+    int rc = tpio__op_send(s->base.loop->backend, &s->wop, s->io.fd, c->data + c->off, c->len,
+                           wop_done);
+    if (rc < 0)
+        force_close(s, rc);
+}
+
+/* The send's completion: the next part of the buffer goes, or the buffer
+ * drained (after_drain, as on epoll). */
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop, (void)data, (void)more;
+    struct stream *s = tpio_container_of(op, struct stream, wop);
+    tpio_transport_t *t = &s->base;
+    if (s->orphan) {
+        tpio__free(s->orphan);
+        s->orphan = NULL;
+    }
+    if (!t->lost_scheduled) {
+        if (res == -EAGAIN || res == -EINTR) {
+            send_next(s);
+        } else if (res < 0) {
+            fatal_error(s, res, "Fatal write error on transport");
+        } else {
+            tpio__wbuf_consume(&s->wbuf, &t->wsize, &t->loop->spare_chunk, (size_t)res);
+            /* resume_writing may write, which sends if nothing is in flight */
+            tpio__maybe_resume_protocol(t);
+            if (t->lost_scheduled || tpio__op_busy(&s->wop))
+                ;
+            else if (t->wsize)
+                send_next(s);
+            else
+                after_drain(s);
+        }
+    }
+    if (t->lost_scheduled && !stream_busy(t))
+        tpio__transport_ops_done(t);
+}
+
+/* The write is copied whole; a send goes now unless one is in flight. */
+static int ops_write(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                     bool notify)
+{
+    (void)total;
+    tpio_transport_t *t = &s->base;
+    for (int i = 0; i < cnt; i++) {
+        if (tpio__wbuf_append(&s->wbuf, &t->wsize, &t->loop->spare_chunk, iov[i].iov_base,
+                              iov[i].iov_len) < 0) {
+            force_close(s, -ENOMEM);
+            return -ENOMEM;
+        }
+    }
+    if (!tpio__op_busy(&s->wop))
+        send_next(s);
+    if (notify && !t->lost_scheduled)
+        tpio__maybe_pause_protocol(t);
+    return 0;
+}
+
+static void update_ops(struct stream *s)
+{
+    tpio_transport_t *t = &s->base;
+    struct tpio__backend *b = t->loop->backend;
+    bool reading = ops_reading(s), held = has_held(s);
+    if (reading && held && !s->more->held_queued) {
+        s->more->held_queued = true;
+        s->more->held_node.cb = held_cb;
+        tpio__transport_ref(t);
+        tpio__call_soon_node(t->loop, &s->more->held_node);
+    }
+    if (t->lost_scheduled) {
+        /* Ending: the kernel lets go now, so that connection_lost and the
+         * close come as soon as on epoll; what it still had is dropped,
+         * as asyncio's abort drops the buffer. */
+        tpio__op_drop(b, &s->rop);
+        tpio__op_drop(b, &s->wop);
+        s->rstop = false;
+    }
+    bool receive = reading && !held && !s->read_eof;
+    if (receive && !tpio__op_busy(&s->rop)) {
+        int rc = tpio__op_recv(b, &s->rop, s->io.fd, rop_done);
+        if (rc < 0) {
+            tpio__schedule_lost(t, rc);
+            return;
+        }
+    } else if (!receive && tpio__op_busy(&s->rop) && !s->rstop) {
+        s->rstop = true;
+        tpio__op_cancel(b, &s->rop);
+    }
+    if (!t->lost_scheduled && t->wsize && !tpio__op_busy(&s->wop))
+        send_next(s);
+    /* An attached writer (sendfile) still takes its turns on writability. */
+    uint32_t want = !t->lost_scheduled && (s->wblock & WB_WRITER) && !t->wsize ? TPIO__OUT : 0;
+    if (want != s->io.registered) {
+        int rc = tpio__watch(t->loop, &s->io, want);
+        if (rc < 0 && want)
+            tpio__schedule_lost(t, rc);
+    }
+}
 
 /* ---- the kind's table ---------------------------------------------------------- */
 
@@ -526,7 +826,11 @@ static void stream_destroy(tpio_transport_t *t)
     struct stream *s = S(t);
     tpio__transport_leave_fd(t, &s->io); /* never started: the fd is the caller's */
     tpio__wbuf_clear(&s->wbuf, &t->wsize);
-    tpio__free(s->more);
+    tpio__free(s->orphan);
+    if (s->more) {
+        tpio__wbuf_clear(&s->more->held, &s->more->held_size);
+        tpio__free(s->more);
+    }
     tpio__free(s);
 }
 
@@ -558,7 +862,13 @@ static const struct tpio__transport_vt write_pipe_vt = {
     .destroy = stream_destroy,
 };
 
+static bool stream_busy(const tpio_transport_t *t)
+{
+    return tpio__op_busy(&S(t)->rop) || tpio__op_busy(&S(t)->wop);
+}
+
 static const struct tpio__transport_vt stream_vt = {
+    .busy = stream_busy,
     .close = stream_close,
     .abort = stream_abort,
     .abort_reset = stream_abort_reset,
@@ -608,6 +918,10 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         return rc;
     }
     s->is_socket = true;
+    /* On a completion backend the kernel receives and sends for a socket;
+     * pipes still wait for readiness (multishot reads of pipes are newer
+     * than the kernels this supports). */
+    s->ops = s->mode == MODE_DUPLEX && tpio__backend_has_ops(loop->backend);
     if (s->mode != MODE_DUPLEX) {
         /* A pipe transport may sit on a FIFO, a socket or a character device. */
         struct stat st;
@@ -630,6 +944,7 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         if (peer)
             set_peer(s, peer, peerlen);
     }
+    s->direct = s->is_socket && !s->ops;
     *out = &s->base;
     return 0;
 }

@@ -189,7 +189,22 @@ static void end(tpio_transport_t *t)
 static void lost_cb(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
-    end(tpio_container_of(arg, struct tpio_transport, lost_node));
+    tpio_transport_t *t = tpio_container_of(arg, struct tpio_transport, lost_node);
+    /* The kernel may still write into the transport's buffers, or hold its
+     * descriptor: connection_lost, and the close after it, wait. */
+    if (t->vt->busy && t->vt->busy(t)) {
+        t->lost_waiting = true;
+        return;
+    }
+    end(t);
+}
+
+void tpio__transport_ops_done(tpio_transport_t *t)
+{
+    if (!t->lost_waiting)
+        return;
+    t->lost_waiting = false;
+    tpio__call_soon_node(t->loop, &t->lost_node);
 }
 
 /* Once: closing, I/O stopped now; false if the end was decided already. */

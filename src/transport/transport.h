@@ -51,6 +51,10 @@ struct tpio__transport_vt {
     /* Ending: stop watching the fd (at once), then release it (after
      * connection_lost), then free the memory (after the last reference). */
     void (*quiesce)(tpio_transport_t *t);
+    /* Operations of the kind's are still in the kernel (a completion
+     * backend's): connection_lost waits for tpio__transport_ops_done.
+     * Optional. */
+    bool (*busy)(const tpio_transport_t *t);
     void (*teardown)(tpio_transport_t *t);
     void (*destroy)(tpio_transport_t *t);
 };
@@ -84,6 +88,7 @@ struct tpio_transport {
     bool closing;         /* close()/abort() called, or the connection failed */
     bool lost_scheduled;  /* connection_lost is queued or done */
     bool writing_paused;  /* pause_writing() was delivered */
+    bool lost_waiting;    /* connection_lost is due once the kind is not busy */
     struct tpio__start *start; /* until connection_made, when there is a completion */
     struct tpio__node lost_node;
     struct tpio__member member;
@@ -110,6 +115,9 @@ TPIO__HIDDEN int tpio__transport_start(tpio_transport_t *t, tpio_protocol_t *p,
 /* End the connection: closing, stop I/O now, and queue connection_lost(err),
  * after which the kind's teardown closes the descriptor. Once only. */
 TPIO__HIDDEN void tpio__schedule_lost(tpio_transport_t *t, int err);
+/* The kind's last operation in the kernel completed: a connection_lost that
+ * waited for it is queued. */
+TPIO__HIDDEN void tpio__transport_ops_done(tpio_transport_t *t);
 /* The same, now: for a layer whose transport below is ending (called from
  * that transport's connection_lost, so that inside the layer's own the
  * descriptor is still there). */
@@ -294,5 +302,8 @@ TPIO__HIDDEN int tpio__wbuf_iov(const struct tpio__wbuf *b, struct iovec *iov, i
 TPIO__HIDDEN void tpio__wbuf_consume(struct tpio__wbuf *b, size_t *size, void **spare,
                                      size_t n);
 TPIO__HIDDEN void tpio__wbuf_clear(struct tpio__wbuf *b, size_t *size);
+/* Unlink the head chunk (the one a send in flight reads) and give it to
+ * the caller, to free once the kernel is done with it. */
+TPIO__HIDDEN struct tpio__chunk *tpio__wbuf_take_head(struct tpio__wbuf *b, size_t *size);
 
 #endif
