@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark driver: echo servers on tpio (Protocol, BufferedProtocol), libuv,
-libevent and a bare epoll loop, measured by bench/loadgen; the same over
-TLS 1.3 (tpio, libevent's bufferevent_openssl, epoll with OpenSSL); and the
-same echo in Python (bench/servers/py_echo.py) on stock asyncio, uvloop and
-tpio's event loop.
+"""Benchmark driver: echo servers on tpio (Protocol, BufferedProtocol; on its
+epoll backend and on its io_uring one), libuv, libevent, a bare epoll loop
+and a bare io_uring loop, measured by bench/loadgen; the same over TLS 1.3
+(tpio, libevent's bufferevent_openssl, epoll with OpenSSL); and the same
+echo in Python (bench/servers/py_echo.py) on stock asyncio, uvloop and
+tpio's event loop (on both backends).
 
     python3 bench/run.py [--quick] [--build build-bench] [--out bench/results]
                          [--doc docs/performance.md] [--skip tls,python,...]
@@ -28,13 +29,19 @@ What it does, in order (see docs/performance.md for the method):
     split by object into OpenSSL's (libssl, libcrypto and the C library
     functions they call) and the rest; syscalls; memory per idle TLS
     connection (handshake done, one byte echoed).
- 5. Python: the six Python servers (three loops x Protocol/BufferedProtocol),
-    all on the interpreter the extension was built for, in their own load
+ 5. Python: the Python servers (three loops x Protocol/BufferedProtocol, and
+    tpio's loop with a Protocol on its io_uring backend too), all on the
+    interpreter the extension was built for, in their own load
     generator run per configuration (the same matrix, interleaved in slices
     as in 1), and their instructions and syscalls per round trip at
     1 KiB x 10 as in 2 (shorter runs: Python under valgrind is slow).
  6. writes CSVs, a markdown summary, PNG charts (gnuplot) into --out, and with
     --doc replaces the generated part of docs/performance.md.
+
+The io_uring rows (the yardstick echo_uring, tpio's servers with
+TPIO_BACKEND=io_uring) are tried first with a short echo; where the machine
+refuses io_uring, or echo_uring was not built (no liburing), they are left
+out and the summary says why.
 
 Only the Python standard library; taskset, valgrind, strace, gnuplot, openssl
 and python3-uvloop from Debian. Every subprocess has a timeout; servers are
@@ -55,15 +62,28 @@ import sys
 import tempfile
 import time
 
-SERVERS = [  # (name, binary)
+SERVERS = [  # (name, binary); each io_uring row beside its epoll one
     ("epoll", "echo_epoll"),
+    ("uring", "echo_uring"),
     ("tpio", "echo_tpio"),
+    ("tpio-uring", "echo_tpio"),
     ("tpio-buffered", "echo_tpio_buffered"),
+    ("tpio-uring-buffered", "echo_tpio_buffered"),
     ("libuv", "echo_libuv"),
     ("libevent", "echo_libevent"),
 ]
 TPIO_SERVERS = ("tpio", "tpio-buffered")
 YARDSTICK, REFERENCE = "epoll", "libuv"
+# io_uring: its own yardstick, and tpio's servers on tpio's io_uring backend,
+# each held to the same server on epoll. The rows go when the machine
+# refuses io_uring (see uring_probe).
+URING_YARDSTICK = "uring"
+URING_SERVERS = {"tpio-uring": "tpio", "tpio-uring-buffered": "tpio-buffered"}
+# What a server's environment adds to the caller's (less its TPIO_BACKEND,
+# so that an unmarked tpio row is always tpio's default backend, epoll).
+SERVER_ENV = {"tpio-uring": {"TPIO_BACKEND": "io_uring"},
+              "tpio-uring-buffered": {"TPIO_BACKEND": "io_uring"},
+              "py-tpio-uring": {"TPIO_BACKEND": "io_uring"}}
 
 # TLS: the same names for the servers' kinds, their own configurations
 # ("TLS ..."), their own yardstick (epoll with OpenSSL on the socket) and
@@ -92,6 +112,7 @@ PY_SERVERS = [
     ("py-uvloop", "uvloop", "protocol"),
     ("py-uvloop-buffered", "uvloop", "buffered"),
     ("py-tpio", "tpio", "protocol"),
+    ("py-tpio-uring", "tpio", "protocol"),  # TPIO_BACKEND=io_uring (SERVER_ENV)
     ("py-tpio-buffered", "tpio", "buffered"),
 ]
 # tpio's loop is held to uvloop's with the same kind of protocol.
@@ -263,6 +284,16 @@ def py_env(build):
     return env
 
 
+def server_env(name, base=None):
+    """The environment of the server `name`: base (the caller's when None)
+    without TPIO_BACKEND, so that a row says which backend it runs on, plus
+    what SERVER_ENV gives that server."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if k != "TPIO_BACKEND"}
+    env.update(SERVER_ENV.get(name, {}))
+    return env
+
+
 def py_argv(a, loop, kind):
     # -s: no user site-packages, whose uvloop could differ from Debian's.
     return [a.python, "-s", PY_ECHO, "--loop", loop, "--proto", kind]
@@ -310,6 +341,52 @@ def loadgen(a, pin, port, *args, timeout):
     return [parse_kv(line) for line in r.stdout.splitlines() if line.strip()]
 
 
+def uring_probe(a, pin, tmp, plain, python):
+    """Tries every io_uring row (with plain URING_YARDSTICK and URING_SERVERS,
+    with python the Python ones that SERVER_ENV puts on io_uring) with a short
+    echo; drops from SERVERS and PY_SERVERS (in place: the rest of the run
+    reads them) the rows that fail, and says why in a.notes. A machine may
+    refuse io_uring (kernel.io_uring_disabled, a seccomp filter, an old
+    kernel), and echo_uring is only built where liburing is."""
+    tried = [(n, [os.path.join(a.build, b)], server_env(n), b) for n, b in SERVERS
+             if plain and (n == URING_YARDSTICK or n in URING_SERVERS)]
+    if python:
+        tried += [(n, py_argv(a, loop, kind), server_env(n, a.py_env), None)
+                  for n, loop, kind in PY_SERVERS
+                  if SERVER_ENV.get(n, {}).get("TPIO_BACKEND") == "io_uring"]
+    dropped = set()
+    for name, argv, env, binary in tried:
+        why = None
+        if binary and not os.access(argv[0], os.X_OK):
+            why = "%s was not built (no liburing >= 2.3 at `make bench-build`)" % binary
+        else:
+            srv = None
+            try:
+                srv = Server(pin.server() + argv, os.path.join(tmp, "probe-%s.log" % name),
+                             timeout=60, env=env)
+                loadgen(a, pin, srv.port, "-m", "pingpong", "-c", 2, "-s", 1024, "-n", 50,
+                        timeout=20)
+            except Exception as e:  # whatever the reason, the row cannot be measured
+                why = str(e)
+                try:
+                    with open(os.path.join(tmp, "probe-%s.log" % name), errors="replace") as f:
+                        err = f.read().strip().splitlines()
+                    if err:
+                        why = err[-1]
+                except OSError:
+                    pass
+                why = "io_uring refused here: " + why
+            finally:
+                if srv:
+                    srv.stop()
+        if why:
+            dropped.add(name)
+            a.notes.append("`%s` left out: %s." % (name, why.rstrip(".")))
+            log("io_uring: %s left out: %s" % (name, why))
+    SERVERS[:] = [s for s in SERVERS if s[0] not in dropped]
+    PY_SERVERS[:] = [s for s in PY_SERVERS if s[0] not in dropped]
+
+
 # ---------------------------------------------------------------------------
 # 1. throughput matrix
 
@@ -325,7 +402,7 @@ def run_matrix(a, P, pin, tmp, tls=None, python=False):
         cfgs = list(TLS_MATRIX)
         label = lambda c: tls_cfg_name(*c)
         lg_args, logtag = tls.loadgen_args, "tls-"
-        launch = [(n, [os.path.join(a.build, b)] + tls.server_args, None)
+        launch = [(n, [os.path.join(a.build, b)] + tls.server_args, server_env(n))
                   for n, b in TLS_SERVERS]
     else:
         if a.quick:
@@ -336,9 +413,10 @@ def run_matrix(a, P, pin, tmp, tls=None, python=False):
         label = lambda c: "bulk" if c[0] == "bulk" else cfg_name(c[1], c[2])
         lg_args, logtag = [], ""
         if python:
-            launch = [(n, py_argv(a, loop, kind), a.py_env) for n, loop, kind in PY_SERVERS]
+            launch = [(n, py_argv(a, loop, kind), server_env(n, a.py_env))
+                      for n, loop, kind in PY_SERVERS]
         else:
-            launch = [(n, [os.path.join(a.build, b)], None) for n, b in SERVERS]
+            launch = [(n, [os.path.join(a.build, b)], server_env(n)) for n, b in SERVERS]
     if a.only:
         keep = set(x.strip() for x in a.only.split(","))
         cfgs = [c for c in cfgs if label(c) in keep]
@@ -558,8 +636,10 @@ def strace_counts(path):
     return counts
 
 
-def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None, env=None):
-    """binary: a program of the build directory, or a whole command (a list)."""
+def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None, env=None,
+                start_timeout=60):
+    """binary: a program of the build directory, or a whole command (a list);
+    env: the server's environment (server_env)."""
     out = os.path.join(tmp, "%s-%s.out" % (tag, rounds))
     if tool == "callgrind":
         prefix = ["valgrind", "--tool=callgrind", "--trace-children=no",
@@ -568,10 +648,10 @@ def counted_run(a, pin, tool, binary, size, conns, rounds, tmp, tag, tls=None, e
         prefix = ["strace", "-f", "-c", "-o", out, "--"]
     cmd = list(binary) if isinstance(binary, list) else [os.path.join(a.build, binary)]
     # The server exits once the `conns` connections are closed, so the tool
-    # writes its report. An interpreter under valgrind takes seconds to start.
+    # writes its report.
     srv = Server(pin.server() + prefix + cmd +
                  (tls.server_args if tls else []) + ["0", str(conns)],
-                 os.path.join(tmp, "%s.log" % tag), timeout=60 if env is None else 180, env=env)
+                 os.path.join(tmp, "%s.log" % tag), timeout=start_timeout, env=env)
     try:
         loadgen(a, pin, srv.port, "-m", "pingpong", "-c", conns, "-s", size, "-n", rounds,
                 *(tls.loadgen_args if tls else []), timeout=300)
@@ -588,9 +668,10 @@ def run_counts(a, P, pin, tmp):
     for size, conns in P["count_cfgs"]:
         cfg = cfg_name(size, conns)
         for name, binary in SERVERS:
+            env = server_env(name)
             tag = "cg-%s-%d-%d" % (name, size, conns)
-            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag)
-            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag)
+            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag, env=env)
+            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag, env=env)
             ir = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
             if (size, conns) == BAR_CFG:
                 ffa, ffb = callgrind_functions(fa), callgrind_functions(fb)
@@ -599,8 +680,10 @@ def run_counts(a, P, pin, tmp):
                 profiles[name] = sorted(diff.items(), key=lambda kv: -kv[1])
                 shutil.copy(fb, os.path.join(a.out, "callgrind-%s.out" % name))
             tag = "st-%s-%d-%d" % (name, size, conns)
-            sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag))
-            sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag))
+            sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag,
+                                           env=env))
+            sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag,
+                                           env=env))
             per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
             per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
             counts.append(dict(server=name, config=cfg, size=size, conns=conns,
@@ -622,9 +705,10 @@ def run_tls_counts(a, P, pin, tmp, tls, plain_counts):
     cfg = "TLS " + cfg_name(size, conns)
     counts, profiles = [], {}
     for name, binary in TLS_SERVERS:
+        env = server_env(name)
         tag = "cg-tls-%s" % name
-        fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag, tls)
-        fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag, tls)
+        fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag, tls, env)
+        fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag, tls, env)
         (oa, xa), (ob, xb) = callgrind_objects(fa), callgrind_objects(fb)
         per_obj = {k: (ob.get(k, 0) - oa.get(k, 0)) / (r2 - r1) for k in set(oa) | set(ob)}
         per_obj = {k: v for k, v in per_obj.items() if abs(v) >= 0.05}
@@ -636,8 +720,10 @@ def run_tls_counts(a, P, pin, tmp, tls, plain_counts):
         profiles[name] = sorted(diff.items(), key=lambda kv: -kv[1])
         shutil.copy(fb, os.path.join(a.out, "callgrind-tls-%s.out" % name))
         tag = "st-tls-%s" % name
-        sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag, tls))
-        sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag, tls))
+        sa = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r1, tmp, tag, tls,
+                                       env))
+        sb = strace_counts(counted_run(a, pin, "strace", binary, size, conns, r2, tmp, tag, tls,
+                                       env))
         per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
         per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
         c = dict(server=name, config=cfg, size=size, conns=conns, instructions=total,
@@ -658,8 +744,9 @@ def run_tls_counts(a, P, pin, tmp, tls, plain_counts):
                 log("no %s: no plain-TCP reference for the TLS counts of %s" % (binary, name))
                 continue
             tag = "cg-plainref-%s" % name
-            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag)
-            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag)
+            env = server_env(name)
+            fa = counted_run(a, pin, "callgrind", binary, size, conns, r1, tmp, tag, env=env)
+            fb = counted_run(a, pin, "callgrind", binary, size, conns, r2, tmp, tag, env=env)
             plain[name] = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
             log("counts %-14s %-14s %8.0f instr/rt (plain TCP, the reference of the TLS "
                 "counts)" % (plain_cfg, name, plain[name]))
@@ -678,9 +765,13 @@ def run_py_counts(a, P, pin, tmp):
     counts, profiles = [], {}
     for name, loop, kind in PY_SERVERS:
         argv = py_argv(a, loop, kind)
+        env = server_env(name, a.py_env)
         tag = "cg-%s" % name
-        fa = counted_run(a, pin, "callgrind", argv, size, conns, r1, tmp, tag, env=a.py_env)
-        fb = counted_run(a, pin, "callgrind", argv, size, conns, r2, tmp, tag, env=a.py_env)
+        # An interpreter under valgrind takes seconds to start.
+        fa = counted_run(a, pin, "callgrind", argv, size, conns, r1, tmp, tag, env=env,
+                         start_timeout=180)
+        fb = counted_run(a, pin, "callgrind", argv, size, conns, r2, tmp, tag, env=env,
+                         start_timeout=180)
         ir = (callgrind_total(fb) - callgrind_total(fa)) / (r2 - r1)
         ffa, ffb = callgrind_functions(fa), callgrind_functions(fb)
         diff = {k: (ffb.get(k, 0) - ffa.get(k, 0)) / (r2 - r1) for k in set(ffa) | set(ffb)}
@@ -692,9 +783,9 @@ def run_py_counts(a, P, pin, tmp):
             shutil.copyfile(fb, os.path.join(a.out, "callgrind-%s.out" % name))
         tag = "st-%s" % name
         sa = strace_counts(counted_run(a, pin, "strace", argv, size, conns, r1, tmp, tag,
-                                       env=a.py_env))
+                                       env=env, start_timeout=180))
         sb = strace_counts(counted_run(a, pin, "strace", argv, size, conns, r2, tmp, tag,
-                                       env=a.py_env))
+                                       env=env, start_timeout=180))
         per = {k: (sb.get(k, 0) - sa.get(k, 0)) / (r2 - r1) for k in set(sa) | set(sb)}
         per = {k: v for k, v in per.items() if abs(v) >= 0.0005}
         counts.append(dict(server=name, config=cfg, size=size, conns=conns, instructions=ir,
@@ -734,7 +825,8 @@ def run_memory(a, P, pin, tmp, tls=None):
     res = []
     for name, binary in server_list:
         srv = Server(pin.server() + [os.path.join(a.build, binary)] + srv_args,
-                     os.path.join(tmp, "mem-%s%s.log" % ("tls-" if tls else "", name)))
+                     os.path.join(tmp, "mem-%s%s.log" % ("tls-" if tls else "", name)),
+                     env=server_env(name))
         try:
             time.sleep(0.2)
             before = vmrss_kib(srv.pid)
@@ -915,7 +1007,31 @@ def check_bars(med, configs, counts, mem):
             a, b = memd[t]["bytes_per_conn"], memd[REFERENCE]["bytes_per_conn"]
             bars.append((t, "memory per idle connection < libuv",
                          "%.0f B vs %.0f B" % (a, b), "yes" if a < b else "no"))
+    for t, base in URING_SERVERS.items():
+        line = uring_compare(med, counts, t)
+        if line:
+            bars.append((t, "io_uring at %s: vs %s and %s (epoll)" % (bar_cfg, URING_YARDSTICK,
+                                                                     base), line, "info"))
     return bars
+
+
+def uring_compare(med, counts, t):
+    """tpio's server t on io_uring at BAR_CFG against the io_uring yardstick
+    and the same server on epoll: syscalls and server CPU per round trip, as
+    one line; None when t has neither figure."""
+    cfg = cfg_name(*BAR_CFG)
+    others = (URING_YARDSTICK, URING_SERVERS[t])
+    sc = {c["server"]: c["syscalls"] for c in counts if c["config"] == cfg}
+    cpu = {n: med[(cfg, n)]["cpu_ns"] for n in (t,) + others if (cfg, n) in med}
+    parts = []
+    if t in sc:
+        parts.append("syscalls/rt %.3f (%s)" % (sc[t], ", ".join(
+            "%s %.3f" % (n, sc[n]) for n in others if n in sc) or "nothing to compare"))
+    if t in cpu:
+        parts.append("server CPU/rt %.0f ns (%s)" % (cpu[t], ", ".join(
+            "%s %.0f ns: %.2fx" % (n, cpu[n], cpu[t] / cpu[n]) for n in others
+            if cpu.get(n)) or "nothing to compare"))
+    return "; ".join(parts) or None
 
 
 def check_tls_bars(T):
@@ -999,6 +1115,20 @@ def check_py_bars(Y):
                 PY_BARS["instructions"], ref, ct["config"]),
                          "%.0f vs %.0f = %.2fx" % (ct["instructions"], cr["instructions"], r),
                          "yes" if r <= PY_BARS["instructions"] else "no"))
+    # tpio's loop on io_uring, against the same loop on epoll
+    t, base = "py-tpio-uring", "py-tpio"
+    parts = []
+    r = ratio(med, bar_cfg, t, base)
+    if r is not None:
+        parts.append("rt/s %.3fx; server CPU/rt %.0f ns vs %.0f ns = %.2fx" % (
+            r, med[(bar_cfg, t)]["cpu_ns"],
+            med[(bar_cfg, base)]["cpu_ns"],
+            med[(bar_cfg, t)]["cpu_ns"] / med[(bar_cfg, base)]["cpu_ns"]))
+    if t in cnt and base in cnt:
+        parts.append("syscalls/rt %.3f vs %.3f" % (cnt[t]["syscalls"], cnt[base]["syscalls"]))
+    if parts:
+        bars.append((t, "io_uring at %s: vs %s (epoll)" % (bar_cfg, base), "; ".join(parts),
+                     "info"))
     return bars
 
 
@@ -1017,13 +1147,16 @@ def py_summary_md(a, P, Y):
              "variables removed): `py-asyncio` is the standard library's loop (selectors, "
              "epoll), `py-uvloop` is uvloop %s (Debian's python3-uvloop, on libuv), `py-tpio` "
              "is tpio's loop (the package %s and its extension, built into "
-             "`build-bench/python` with the release flags, on `PYTHONPATH`). Each has an "
+             "`build-bench/python` with the release flags, on `PYTHONPATH`) on its default "
+             "backend, epoll, and `py-tpio-uring` the same on its io_uring backend "
+             "(`TPIO_BACKEND=io_uring`; with a Protocol only). Each has an "
              "`asyncio.Protocol` (`data_received` writes the bytes it gets) and, `-buffered`, "
              "an `asyncio.BufferedProtocol` (`get_buffer` returns a view of one 64 KiB buffer "
              "shared by all connections, `buffer_updated` writes a slice of it; on uvloop, "
              "whose `write` keeps the object and sends it later, a copy of the slice). The "
              "flow control (64 KiB / 16 KiB), `TCP_NODELAY`, pinning, matrix, slices and "
-             "rounds are the C servers'; the six take turns in their own load generator "
+             "rounds are the C servers'; the Python servers take turns in their own load "
+             "generator "
              "run per configuration, apart from the C servers' runs. Server CPU per round "
              "trip as above. Instructions and syscalls per round trip at %s as above, from "
              "a %d- and a %d-round-trip run (shorter: the interpreter under valgrind is "
@@ -1238,6 +1371,52 @@ def tls_summary_md(a, P, T):
     return L
 
 
+def uring_summary_md(a, med, configs, counts, names):
+    """The io_uring part of the summary: what the rows are, the rows left
+    out, tpio on io_uring against the yardstick and against itself on
+    epoll."""
+    ur = [t for t in URING_SERVERS if t in names]
+    if not ur and not a.notes:
+        return []
+    L = ["### io_uring", ""]
+    L.append("`uring` is the io_uring yardstick (`bench/servers/echo_uring.c`, liburing): one "
+             "ring (DEFER_TASKRUN and SINGLE_ISSUER where the kernel takes them), a multishot "
+             "accept, and per connection a multishot receive into a ring of provided buffers "
+             "(of the read size); each buffer is sent back as it came and returned to the "
+             "ring once sent, so the echo never copies, and one `io_uring_enter` per loop "
+             "iteration submits the sends and waits for the next completions. `tpio-uring` "
+             "and `tpio-uring-buffered` are the `tpio` and `tpio-buffered` programs on "
+             "tpio's io_uring backend (`TPIO_BACKEND=io_uring`); the other tpio rows run on "
+             "its default backend, epoll. Flow control and the rest of the contract are the "
+             "other servers'.")
+    L.append("")
+    for note in a.notes:
+        L.append("- " + note)
+    if a.notes:
+        L.append("")
+    lines = [(t, uring_compare(med, counts, t)) for t in ur]
+    for t, line in lines:
+        if line:
+            L.append("- `%s` at %s: %s." % (t, cfg_name(*BAR_CFG), line))
+    if any(line for _, line in lines):
+        L.append("")
+    if ur and configs:
+        L.append("Ratios of round trips per second (bulk: MB/s), medians of the paired "
+                 "ratios: to `%s` / to the same server on epoll." % URING_YARDSTICK)
+        L.append("")
+        L.append("| configuration | " + " | ".join(ur) + " |")
+        L.append("|---|" + "---:|" * len(ur))
+        for cfg in configs:
+            cells = []
+            for t in ur:
+                ry, rb = ratio(med, cfg, t, URING_YARDSTICK), ratio(med, cfg, t, URING_SERVERS[t])
+                cells.append("%s / %s" % ("%.2f" % ry if ry is not None else "-",
+                                          "%.2f" % rb if rb is not None else "-"))
+            L.append("| %s | " % cfg + " | ".join(cells) + " |")
+        L.append("")
+    return L
+
+
 def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_names, T=None,
                Y=None):
     names = [n for n, _ in SERVERS]
@@ -1298,6 +1477,7 @@ def summary_md(a, P, info, med, configs, counts, profiles, mem, bars, chart_name
             ", ".join("%s %.3f" % kv for kv in sorted(c["breakdown"].items(),
                                                       key=lambda kv: -kv[1]))))
     L.append("")
+    L.extend(uring_summary_md(a, med, configs, counts, names))
     if mem:
         L.append("### Resident memory per idle connection")
         L.append("")
@@ -1427,6 +1607,16 @@ def write_py_csvs(a, Y):
                 f.write("\n")
 
 
+# Chart colours by name, so that a row left out shifts none of the others';
+# an io_uring row is the lighter shade of its epoll one.
+COLORS = {"epoll": "#7f7f7f", "uring": "#c7c7c7", "tpio": "#d62728", "tpio-uring": "#ff9896",
+          "tpio-buffered": "#ff7f0e", "tpio-uring-buffered": "#ffbb78", "libuv": "#1f77b4",
+          "libevent": "#2ca02c"}
+PY_COLORS = {"py-asyncio": "#9edae5", "py-asyncio-buffered": "#17becf", "py-uvloop": "#aec7e8",
+             "py-uvloop-buffered": "#1f77b4", "py-tpio": "#ff9896", "py-tpio-uring": "#f7b6d2",
+             "py-tpio-buffered": "#d62728"}
+
+
 def py_chart(a, Y, info, tmp):
     """python.png: every Python server's round trips per second relative to
     uvloop with a Protocol, so that the two kinds of protocol show on one
@@ -1434,7 +1624,7 @@ def py_chart(a, Y, info, tmp):
     if not shutil.which("gnuplot") or not Y["med"]:
         return []
     names = [n for n, _, _ in PY_SERVERS]
-    colors = ["#9edae5", "#17becf", "#aec7e8", "#1f77b4", "#ff9896", "#d62728"]
+    colors = [PY_COLORS[n] for n in names]
     dat = os.path.join(tmp, "py-ratio.dat")
     with open(dat, "w") as f:
         for cfg in Y["configs"]:
@@ -1478,7 +1668,7 @@ def gnuplot_charts(a, med, configs, counts, mem, info, tmp):
         log("gnuplot not found: no chart")
         return []
     names = [n for n, _ in SERVERS]
-    colors = ["#7f7f7f", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"]
+    colors = [COLORS[n] for n in names]
     dat = os.path.join(tmp, "ratio.dat")
     with open(dat, "w") as f:
         for cfg in configs:
@@ -1593,8 +1783,9 @@ def main():
         ap.error("unknown --skip: %s" % ",".join(sorted(unknown)))
     a.build = os.path.abspath(a.build)
     os.makedirs(a.out, exist_ok=True)
-    needed = [("loadgen", "loadgen")] + ([] if "plain" in skip else SERVERS) + (
-        [] if "tls" in skip else TLS_SERVERS)
+    # echo_uring is only built where liburing is: uring_probe leaves it out
+    needed = [("loadgen", "loadgen")] + ([] if "plain" in skip else [
+        s for s in SERVERS if s[0] != URING_YARDSTICK]) + ([] if "tls" in skip else TLS_SERVERS)
     for name, binary in needed:
         if not os.access(os.path.join(a.build, binary), os.X_OK):
             sys.exit("missing %s in %s: build with `make bench-build`" % (binary, a.build))
@@ -1612,6 +1803,8 @@ def main():
     try:
         rows, configs, med = [], [], {}
         plain = "plain" not in skip
+        a.notes = []
+        uring_probe(a, pin, tmp, plain, py_versions is not None)
         if plain and "matrix" not in skip:
             rows, configs = run_matrix(a, P, pin, tmp)
             med = medians(rows, configs)
@@ -1663,11 +1856,13 @@ def main():
                                      unit=m["unit"], runs=m["n"],
                                      ratio_epoll=round(ratio(med, cfg, n, YARDSTICK), 4),
                                      ratio_libuv=round(ratio(med, cfg, n, REFERENCE), 4),
+                                     ratio_uring=(lambda r: round(r, 4) if r is not None
+                                                  else "")(ratio(med, cfg, n, URING_YARDSTICK)),
                                      p50_us=m.get("p50_us", ""), p99_us=m.get("p99_us", ""),
                                      server_cpu_ns=round(m["cpu_ns"])))
         write_csv(os.path.join(a.out, "results.csv"), summ,
                   ["config", "server", "median", "unit", "runs", "ratio_epoll", "ratio_libuv",
-                   "p50_us", "p99_us", "server_cpu_ns"])
+                   "ratio_uring", "p50_us", "p99_us", "server_cpu_ns"])
         crow = []
         for c in counts:
             d = dict(c)
