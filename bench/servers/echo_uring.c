@@ -56,9 +56,6 @@ static unsigned nfree;  /* buffers the kernel has or will have at the next submi
 static int nadd;        /* given back since the ring's tail last moved */
 static struct conn *starved;
 static int lfd;
-static unsigned nsent;   /* sends queued since the last enter */
-static unsigned nbehind; /* buffers waiting behind a send in flight */
-static unsigned npaused; /* open connections not reading (watermark) */
 
 /* The ring's tail moves once per batch, not once per buffer. */
 static void bufs_publish(void)
@@ -84,7 +81,6 @@ static __attribute__((noinline)) struct io_uring_sqe *sqe_wait(void)
     while (!(sqe = io_uring_get_sqe(&ring))) {
         bufs_publish();
         io_uring_submit(&ring);
-        nsent = 0; /* their completions may be reaped before the next wait */
     }
     return sqe;
 }
@@ -121,7 +117,6 @@ static void send_head(struct conn *c)
                        buf_len[c->head] - c->off, MSG_WAITALL | MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, (uintptr_t)c | OP_SEND);
     c->sending = 1;
-    nsent++;
 }
 
 static void cancel(uint64_t ud)
@@ -159,11 +154,8 @@ static void conn_release(struct conn *c)
 {
     if (c->recv_armed || c->sending)
         return;
-    for (unsigned b = c->head; b != NONE; b = next_buf[b]) {
-        if (b != c->head)
-            nbehind--;
+    for (unsigned b = c->head; b != NONE; b = next_buf[b])
         buf_give(b);
-    }
     free(c);
 }
 
@@ -173,8 +165,6 @@ static void conn_release(struct conn *c)
 static void conn_close(struct conn *c)
 {
     c->closing = 1;
-    if (!c->reading)
-        npaused--;
     if (c->recv_armed && !c->cancelling) {
         cancel((uintptr_t)c | OP_RECV);
         c->cancelling = 1;
@@ -210,11 +200,9 @@ static void on_recv(struct conn *c, int res, unsigned flags)
             } else {
                 next_buf[c->tail] = (unsigned short)bid;
                 c->tail = (unsigned short)bid;
-                nbehind++;
             }
             if (c->reading && c->pending > BENCH_HIGH) {
                 c->reading = 0;
-                npaused++;
                 if (more && !c->cancelling) {
                     cancel((uintptr_t)c | OP_RECV);
                     c->cancelling = 1;
@@ -262,15 +250,12 @@ static void on_send(struct conn *c, int res)
     c->head = next_buf[bid];
     c->off = 0;
     buf_give(bid);
-    if (c->head != NONE) {
-        nbehind--;
+    if (c->head != NONE)
         send_head(c);
-    } else {
+    else
         c->tail = NONE;
-    }
     if (!c->reading && c->pending <= BENCH_LOW) {
         c->reading = 1;
-        npaused--;
         if (!c->recv_armed) /* else re-armed when the cancelled one ends */
             arm_recv(c);
     }
@@ -382,24 +367,15 @@ int main(int argc, char **argv)
     arm_accept();
     bench_print_port(bench_fd_port(lfd));
 
-    /* A send to a socket with room completes while it is submitted, so
-     * waiting for one completion would return at once with only those and
-     * take a second enter to wait for the next receive: wait for one more
-     * than the sends just queued instead, unless their completions make
-     * work of ours that the peers wait for (a buffer queued behind one of
-     * them, a paused connection to resume, one waiting for a buffer). A
-     * send that finds no room may never complete (a peer that stops
-     * reading): the timeout bounds that wait, once per such send, as it is
-     * not counted again. */
-    struct __kernel_timespec stuck = {.tv_sec = 0, .tv_nsec = 1000000};
-    struct io_uring_cqe *cqes[BATCH], *cqe;
+    /* Waiting for one completion: the sends just submitted often complete
+     * at once and end the wait, costing a second enter for the receives.
+     * Waiting for more would need a timeout (a send may find no room and
+     * never complete while a peer waits for its echo), and arming that
+     * timer costs as much as the enter it saves. */
+    struct io_uring_cqe *cqes[BATCH];
     for (;;) {
         bufs_publish();
-        if (nsent && !nbehind && !npaused && !starved)
-            io_uring_submit_and_wait_timeout(&ring, &cqe, nsent + 1, &stuck, NULL);
-        else
-            io_uring_submit_and_wait(&ring, 1);
-        nsent = 0;
+        io_uring_submit_and_wait(&ring, 1);
         /* io_uring_cq_ready first: on an empty ring, peeking would enter
          * the kernel to run pending completions, which the next
          * submit_and_wait does anyway */
