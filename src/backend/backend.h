@@ -1,4 +1,5 @@
-/* The backend: how the loop learns that descriptors are ready. The loop and
+/* The backend: how the loop learns that descriptors are ready, and (io_uring)
+ * the operations it does for the transports itself. The loop and
  * the transports see only this interface; the backend's state (the epoll
  * descriptor, the batch of events being dispatched; the ring) is its own,
  * behind an opaque pointer, as redis keeps aeApiState behind

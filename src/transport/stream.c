@@ -4,7 +4,10 @@
  * buffer only the rest, flush with one writev per writability event, and end
  * every connection with exactly one connection_lost from the ready queue.
  * Unlike asyncio, a read that fills the buffer is followed by another in the
- * same readiness event (bounded), as libuv does. */
+ * same readiness event (bounded), as libuv does. On a completion backend
+ * (io_uring) a socket's receives and sends are the kernel's operations
+ * instead: see "operations" below; the buffering, the upcalls and the end
+ * of a connection are the same code. */
 #include "transport/transport.h"
 
 #include <fcntl.h>

@@ -285,7 +285,7 @@ TPIO__HIDDEN extern const struct tpio__ctor tpio__stream_ctor;
 /* Datagram transports (kind ignored) as a constructor. */
 TPIO__HIDDEN extern const struct tpio__ctor tpio__datagram_ctor;
 
-/* ---- the write buffer: chunks of copied bytes, sent with writev --------------- */
+/* ---- the write buffer: chunks of copied bytes, sent with writev or a ring's send */
 struct tpio__chunk {
     struct tpio__chunk *next;
     size_t off, len, cap;
@@ -294,7 +294,7 @@ struct tpio__chunk {
 struct tpio__wbuf {
     struct tpio__chunk *head, *tail;
 };
-/* `spare` is the loop's one cached chunk, shared by all its connections;
+/* `spare` is the loop's pool of drained chunks, shared by all its connections;
  * `size` the owner's count of buffered bytes, kept current. */
 TPIO__HIDDEN int tpio__wbuf_append(struct tpio__wbuf *b, size_t *size, void **spare,
                                    const void *p, size_t n);
