@@ -74,9 +74,18 @@ struct tpio__backend_ops {
     int (*send)(struct tpio__backend *b, struct tpio__op *op, int fd, const void *data,
                 size_t len, tpio__op_cb cb);
     void (*cancel)(struct tpio__backend *b, struct tpio__op *op);
+    /* accept: accept on a listening socket until stopped; each completion's
+     * res is a new descriptor (non-blocking, close-on-exec), now the
+     * owner's, or -errno, which ends the operation. */
+    int (*accept)(struct tpio__backend *b, struct tpio__op *op, int fd, tpio__op_cb cb);
+    /* connect: connect a socket to addr (which stays put until the
+     * completion); res is 0 once connected, or -errno. */
+    int (*connect)(struct tpio__backend *b, struct tpio__op *op, int fd,
+                   const struct sockaddr *addr, socklen_t len, tpio__op_cb cb);
     /* drop: the owner is going; on return the kernel no longer uses op's
      * operation (or its memory), op is idle and no completion reaches it.
-     * What it received and not yet delivered is lost with it. */
+     * What it received and not yet delivered is lost with it (descriptors
+     * it accepted are closed). */
     void (*drop)(struct tpio__backend *b, struct tpio__op *op);
     bool (*has_ops)(const struct tpio__backend *b);
 };
@@ -145,6 +154,16 @@ static inline int tpio__op_send(struct tpio__backend *b, struct tpio__op *op, in
                                 const void *data, size_t len, tpio__op_cb cb)
 {
     return b->ops->send(b, op, fd, data, len, cb);
+}
+static inline int tpio__op_accept(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                  tpio__op_cb cb)
+{
+    return b->ops->accept(b, op, fd, cb);
+}
+static inline int tpio__op_connect(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                   const struct sockaddr *addr, socklen_t len, tpio__op_cb cb)
+{
+    return b->ops->connect(b, op, fd, addr, len, cb);
 }
 static inline void tpio__op_cancel(struct tpio__backend *b, struct tpio__op *op)
 {

@@ -23,11 +23,13 @@
 
 #include <liburing.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,7 +53,7 @@ _Static_assert(TPIO__IN == POLLIN && TPIO__OUT == POLLOUT && TPIO__ERR == POLLER
 #define BUF_COUNT 128u
 #define BUF_SIZE (32u * 1024)
 
-enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND };
+enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND, SLOT_ACCEPT, SLOT_CONNECT };
 
 struct slot {
     union {
@@ -64,13 +66,38 @@ struct slot {
     uint8_t kind;
     bool armed; /* a request is in flight */
     bool nopped; /* operations: cancelled before it was submitted */
+    bool polled; /* a connect that waits as a poll (see migrate) */
     int fd;     /* operations: to re-arm a receive the kernel ended */
     unsigned seq; /* operations: the submission queue entry's number */
+    uint32_t epoch; /* the ring its request went to (see migrate) */
+    const void *sdata; /* a send's bytes (a connect's address), to ask again of a new ring */
+    uint32_t slen;
+};
+
+struct cqe_copy {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+};
+
+/* Memory a ring the loop has left may still name: kept until the loop
+ * closes, so that no later mapping lands where the kernel might write. */
+struct retired {
+    struct retired *next;
+    void *br, *bufs;
 };
 
 struct uring_backend {
     struct tpio__backend base;
     struct io_uring ring;
+    /* SINGLE_ISSUER + DEFER_TASKRUN: only `owner` may enter the ring, and the
+     * kernel's work for it runs inside its waits. `epoch` counts the rings
+     * the loop has had (a new one for each thread that runs it). */
+    bool single;
+    pthread_t owner;
+    uint32_t epoch;
+    unsigned flags; /* the ring's setup flags (ring_init's) */
+    struct retired *retired;
     /* epoll refuses at once what it cannot poll (regular files, /dev/null)
      * where a ring's poll would report it ready for ever; new descriptors
      * are asked of an epoll set of their own, so that both backends refuse
@@ -83,12 +110,7 @@ struct uring_backend {
     struct io_uring_buf_ring *br;
     unsigned char *bufs; /* NULL until the first receive */
     /* The batch being dispatched, copied out of the completion queue. */
-    int batch_n;
-    struct {
-        uint64_t ud;
-        int32_t res;
-        uint32_t flags;
-    } batch[MAX_BATCH];
+    struct cqe_copy batch[MAX_BATCH];
 };
 
 #define U(b) ((struct uring_backend *)(b))
@@ -116,6 +138,7 @@ static int arm(struct uring_backend *b, uint32_t i)
     io_uring_prep_poll_add(sqe, s->io->fd, s->io->registered);
     io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
     s->armed = true;
+    s->epoch = b->epoch;
     return 0;
 }
 
@@ -221,7 +244,8 @@ static void uring_io_forget(struct tpio__backend *base, struct tpio__io *io)
 }
 
 static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
-                    uint32_t flags);
+                    uint32_t flags, const unsigned char *bufs);
+static int migrate(struct uring_backend *b, tpio_loop_t *loop);
 
 /* Submit what is queued and wait for at least one completion, or until the
  * timeout (-1: none); 0: do not wait. */
@@ -243,11 +267,50 @@ static int enter(struct uring_backend *b, int timeout_ms)
     return rc < 0 ? rc : 0;
 }
 
+/* Completions copied out of a completion queue, to their owners. `bufs`:
+ * where their receives' buffers are (an old ring's, after a move). */
+static int dispatch(struct uring_backend *b, tpio_loop_t *loop, const struct cqe_copy *v,
+                    unsigned n, const unsigned char *bufs)
+{
+    int dispatched = 0;
+    for (unsigned k = 0; k < n; k++) {
+        uint64_t ud = v[k].ud;
+        if (ud == UD_IGNORE)
+            continue;
+        uint32_t i = (uint32_t)ud, gen = (uint32_t)(ud >> 32);
+        if (i >= b->nslots || b->slots[i].kind == SLOT_FREE || b->slots[i].gen != gen)
+            continue; /* removed, or re-armed since: stale */
+        dispatched++;
+        if (b->slots[i].kind != SLOT_IO) {
+            op_done(b, loop, i, v[k].res, v[k].flags, bufs);
+            continue;
+        }
+        struct slot *s = &b->slots[i];
+        struct tpio__io *io = s->io;
+        s->armed = false;
+        int32_t res = v[k].res;
+        uint32_t events = res >= 0 ? (uint32_t)res : TPIO__ERR | TPIO__HUP;
+        io->cb(loop, io, events);
+        /* Level-triggered, as epoll: armed again unless the callback
+         * changed the interest (which armed it) or removed it. */
+        s = &b->slots[i];
+        if (s->io == io && s->gen == gen && !s->armed && io->registered && res >= 0)
+            arm(b, i);
+    }
+    return dispatched;
+}
+
 static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout_ms,
                       const struct tpio__wait_hooks *hooks)
 {
     struct uring_backend *b = U(base);
-    int rc;
+    int rc, dispatched = 0;
+    if (b->single && !pthread_equal(b->owner, pthread_self())) {
+        if ((dispatched = migrate(b, loop)) < 0)
+            return dispatched;
+        if (dispatched)
+            timeout_ms = 0; /* their callbacks may have queued work */
+    }
     if (hooks && timeout_ms != 0) {
         /* A busy loop finds completions at once and never brackets the wait. */
         rc = enter(b, 0);
@@ -269,32 +332,7 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
         b->batch[k].flags = cqes[k]->flags;
     }
     io_uring_cq_advance(&b->ring, n);
-    int dispatched = 0;
-    for (unsigned k = 0; k < n; k++) {
-        uint64_t ud = b->batch[k].ud;
-        if (ud == UD_IGNORE)
-            continue;
-        uint32_t i = (uint32_t)ud, gen = (uint32_t)(ud >> 32);
-        if (i >= b->nslots || b->slots[i].kind == SLOT_FREE || b->slots[i].gen != gen)
-            continue; /* removed, or re-armed since: stale */
-        dispatched++;
-        if (b->slots[i].kind != SLOT_IO) {
-            op_done(b, loop, i, b->batch[k].res, b->batch[k].flags);
-            continue;
-        }
-        struct slot *s = &b->slots[i];
-        struct tpio__io *io = s->io;
-        s->armed = false;
-        int32_t res = b->batch[k].res;
-        uint32_t events = res >= 0 ? (uint32_t)res : TPIO__ERR | TPIO__HUP;
-        io->cb(loop, io, events);
-        /* Level-triggered, as epoll: armed again unless the callback
-         * changed the interest (which armed it) or removed it. */
-        s = &b->slots[i];
-        if (s->io == io && s->gen == gen && !s->armed && io->registered && res >= 0)
-            arm(b, i);
-    }
-    return dispatched;
+    return dispatched + dispatch(b, loop, b->batch, n, b->bufs);
 }
 
 /* ---- operations ---------------------------------------------------------------- */
@@ -364,6 +402,7 @@ static int op_slot(struct uring_backend *b, struct tpio__op *op, int kind, int f
     s->armed = true;
     s->nopped = false;
     s->seq = b->ring.sq.sqe_tail - 1; /* the entry just taken */
+    s->epoch = b->epoch;
     op->tag = *out + 1;
     return 0;
 }
@@ -371,6 +410,7 @@ static int op_slot(struct uring_backend *b, struct tpio__op *op, int kind, int f
 static void prep_recv(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
 {
     b->slots[i].seq = b->ring.sq.sqe_tail - 1;
+    b->slots[i].epoch = b->epoch;
     io_uring_prep_recv_multishot(sqe, b->slots[i].fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BUF_GROUP;
@@ -383,6 +423,8 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, t
     if (op->tag)
         return -EBUSY;
     int rc;
+    if (!b->br)
+        return -ENOMEM; /* a new ring (migrate) could not have its buffers */
     if (!b->bufs && (rc = bufs_make(b)) < 0)
         return rc;
     struct io_uring_sqe *sqe = sqe_get(b);
@@ -395,6 +437,69 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, t
         return rc;
     }
     prep_recv(b, i, sqe);
+    return 0;
+}
+
+static void prep_send(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    struct slot *s = &b->slots[i];
+    s->seq = b->ring.sq.sqe_tail - 1;
+    s->epoch = b->epoch;
+    io_uring_prep_send(sqe, s->fd, s->sdata, s->slen, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+}
+
+static void prep_accept(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    struct slot *s = &b->slots[i];
+    s->seq = b->ring.sq.sqe_tail - 1;
+    s->epoch = b->epoch;
+    io_uring_prep_multishot_accept(sqe, s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+}
+
+/* Multishot: one request accepts every connection, and the peer's address
+ * is the owner's to ask (one completion cannot carry it). */
+static int uring_accept(struct tpio__backend *base, struct tpio__op *op, int fd, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    int rc = op_slot(b, op, SLOT_ACCEPT, fd, cb, &i);
+    if (rc < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    prep_accept(b, i, sqe);
+    return 0;
+}
+
+static int uring_connect(struct tpio__backend *base, struct tpio__op *op, int fd,
+                         const struct sockaddr *addr, socklen_t len, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    int rc = op_slot(b, op, SLOT_CONNECT, fd, cb, &i);
+    if (rc < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    b->slots[i].sdata = addr;
+    b->slots[i].slen = len;
+    b->slots[i].polled = false;
+    io_uring_prep_connect(sqe, fd, addr, len);
+    io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
     return 0;
 }
 
@@ -414,8 +519,9 @@ static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, c
         io_uring_sqe_set_data64(sqe, UD_IGNORE);
         return rc;
     }
-    io_uring_prep_send(sqe, fd, data, len, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
+    b->slots[i].sdata = data;
+    b->slots[i].slen = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len; /* a send may be partial */
+    prep_send(b, i, sqe);
     return 0;
 }
 
@@ -474,6 +580,11 @@ static void uring_drop(struct tpio__backend *base, struct tpio__op *op)
             uring_cancel(base, op); /* the owner waits for the completion */
             return;
         }
+        /* With DEFER_TASKRUN the request lets go of the file in the kernel's
+         * work for the ring, which only an entry runs: now, so that the
+         * owner's close reaches the peer at once, as on epoll. */
+        if (b->single)
+            io_uring_get_events(&b->ring);
     }
     s->armed = false;
     s->op = NULL;
@@ -484,8 +595,9 @@ static void uring_drop(struct tpio__backend *base, struct tpio__op *op)
  * buffers is armed again here, unseen by its owner: the batch's buffers
  * have gone back by then. */
 static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
-                    uint32_t flags)
+                    uint32_t flags, const unsigned char *bufs)
 {
+    bool give = bufs == b->bufs; /* an old ring's buffers are not the kernel's any more */
     struct slot *s = &b->slots[i];
     if (s->nopped) {
         res = -ECANCELED;
@@ -493,8 +605,10 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
     }
     bool more = flags & IORING_CQE_F_MORE;
     if (!s->op) { /* dropped by its owner */
-        if (flags & IORING_CQE_F_BUFFER)
+        if ((flags & IORING_CQE_F_BUFFER) && give)
             buf_give(b, flags >> IORING_CQE_BUFFER_SHIFT);
+        if (s->kind == SLOT_ACCEPT && res >= 0)
+            close(res); /* accepted for an owner who has gone */
         if (!more)
             slot_free(b, i);
         return;
@@ -511,33 +625,63 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
             res = -ENOMEM;
         }
     }
+    if (s->kind == SLOT_CONNECT && s->polled && res >= 0) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+            err = errno;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        struct io_uring_sqe *sqe;
+        if (!err && getpeername(s->fd, (struct sockaddr *)&ss, &sl) < 0 && errno == ENOTCONN &&
+            (sqe = sqe_get(b))) {
+            /* the old ring never began it: now it is begun */
+            s->polled = false;
+            s->seq = b->ring.sq.sqe_tail - 1;
+            io_uring_prep_connect(sqe, s->fd, s->sdata, s->slen);
+            io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+            return;
+        }
+        res = -err;
+    }
     struct tpio__op *op = s->op;
     tpio__op_cb cb = s->cb;
     const void *data = NULL;
     int bid = -1;
     if (flags & IORING_CQE_F_BUFFER) {
         bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
-        data = b->bufs + (size_t)bid * BUF_SIZE;
+        data = bufs + (size_t)bid * BUF_SIZE;
     }
     if (!more) {
         op->tag = 0;
         slot_free(b, i);
     }
     cb(loop, op, res, data, more);
-    if (bid >= 0)
+    if (bid >= 0 && give)
         buf_give(b, (unsigned)bid);
 }
 
 static bool uring_has_ops(const struct tpio__backend *base) { return U(base)->ops_ok; }
 
+static void bufs_unmap(void *br, void *bufs)
+{
+    if (br)
+        munmap(br, BUF_COUNT * sizeof(struct io_uring_buf));
+    if (bufs)
+        munmap(bufs, (size_t)BUF_COUNT * BUF_SIZE);
+}
+
 static void uring_close(struct tpio__backend *base)
 {
     struct uring_backend *b = U(base);
     io_uring_queue_exit(&b->ring);
-    if (b->br)
-        munmap(b->br, BUF_COUNT * sizeof(struct io_uring_buf));
-    if (b->bufs)
-        munmap(b->bufs, (size_t)BUF_COUNT * BUF_SIZE);
+    bufs_unmap(b->br, b->bufs);
+    while (b->retired) {
+        struct retired *r = b->retired;
+        b->retired = r->next;
+        bufs_unmap(r->br, r->bufs);
+        tpio__free(r);
+    }
     close(b->probe_fd);
     tpio__free(b->slots);
     tpio__free(b);
@@ -551,31 +695,139 @@ static const struct tpio__backend_ops uring_ops = {
     .close = uring_close,
     .recv = uring_recv,
     .send = uring_send,
+    .accept = uring_accept,
+    .connect = uring_connect,
     .cancel = uring_cancel,
     .drop = uring_drop,
     .has_ops = uring_has_ops,
 };
 
-/* The ring, COOP_TASKRUN where the kernel has it (completions are run when
- * the loop enters the kernel, not by interrupting it). SINGLE_ISSUER and
- * DEFER_TASKRUN would tie the ring to one thread for good, and a loop may
- * be run by one thread after another (asyncio allows it): not yet. */
-static int ring_init(struct io_uring *ring)
+/* The ring, with what the kernel has of: SINGLE_ISSUER + DEFER_TASKRUN (6.1:
+ * the kernel's work for the ring — the receives and sends themselves, once
+ * a socket is ready — runs inside the owner's waits, in batches, instead of
+ * interrupting it at any time) and COOP_TASKRUN. *flags: the flags to use,
+ * or 0 to find them (set on return). */
+static int ring_init(struct io_uring *ring, unsigned *flags)
 {
-    static const unsigned flags[] = {
+    /* TPIO_URING_ENTRIES=N (tests): N submission entries and 2N completion
+     * entries, so that a few connections overflow the completion queue. */
+    unsigned sq = RING_ENTRIES;
+    const char *e = getenv("TPIO_URING_ENTRIES");
+    if (e) {
+        char *end;
+        unsigned long n = strtoul(e, &end, 10);
+        if (*e && !*end && n >= 1 && n <= RING_ENTRIES)
+            sq = (unsigned)n;
+    }
+    static const unsigned tries[] = {
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SINGLE_ISSUER |
+            IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         0,
     };
     int rc = -EINVAL;
-    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) {
-        struct io_uring_params p = {.flags = flags[i] | IORING_SETUP_SUBMIT_ALL |
+    for (size_t i = 0; i < sizeof tries / sizeof *tries; i++) {
+        if (*flags && tries[i] != *flags)
+            continue;
+        struct io_uring_params p = {.flags = tries[i] | IORING_SETUP_SUBMIT_ALL |
                                              IORING_SETUP_CQSIZE,
-                                    .cq_entries = CQ_ENTRIES};
-        rc = io_uring_queue_init_params(RING_ENTRIES, ring, &p);
-        if (rc != -EINVAL)
+                                    .cq_entries = 2 * sq};
+        if (sq == RING_ENTRIES)
+            p.cq_entries = CQ_ENTRIES;
+        rc = io_uring_queue_init_params(sq, ring, &p);
+        if (rc != -EINVAL) {
+            *flags = tries[i];
             break;
+        }
     }
     return rc;
+}
+
+/* A loop run by another thread than its ring's: the kernel refuses any
+ * other thread a SINGLE_ISSUER ring (-EEXIST), and asyncio lets one thread
+ * run a loop after another, so the loop moves to a new ring of the running
+ * thread's. The old ring's completions are copied out and delivered; what
+ * was in flight in it goes with it — the kernel did none of it, since with
+ * DEFER_TASKRUN its work for the ring runs only inside the owner's waits —
+ * and is asked anew of the new ring (a watch, a receive, a send of the same
+ * bytes); a cancel under way ends as cancelled. Returns the completions
+ * delivered, or -errno (the loop stays on the old ring). */
+static int migrate(struct uring_backend *b, tpio_loop_t *loop)
+{
+    unsigned n = io_uring_cq_ready(&b->ring);
+    struct retired *r = tpio__calloc(1, sizeof *r);
+    struct cqe_copy *v = tpio__malloc((n ? n : 1) * sizeof *v);
+    struct io_uring nr;
+    unsigned flags = b->flags;
+    int rc = r && v ? ring_init(&nr, &flags) : -ENOMEM;
+    if (rc < 0) {
+        tpio__free(r);
+        tpio__free(v);
+        return rc;
+    }
+    unsigned head, k = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&b->ring, head, cqe)
+    {
+        if (k == n)
+            break;
+        v[k++] = (struct cqe_copy){io_uring_cqe_get_data64(cqe), cqe->res, cqe->flags};
+    }
+    io_uring_queue_exit(&b->ring);
+    b->ring = nr;
+    b->owner = pthread_self();
+    /* The kernel may finish its cancellations after the close returned:
+     * what it wrote into stays mapped until the loop closes. */
+    r->br = b->br;
+    r->bufs = b->bufs;
+    r->next = b->retired;
+    b->retired = r;
+    const unsigned char *old_bufs = b->bufs;
+    b->br = NULL;
+    b->bufs = NULL;
+    /* Failing, receives fail (-ENOMEM): their transports end. */
+    if (b->ops_ok && ops_init(b) == 0 && old_bufs)
+        bufs_make(b); /* the receives asked anew below take from them */
+    uint32_t old = b->epoch++;
+    int dispatched = dispatch(b, loop, v, k, old_bufs);
+    tpio__free(v);
+    /* Callbacks may add slots (and move the array): by index, and what the
+     * new ring already has is skipped by its epoch. */
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        struct slot *s = &b->slots[i];
+        if (s->kind == SLOT_FREE || s->epoch != old)
+            continue;
+        if (s->kind == SLOT_IO) {
+            if (s->armed)
+                arm(b, i);
+            continue;
+        }
+        if (!s->op) { /* dropped: nothing waits for it */
+            slot_free(b, i);
+            continue;
+        }
+        bool can = s->kind == SLOT_SEND || b->bufs;
+        struct io_uring_sqe *sqe = s->armed && can ? sqe_get(b) : NULL;
+        if (sqe && s->kind == SLOT_RECV) {
+            prep_recv(b, i, sqe);
+        } else if (sqe && s->kind == SLOT_ACCEPT) {
+            prep_accept(b, i, sqe);
+        } else if (sqe && s->kind == SLOT_CONNECT) {
+            /* The kernel may have begun it (a second connect would say
+             * EALREADY): the new ring waits for writability instead. */
+            s->seq = b->ring.sq.sqe_tail - 1;
+            s->epoch = b->epoch;
+            s->polled = true;
+            io_uring_prep_poll_add(sqe, s->fd, POLLOUT);
+            io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+        } else if (sqe) {
+            prep_send(b, i, sqe);
+        } else {
+            op_done(b, loop, i, s->armed ? -ENOMEM : -ECANCELED, 0, NULL);
+            dispatched++;
+        }
+    }
+    return dispatched;
 }
 
 int tpio__uring_open(struct tpio__backend **out)
@@ -591,7 +843,7 @@ int tpio__uring_open(struct tpio__backend **out)
         tpio__free(b);
         return err;
     }
-    int rc = ring_init(&b->ring);
+    int rc = ring_init(&b->ring, &b->flags);
     if (rc < 0) {
         close(b->probe_fd);
         tpio__free(b);
@@ -601,6 +853,8 @@ int tpio__uring_open(struct tpio__backend **out)
      * environment can ask for readiness alone (tests, comparisons). */
     const char *e = getenv("TPIO_URING_OPS");
     b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
+    b->single = b->flags & IORING_SETUP_SINGLE_ISSUER;
+    b->owner = pthread_self();
     *out = &b->base;
     return 0;
 }

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import socket
+import threading
 import struct
 
 import pytest
@@ -561,6 +562,38 @@ def test_echo_large(loop):
                  if k not in ("pause_writing", "resume_writing")]
         kinds = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
     assert kinds == ["made", "data", "eof", "lost"]
+
+
+def test_loop_run_by_one_thread_after_another(loop):
+    """asyncio lets one thread run a loop after another: a connection made
+    on one goes on on the next, both ways, and back (tpio's io_uring ring,
+    which the kernel ties to one thread, moves with the loop)."""
+    payload = bytes(range(256)) * 1024   # 256 KiB: more than one send takes
+    srv, ct, cp, sp = run(loop, tcp_pair(
+        loop, server_proto=lambda: RecProto(loop, echo=True)))
+    got = []
+
+    async def echo(k):
+        ct.write(payload)
+        return await cp.wait_bytes(k * len(payload))
+
+    got.append(run(loop, echo(1)))
+    th = threading.Thread(target=lambda: got.append(run(loop, echo(2))))
+    th.start()
+    th.join()
+    got.append(run(loop, echo(3)))
+
+    async def finish():
+        ct.close()
+        await cp.lost
+        await sp.lost
+        await close_server(srv)
+
+    run(loop, finish())
+    assert [len(g) for g in got] == [len(payload) * k for k in (1, 2, 3)]
+    assert got[2] == payload * 3
+    assert [e[0] for e in cp.events][-1:] == ["lost"]
+    assert sp.events[-1] == ("lost", None)
 
 
 def test_echo_buffered_protocol(loop):
