@@ -7,7 +7,8 @@
  *     there, and the descriptor is closed right after it returns;
  *   - the write buffer puts a piece that does not fit after a partly sent
  *     chunk's end into a new chunk, bytes intact and in order;
- *   - accepts per readiness event are bounded by the backlog;
+ *   - accepts per readiness event are bounded by the backlog (epoll; io_uring's
+ *     multishot accept takes the queue in one batch);
  *   - EMFILE on accept a second time: the second back-off ends too;
  *   - wait_closed on an open server waits for close, not for zero
  *     connections;
@@ -678,9 +679,17 @@ Test(behaviours, accepts_per_event_are_bounded_by_the_backlog, .timeout = 20)
     cr_assert_eq(accept_queue(lfd), B + 1, "the kernel queued %u connections",
                  accept_queue(lfd));
     cr_assert(th_run_until_count(loop, &ac.calls, B + 1, TMO));
-    cr_assert_eq(ac.per[0], B, "first event accepted %zu", ac.per[0]);
-    cr_assert_eq(ac.nev, 2, "%zu events", ac.nev);
-    cr_assert_eq(ac.per[1], 1);
+    if (th_ring_ops(loop)) {
+        /* io_uring: the kernel's multishot accept takes the whole queue
+         * (it bounds its own retries), and each connection is its own
+         * completion among the others of the batch: one iteration. */
+        cr_assert_eq(ac.nev, 1, "%zu events", ac.nev);
+        cr_assert_eq(ac.per[0], B + 1, "the batch accepted %zu", ac.per[0]);
+    } else {
+        cr_assert_eq(ac.per[0], B, "first event accepted %zu", ac.per[0]);
+        cr_assert_eq(ac.nev, 2, "%zu events", ac.nev);
+        cr_assert_eq(ac.per[1], 1);
+    }
     cr_assert_eq(th_conn_count(s), B + 1);
     for (int i = 0; i < B + 1; i++)
         close(cl[i]);

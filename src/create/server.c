@@ -10,6 +10,7 @@
 
 struct listener {
     struct tpio__io io;
+    struct tpio__op aop;        /* the kernel's accept (io_uring), or idle */
     tpio_server_t *server;
     tpio_handle_t retry;        /* pending accept retry after EMFILE, or 0 */
     tpio_transport_kind_t kind; /* of the accepted sockets: known once, not per accept */
@@ -115,12 +116,68 @@ static void conn_removed(struct tpio__tset *set, tpio_transport_t *t)
 
 /* ---- accepting ---------------------------------------------------------------- */
 
+/* Accepting is waiting for readiness and calling accept4, or (io_uring)
+ * one multishot accept that the kernel does itself. */
+static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events);
+static void accept_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                        bool more);
+
+static int listener_start(tpio_loop_t *loop, struct listener *l)
+{
+    if (!tpio__backend_has_ops(loop->backend))
+        return tpio__watch(loop, &l->io, TPIO__IN);
+    if (tpio__op_busy(&l->aop))
+        return 0;
+    return tpio__op_accept(loop->backend, &l->aop, l->io.fd, accept_done);
+}
+
+/* At once: the socket is closed next, and the kernel must have let go. */
+static void listener_stop(tpio_loop_t *loop, struct listener *l)
+{
+    tpio__op_drop(loop->backend, &l->aop);
+    tpio__watch(loop, &l->io, 0);
+}
+
 static void listener_retry(tpio_loop_t *loop, void *arg)
 {
     struct listener *l = arg;
     l->retry = 0;
     if (l->server->serving)
-        tpio__watch(loop, &l->io, TPIO__IN);
+        listener_start(loop, l);
+}
+
+/* An accept failed with errno err (not EAGAIN): descriptor exhaustion
+ * pauses accepting for a while, as asyncio does; the rest is reported. */
+static void accept_failed(tpio_loop_t *loop, struct listener *l, int err)
+{
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        /* Linux keeps reporting the socket readable: stop watching it for a
+         * while instead of spinning (without a timer to resume, keep
+         * watching: spinning beats deafness). Before the report: a handler
+         * that closes the server cancels the timer with it. */
+        if (l->retry ||
+            tpio_loop_call_later(loop, TPIO__ACCEPT_RETRY_DELAY, listener_retry, l, &l->retry) == 0)
+            listener_stop(loop, l);
+        tpio__report(loop, "accept() out of system resource", -err, NULL, NULL, l->server,
+                     l->io.fd);
+    } else {
+        tpio__report(loop, "accept() failed", -err, NULL, NULL, l->server, l->io.fd);
+    }
+}
+
+/* A new connection's descriptor (non-blocking already) becomes a transport. */
+static void accepted(tpio_loop_t *loop, struct listener *l, int fd, const struct sockaddr *peer,
+                     socklen_t plen)
+{
+    tpio_server_t *s = l->server;
+    tpio__sock_tune(fd, l->kind); /* the kind may want more options */
+    struct tpio__conn conn = {s->factory, s->factory_arg, NULL, NULL, &s->conns, 0};
+    int rc = s->ctor->build(s->ctor, loop, fd, l->kind, peer, plen, &conn);
+    if (rc < 0) {
+        if (rc != -ECONNABORTED) /* a refusal just drops the connection */
+            tpio__report(loop, "Error accepting a connection", rc, NULL, NULL, s, fd);
+        close(fd);
+    }
 }
 
 static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
@@ -137,35 +194,35 @@ static void accept_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events
         int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
-            if (err == EAGAIN || err == EINTR || err == ECONNABORTED)
-                break;
-            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-                /* Linux keeps reporting the socket readable: stop watching it
-                 * for a while instead of spinning, as asyncio does (without a
-                 * timer to resume, keep watching: spinning beats deafness).
-                 * Before the report: a handler that closes the server cancels
-                 * the timer with it. */
-                if (l->retry || tpio_loop_call_later(loop, TPIO__ACCEPT_RETRY_DELAY,
-                                                     listener_retry, l, &l->retry) == 0)
-                    tpio__watch(loop, io, 0);
-                tpio__report(loop, "accept() out of system resource", -err, NULL, NULL, s,
-                             io->fd);
-            } else {
-                tpio__report(loop, "accept() failed", -err, NULL, NULL, s, io->fd);
-            }
+            if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
+                accept_failed(loop, l, err);
             break;
         }
-        /* accept4 made it non-blocking; the kind may want more options */
-        tpio__sock_tune(fd, l->kind);
-        struct tpio__conn conn = {s->factory, s->factory_arg, NULL, NULL, &s->conns, 0};
-        int rc = s->ctor->build(s->ctor, loop, fd, l->kind, (struct sockaddr *)&peer, plen,
-                                &conn);
-        if (rc < 0) {
-            if (rc != -ECONNABORTED) /* a refusal just drops the connection */
-                tpio__report(loop, "Error accepting a connection", rc, NULL, NULL, s, fd);
-            close(fd);
-        }
+        accepted(loop, l, fd, (struct sockaddr *)&peer, plen);
     }
+    server_unref(s);
+}
+
+/* The kernel's accept: a connection per completion, each its own turn in
+ * the batch. An error ends the multishot accept; it starts again unless
+ * accepting is paused (retry). */
+static void accept_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                        bool more)
+{
+    (void)data;
+    struct listener *l = tpio_container_of(op, struct listener, aop);
+    tpio_server_t *s = l->server;
+    s->refs++;
+    if (res >= 0) {
+        if (s->serving)
+            accepted(loop, l, res, NULL, 0); /* the transport asks the peer's address */
+        else
+            close(res);
+    } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR && res != -ECONNABORTED) {
+        accept_failed(loop, l, -res);
+    }
+    if (!more && s->serving && !l->retry && !tpio__op_busy(&l->aop))
+        listener_start(loop, l);
     server_unref(s);
 }
 
@@ -321,10 +378,10 @@ int tpio_server_start_serving(tpio_server_t *s)
         s->listening = true;
     }
     for (size_t i = 0; i < s->nls; i++) {
-        int rc = tpio__watch(s->loop, &s->ls[i].io, TPIO__IN);
+        int rc = listener_start(s->loop, &s->ls[i]);
         if (rc < 0) {
             for (size_t j = 0; j < i; j++)
-                tpio__watch(s->loop, &s->ls[j].io, 0);
+                listener_stop(s->loop, &s->ls[j]);
             return rc;
         }
     }
@@ -356,7 +413,7 @@ int tpio_server_close(tpio_server_t *s)
     s->conns.closed = true;
     s->serving = false;
     for (size_t i = 0; i < s->nls; i++) {
-        tpio__watch(s->loop, &s->ls[i].io, 0);
+        listener_stop(s->loop, &s->ls[i]);
         if (s->ls[i].retry)
             tpio_loop_cancel(s->loop, s->ls[i].retry);
         tpio__fd_release(s->loop, s->ls[i].io.fd);
