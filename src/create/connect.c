@@ -10,6 +10,7 @@
 
 struct attempt {
     struct tpio__io io;
+    struct tpio__op cop; /* the kernel's connect (io_uring), or idle */
     struct conn_req *req;
     bool active;
 };
@@ -60,6 +61,7 @@ static void stop_attempt(struct conn_req *q, struct attempt *a)
 {
     if (!a->active)
         return;
+    tpio__op_drop(q->p.loop->backend, &a->cop); /* the kernel lets go before the close */
     tpio__watch(q->p.loop, &a->io, 0);
     close_fd(q, a->io.fd);
     a->io.fd = -1;
@@ -105,27 +107,39 @@ static void win(struct conn_req *q, struct attempt *a)
 
 static void start_next(struct conn_req *q);
 
-static void attempt_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
+/* How attempt a ended: 0 connected, or -errno. */
+static void attempt_done(struct attempt *a, int err)
 {
-    (void)loop;
-    (void)events;
-    struct attempt *a = tpio_container_of(io, struct attempt, io);
     struct conn_req *q = a->req;
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
     if (err == 0) {
         win(q, a);
         return;
     }
-    record_error(q, -err);
+    record_error(q, err);
     stop_attempt(q, a);
     /* A failed attempt starts the next one at once (staggered_race). */
     if (q->timer)
         tpio_loop_cancel(q->p.loop, q->timer);
     q->timer = 0;
     start_next(q);
+}
+
+static void attempt_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
+{
+    (void)loop;
+    (void)events;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    attempt_done(tpio_container_of(io, struct attempt, io), -err);
+}
+
+static void connect_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                         bool more)
+{
+    (void)loop, (void)data, (void)more;
+    attempt_done(tpio_container_of(op, struct attempt, cop), res);
 }
 
 static void delay_expired(tpio_loop_t *loop, void *arg)
@@ -169,6 +183,20 @@ static int start_attempt(struct conn_req *q, struct attempt *a, const struct add
     }
     tpio__io_init(&a->io, fd, attempt_ready);
     a->req = q;
+    struct tpio__backend *b = q->p.loop->backend;
+    if (tpio__backend_has_ops(b)) {
+        /* The kernel connects, and says when: even a connection made at
+         * once (a Unix socket) is won from the loop, as a TCP one is. */
+        a->cop.tag = 0;
+        rc = tpio__op_connect(b, &a->cop, fd, ai->ai_addr, ai->ai_addrlen, connect_done);
+        if (rc < 0) {
+            close_fd(q, fd);
+            return rc;
+        }
+        a->active = true;
+        q->nactive++;
+        return 0;
+    }
     do
         rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
     while (rc < 0 && errno == EINTR);
