@@ -234,18 +234,30 @@ typedef uint64_t tpio_handle_t;
  * features); auto falls back to epoll instead. tpio_loop_get_backend() says
  * which one a loop runs. Every contract of this header holds on both.
  *
- * On io_uring (kernel 6.0 and later) the kernel receives and sends for the
- * stream sockets (TCP, Unix): one multishot receive per connection into the
- * loop's provided buffers, and sends queued from the loop, so that one
- * io_uring_enter per iteration serves every connection. What that changes,
+ * On io_uring (kernel 6.0 and later) the kernel does the stream sockets'
+ * I/O (TCP, Unix): one multishot receive per connection into the loop's
+ * provided buffers, sends queued from the loop, one multishot accept per
+ * listening socket, and the connects of create_connection; a datagram
+ * socket has one multishot recvmsg, and its queue (what the kernel did not
+ * take at once) is sent by the kernel too. One io_uring_enter per
+ * iteration serves every connection. What that changes,
  * within the contracts: tpio_transport_write() copies all it is given and
  * the bytes leave with the loop's next iteration, never inside the call
  * (get_write_buffer_size counts them until the kernel took them, so a low
  * high-water mark pauses sooner, as on asyncio's proactor loop); a
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
- * are copied into it. Pipes, listening sockets, connects and datagrams still
- * wait for readiness, through the ring. TPIO_URING_OPS=0 in the
- * environment keeps a ring loop to readiness alone.
+ * are copied into it; a connect starts with the loop's next iteration.
+ * Pipes still wait for readiness, through the ring; so do the loop's
+ * wake-up eventfd and the pidfds of its children, and the timers are the
+ * wait's own timeout.
+ * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone.
+ *
+ * Where the kernel has them (6.1), the ring is SINGLE_ISSUER and
+ * DEFER_TASKRUN: the kernel's work for it runs inside the loop's waits, and
+ * only one thread may use it. A loop may still be run by one thread after
+ * another: at the first iteration on a new thread it moves to a new ring,
+ * and what was under way (receives, sends, accepts, connects) carries on
+ * there, every byte once and in order.
  */
 typedef enum tpio_backend {
     TPIO_BACKEND_AUTO = 0,

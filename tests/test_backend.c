@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -374,6 +375,68 @@ Test(backend, ring_completion_queue_overflow_loses_nothing, .timeout = 60)
     bool closed = false;
     cr_assert_eq(tpio_server_wait_closed(srv, th_done_flag, &closed, NULL), 0);
     cr_assert(th_run_until(loop, &closed, 5));
+    cr_assert_eq(tpio_loop_close(loop), 0);
+    set_env(NULL);
+}
+
+/* A connect the kernel has begun when the loop moves to another thread
+ * (the SYN was dropped: the listener's queue is full) is not begun again
+ * (that would say EALREADY): the new ring waits for it to end, and the
+ * connection is made. */
+struct connect_on_thread {
+    tpio_loop_t *loop;
+    int lfd;
+    th_conn_t c;
+};
+
+static void *finish_connect_on_thread(void *arg)
+{
+    struct connect_on_thread *a = arg;
+    double end = th_now_s() + 15;
+    while (!a->c.done && th_now_s() < end) {
+        tpio_loop_run_once(a->loop, 0.05);
+        int fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            close(fd); /* room in the queue: the retransmitted SYN gets in */
+    }
+    return NULL;
+}
+
+Test(backend, ring_connect_under_way_moves_with_the_loop, .timeout = 30)
+{
+    if (kernel_uring() < 0)
+        return;
+    set_env("io_uring");
+    tpio_loop_t *loop = NULL;
+    cr_assert_eq(tpio_loop_new(&loop, NULL), 0);
+    cr_assert(th_ring_ops(loop));
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sl), 0);
+    cr_assert_eq(listen(lfd, 0), 0); /* the queue holds one */
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    int filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(connect(filler, (struct sockaddr *)&sa, sl), 0);
+
+    struct connect_on_thread a = {.loop = loop, .lfd = lfd};
+    tpio_connect_opts_t o = TPIO_OPTS(tpio_connect_opts_t, .host = "127.0.0.1",
+                                      .port = ntohs(sa.sin_port));
+    cr_assert_eq(tpio_loop_create_connection(loop, th_factory, NULL, &o, th_on_conn, &a.c, NULL),
+                 0);
+    th_run_iters(loop, 3); /* submitted: the kernel's SYN went, and was dropped */
+    cr_assert_not(a.c.done, "connected past a full queue: %s", tpio_err_name(a.c.err));
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, finish_connect_on_thread, &a), 0);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    cr_assert(a.c.done);
+    cr_assert_eq(a.c.err, 0, "%s", tpio_err_name(a.c.err));
+    cr_assert_eq(tpio_transport_close(a.c.t), 0);
+    cr_assert(th_run_until(loop, &a.c.p->lost, 5));
+    th_proto_free(a.c.p);
+    close(filler);
+    close(lfd);
+    th_run_iters(loop, 2);
     cr_assert_eq(tpio_loop_close(loop), 0);
     set_env(NULL);
 }

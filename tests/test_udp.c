@@ -1114,3 +1114,56 @@ Test(udp, bulk_100k_mixed_sizes_echo, .timeout = 60)
     cr_assert_str_eq(srv.p->events, "made,lost:0");
     free(b);
 }
+
+/* ---- what the kernel may receive for the transport (io_uring) ---------------- */
+
+/* The largest UDP datagram arrives whole (io_uring receives into buffers
+ * of its own: they hold it). */
+Test(udp, largest_datagram_arrives_whole, .timeout = 20)
+{
+    ep_t srv, cli;
+    struct sockaddr_in sa;
+    server_and_client(&f, &srv, &cli, &sa);
+    static unsigned char big[65507];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (unsigned char)(i * 13 + 7);
+    cr_assert_eq(tpio_datagram_sendto(cli.t, big, sizeof big, NULL, 0), 0);
+    cr_assert_eq(tpio_datagram_sendto(cli.t, "z", 1, NULL, 0), 0);
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 2));
+    cr_assert_str_eq(srv.p->events, "made,dgram:65507,dgram:1");
+    cr_assert_eq(srv.p->rxbytes, sizeof big + 1);
+    close_ep(&cli);
+    close_ep(&srv);
+}
+
+/* pause_reading: no datagram_received until resume_reading, even for what
+ * arrived before the pause (on io_uring the kernel may have received it
+ * already), then all of it in order; the sender is each one's. */
+Test(udp, pause_reading_holds_datagrams_until_resume, .timeout = 20)
+{
+    ep_t srv, cli;
+    struct sockaddr_in sa;
+    server_and_client(&f, &srv, &cli, &sa);
+    cr_assert_eq(tpio_datagram_sendto(cli.t, "a", 1, NULL, 0), 0);
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 1));
+    int raw = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(raw, 0);
+    const char *m[] = {"b", "cc", "ddd"};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sendto(raw, m[i], strlen(m[i]), 0, (struct sockaddr *)&sa, sizeof sa),
+                     (ssize_t)strlen(m[i]));
+    cr_assert_eq(tpio_transport_pause_reading(srv.t), 0);
+    th_run_iters(th_fx.loop, 20);
+    cr_assert_eq(srv.p->ndgrams, 1, "%s", srv.p->events);
+    cr_assert_eq(tpio_transport_resume_reading(srv.t), 0);
+    cr_assert_eq(srv.p->ndgrams, 1, "delivered inside resume_reading");
+    cr_assert(run_until_dgrams(th_fx.loop, srv.p, 4));
+    cr_assert_str_eq(srv.p->events, "made,dgram:1,dgram:1,dgram:2,dgram:3");
+    struct sockaddr_in ra;
+    socklen_t rl = sizeof ra;
+    cr_assert_eq(getsockname(raw, (struct sockaddr *)&ra, &rl), 0);
+    cr_assert_eq(((struct sockaddr_in *)&srv.p->from)->sin_port, ra.sin_port);
+    close(raw);
+    close_ep(&cli);
+    close_ep(&srv);
+}

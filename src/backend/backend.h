@@ -54,6 +54,15 @@ struct tpio__op {
 };
 static inline bool tpio__op_busy(const struct tpio__op *op) { return op->tag != 0; }
 
+/* One datagram a recvmsg operation received, lent for the completion's
+ * call: its bytes and its sender (addr NULL, alen 0 where it has none). */
+struct tpio__dgram {
+    const void *data;
+    size_t len;
+    const struct sockaddr *addr;
+    socklen_t alen;
+};
+
 struct tpio__backend;
 
 /* What a backend does; every backend's state starts with a pointer to its
@@ -78,6 +87,13 @@ struct tpio__backend_ops {
      * res is a new descriptor (non-blocking, close-on-exec), now the
      * owner's, or -errno, which ends the operation. */
     int (*accept)(struct tpio__backend *b, struct tpio__op *op, int fd, tpio__op_cb cb);
+    /* recvmsg: receive datagrams until stopped, into the backend's buffers;
+     * each completion's data is a struct tpio__dgram and res its length. */
+    int (*recvmsg)(struct tpio__backend *b, struct tpio__op *op, int fd, tpio__op_cb cb);
+    /* sendmsg: send one datagram; msg and what it names stay put until
+     * the completion (res: the bytes sent, or -errno). */
+    int (*sendmsg)(struct tpio__backend *b, struct tpio__op *op, int fd, const struct msghdr *msg,
+                   tpio__op_cb cb);
     /* connect: connect a socket to addr (which stays put until the
      * completion); res is 0 once connected, or -errno. */
     int (*connect)(struct tpio__backend *b, struct tpio__op *op, int fd,
@@ -159,6 +175,16 @@ static inline int tpio__op_accept(struct tpio__backend *b, struct tpio__op *op, 
                                   tpio__op_cb cb)
 {
     return b->ops->accept(b, op, fd, cb);
+}
+static inline int tpio__op_recvmsg(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                   tpio__op_cb cb)
+{
+    return b->ops->recvmsg(b, op, fd, cb);
+}
+static inline int tpio__op_sendmsg(struct tpio__backend *b, struct tpio__op *op, int fd,
+                                   const struct msghdr *msg, tpio__op_cb cb)
+{
+    return b->ops->sendmsg(b, op, fd, msg, cb);
 }
 static inline int tpio__op_connect(struct tpio__backend *b, struct tpio__op *op, int fd,
                                    const struct sockaddr *addr, socklen_t len, tpio__op_cb cb)

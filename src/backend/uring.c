@@ -49,11 +49,24 @@ _Static_assert(TPIO__IN == POLLIN && TPIO__OUT == POLLOUT && TPIO__ERR == POLLER
  * the first receive. 128 x 32 KiB: a batch of completions rarely takes them
  * all, and each goes back to the kernel as soon as its bytes were
  * delivered. */
-#define BUF_GROUP 0
+/* Two groups: the stream receives' (0), and the datagrams' (1), whose
+ * buffers hold the largest datagram the epoll loop reads (256 KiB) behind
+ * the kernel's header and the sender's address. */
 #define BUF_COUNT 128u
 #define BUF_SIZE (32u * 1024)
+#define DBUF_COUNT 16u
+#define DBUF_NAME ((unsigned)sizeof(struct sockaddr_storage))
+#define DBUF_SIZE ((unsigned)sizeof(struct io_uring_recvmsg_out) + DBUF_NAME + 256u * 1024)
+enum { G_STREAM, G_DGRAM, NGROUPS };
+static const unsigned group_count[NGROUPS] = {BUF_COUNT, DBUF_COUNT};
+static const unsigned group_size[NGROUPS] = {BUF_SIZE, DBUF_SIZE};
 
-enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND, SLOT_ACCEPT, SLOT_CONNECT };
+struct bgroup {
+    struct io_uring_buf_ring *br; /* registered with the ring, or NULL */
+    unsigned char *bufs;          /* NULL until the first receive */
+};
+
+enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND, SLOT_ACCEPT, SLOT_CONNECT, SLOT_RECVMSG, SLOT_SENDMSG };
 
 struct slot {
     union {
@@ -84,7 +97,7 @@ struct cqe_copy {
  * closes, so that no later mapping lands where the kernel might write. */
 struct retired {
     struct retired *next;
-    void *br, *bufs;
+    struct bgroup g[NGROUPS];
 };
 
 struct uring_backend {
@@ -107,8 +120,8 @@ struct uring_backend {
     uint32_t nslots, free_head;
     /* Operations: whether the kernel has them, and the provided buffers. */
     bool ops_ok;
-    struct io_uring_buf_ring *br;
-    unsigned char *bufs; /* NULL until the first receive */
+    struct bgroup g[NGROUPS];
+    struct msghdr dmsg; /* what a datagram receive asks for: the address */
     /* The batch being dispatched, copied out of the completion queue. */
     struct cqe_copy batch[MAX_BATCH];
 };
@@ -244,7 +257,7 @@ static void uring_io_forget(struct tpio__backend *base, struct tpio__io *io)
 }
 
 static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
-                    uint32_t flags, const unsigned char *bufs);
+                    uint32_t flags, const struct bgroup *groups);
 static int migrate(struct uring_backend *b, tpio_loop_t *loop);
 
 /* Submit what is queued and wait for at least one completion, or until the
@@ -267,10 +280,10 @@ static int enter(struct uring_backend *b, int timeout_ms)
     return rc < 0 ? rc : 0;
 }
 
-/* Completions copied out of a completion queue, to their owners. `bufs`:
+/* Completions copied out of a completion queue, to their owners. `groups`:
  * where their receives' buffers are (an old ring's, after a move). */
 static int dispatch(struct uring_backend *b, tpio_loop_t *loop, const struct cqe_copy *v,
-                    unsigned n, const unsigned char *bufs)
+                    unsigned n, const struct bgroup *groups)
 {
     int dispatched = 0;
     for (unsigned k = 0; k < n; k++) {
@@ -282,7 +295,7 @@ static int dispatch(struct uring_backend *b, tpio_loop_t *loop, const struct cqe
             continue; /* removed, or re-armed since: stale */
         dispatched++;
         if (b->slots[i].kind != SLOT_IO) {
-            op_done(b, loop, i, v[k].res, v[k].flags, bufs);
+            op_done(b, loop, i, v[k].res, v[k].flags, groups);
             continue;
         }
         struct slot *s = &b->slots[i];
@@ -332,7 +345,7 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
         b->batch[k].flags = cqes[k]->flags;
     }
     io_uring_cq_advance(&b->ring, n);
-    return dispatched + dispatch(b, loop, b->batch, n, b->bufs);
+    return dispatched + dispatch(b, loop, b->batch, n, b->g);
 }
 
 /* ---- operations ---------------------------------------------------------------- */
@@ -348,43 +361,49 @@ static bool kernel_has_ops(void)
     return major >= 6;
 }
 
-static int ops_init(struct uring_backend *b)
+/* Group g's ring of buffers, registered with the ring (empty). */
+static int group_register(struct uring_backend *b, int g)
 {
-    size_t ring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
+    size_t ring_bytes = group_count[g] * sizeof(struct io_uring_buf);
     void *br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (br == MAP_FAILED)
         return -errno;
-    b->br = br;
-    io_uring_buf_ring_init(b->br);
+    io_uring_buf_ring_init(br);
     struct io_uring_buf_reg reg = {
-        .ring_addr = (uintptr_t)br, .ring_entries = BUF_COUNT, .bgid = BUF_GROUP};
+        .ring_addr = (uintptr_t)br, .ring_entries = group_count[g], .bgid = (uint16_t)g};
     int rc = io_uring_register_buf_ring(&b->ring, &reg, 0);
     if (rc < 0) {
         munmap(br, ring_bytes);
-        b->br = NULL;
         return rc;
     }
+    b->g[g].br = br;
     return 0;
 }
 
-static void buf_give(struct uring_backend *b, unsigned bid)
+static int ops_init(struct uring_backend *b) { return group_register(b, G_STREAM); }
+
+static void buf_give(struct uring_backend *b, int g, unsigned bid)
 {
-    io_uring_buf_ring_add(b->br, b->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
-                          io_uring_buf_ring_mask(BUF_COUNT), 0);
-    io_uring_buf_ring_advance(b->br, 1);
+    io_uring_buf_ring_add(b->g[g].br, b->g[g].bufs + (size_t)bid * group_size[g], group_size[g],
+                          (unsigned short)bid, io_uring_buf_ring_mask(group_count[g]), 0);
+    io_uring_buf_ring_advance(b->g[g].br, 1);
 }
 
 /* The buffers, on the first receive: anonymous memory, so that what no
- * receive touched costs nothing. */
-static int bufs_make(struct uring_backend *b)
+ * receive touched costs nothing. The datagrams' group is registered then
+ * too (few loops have datagram sockets). */
+static int bufs_make(struct uring_backend *b, int g)
 {
-    void *m = mmap(NULL, (size_t)BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE,
+    int rc;
+    if (!b->g[g].br && (g == G_STREAM || (rc = group_register(b, g)) < 0))
+        return g == G_STREAM ? -ENOMEM : rc; /* a new ring (migrate) could not have them */
+    void *m = mmap(NULL, (size_t)group_count[g] * group_size[g], PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return -errno;
-    b->bufs = m;
-    for (unsigned i = 0; i < BUF_COUNT; i++)
-        buf_give(b, i);
+    b->g[g].bufs = m;
+    for (unsigned i = 0; i < group_count[g]; i++)
+        buf_give(b, g, i);
     return 0;
 }
 
@@ -413,7 +432,17 @@ static void prep_recv(struct uring_backend *b, uint32_t i, struct io_uring_sqe *
     b->slots[i].epoch = b->epoch;
     io_uring_prep_recv_multishot(sqe, b->slots[i].fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BUF_GROUP;
+    sqe->buf_group = G_STREAM;
+    io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
+}
+
+static void prep_recvmsg(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    b->slots[i].seq = b->ring.sq.sqe_tail - 1;
+    b->slots[i].epoch = b->epoch;
+    io_uring_prep_recvmsg_multishot(sqe, b->slots[i].fd, &b->dmsg, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = G_DGRAM;
     io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
 }
 
@@ -423,9 +452,7 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, t
     if (op->tag)
         return -EBUSY;
     int rc;
-    if (!b->br)
-        return -ENOMEM; /* a new ring (migrate) could not have its buffers */
-    if (!b->bufs && (rc = bufs_make(b)) < 0)
+    if (!b->g[G_STREAM].bufs && (rc = bufs_make(b, G_STREAM)) < 0)
         return rc;
     struct io_uring_sqe *sqe = sqe_get(b);
     if (!sqe)
@@ -437,6 +464,30 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, t
         return rc;
     }
     prep_recv(b, i, sqe);
+    return 0;
+}
+
+/* Multishot, into the datagrams' buffers: each completion is one datagram
+ * and the sender's address (struct tpio__dgram). */
+static int uring_recvmsg(struct tpio__backend *base, struct tpio__op *op, int fd,
+                         tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    int rc;
+    if (!b->g[G_DGRAM].bufs && (rc = bufs_make(b, G_DGRAM)) < 0)
+        return rc;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    if ((rc = op_slot(b, op, SLOT_RECVMSG, fd, cb, &i)) < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    prep_recvmsg(b, i, sqe);
     return 0;
 }
 
@@ -476,6 +527,37 @@ static int uring_accept(struct tpio__backend *base, struct tpio__op *op, int fd,
         return rc;
     }
     prep_accept(b, i, sqe);
+    return 0;
+}
+
+static void prep_sendmsg(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    struct slot *s = &b->slots[i];
+    s->seq = b->ring.sq.sqe_tail - 1;
+    s->epoch = b->epoch;
+    io_uring_prep_sendmsg(sqe, s->fd, s->sdata, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+}
+
+/* One datagram; msg (and what it names) stays put until the completion. */
+static int uring_sendmsg(struct tpio__backend *base, struct tpio__op *op, int fd,
+                         const struct msghdr *msg, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (op->tag)
+        return -EBUSY;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    int rc = op_slot(b, op, SLOT_SENDMSG, fd, cb, &i);
+    if (rc < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    b->slots[i].sdata = msg;
+    prep_sendmsg(b, i, sqe);
     return 0;
 }
 
@@ -595,10 +677,11 @@ static void uring_drop(struct tpio__backend *base, struct tpio__op *op)
  * buffers is armed again here, unseen by its owner: the batch's buffers
  * have gone back by then. */
 static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int32_t res,
-                    uint32_t flags, const unsigned char *bufs)
+                    uint32_t flags, const struct bgroup *groups)
 {
-    bool give = bufs == b->bufs; /* an old ring's buffers are not the kernel's any more */
+    bool give = groups == b->g; /* an old ring's buffers are not the kernel's any more */
     struct slot *s = &b->slots[i];
+    int g = s->kind == SLOT_RECVMSG ? G_DGRAM : G_STREAM;
     if (s->nopped) {
         res = -ECANCELED;
         flags = 0;
@@ -606,20 +689,20 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
     bool more = flags & IORING_CQE_F_MORE;
     if (!s->op) { /* dropped by its owner */
         if ((flags & IORING_CQE_F_BUFFER) && give)
-            buf_give(b, flags >> IORING_CQE_BUFFER_SHIFT);
+            buf_give(b, g, flags >> IORING_CQE_BUFFER_SHIFT);
         if (s->kind == SLOT_ACCEPT && res >= 0)
             close(res); /* accepted for an owner who has gone */
         if (!more)
             slot_free(b, i);
         return;
     }
-    if (s->kind == SLOT_RECV && res == -ENOBUFS && !more) {
+    if ((s->kind == SLOT_RECV || s->kind == SLOT_RECVMSG) && res == -ENOBUFS && !more) {
         if (!s->armed) {
             res = -ECANCELED; /* it was being cancelled: that is how it ended */
         } else {
             struct io_uring_sqe *sqe = sqe_get(b);
             if (sqe) {
-                prep_recv(b, i, sqe);
+                (s->kind == SLOT_RECV ? prep_recv : prep_recvmsg)(b, i, sqe);
                 return;
             }
             res = -ENOMEM;
@@ -648,9 +731,25 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
     tpio__op_cb cb = s->cb;
     const void *data = NULL;
     int bid = -1;
+    struct tpio__dgram dg;
     if (flags & IORING_CQE_F_BUFFER) {
         bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
-        data = bufs + (size_t)bid * BUF_SIZE;
+        data = groups[g].bufs + (size_t)bid * group_size[g];
+        if (g == G_DGRAM) {
+            struct io_uring_recvmsg_out *o =
+                io_uring_recvmsg_validate((void *)data, res, &b->dmsg);
+            if (!o) {
+                res = -EIO; /* cannot happen: the kernel wrote its header */
+                data = NULL;
+            } else {
+                dg.data = io_uring_recvmsg_payload(o, &b->dmsg);
+                dg.len = io_uring_recvmsg_payload_length(o, res, &b->dmsg);
+                dg.addr = o->namelen ? io_uring_recvmsg_name(o) : NULL;
+                dg.alen = o->namelen > DBUF_NAME ? DBUF_NAME : o->namelen;
+                res = (int32_t)dg.len;
+                data = &dg;
+            }
+        }
     }
     if (!more) {
         op->tag = 0;
@@ -658,28 +757,30 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
     }
     cb(loop, op, res, data, more);
     if (bid >= 0 && give)
-        buf_give(b, (unsigned)bid);
+        buf_give(b, g, (unsigned)bid);
 }
 
 static bool uring_has_ops(const struct tpio__backend *base) { return U(base)->ops_ok; }
 
-static void bufs_unmap(void *br, void *bufs)
+static void bufs_unmap(struct bgroup *gs)
 {
-    if (br)
-        munmap(br, BUF_COUNT * sizeof(struct io_uring_buf));
-    if (bufs)
-        munmap(bufs, (size_t)BUF_COUNT * BUF_SIZE);
+    for (int g = 0; g < NGROUPS; g++) {
+        if (gs[g].br)
+            munmap(gs[g].br, group_count[g] * sizeof(struct io_uring_buf));
+        if (gs[g].bufs)
+            munmap(gs[g].bufs, (size_t)group_count[g] * group_size[g]);
+    }
 }
 
 static void uring_close(struct tpio__backend *base)
 {
     struct uring_backend *b = U(base);
     io_uring_queue_exit(&b->ring);
-    bufs_unmap(b->br, b->bufs);
+    bufs_unmap(b->g);
     while (b->retired) {
         struct retired *r = b->retired;
         b->retired = r->next;
-        bufs_unmap(r->br, r->bufs);
+        bufs_unmap(r->g);
         tpio__free(r);
     }
     close(b->probe_fd);
@@ -696,6 +797,8 @@ static const struct tpio__backend_ops uring_ops = {
     .recv = uring_recv,
     .send = uring_send,
     .accept = uring_accept,
+    .recvmsg = uring_recvmsg,
+    .sendmsg = uring_sendmsg,
     .connect = uring_connect,
     .cancel = uring_cancel,
     .drop = uring_drop,
@@ -778,18 +881,19 @@ static int migrate(struct uring_backend *b, tpio_loop_t *loop)
     b->owner = pthread_self();
     /* The kernel may finish its cancellations after the close returned:
      * what it wrote into stays mapped until the loop closes. */
-    r->br = b->br;
-    r->bufs = b->bufs;
+    memcpy(r->g, b->g, sizeof r->g);
     r->next = b->retired;
     b->retired = r;
-    const unsigned char *old_bufs = b->bufs;
-    b->br = NULL;
-    b->bufs = NULL;
-    /* Failing, receives fail (-ENOMEM): their transports end. */
-    if (b->ops_ok && ops_init(b) == 0 && old_bufs)
-        bufs_make(b); /* the receives asked anew below take from them */
+    memset(b->g, 0, sizeof b->g);
+    /* Failing, receives fail (-ENOMEM): their transports end. The receives
+     * asked anew below take from the new buffers. */
+    if (b->ops_ok && ops_init(b) == 0) {
+        for (int g = 0; g < NGROUPS; g++)
+            if (r->g[g].bufs)
+                bufs_make(b, g);
+    }
     uint32_t old = b->epoch++;
-    int dispatched = dispatch(b, loop, v, k, old_bufs);
+    int dispatched = dispatch(b, loop, v, k, r->g);
     tpio__free(v);
     /* Callbacks may add slots (and move the array): by index, and what the
      * new ring already has is skipped by its epoch. */
@@ -806,10 +910,15 @@ static int migrate(struct uring_backend *b, tpio_loop_t *loop)
             slot_free(b, i);
             continue;
         }
-        bool can = s->kind == SLOT_SEND || b->bufs;
+        bool can = (s->kind != SLOT_RECV || b->g[G_STREAM].bufs) &&
+                   (s->kind != SLOT_RECVMSG || b->g[G_DGRAM].bufs);
         struct io_uring_sqe *sqe = s->armed && can ? sqe_get(b) : NULL;
         if (sqe && s->kind == SLOT_RECV) {
             prep_recv(b, i, sqe);
+        } else if (sqe && s->kind == SLOT_RECVMSG) {
+            prep_recvmsg(b, i, sqe);
+        } else if (sqe && s->kind == SLOT_SENDMSG) {
+            prep_sendmsg(b, i, sqe);
         } else if (sqe && s->kind == SLOT_ACCEPT) {
             prep_accept(b, i, sqe);
         } else if (sqe && s->kind == SLOT_CONNECT) {
@@ -854,6 +963,7 @@ int tpio__uring_open(struct tpio__backend **out)
     const char *e = getenv("TPIO_URING_OPS");
     b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
     b->single = b->flags & IORING_SETUP_SINGLE_ISSUER;
+    b->dmsg.msg_namelen = DBUF_NAME;
     b->owner = pthread_self();
     *out = &b->base;
     return 0;

@@ -1,7 +1,9 @@
 /* The datagram transport (UDP and Unix datagram sockets). Modelled on
  * asyncio's _SelectorDatagramTransport (3.13): one datagram per readiness
  * event, send at once when nothing is queued, queue copies otherwise, errors
- * to error_received. */
+ * to error_received. On a completion backend (io_uring) the kernel receives
+ * (one multishot recvmsg) and sends (one sendmsg in flight, from the
+ * queue) instead: see "operations" below. */
 #include "transport/transport.h"
 
 #include <netinet/in.h>
@@ -17,7 +19,10 @@ struct dq {
     struct dq *next;
     size_t len;
     socklen_t alen;
+    int err; /* ops, held: an error met while reading was paused (no data) */
     struct sockaddr_storage addr;
+    struct msghdr msg; /* ops: what the send in flight names */
+    struct iovec iov;
     unsigned char data[];
 };
 
@@ -27,12 +32,25 @@ struct dgram {
     struct dq *qhead, *qtail; /* base.wsize counts them, headers included */
     struct sockaddr_storage peer, self;
     socklen_t peerlen, selflen; /* peerlen 0: not connected */
+    /* ops: the receive and the send in flight (the send reads qhead), and
+     * what came while reading was paused, delivered after resume_reading */
+    bool ops, rstop, held_queued;
+    struct tpio__op rop, wop;
+    struct dq *hhead, *htail;
+    struct tpio__node held_node;
 };
 
 #define D(t) ((struct dgram *)(t))
 
+static void update_ops(struct dgram *d);
+static bool dgram_busy(const tpio_transport_t *t);
+
 static void update_io(struct dgram *d)
 {
+    if (d->ops) {
+        update_ops(d);
+        return;
+    }
     uint32_t want = 0;
     if (!d->base.lost_scheduled) {
         if (tpio__reading_allowed(&d->base))
@@ -45,15 +63,39 @@ static void update_io(struct dgram *d)
         tpio__schedule_lost(&d->base, rc);
 }
 
+static void list_free(struct dq *e)
+{
+    while (e) {
+        struct dq *n = e->next;
+        tpio__free(e);
+        e = n;
+    }
+}
+
 static void queue_clear(struct dgram *d)
 {
-    while (d->qhead) {
-        struct dq *e = d->qhead;
-        d->qhead = e->next;
-        tpio__free(e);
-    }
-    d->qtail = NULL;
+    /* the kernel lets go of the send first: it reads the head */
+    tpio__op_drop(d->base.loop->backend, &d->wop);
+    list_free(d->qhead);
+    d->qhead = d->qtail = NULL;
     d->base.wsize = 0;
+}
+
+static struct dq *dq_new(const void *data, size_t len, const struct sockaddr *addr,
+                         socklen_t alen)
+{
+    struct dq *e = tpio__malloc(sizeof *e + len);
+    if (!e)
+        return NULL;
+    e->next = NULL;
+    e->len = len;
+    e->alen = alen;
+    e->err = 0;
+    if (alen)
+        memcpy(&e->addr, addr, alen);
+    if (len)
+        memcpy(e->data, data, len);
+    return e;
 }
 
 static void call_error_received(struct dgram *d, int err)
@@ -160,6 +202,165 @@ static void dgram_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
         flush(d);
 }
 
+/* ---- operations: the kernel receives and sends (io_uring) ---------------------
+ * A multishot recvmsg stays in the kernel while reading is allowed, and
+ * each completion is one datagram, lent from the backend's buffers. A
+ * datagram is sent at once when nothing is queued, as on epoll; the queue,
+ * once the kernel pushed back, is sent from its head, one sendmsg in flight.
+ * As for streams: what the kernel received after pause_reading is held and
+ * delivered after resume_reading, and connection_lost waits until the
+ * kernel let go of both (dgram_busy). */
+
+static bool ops_reading(const struct dgram *d)
+{
+    return tpio__reading_allowed(&d->base) && !d->base.lost_scheduled && !d->base.closing;
+}
+
+static void hold(struct dgram *d, struct dq *e)
+{
+    if (!e)
+        return; /* out of memory: dropped, as the kernel drops what does not fit */
+    if (d->htail)
+        d->htail->next = e;
+    else
+        d->hhead = e;
+    d->htail = e;
+}
+
+static void deliver(struct dgram *d, const void *data, size_t len, const struct sockaddr *addr,
+                    socklen_t alen, int err)
+{
+    if (err)
+        call_error_received(d, err);
+    else
+        TPIO__UPCALL(&d->base, datagram_received, data, len, alen ? addr : NULL, alen);
+}
+
+static void held_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct dgram *d = tpio_container_of(arg, struct dgram, held_node);
+    d->held_queued = false;
+    while (d->hhead && ops_reading(d)) {
+        struct dq *e = d->hhead;
+        d->hhead = e->next;
+        if (!d->hhead)
+            d->htail = NULL;
+        deliver(d, e->data, e->len, (struct sockaddr *)&e->addr, e->alen, e->err);
+        tpio__free(e);
+    }
+    update_io(d);
+    tpio__transport_unref(&d->base);
+}
+
+static void rop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop;
+    struct dgram *d = tpio_container_of(op, struct dgram, rop);
+    const struct tpio__dgram *g = data;
+    if (!more)
+        d->rstop = false;
+    if (res != -ECANCELED && !d->base.lost_scheduled && !d->base.closing) {
+        int err = res < 0 ? res : 0;
+        const void *p = g ? g->data : NULL;
+        size_t len = g ? g->len : 0;
+        const struct sockaddr *a = g ? g->addr : NULL;
+        socklen_t alen = g ? g->alen : 0;
+        if (ops_reading(d) && !d->hhead) {
+            deliver(d, p, len, a, alen, err);
+        } else {
+            struct dq *e = dq_new(p, len, a, alen);
+            if (e)
+                e->err = err;
+            hold(d, e);
+        }
+    }
+    if (!more) {
+        update_io(d);
+        if (d->base.lost_scheduled && !tpio__op_busy(&d->wop))
+            tpio__transport_ops_done(&d->base);
+    }
+}
+
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more);
+
+static void send_head(struct dgram *d)
+{
+    struct dq *e = d->qhead;
+    e->iov = (struct iovec){.iov_base = e->data, .iov_len = e->len};
+    e->msg = (struct msghdr){.msg_iov = &e->iov, .msg_iovlen = 1};
+    if (!d->peerlen && e->alen) {
+        e->msg.msg_name = &e->addr;
+        e->msg.msg_namelen = e->alen;
+    }
+    int rc = tpio__op_sendmsg(d->base.loop->backend, &d->wop, d->io.fd, &e->msg, wop_done);
+    if (rc < 0)
+        tpio__schedule_lost(&d->base, rc);
+}
+
+/* The head went (or failed: asyncio drops it and tells error_received). */
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop, (void)data, (void)more;
+    struct dgram *d = tpio_container_of(op, struct dgram, wop);
+    if (!d->base.lost_scheduled && d->qhead && res != -ECANCELED) {
+        if (res == -EAGAIN || res == -EINTR) {
+            send_head(d);
+            return;
+        }
+        struct dq *e = d->qhead;
+        d->qhead = e->next;
+        if (!d->qhead)
+            d->qtail = NULL;
+        d->base.wsize -= e->len + DGRAM_HEADER;
+        tpio__free(e);
+        if (res < 0)
+            call_error_received(d, res);
+        tpio__maybe_resume_protocol(&d->base);
+        if (!d->base.lost_scheduled && !d->qhead && d->base.closing)
+            tpio__schedule_lost(&d->base, 0);
+        else
+            update_io(d);
+    }
+    if (d->base.lost_scheduled && !dgram_busy(&d->base))
+        tpio__transport_ops_done(&d->base);
+}
+
+static void update_ops(struct dgram *d)
+{
+    tpio_transport_t *t = &d->base;
+    struct tpio__backend *b = t->loop->backend;
+    bool reading = ops_reading(d);
+    if (t->lost_scheduled) {
+        tpio__op_drop(b, &d->rop);
+        tpio__op_drop(b, &d->wop);
+        d->rstop = false;
+        return;
+    }
+    if (reading && d->hhead && !d->held_queued) {
+        d->held_queued = true;
+        d->held_node.cb = held_cb;
+        tpio__transport_ref(t);
+        tpio__call_soon_node(t->loop, &d->held_node);
+    }
+    bool receive = reading && !d->hhead;
+    if (receive && !tpio__op_busy(&d->rop)) {
+        int rc = tpio__op_recvmsg(b, &d->rop, d->io.fd, rop_done);
+        if (rc < 0) {
+            tpio__schedule_lost(t, rc);
+            return;
+        }
+    } else if (!receive && tpio__op_busy(&d->rop) && !d->rstop) {
+        d->rstop = true;
+        tpio__op_cancel(b, &d->rop);
+    }
+    if (d->qhead && !tpio__op_busy(&d->wop))
+        send_head(d);
+}
+
 /* Equal as asyncio compares address tuples: by content, whatever length the
  * caller passed for its sockaddr buffer. */
 static bool same_addr(const struct sockaddr *a, socklen_t alen, const struct sockaddr_storage *b,
@@ -211,6 +412,8 @@ static int dgram_sendto(tpio_transport_t *t, const void *data, size_t len,
     }
     if (t->closing)
         return 0;
+    /* io_uring too: an idle socket sends now (asyncio's sendto), and an
+     * error or a refusal is known at once; only the queue is the kernel's */
     if (!d->qhead) {
         ssize_t n = send_one(d, data, len, addr, alen);
         if (n >= 0)
@@ -220,16 +423,9 @@ static int dgram_sendto(tpio_transport_t *t, const void *data, size_t len,
             return 0;
         }
     }
-    struct dq *e = tpio__malloc(sizeof *e + len);
+    struct dq *e = dq_new(data, len, addr, alen);
     if (!e)
         return -ENOMEM;
-    e->next = NULL;
-    e->len = len;
-    e->alen = alen;
-    if (alen)
-        memcpy(&e->addr, addr, alen);
-    if (len)
-        memcpy(e->data, data, len);
     if (d->qtail)
         d->qtail->next = e;
     else
@@ -301,7 +497,13 @@ static void dgram_destroy(tpio_transport_t *t)
 {
     tpio__transport_leave_fd(t, &D(t)->io); /* never started: the fd is the caller's */
     queue_clear(D(t));
+    list_free(D(t)->hhead);
     tpio__free(t);
+}
+
+static bool dgram_busy(const tpio_transport_t *t)
+{
+    return tpio__op_busy(&D(t)->rop) || tpio__op_busy(&D(t)->wop);
 }
 
 static const struct tpio__transport_vt dgram_vt = {
@@ -315,6 +517,7 @@ static const struct tpio__transport_vt dgram_vt = {
     .quiesce = dgram_quiesce,
     .teardown = dgram_teardown,
     .destroy = dgram_destroy,
+    .busy = dgram_busy,
 };
 
 static int dgram_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
@@ -340,6 +543,7 @@ static int dgram_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
     d->selflen = sizeof d->self;
     if (getsockname(fd, (struct sockaddr *)&d->self, &d->selflen) < 0)
         d->selflen = 0;
+    d->ops = tpio__backend_has_ops(loop->backend);
     rc = tpio__transport_open(&d->base, conn);
     if (rc < 0)
         tpio__transport_abandon(&d->base);
