@@ -1189,3 +1189,33 @@ Test(process, pass_fds_kept_at_their_numbers, .timeout = 60)
     cr_assert_str_eq(f.sp.out[1], "xyz");
     cr_assert_eq(returncode(&f.sp), 0);
 }
+
+/* An executable written and closed just before it is run (ETXTBSY if a
+ * write descriptor is still open somewhere: libuv#4059 closed through its
+ * ring, asynchronously). tpio never closes through the ring, on either
+ * backend; the loop's own descriptors are close-on-exec. Ten times in a
+ * row, each written afresh while the loop has connections of its own. */
+Test(process, executable_written_then_run_at_once, .timeout = 60)
+{
+    th_pair_t *pr = th_tcp_pair(NULL, NULL); /* a connection, so the ring is busy */
+    char path[] = "/tmp/tpio-etxtbsy-XXXXXX";
+    for (int round = 0; round < 10; round++) {
+        int fd = mkstemp(path);
+        cr_assert_geq(fd, 0);
+        const char script[] = "#!/bin/sh\nexit 7\n";
+        cr_assert_eq(write(fd, script, sizeof script - 1), (ssize_t)(sizeof script - 1));
+        cr_assert_eq(fchmod(fd, 0700), 0);
+        cr_assert_eq(close(fd), 0);
+        const char *argv[] = {path, NULL};
+        start_ok(&f, argv, NULL);
+        run_to_lost(&f);
+        cr_assert_eq(returncode(&f.sp), 7, "round %d", round);
+        cr_assert_eq(unlink(path), 0);
+        memcpy(path + sizeof path - 7, "XXXXXX", 6);
+        sp_fini(&f.sp); /* the next child on the same loop, the pair still open */
+        memset(&f, 0, sizeof f);
+        sp_init(&f.sp);
+    }
+    cr_assert_eq(tpio_transport_close(pr->t), 0);
+    th_pair_finish(pr);
+}
