@@ -239,8 +239,9 @@ typedef uint64_t tpio_handle_t;
  * provided buffers, sends queued from the loop, one multishot accept per
  * listening socket, and the connects of create_connection; a datagram
  * socket has one multishot recvmsg, and its queue (what the kernel did not
- * take at once) is sent by the kernel too. One io_uring_enter per
- * iteration serves every connection. What that changes,
+ * take at once) is sent by the kernel too; so are pipes' reads and writes
+ * (multishot reads: 6.7). One io_uring_enter per iteration serves every
+ * connection. What that changes,
  * within the contracts: tpio_transport_write() copies what it is given and
  * the bytes leave with the loop's next iteration, never inside the call
  * (get_write_buffer_size counts them until the kernel took them, so a low
@@ -249,9 +250,9 @@ typedef uint64_t tpio_handle_t;
  * on epoll; a
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
  * are copied into it; a connect starts with the loop's next iteration.
- * Pipes still wait for readiness, through the ring; so do the loop's
- * wake-up eventfd and the pidfds of its children, and the timers are the
- * wait's own timeout.
+ * Through the ring, the loop's wake-up eventfd and the pidfds of its
+ * children wait for readiness (so do pipes on kernels before 6.7), and the
+ * timers are the wait's own timeout.
  * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone.
  *
  * Where the kernel has them (6.1), the ring is SINGLE_ISSUER and

@@ -1,5 +1,7 @@
 #define _GNU_SOURCE
 #include "helpers.h"
+
+#include <sys/utsname.h>
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
@@ -515,6 +517,15 @@ bool th_ring_ops(tpio_loop_t *loop)
     const char *name = NULL, *ops = getenv("TPIO_URING_OPS");
     return tpio_loop_get_backend(loop, &name) == 0 && strcmp(name, "io_uring") == 0 &&
            !(ops && strcmp(ops, "0") == 0);
+}
+
+bool th_ring_pipe_ops(tpio_loop_t *loop)
+{
+    struct utsname u;
+    unsigned major = 0, minor = 0;
+    return th_ring_ops(loop) && uname(&u) == 0 &&
+           sscanf(u.release, "%u.%u", &major, &minor) == 2 &&
+           (major > 6 || (major == 6 && minor >= 7));
 }
 
 void th_fill_until_buffered(th_pair_t *pr)

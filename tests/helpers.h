@@ -150,6 +150,8 @@ void th_fill_until_buffered(th_pair_t *pr);
  * sent inside the call, and a receive needs no get_buffer before data
  * comes (no read finds EAGAIN). */
 bool th_ring_ops(tpio_loop_t *loop);
+/* The same for pipes: multishot reads of pipes came with Linux 6.7. */
+bool th_ring_pipe_ops(tpio_loop_t *loop);
 void th_write_pattern(th_pair_t *pr, size_t n);
 
 /* ---- a loop error handler that counts reports --------------------------- */

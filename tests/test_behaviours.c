@@ -234,14 +234,21 @@ Test(behaviours, read_burst_stops_after_1mib_of_full_reads, .timeout = 30)
     cr_assert(th_pair_run_until_rx(pr, pp, total), "got %zu of %zu bytes", pp->rxlen, total);
     cr_assert_eq(pp->rxlen, total);
     cr_assert_eq(memcmp(pp->rx, pat, total), 0, "bytes differ");
-    /* first event: 4 reads of 256 KiB (1 MiB), although a 5th would fill too */
-    cr_assert_eq(bu.calls[0], 4, "first event: %zu data_received calls (%zu bytes)",
-                 bu.calls[0], bu.bytes[0]);
-    cr_assert_eq(bu.bytes[0], BURST_BYTES);
-    /* next event: the 5th full read, then the rest */
-    cr_assert_eq(bu.nev, 2, "%zu events", bu.nev);
-    cr_assert_eq(bu.calls[1], 2);
-    cr_assert_eq(bu.bytes[1], (size_t)RS + 1000);
+    if (th_ring_pipe_ops(pr->loop)) {
+        /* io_uring reads the pipe with a multishot read: no bursts to bound,
+         * each completion (one provided buffer) is delivered as it comes;
+         * what the test sees is every byte, in order, across the refill */
+        cr_assert_geq(bu.nev, 1);
+    } else {
+        /* first event: 4 reads of 256 KiB (1 MiB), although a 5th would fill too */
+        cr_assert_eq(bu.calls[0], 4, "first event: %zu data_received calls (%zu bytes)",
+                     bu.calls[0], bu.bytes[0]);
+        cr_assert_eq(bu.bytes[0], BURST_BYTES);
+        /* next event: the 5th full read, then the rest */
+        cr_assert_eq(bu.nev, 2, "%zu events", bu.nev);
+        cr_assert_eq(bu.calls[1], 2);
+        cr_assert_eq(bu.bytes[1], (size_t)RS + 1000);
+    }
     free(pat);
     cr_assert_eq(tpio_transport_close(pr->t), 0);
     th_pair_finish(pr);

@@ -79,9 +79,10 @@ struct tpio__backend_ops {
      * of len bytes at data, which stay put until it completes; cancel: the
      * kernel lets go of op's operation at once (its last completion still
      * comes, from the next poll). -ENOTSUP where the kernel lacks them. */
-    int (*recv)(struct tpio__backend *b, struct tpio__op *op, int fd, tpio__op_cb cb);
-    int (*send)(struct tpio__backend *b, struct tpio__op *op, int fd, const void *data,
-                size_t len, tpio__op_cb cb);
+    int (*recv)(struct tpio__backend *b, struct tpio__op *op, int fd, bool file,
+                tpio__op_cb cb);
+    int (*send)(struct tpio__backend *b, struct tpio__op *op, int fd, bool file,
+                const void *data, size_t len, tpio__op_cb cb);
     void (*cancel)(struct tpio__backend *b, struct tpio__op *op);
     /* accept: accept on a listening socket until stopped; each completion's
      * res is a new descriptor (non-blocking, close-on-exec), now the
@@ -104,6 +105,9 @@ struct tpio__backend_ops {
      * it accepted are closed). */
     void (*drop)(struct tpio__backend *b, struct tpio__op *op);
     bool (*has_ops)(const struct tpio__backend *b);
+    /* Whether recv and send take a descriptor that is not a socket (`file`:
+     * a pipe, a FIFO, a terminal: read and write, multishot reads 6.7). */
+    bool (*has_file_ops)(const struct tpio__backend *b);
 };
 
 struct tpio__backend {
@@ -161,15 +165,20 @@ static inline bool tpio__backend_has_ops(const struct tpio__backend *b)
 {
     return b->ops->has_ops && b->ops->has_ops(b);
 }
-static inline int tpio__op_recv(struct tpio__backend *b, struct tpio__op *op, int fd,
+static inline bool tpio__backend_has_file_ops(const struct tpio__backend *b)
+{
+    return tpio__backend_has_ops(b) && b->ops->has_file_ops(b);
+}
+/* file: fd is not a socket (tpio__backend_has_file_ops). */
+static inline int tpio__op_recv(struct tpio__backend *b, struct tpio__op *op, int fd, bool file,
                                 tpio__op_cb cb)
 {
-    return b->ops->recv(b, op, fd, cb);
+    return b->ops->recv(b, op, fd, file, cb);
 }
-static inline int tpio__op_send(struct tpio__backend *b, struct tpio__op *op, int fd,
+static inline int tpio__op_send(struct tpio__backend *b, struct tpio__op *op, int fd, bool file,
                                 const void *data, size_t len, tpio__op_cb cb)
 {
-    return b->ops->send(b, op, fd, data, len, cb);
+    return b->ops->send(b, op, fd, file, data, len, cb);
 }
 static inline int tpio__op_accept(struct tpio__backend *b, struct tpio__op *op, int fd,
                                   tpio__op_cb cb)

@@ -44,6 +44,7 @@ _Static_assert(TPIO__IN == POLLIN && TPIO__OUT == POLLOUT && TPIO__ERR == POLLER
 #define CQ_ENTRIES 4096
 #define MAX_BATCH 256
 #define UD_IGNORE UINT64_MAX /* the completions of removals and cancels */
+#define OP_READ_MULTISHOT 49 /* IORING_OP_READ_MULTISHOT, newer than liburing 2.3 */
 
 /* The provided buffers receives land in: a power of two of them, made on
  * the first receive. 128 x 32 KiB: a batch of completions rarely takes them
@@ -80,6 +81,7 @@ struct slot {
     bool armed; /* a request is in flight */
     bool nopped; /* operations: cancelled before it was submitted */
     bool polled; /* a connect that waits as a poll (see migrate) */
+    bool file;   /* receives and sends: read and write, not a socket's */
     int fd;     /* operations: to re-arm a receive the kernel ended */
     unsigned seq; /* operations: the submission queue entry's number */
     uint32_t epoch; /* the ring its request went to (see migrate) */
@@ -119,7 +121,7 @@ struct uring_backend {
     struct slot *slots;
     uint32_t nslots, free_head;
     /* Operations: whether the kernel has them, and the provided buffers. */
-    bool ops_ok;
+    bool ops_ok, file_ops;
     struct bgroup g[NGROUPS];
     struct msghdr dmsg; /* what a datagram receive asks for: the address */
     /* The batch being dispatched, copied out of the completion queue. */
@@ -382,6 +384,17 @@ static int group_register(struct uring_backend *b, int g)
 
 static int ops_init(struct uring_backend *b) { return group_register(b, G_STREAM); }
 
+/* Pipes and other descriptors need multishot reads (6.7), and by then a
+ * write to a full non-blocking pipe waits in the kernel, as a send does. */
+static bool has_read_multishot(struct io_uring *ring)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+    bool ok = p && io_uring_opcode_supported(p, OP_READ_MULTISHOT);
+    if (p)
+        io_uring_free_probe(p);
+    return ok;
+}
+
 static void buf_give(struct uring_backend *b, int g, unsigned bid)
 {
     io_uring_buf_ring_add(b->g[g].br, b->g[g].bufs + (size_t)bid * group_size[g], group_size[g],
@@ -430,7 +443,10 @@ static void prep_recv(struct uring_backend *b, uint32_t i, struct io_uring_sqe *
 {
     b->slots[i].seq = b->ring.sq.sqe_tail - 1;
     b->slots[i].epoch = b->epoch;
-    io_uring_prep_recv_multishot(sqe, b->slots[i].fd, NULL, 0, 0);
+    if (b->slots[i].file) /* liburing 2.3 has no helper for it */
+        io_uring_prep_rw(OP_READ_MULTISHOT, sqe, b->slots[i].fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, b->slots[i].fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = G_STREAM;
     io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
@@ -446,7 +462,8 @@ static void prep_recvmsg(struct uring_backend *b, uint32_t i, struct io_uring_sq
     io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
 }
 
-static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, tpio__op_cb cb)
+static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, bool file,
+                      tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
     if (op->tag)
@@ -463,6 +480,7 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, t
         io_uring_sqe_set_data64(sqe, UD_IGNORE);
         return rc;
     }
+    b->slots[i].file = file;
     prep_recv(b, i, sqe);
     return 0;
 }
@@ -496,7 +514,10 @@ static void prep_send(struct uring_backend *b, uint32_t i, struct io_uring_sqe *
     struct slot *s = &b->slots[i];
     s->seq = b->ring.sq.sqe_tail - 1;
     s->epoch = b->epoch;
-    io_uring_prep_send(sqe, s->fd, s->sdata, s->slen, MSG_NOSIGNAL);
+    if (s->file) /* offset -1: the descriptor's own position (none, for a pipe) */
+        io_uring_prep_write(sqe, s->fd, s->sdata, s->slen, (uint64_t)-1);
+    else
+        io_uring_prep_send(sqe, s->fd, s->sdata, s->slen, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
 }
 
@@ -585,8 +606,8 @@ static int uring_connect(struct tpio__backend *base, struct tpio__op *op, int fd
     return 0;
 }
 
-static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, const void *data,
-                      size_t len, tpio__op_cb cb)
+static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, bool file,
+                      const void *data, size_t len, tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
     if (op->tag)
@@ -601,6 +622,7 @@ static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, c
         io_uring_sqe_set_data64(sqe, UD_IGNORE);
         return rc;
     }
+    b->slots[i].file = file;
     b->slots[i].sdata = data;
     b->slots[i].slen = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len; /* a send may be partial */
     prep_send(b, i, sqe);
@@ -761,6 +783,7 @@ static void op_done(struct uring_backend *b, tpio_loop_t *loop, uint32_t i, int3
 }
 
 static bool uring_has_ops(const struct tpio__backend *base) { return U(base)->ops_ok; }
+static bool uring_has_file_ops(const struct tpio__backend *base) { return U(base)->file_ops; }
 
 static void bufs_unmap(struct bgroup *gs)
 {
@@ -803,6 +826,7 @@ static const struct tpio__backend_ops uring_ops = {
     .cancel = uring_cancel,
     .drop = uring_drop,
     .has_ops = uring_has_ops,
+    .has_file_ops = uring_has_file_ops,
 };
 
 /* The ring, with what the kernel has of: SINGLE_ISSUER + DEFER_TASKRUN (6.1:
@@ -963,6 +987,7 @@ int tpio__uring_open(struct tpio__backend **out)
     const char *e = getenv("TPIO_URING_OPS");
     b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
     b->single = b->flags & IORING_SETUP_SINGLE_ISSUER;
+    b->file_ops = b->ops_ok && has_read_multishot(&b->ring);
     b->dmsg.msg_namelen = DBUF_NAME;
     b->owner = pthread_self();
     *out = &b->base;

@@ -506,9 +506,15 @@ static size_t deliver_piece(struct stream *s, const unsigned char *p, size_t n)
     return k;
 }
 
+static const char *read_error_msg(const struct stream *s)
+{
+    return s->is_socket ? "Fatal read error on socket transport"
+                        : "Fatal read error on pipe transport";
+}
+
 static bool ops_reading(const struct stream *s)
 {
-    return tpio__reading_allowed(&s->base) && !s->base.lost_scheduled;
+    return s->mode != MODE_WRITE_PIPE && tpio__reading_allowed(&s->base) && !s->base.lost_scheduled;
 }
 
 /* Keep what came while reading was paused; false when out of memory (the
@@ -517,7 +523,7 @@ static bool hold(struct stream *s, const unsigned char *p, size_t n)
 {
     struct stream_more *m = more_of(s);
     if (!m || tpio__wbuf_append(&m->held, &m->held_size, &s->base.loop->spare_chunk, p, n) < 0) {
-        fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+        fatal_error(s, -ENOMEM, read_error_msg(s));
         return false;
     }
     return true;
@@ -577,7 +583,7 @@ static void held_cb(tpio_loop_t *loop, void *arg)
     } else if (!m->held.head && m->held_err && ops_reading(s)) {
         int err = m->held_err;
         m->held_err = 0;
-        fatal_error(s, err, "Fatal read error on socket transport");
+        fatal_error(s, err, read_error_msg(s));
     }
     update_io(s);
     tpio__transport_unref(t);
@@ -608,17 +614,17 @@ static void rop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const 
         else if (more_of(s))
             s->more->held_eof = true;
         else
-            fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+            fatal_error(s, -ENOMEM, read_error_msg(s));
     } else if (res != -ECANCELED && !t->lost_scheduled && !t->closing) {
         /* an error met while reading was paused waits, as EOF does: an
          * epoll loop would only meet it on its next read */
         s->read_eof = true;
         if (ops_reading(s) && !has_held(s))
-            fatal_error(s, res, "Fatal read error on socket transport");
+            fatal_error(s, res, read_error_msg(s));
         else if (more_of(s))
             s->more->held_err = res;
         else
-            fatal_error(s, -ENOMEM, "Fatal read error on socket transport");
+            fatal_error(s, -ENOMEM, read_error_msg(s));
     }
     if (!more) {
         update_io(s);
@@ -633,8 +639,8 @@ static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const 
 static void send_next(struct stream *s)
 {
     struct tpio__chunk *c = s->wbuf.head;
-    int rc = tpio__op_send(s->base.loop->backend, &s->wop, s->io.fd, c->data + c->off, c->len,
-                           wop_done);
+    int rc = tpio__op_send(s->base.loop->backend, &s->wop, s->io.fd, !s->is_socket,
+                           c->data + c->off, c->len, wop_done);
     if (rc < 0)
         force_close(s, rc);
 }
@@ -725,7 +731,7 @@ static void update_ops(struct stream *s)
     }
     bool receive = reading && !held && !s->read_eof;
     if (receive && !tpio__op_busy(&s->rop)) {
-        int rc = tpio__op_recv(b, &s->rop, s->io.fd, rop_done);
+        int rc = tpio__op_recv(b, &s->rop, s->io.fd, !s->is_socket, rop_done);
         if (rc < 0) {
             tpio__schedule_lost(t, rc);
             return;
@@ -736,8 +742,11 @@ static void update_ops(struct stream *s)
     }
     if (!t->lost_scheduled && t->wsize && !tpio__op_busy(&s->wop))
         send_next(s);
-    /* An attached writer (sendfile) still takes its turns on writability. */
+    /* An attached writer (sendfile) still takes its turns on writability,
+     * and a write pipe still watches for its reader to leave. */
     uint32_t want = !t->lost_scheduled && (s->wblock & WB_WRITER) && !t->wsize ? TPIO__OUT : 0;
+    if (!t->lost_scheduled && s->watch_reader && t->made)
+        want |= TPIO__IN;
     if (want != s->io.registered) {
         int rc = tpio__watch(t->loop, &s->io, want);
         if (rc < 0 && want)
@@ -934,10 +943,9 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         return rc;
     }
     s->is_socket = true;
-    /* On a completion backend the kernel receives and sends for a socket;
-     * pipes still wait for readiness (multishot reads of pipes are newer
-     * than the kernels this supports). */
-    s->ops = s->mode == MODE_DUPLEX && tpio__backend_has_ops(loop->backend);
+    /* On a completion backend the kernel receives and sends for a socket,
+     * and for a pipe where it reads them with multishot reads (6.7). */
+    s->ops = tpio__backend_has_ops(loop->backend);
     if (s->mode != MODE_DUPLEX) {
         /* A pipe transport may sit on a FIFO, a socket or a character device. */
         struct stat st;
@@ -950,6 +958,8 @@ int tpio__stream_new(tpio_loop_t *loop, int fd, tpio_transport_kind_t kind,
         /* connect_write_pipe lets such a device through (create/pipe.c) */
         if (s->mode == MODE_WRITE_PIPE && S_ISCHR(st.st_mode))
             s->unwatchable = tpio__fd_watchable(loop, fd) == TPIO_ENOTWATCHABLE;
+        if (!s->is_socket && (s->unwatchable || !tpio__backend_has_file_ops(loop->backend)))
+            s->ops = false; /* what the kernel cannot poll is written through */
     } else {
         struct sockaddr_storage ss;
         if (!peer) {
