@@ -250,9 +250,10 @@ typedef uint64_t tpio_handle_t;
  * on epoll; a
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
  * are copied into it; a connect starts with the loop's next iteration.
- * Through the ring, the loop's wake-up eventfd and the pidfds of its
- * children wait for readiness (so do pipes on kernels before 6.7), and the
- * timers are the wait's own timeout.
+ * The loop's wake-up eventfd is read by the kernel too (6.7); the pidfds of
+ * its children wait for readiness through the ring (so do pipes and the
+ * eventfd on kernels before 6.7), and the timers are the wait's own
+ * timeout.
  * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone.
  *
  * Where the kernel has them (6.1), the ring is SINGLE_ISSUER and

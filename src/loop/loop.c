@@ -401,16 +401,45 @@ static void drain_threadsafe(tpio_loop_t *loop, bool run)
     }
 }
 
+static void woken(tpio_loop_t *loop)
+{
+    drain_threadsafe(loop, true);
+    for (int i = 0; i < loop->nservices; i++)
+        if (loop->services[i]->wake)
+            loop->services[i]->wake(loop);
+}
+
 static void efd_ready(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
 {
     (void)events;
     uint64_t v;
     while (read(io->fd, &v, sizeof v) < 0 && errno == EINTR)
         ;
-    drain_threadsafe(loop, true);
-    for (int i = 0; i < loop->nservices; i++)
-        if (loop->services[i]->wake)
-            loop->services[i]->wake(loop);
+    woken(loop);
+}
+
+static int efd_start(tpio_loop_t *loop);
+
+/* The kernel read the eventfd (its counter comes in data, reset): no read
+ * of our own, where readiness costs one per wake-up. */
+static void efd_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)op, (void)data;
+    if (res != -ECANCELED)
+        woken(loop);
+    if (!more && res != -ECANCELED && efd_start(loop) < 0)
+        tpio__watch(loop, &loop->efd_io, TPIO__IN); /* readiness, then */
+}
+
+/* The wake-up: a multishot read of the eventfd where the backend reads
+ * descriptors itself, else a watch for readability. */
+static int efd_start(tpio_loop_t *loop)
+{
+    if (tpio__backend_has_file_ops(loop->backend) &&
+        tpio__op_recv(loop->backend, &loop->efd_op, loop->efd, true, efd_done) == 0)
+        return 0;
+    return tpio__watch(loop, &loop->efd_io, TPIO__IN);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -461,7 +490,7 @@ int tpio_loop_new(tpio_loop_t **out, const tpio_loop_opts_t *opts)
     pthread_mutex_init(&loop->ts_lock, NULL);
     atomic_init(&loop->ts_signalled, false);
     tpio__io_init(&loop->efd_io, loop->efd, efd_ready);
-    rc = tpio__watch(loop, &loop->efd_io, TPIO__IN);
+    rc = efd_start(loop);
     if (rc) {
         pthread_mutex_destroy(&loop->ts_lock);
         goto fail;
@@ -502,6 +531,7 @@ int tpio_loop_close(tpio_loop_t *loop)
     drain_threadsafe(loop, false);
     for (int i = 0; i < loop->nservices; i++)
         loop->services[i]->close(loop);
+    tpio__op_drop(loop->backend, &loop->efd_op);
     tpio__watch(loop, &loop->efd_io, 0);
     close(loop->efd);
     tpio__backend_close(loop->backend);

@@ -68,6 +68,7 @@ struct tpio_loop {
 
     int efd; /* eventfd that wakes the loop for call_soon_threadsafe */
     struct tpio__io efd_io;
+    struct tpio__op efd_op; /* io_uring with file operations: its multishot read */
     pthread_mutex_t ts_lock;
     struct tpio__node *ts_head, *ts_tail;
     atomic_bool ts_signalled;
