@@ -39,21 +39,26 @@ struct stream {
     bool ops;           /* the backend receives and sends (io_uring): see below */
     bool rstop;         /* ops: the receive was asked to stop */
     uint8_t wblock;     /* the user's writes are refused: WB_EOF, WB_WRITER */
+    uint8_t peerlen;    /* see peer (at most a sockaddr_storage) */
+    /* ops: the receive and the send in flight. The order of the fields
+     * keeps the struct at 216 bytes, a 224-byte malloc chunk: the idle
+     * connection's memory that make bench holds against libuv's. */
+    struct tpio__op rop;
     struct tpio__wbuf wbuf;
-    /* ops: the receive and the send in flight, and the chunk that send
-     * reads when the buffer was dropped under it (abort) */
-    struct tpio__op rop, wop;
-    struct tpio__chunk *orphan;
+    struct tpio__op wop;
     /* peername is cached when the connection is made (asyncio: it survives a
      * reset); IP addresses fit inline, longer ones (Unix paths) and the
      * sockname, asked for rarely, go to `more`, allocated on demand. */
-    socklen_t peerlen;
     union {
         struct sockaddr sa;
         struct sockaddr_in6 in6;
     } peer;
     struct stream_more *more;
 };
+
+#if defined(__x86_64__) && defined(__LP64__)
+_Static_assert(sizeof(struct stream) <= 216, "an idle connection's memory: see the field order");
+#endif
 
 enum { WB_EOF = 1, WB_WRITER = 2 };
 
@@ -64,6 +69,9 @@ struct stream_more {
     struct sockaddr_storage peer, self;
     socklen_t selflen;
     struct tpio__stream_writer *writer;
+    /* ops: the chunk a send still reads after the buffer was dropped under
+     * it (abort), when the kernel could not let go at once */
+    struct tpio__chunk *orphan;
     /* ops: what the kernel received after pause_reading (the receive was
      * already under way), delivered after resume_reading from `held_node` */
     struct tpio__wbuf held;
@@ -87,10 +95,10 @@ static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
 {
     if (len <= sizeof s->peer) {
         memcpy(&s->peer, a, len);
-        s->peerlen = len;
+        s->peerlen = (uint8_t)len;
     } else if (len <= sizeof(struct sockaddr_storage) && more_of(s)) {
         memcpy(&s->more->peer, a, len);
-        s->peerlen = len;
+        s->peerlen = (uint8_t)len;
     }
 }
 
@@ -166,10 +174,21 @@ static void force_close(struct stream *s, int err)
 {
     if (s->base.lost_scheduled)
         return;
-    if (tpio__op_busy(&s->wop)) /* the kernel still reads it */
-        s->orphan = tpio__wbuf_take_head(&s->wbuf, &s->base.wsize);
+    /* the send in flight reads the head: it outlives the buffer until the
+     * kernel let go of it, which schedule_lost's drop does at once */
+    struct tpio__chunk *head =
+        tpio__op_busy(&s->wop) ? tpio__wbuf_take_head(&s->wbuf, &s->base.wsize) : NULL;
     tpio__wbuf_clear(&s->wbuf, &s->base.wsize);
     schedule_lost(s, err);
+    if (head && tpio__op_busy(&s->wop)) {
+        /* It could not: the send's completion frees it. Never freed under
+         * the kernel (kept, if even that cannot be recorded). */
+        struct stream_more *m = more_of(s);
+        if (m)
+            m->orphan = head;
+    } else {
+        tpio__free(head);
+    }
 }
 
 /* asyncio reports to the error handler only what is not an OSError (its own
@@ -653,9 +672,9 @@ static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const 
     (void)loop, (void)data, (void)more;
     struct stream *s = tpio_container_of(op, struct stream, wop);
     tpio_transport_t *t = &s->base;
-    if (s->orphan) {
-        tpio__free(s->orphan);
-        s->orphan = NULL;
+    if (s->more && s->more->orphan) {
+        tpio__free(s->more->orphan);
+        s->more->orphan = NULL;
     }
     if (!t->lost_scheduled) {
         if (res == -EAGAIN || res == -EINTR) {
@@ -851,8 +870,8 @@ static void stream_destroy(tpio_transport_t *t)
     struct stream *s = S(t);
     tpio__transport_leave_fd(t, &s->io); /* never started: the fd is the caller's */
     tpio__wbuf_clear(&s->wbuf, &t->wsize);
-    tpio__free(s->orphan);
     if (s->more) {
+        tpio__free(s->more->orphan);
         tpio__wbuf_clear(&s->more->held, &s->more->held_size);
         tpio__free(s->more);
     }
