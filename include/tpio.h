@@ -250,18 +250,18 @@ typedef uint64_t tpio_handle_t;
  * on epoll; a
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
  * are copied into it; a connect starts with the loop's next iteration.
- * The loop's wake-up eventfd is read by the kernel too (6.7); the pidfds of
- * its children wait for readiness through the ring (so do pipes and the
- * eventfd on kernels before 6.7), and the timers are the wait's own
- * timeout.
+ * The loop's wake-up eventfd is read by the kernel too (6.7), and its
+ * children are reaped by the kernel's waitid (6.7; on kernels before, the
+ * pidfds, pipes and the eventfd wait for readiness through the ring); the
+ * timers are the wait's own timeout.
  * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone.
  *
  * Where the kernel has them (6.1), the ring is SINGLE_ISSUER and
  * DEFER_TASKRUN: the kernel's work for it runs inside the loop's waits, and
  * only one thread may use it. A loop may still be run by one thread after
  * another: at the first iteration on a new thread it moves to a new ring,
- * and what was under way (receives, sends, accepts, connects) carries on
- * there, every byte once and in order.
+ * and what was under way (receives, sends, accepts, connects, the waits
+ * for children) carries on there, every byte once and in order.
  */
 typedef enum tpio_backend {
     TPIO_BACKEND_AUTO = 0,

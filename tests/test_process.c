@@ -17,12 +17,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -989,6 +995,74 @@ Test(process, sigchld_ignored_reports_255, .timeout = 60)
     cr_assert_eq(returncode(&f.sp), 255);
     cr_assert_eq(reported, -ECHILD);
     sigaction(SIGCHLD, &old, NULL);
+}
+
+/* waitid(2) refused with EPERM from here on, in this process only (its
+ * children inherit the filter, and none of them calls it). */
+static void refuse_waitid(void)
+{
+    struct sock_filter flt[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_waitid, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof flt / sizeof *flt, .filter = flt};
+    cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    cr_assert_eq(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 0,
+                 "seccomp: %s", strerror(errno));
+}
+
+/* On io_uring the kernel reaps the child itself (a waitid operation, 6.7):
+ * with waitid(2) refused, the exit status still arrives whole, and nothing
+ * is reported. Readiness backends reap with waitid(2), so this only makes
+ * sense on a ring that has the operation. */
+Test(process, ring_reaps_children_itself, .timeout = 60)
+{
+    if (!th_ring_pipe_ops(th_fx.loop))
+        return;
+    refuse_waitid();
+    int reported = 0;
+    tpio_loop_set_error_handler(th_fx.loop, note_error, &reported);
+    const char *argv[] = {"sh", "-c", "exit 7", NULL};
+    start_ok(&f, argv, NULL);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), 7);
+    cr_assert_eq(reported, 0);
+    fx_next();
+
+    /* killed by a signal: -signal, as asyncio's returncode */
+    const char *argv2[] = {"sh", "-c", "kill -TERM $$", NULL};
+    start_ok(&f, argv2, NULL);
+    run_to_lost(&f);
+    cr_assert_eq(returncode(&f.sp), -SIGTERM);
+}
+
+/* The loop runs on another thread from here (asyncio allows it; io_uring
+ * moves the loop to a ring of that thread's): the child is told to exit
+ * only then, so its exit is seen through what the move asked anew. */
+static void *exit_on_thread(void *arg)
+{
+    fx_t *fx = arg;
+    tpio_transport_t *in = NULL;
+    if (tpio_subprocess_get_pipe_transport(fx->t, 0, &in) == 0 &&
+        tpio_transport_write(in, "go\n", 3) == 0 && tpio_transport_close(in) == 0)
+        th_run_until(th_fx.loop, &fx->sp.lost, TMO);
+    return NULL;
+}
+
+Test(process, child_exit_seen_after_the_loop_changed_thread, .timeout = 60)
+{
+    const char *argv[] = {"sh", "-c", "read x; exit 4", NULL};
+    start_ok(&f, argv, NULL);
+    cr_assert_eq(tpio_loop_run_once(th_fx.loop, 0), 0);
+    cr_assert_not(f.sp.exited);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, exit_on_thread, &f), 0);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    cr_assert(f.sp.lost, "events: %s", f.sp.ev);
+    cr_assert_eq(f.sp.lost_err, 0);
+    cr_assert_eq(returncode(&f.sp), 4);
 }
 
 /* ---- session, process group, passed descriptors --------------------------------- */

@@ -10,6 +10,8 @@
 
 #include "base/base.h"
 
+#include <signal.h>
+
 /* Readiness, in tpio's own bits (the epoll backend checks that they are
  * epoll's, so it passes them through untranslated). */
 #define TPIO__IN 0x001u
@@ -99,6 +101,12 @@ struct tpio__backend_ops {
      * completion); res is 0 once connected, or -errno. */
     int (*connect)(struct tpio__backend *b, struct tpio__op *op, int fd,
                    const struct sockaddr *addr, socklen_t len, tpio__op_cb cb);
+    /* waitid: reap the child of a pidfd once it exits (WEXITED), writing
+     * what waitid(2) would into *info, which stays put until the
+     * completion (res: 0, or -errno). NULL, or -ENOTSUP, where the kernel
+     * lacks it (6.7): the owner watches the pidfd instead. */
+    int (*waitid)(struct tpio__backend *b, struct tpio__op *op, int pidfd, siginfo_t *info,
+                  tpio__op_cb cb);
     /* drop: the owner is going; on return the kernel no longer uses op's
      * operation (or its memory), op is idle and no completion reaches it.
      * What it received and not yet delivered is lost with it (descriptors
@@ -199,6 +207,11 @@ static inline int tpio__op_connect(struct tpio__backend *b, struct tpio__op *op,
                                    const struct sockaddr *addr, socklen_t len, tpio__op_cb cb)
 {
     return b->ops->connect(b, op, fd, addr, len, cb);
+}
+static inline int tpio__op_waitid(struct tpio__backend *b, struct tpio__op *op, int pidfd,
+                                  siginfo_t *info, tpio__op_cb cb)
+{
+    return b->ops->waitid ? b->ops->waitid(b, op, pidfd, info, cb) : -ENOTSUP;
 }
 static inline void tpio__op_cancel(struct tpio__backend *b, struct tpio__op *op)
 {

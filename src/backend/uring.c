@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,7 +45,10 @@ _Static_assert(TPIO__IN == POLLIN && TPIO__OUT == POLLOUT && TPIO__ERR == POLLER
 #define CQ_ENTRIES 4096
 #define MAX_BATCH 256
 #define UD_IGNORE UINT64_MAX /* the completions of removals and cancels */
-#define OP_READ_MULTISHOT 49 /* IORING_OP_READ_MULTISHOT, newer than liburing 2.3 */
+/* Newer than liburing 2.3's header (6.7), probed at run time. */
+#define OP_READ_MULTISHOT 49 /* IORING_OP_READ_MULTISHOT */
+#define OP_WAITID 50         /* IORING_OP_WAITID */
+#define ID_PIDFD 3           /* P_PIDFD */
 
 /* The provided buffers receives land in: a power of two of them, made on
  * the first receive. 128 x 32 KiB: a batch of completions rarely takes them
@@ -67,7 +71,8 @@ struct bgroup {
     unsigned char *bufs;          /* NULL until the first receive */
 };
 
-enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND, SLOT_ACCEPT, SLOT_CONNECT, SLOT_RECVMSG, SLOT_SENDMSG };
+enum { SLOT_FREE, SLOT_IO, SLOT_RECV, SLOT_SEND, SLOT_ACCEPT, SLOT_CONNECT, SLOT_RECVMSG, SLOT_SENDMSG,
+       SLOT_WAITID };
 
 struct slot {
     union {
@@ -85,7 +90,8 @@ struct slot {
     int fd;     /* operations: to re-arm a receive the kernel ended */
     unsigned seq; /* operations: the submission queue entry's number */
     uint32_t epoch; /* the ring its request went to (see migrate) */
-    const void *sdata; /* a send's bytes (a connect's address), to ask again of a new ring */
+    const void *sdata; /* a send's bytes (a connect's address, a waitid's siginfo), to ask
+                          again of a new ring */
     uint32_t slen;
 };
 
@@ -121,7 +127,7 @@ struct uring_backend {
     struct slot *slots;
     uint32_t nslots, free_head;
     /* Operations: whether the kernel has them, and the provided buffers. */
-    bool ops_ok, file_ops;
+    bool ops_ok, file_ops, waitid_ok;
     struct bgroup g[NGROUPS];
     struct msghdr dmsg; /* what a datagram receive asks for: the address */
     /* The batch being dispatched, copied out of the completion queue. */
@@ -384,15 +390,16 @@ static int group_register(struct uring_backend *b, int g)
 
 static int ops_init(struct uring_backend *b) { return group_register(b, G_STREAM); }
 
-/* Pipes and other descriptors need multishot reads (6.7), and by then a
- * write to a full non-blocking pipe waits in the kernel, as a send does. */
-static bool has_read_multishot(struct io_uring *ring)
+/* What 6.7 added: pipes and other descriptors need multishot reads (and
+ * by then a write to a full non-blocking pipe waits in the kernel, as a
+ * send does); children are reaped by the kernel's waitid. */
+static void probe_opcodes(struct uring_backend *b)
 {
-    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
-    bool ok = p && io_uring_opcode_supported(p, OP_READ_MULTISHOT);
+    struct io_uring_probe *p = io_uring_get_probe_ring(&b->ring);
+    b->file_ops = b->ops_ok && p && io_uring_opcode_supported(p, OP_READ_MULTISHOT);
+    b->waitid_ok = b->ops_ok && p && io_uring_opcode_supported(p, OP_WAITID);
     if (p)
         io_uring_free_probe(p);
-    return ok;
 }
 
 static void buf_give(struct uring_backend *b, int g, unsigned bid)
@@ -603,6 +610,42 @@ static int uring_connect(struct tpio__backend *base, struct tpio__op *op, int fd
     b->slots[i].polled = false;
     io_uring_prep_connect(sqe, fd, addr, len);
     io_uring_sqe_set_data64(sqe, ud_of(i, b->slots[i].gen));
+    return 0;
+}
+
+static void prep_waitid(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
+{
+    struct slot *s = &b->slots[i];
+    s->seq = b->ring.sq.sqe_tail - 1;
+    s->epoch = b->epoch;
+    io_uring_prep_rw(OP_WAITID, sqe, s->fd, NULL, ID_PIDFD, 0);
+    sqe->file_index = WEXITED; /* the options */
+    sqe->addr2 = (uintptr_t)s->sdata;
+    io_uring_sqe_set_data64(sqe, ud_of(i, s->gen));
+}
+
+/* The kernel waits on the submitting thread's process for the child, as
+ * waitid(2) does, and reaps it in the ring's work: no syscall of its own. */
+static int uring_waitid(struct tpio__backend *base, struct tpio__op *op, int pidfd,
+                        siginfo_t *info, tpio__op_cb cb)
+{
+    struct uring_backend *b = U(base);
+    if (!b->waitid_ok)
+        return -ENOTSUP;
+    if (op->tag)
+        return -EBUSY;
+    struct io_uring_sqe *sqe = sqe_get(b);
+    if (!sqe)
+        return -ENOMEM;
+    uint32_t i;
+    int rc = op_slot(b, op, SLOT_WAITID, pidfd, cb, &i);
+    if (rc < 0) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        return rc;
+    }
+    b->slots[i].sdata = info;
+    prep_waitid(b, i, sqe);
     return 0;
 }
 
@@ -823,6 +866,7 @@ static const struct tpio__backend_ops uring_ops = {
     .recvmsg = uring_recvmsg,
     .sendmsg = uring_sendmsg,
     .connect = uring_connect,
+    .waitid = uring_waitid,
     .cancel = uring_cancel,
     .drop = uring_drop,
     .has_ops = uring_has_ops,
@@ -945,6 +989,10 @@ static int migrate(struct uring_backend *b, tpio_loop_t *loop)
             prep_sendmsg(b, i, sqe);
         } else if (sqe && s->kind == SLOT_ACCEPT) {
             prep_accept(b, i, sqe);
+        } else if (sqe && s->kind == SLOT_WAITID) {
+            /* The old ring never reaped: only its owner's waits could, and
+             * its cancellation at the close leaves the child a zombie. */
+            prep_waitid(b, i, sqe);
         } else if (sqe && s->kind == SLOT_CONNECT) {
             /* The kernel may have begun it (a second connect would say
              * EALREADY): the new ring waits for writability instead. */
@@ -987,7 +1035,7 @@ int tpio__uring_open(struct tpio__backend **out)
     const char *e = getenv("TPIO_URING_OPS");
     b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
     b->single = b->flags & IORING_SETUP_SINGLE_ISSUER;
-    b->file_ops = b->ops_ok && has_read_multishot(&b->ring);
+    probe_opcodes(b);
     b->dmsg.msg_namelen = DBUF_NAME;
     b->owner = pthread_self();
     *out = &b->base;

@@ -2,7 +2,8 @@
  * a child started by the layer above (create/process.c), its
  * stdin/stdout/stderr pipes as ordinary stream pipe transports (stream.c)
  * whose protocols are adapters forwarding to the SubprocessProtocol, and
- * the exit watched through a pidfd.
+ * the exit watched through a pidfd (on io_uring the kernel reaps the child
+ * itself: a waitid operation, where it has them).
  *
  * Order, as asyncio: the pipe transports' connection_made run first, then
  * the protocol's connection_made (the pidfd is watched from then on);
@@ -36,6 +37,8 @@ struct pipe_proto {
 struct proc {
     struct tpio_transport base;
     struct tpio__io io; /* the pidfd */
+    struct tpio__op wop; /* the kernel's waitid, into si */
+    siginfo_t si;
     pid_t pid;
     int returncode;
     bool exited;   /* reaped: returncode is set */
@@ -115,6 +118,39 @@ static void proc_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     reap(tpio_container_of(io, struct proc, io), true);
 }
 
+/* The kernel's waitid ended: the child is reaped, or (an error) the
+ * pidfd's own waitid finds out why, and watching takes over if the child
+ * still runs. Dropped at the end (quiesce), so never a completion after. */
+static void waitid_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                        bool more)
+{
+    (void)loop, (void)data, (void)more;
+    struct proc *P = tpio_container_of(op, struct proc, wop);
+    if (P->exited)
+        return;
+    if (res == 0) {
+        on_exit_status(P, P->si.si_code == CLD_EXITED ? P->si.si_status : -P->si.si_status);
+        return;
+    }
+    reap(P, true);
+    if (!P->exited && tpio__watch(P->base.loop, &P->io, TPIO__IN) < 0) {
+        tpio__transport_report(&P->base, "Cannot watch the child process: killed", res);
+        pidfd_signal(P, SIGKILL);
+        reap(P, false);
+    }
+}
+
+/* The kernel reaps the child where the backend can (io_uring, 6.7), else
+ * the pidfd is watched for readiness. */
+static int watch_exit(struct proc *P)
+{
+    struct tpio__backend *b = P->base.loop->backend;
+    memset(&P->si, 0, sizeof P->si);
+    if (tpio__backend_has_ops(b) && tpio__op_waitid(b, &P->wop, P->io.fd, &P->si, waitid_done) == 0)
+        return 0;
+    return tpio__watch(P->base.loop, &P->io, TPIO__IN);
+}
+
 /* ---- the pipes' protocol ---------------------------------------------------- */
 
 static struct pipe_proto *PP(tpio_protocol_t *p) { return tpio_container_of(p, struct pipe_proto, base); }
@@ -190,6 +226,7 @@ static int proc_extra(const tpio_transport_t *t, const char *name, tpio_extra_t 
 
 static void proc_quiesce(tpio_transport_t *t)
 {
+    tpio__op_drop(t->loop->backend, &as_proc(t)->wop);
     tpio__watch(t->loop, &as_proc(t)->io, 0);
 }
 
@@ -224,7 +261,7 @@ static const struct tpio__transport_vt proc_vt = {
 static void proc_started(tpio_transport_t *t)
 {
     struct proc *P = as_proc(t);
-    int rc = tpio__watch(t->loop, &P->io, TPIO__IN);
+    int rc = watch_exit(P);
     if (rc < 0 && !P->exited) {
         /* The exit could never be seen: end the child now. */
         tpio__transport_report(t, "Cannot watch the child process: killed", rc);
