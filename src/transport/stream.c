@@ -700,16 +700,19 @@ static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const 
 /* A write this large costs its copy more than a syscall: when nothing is
  * queued it is sent at once, as on epoll, and only the rest is copied
  * (bulk with a Protocol: 10% less CPU per MB by hand). Smaller ones wait
- * for the loop, so that one io_uring_enter carries every connection's. */
+ * for the loop, so that one io_uring_enter carries every connection's.
+ * A pipe's are all written at once, as asyncio's: programs (CPython's
+ * test_asyncio among them) read the other end right after the write, and
+ * a pipe is not where a loop's many connections are. */
 #define OPS_DIRECT_MIN (8u * 1024)
 
 /* The write is copied whole and a send goes now unless one is in flight,
- * or (OPS_DIRECT_MIN) it is sent here. */
+ * or (OPS_DIRECT_MIN, a pipe) it is sent here. */
 static int ops_write(struct stream *s, const struct iovec *iov, int cnt, size_t total,
                      bool notify)
 {
     tpio_transport_t *t = &s->base;
-    if (total >= OPS_DIRECT_MIN && !t->wsize && !tpio__op_busy(&s->wop)) {
+    if ((total >= OPS_DIRECT_MIN || !s->is_socket) && !t->wsize && !tpio__op_busy(&s->wop)) {
         ssize_t n = do_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
         if (n == (ssize_t)total)
             return 0;
