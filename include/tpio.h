@@ -246,8 +246,8 @@ typedef uint64_t tpio_handle_t;
  * the bytes leave with the loop's next iteration, never inside the call
  * (get_write_buffer_size counts them until the kernel took them, so a low
  * high-water mark pauses sooner, as on asyncio's proactor loop), except
- * that a write of 8 KiB or more is sent at once when nothing is queued, as
- * on epoll; a
+ * that a write of 8 KiB or more, or to a pipe, is sent at once when nothing
+ * is queued, as on epoll; a
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
  * are copied into it; a connect starts with the loop's next iteration.
  * The loop's wake-up eventfd is read by the kernel too (6.7), and its
@@ -735,8 +735,8 @@ TPIO_API int tpio_transport_get_read_size(const tpio_transport_t *t, size_t *siz
 /**
  * Write len bytes. When nothing is buffered, they are sent at once and only
  * what the kernel did not take is buffered (copied); on the io_uring
- * backend writes under 8 KiB are copied and sent from the loop (see
- * tpio_backend_t).
+ * backend a socket's writes under 8 KiB are copied and sent from the loop
+ * (see tpio_backend_t).
  * Returns 0, or:
  *  -ESHUTDOWN after write_eof(); -EBUSY while a tpio_loop_sendfile() of the
  *  transport is under way; -ENOTSUP for read-only kinds; -EINVAL for
