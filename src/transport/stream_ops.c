@@ -1,0 +1,286 @@
+/* The stream transport where the backend does its receives and sends
+ * itself (io_uring's operations): stream.h's struct stream with s->ops. */
+#include "transport/stream.h"
+
+#include <string.h>
+
+/* ---- operations: the kernel receives and sends (io_uring) ---------------------
+ * The same transport on a completion backend. A multishot receive stays in
+ * the kernel while reading is active, and each completion's bytes — lent
+ * from the backend's buffers — are delivered at once, as a read's are. A
+ * write is copied whole into the write buffer and sent from there, one
+ * send in flight at a time, so that the order holds and nothing is sent
+ * twice; it costs a copy where epoll's direct send costs a syscall (a
+ * large write, OPS_DIRECT_MIN, is sent at once when nothing is queued).
+ *
+ * What the contracts ask: pause_reading stops the receive, and what was
+ * received meanwhile (completions already on their way) is held and
+ * delivered after resume_reading; connection_lost waits for the last
+ * completion of both operations (tpio__stream_busy), so that the descriptor is
+ * closed only once the kernel has let go of it and the buffers the kernel
+ * reads stay put until then. */
+
+/* One data_received (or get_buffer + buffer_updated) for the first bytes of
+ * p; returns how many it took, 0 when the transport failed meanwhile. */
+static size_t deliver_piece(struct stream *s, const unsigned char *p, size_t n)
+{
+    tpio_transport_t *t = &s->base;
+    if (t->proto->ops->get_buffer) {
+        size_t len;
+        void *buf = tpio__stream_ask_buffer(s, &len);
+        if (!buf)
+            return 0;
+        size_t k = n < len ? n : len;
+        memcpy(buf, p, k);
+        TPIO__UPCALL(t, buffer_updated, k);
+        return k;
+    }
+    size_t k = n < t->read_size ? n : t->read_size;
+    TPIO__UPCALL(t, data_received, p, k);
+    return k;
+}
+
+static bool ops_reading(const struct stream *s)
+{
+    return s->mode != MODE_WRITE_PIPE && tpio__reading_allowed(&s->base) && !s->base.lost_scheduled;
+}
+
+/* Keep what came while reading was paused; false when out of memory (the
+ * transport has failed then). */
+static bool hold(struct stream *s, const unsigned char *p, size_t n)
+{
+    struct stream_more *m = tpio__stream_more(s);
+    if (!m || tpio__wbuf_append(&m->held, &m->held_size, &s->base.loop->spare_chunk, p, n) < 0) {
+        tpio__stream_fatal(s, -ENOMEM, tpio__stream_read_error_msg(s));
+        return false;
+    }
+    return true;
+}
+
+static bool has_held(const struct stream *s)
+{
+    return s->more && (s->more->held_size || s->more->held_eof || s->more->held_err);
+}
+
+static void deliver(struct stream *s, const unsigned char *p, size_t n)
+{
+    while (n) {
+        if (!ops_reading(s)) {
+            if (!s->base.closing)
+                hold(s, p, n);
+            return;
+        }
+        size_t k = deliver_piece(s, p, n);
+        if (!k)
+            return;
+        p += k;
+        n -= k;
+    }
+}
+
+/* asyncio (and uvloop) ask a BufferedProtocol for a buffer before the read
+ * that finds EOF: so does this, though the kernel already said. */
+static void ops_eof(struct stream *s)
+{
+    size_t len;
+    if (s->base.proto->ops->get_buffer && !tpio__stream_ask_buffer(s, &len))
+        return;
+    tpio__stream_eof(s);
+}
+
+/* What was held is delivered from the ready queue after resume_reading, as
+ * asyncio's reads would come after it, never inside it; the receive starts
+ * again only when all of it went. */
+static void held_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct stream_more *m = tpio_container_of(arg, struct stream_more, held_node);
+    struct stream *s = m->owner;
+    tpio_transport_t *t = &s->base;
+    m->held_queued = false;
+    while (m->held.head && ops_reading(s)) {
+        struct tpio__chunk *c = m->held.head;
+        size_t k = deliver_piece(s, c->data + c->off, c->len);
+        if (!k)
+            break;
+        tpio__wbuf_consume(&m->held, &m->held_size, &t->loop->spare_chunk, k);
+    }
+    if (!m->held.head && m->held_eof && ops_reading(s)) {
+        m->held_eof = false;
+        ops_eof(s);
+    } else if (!m->held.head && m->held_err && ops_reading(s)) {
+        int err = m->held_err;
+        m->held_err = 0;
+        tpio__stream_fatal(s, err, tpio__stream_read_error_msg(s));
+    }
+    tpio__stream_update_io(s);
+    tpio__transport_unref(t);
+}
+
+/* The receive's completions. */
+static void rop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop;
+    struct stream *s = tpio_container_of(op, struct stream, rop);
+    tpio_transport_t *t = &s->base;
+    if (!more)
+        s->rstop = false;
+    if (res > 0) {
+        if (t->lost_scheduled || t->closing)
+            ; /* asyncio stops reading at close(): dropped */
+        else if (has_held(s))
+            hold(s, data, (size_t)res);
+        else
+            deliver(s, data, (size_t)res);
+    } else if (res == 0) {
+        s->read_eof = true;
+        if (t->lost_scheduled || t->closing)
+            ;
+        else if (ops_reading(s) && !has_held(s))
+            ops_eof(s);
+        else if (tpio__stream_more(s))
+            s->more->held_eof = true;
+        else
+            tpio__stream_fatal(s, -ENOMEM, tpio__stream_read_error_msg(s));
+    } else if (res != -ECANCELED && !t->lost_scheduled && !t->closing) {
+        /* an error met while reading was paused waits, as EOF does: an
+         * epoll loop would only meet it on its next read */
+        s->read_eof = true;
+        if (ops_reading(s) && !has_held(s))
+            tpio__stream_fatal(s, res, tpio__stream_read_error_msg(s));
+        else if (tpio__stream_more(s))
+            s->more->held_err = res;
+        else
+            tpio__stream_fatal(s, -ENOMEM, tpio__stream_read_error_msg(s));
+    }
+    if (!more) {
+        tpio__stream_update_io(s);
+        if (t->lost_scheduled && !tpio__op_busy(&s->wop))
+            tpio__transport_ops_done(t);
+    }
+}
+
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more);
+
+static void send_next(struct stream *s)
+{
+    struct tpio__chunk *c = s->wbuf.head;
+    int rc = tpio__op_send(s->base.loop->backend, &s->wop, s->io.fd, !s->is_socket,
+                           c->data + c->off, c->len, wop_done);
+    if (rc < 0)
+        tpio__stream_force_close(s, rc);
+}
+
+/* The send's completion: the next part of the buffer goes, or the buffer
+ * drained (tpio__stream_drained, as on epoll). */
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop, (void)data, (void)more;
+    struct stream *s = tpio_container_of(op, struct stream, wop);
+    tpio_transport_t *t = &s->base;
+    if (s->more && s->more->orphan) {
+        tpio__free(s->more->orphan);
+        s->more->orphan = NULL;
+    }
+    if (!t->lost_scheduled) {
+        if (res == -EAGAIN || res == -EINTR) {
+            send_next(s);
+        } else if (res < 0) {
+            tpio__stream_fatal(s, res, "Fatal write error on transport");
+        } else {
+            tpio__wbuf_consume(&s->wbuf, &t->wsize, &t->loop->spare_chunk, (size_t)res);
+            /* resume_writing may write, which sends if nothing is in flight */
+            tpio__maybe_resume_protocol(t);
+            if (t->lost_scheduled || tpio__op_busy(&s->wop))
+                ;
+            else if (t->wsize)
+                send_next(s);
+            else
+                tpio__stream_drained(s);
+        }
+    }
+    if (t->lost_scheduled && !tpio__stream_busy(t))
+        tpio__transport_ops_done(t);
+}
+
+/* A write this large costs its copy more than a syscall: when nothing is
+ * queued it is sent at once, as on epoll, and only the rest is copied
+ * (bulk with a Protocol: 10% less CPU per MB by hand). Smaller ones wait
+ * for the loop, so that one io_uring_enter carries every connection's.
+ * A pipe's are all written at once, as asyncio's: programs (CPython's
+ * test_asyncio among them) read the other end right after the write, and
+ * a pipe is not where a loop's many connections are. */
+#define OPS_DIRECT_MIN (8u * 1024)
+
+/* The write is copied whole and a send goes now unless one is in flight,
+ * or (OPS_DIRECT_MIN, a pipe) it is sent here. */
+int tpio__stream_ops_write(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                           bool notify)
+{
+    tpio_transport_t *t = &s->base;
+    if ((total >= OPS_DIRECT_MIN || !s->is_socket) && !t->wsize && !tpio__op_busy(&s->wop)) {
+        ssize_t n = tpio__stream_send(s, iov, cnt < IOV_MAX ? cnt : IOV_MAX);
+        if (n == (ssize_t)total)
+            return 0;
+        return tpio__stream_write_rest(s, iov, cnt, total, n, notify);
+    }
+    for (int i = 0; i < cnt; i++) {
+        if (tpio__wbuf_append(&s->wbuf, &t->wsize, &t->loop->spare_chunk, iov[i].iov_base,
+                              iov[i].iov_len) < 0) {
+            tpio__stream_force_close(s, -ENOMEM);
+            return -ENOMEM;
+        }
+    }
+    if (!tpio__op_busy(&s->wop))
+        send_next(s);
+    if (notify && !t->lost_scheduled)
+        tpio__maybe_pause_protocol(t);
+    return 0;
+}
+
+void tpio__stream_update_ops(struct stream *s)
+{
+    tpio_transport_t *t = &s->base;
+    struct tpio__backend *b = t->loop->backend;
+    bool reading = ops_reading(s), held = has_held(s);
+    if (reading && held && !s->more->held_queued) {
+        s->more->held_queued = true;
+        s->more->held_node.cb = held_cb;
+        tpio__transport_ref(t);
+        tpio__call_soon_node(t->loop, &s->more->held_node);
+    }
+    if (t->lost_scheduled) {
+        /* Ending: the kernel lets go now, so that connection_lost and the
+         * close come as soon as on epoll; what it still had is dropped,
+         * as asyncio's abort drops the buffer. */
+        tpio__op_drop(b, &s->rop);
+        tpio__op_drop(b, &s->wop);
+        s->rstop = false;
+    }
+    bool receive = reading && !held && !s->read_eof;
+    if (receive && !tpio__op_busy(&s->rop)) {
+        int rc = tpio__op_recv(b, &s->rop, s->io.fd, !s->is_socket, rop_done);
+        if (rc < 0) {
+            tpio__schedule_lost(t, rc);
+            return;
+        }
+    } else if (!receive && tpio__op_busy(&s->rop) && !s->rstop) {
+        s->rstop = true;
+        tpio__op_cancel(b, &s->rop);
+    }
+    if (!t->lost_scheduled && t->wsize && !tpio__op_busy(&s->wop))
+        send_next(s);
+    /* An attached writer (sendfile) still takes its turns on writability,
+     * and a write pipe still watches for its reader to leave. */
+    uint32_t want = !t->lost_scheduled && (s->wblock & WB_WRITER) && !t->wsize ? TPIO__OUT : 0;
+    if (!t->lost_scheduled && s->watch_reader && t->made)
+        want |= TPIO__IN;
+    if (want != s->io.registered) {
+        int rc = tpio__watch(t->loop, &s->io, want);
+        if (rc < 0 && want)
+            tpio__schedule_lost(t, rc);
+    }
+}
