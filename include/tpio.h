@@ -242,19 +242,23 @@ typedef uint64_t tpio_handle_t;
  * take at once) is sent by the kernel too; so are pipes' reads and writes
  * (multishot reads: 6.7). One io_uring_enter per iteration serves every
  * connection. What that changes,
- * within the contracts: tpio_transport_write() copies what it is given and
- * the bytes leave with the loop's next iteration, never inside the call
+ * within the contracts: on a busy loop (its last wait brought several
+ * completions) tpio_transport_write() copies what it is given and the
+ * bytes leave with the loop's next iteration, never inside the call
  * (get_write_buffer_size counts them until the kernel took them, so a low
- * high-water mark pauses sooner, as on asyncio's proactor loop), except
- * that a write of 8 KiB or more, or to a pipe, is sent at once when nothing
- * is queued, as on epoll; a
+ * high-water mark pauses sooner, as on asyncio's proactor loop); on a
+ * quiet loop, and for a write of 8 KiB or more or to a pipe, a write is
+ * sent at once when nothing is queued, as on epoll (the ring would save no
+ * syscall there). A
  * BufferedProtocol's get_buffer() is asked once bytes are there, and they
  * are copied into it; a connect starts with the loop's next iteration.
  * The loop's wake-up eventfd is read by the kernel too (6.7), and its
  * children are reaped by the kernel's waitid (6.7; on kernels before, the
  * pidfds, pipes and the eventfd wait for readiness through the ring); the
  * timers are the wait's own timeout.
- * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone.
+ * TPIO_URING_OPS=0 in the environment keeps a ring loop to readiness alone;
+ * TPIO_URING_BATCH=1 makes even a quiet loop's small writes wait for the
+ * next submission (tests).
  *
  * Where the kernel has them (6.1), the ring is SINGLE_ISSUER and
  * DEFER_TASKRUN: the kernel's work for it runs inside the loop's waits, and
@@ -735,8 +739,8 @@ TPIO_API int tpio_transport_get_read_size(const tpio_transport_t *t, size_t *siz
 /**
  * Write len bytes. When nothing is buffered, they are sent at once and only
  * what the kernel did not take is buffered (copied); on the io_uring
- * backend a socket's writes under 8 KiB are copied and sent from the loop
- * (see tpio_backend_t).
+ * backend a busy loop copies a socket's writes under 8 KiB and sends them
+ * from the loop (see tpio_backend_t).
  * Returns 0, or:
  *  -ESHUTDOWN after write_eof(); -EBUSY while a tpio_loop_sendfile() of the
  *  transport is under way; -ENOTSUP for read-only kinds; -EINVAL for

@@ -528,6 +528,13 @@ bool th_ring_pipe_ops(tpio_loop_t *loop)
            (major > 6 || (major == 6 && minor >= 7));
 }
 
+void th_ring_batch(void)
+{
+    cr_assert_eq(setenv("TPIO_URING_BATCH", "1", 1), 0);
+    if (th_fx.loop) /* the fixture's, made before the test */
+        th_fx_renew_loop();
+}
+
 void th_fill_until_buffered(th_pair_t *pr)
 {
     static unsigned char chunk[16384];

@@ -152,6 +152,11 @@ void th_fill_until_buffered(th_pair_t *pr);
 bool th_ring_ops(tpio_loop_t *loop);
 /* The same for pipes: multishot reads of pipes came with Linux 6.7. */
 bool th_ring_pipe_ops(tpio_loop_t *loop);
+/* Loops made from now on (on io_uring) send small writes the ring's way,
+ * copied and sent with the next submission, even when the loop is quiet
+ * (TPIO_URING_BATCH=1): for the tests of that way, deterministically. The
+ * fixture's loop, if any, is made anew. */
+void th_ring_batch(void);
 void th_write_pattern(th_pair_t *pr, size_t n);
 
 /* ---- a loop error handler that counts reports --------------------------- */

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/prctl.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -213,14 +214,16 @@ Test(backend, ring_without_operations_sends_inside_write, .timeout = 10)
     set_env(NULL);
 }
 
-/* With operations a write is copied and sent from the loop: nothing
- * reaches the peer before the loop runs, and abort() before then drops it
- * all — the kernel never sees the send. */
+/* With operations a busy loop's write is copied and sent from the loop
+ * (TPIO_URING_BATCH=1: however quiet the loop): nothing reaches the peer
+ * before the loop runs, and abort() before then drops it all — the kernel
+ * never sees the send. */
 Test(backend, ring_write_waits_for_the_loop_and_abort_drops_it, .timeout = 10)
 {
     if (kernel_uring() < 0)
         return;
     set_env("io_uring");
+    cr_assert_eq(setenv("TPIO_URING_BATCH", "1", 1), 0);
     th_pair_t *pr = th_tcp_pair(NULL, NULL);
     cr_assert(th_ring_ops(pr->loop));
     char msg[] = "never";
@@ -233,6 +236,62 @@ Test(backend, ring_write_waits_for_the_loop_and_abort_drops_it, .timeout = 10)
     cr_assert_str_eq(pr->p->events, "made,lost:0");
     char c;
     cr_assert_eq(recv(pr->peer, &c, 1, 0), 0, "the peer got bytes of an aborted write");
+    th_pair_finish(pr);
+    set_env(NULL);
+}
+
+static void note_readable(tpio_loop_t *loop, int fd, void *arg)
+{
+    (void)loop, (void)fd;
+    ++*(int *)arg;
+}
+
+/* A loop that is not batching (its last wait brought one completion) sends
+ * a small write at once, as epoll does: the ring's send would cost the same
+ * syscalls and more time. A loop whose last wait brought several copies it
+ * and sends it with the next submission. */
+Test(backend, ring_quiet_loop_sends_at_once_busy_loop_waits, .timeout = 10)
+{
+    if (kernel_uring() < 0)
+        return;
+    set_env("io_uring");
+    cr_assert_eq(unsetenv("TPIO_URING_BATCH"), 0);
+    th_pair_t *pr = th_tcp_pair(NULL, NULL);
+    cr_assert(th_ring_ops(pr->loop));
+    th_peer_send(pr, "a", 1);
+    cr_assert(th_pair_run_until_rx(pr, pr->p, 1));
+    cr_assert_eq(tpio_transport_write(pr->t, "hello", 5), 0);
+    cr_assert_eq(th_wbuf_size(pr->t), 0, "a quiet loop sends inside the call");
+    struct pollfd pf = {.fd = pr->peer, .events = POLLIN};
+    cr_assert_eq(poll(&pf, 1, 0), 1, "not sent inside the call");
+    char buf[8];
+    cr_assert_eq(recv(pr->peer, buf, sizeof buf, 0), 5);
+    cr_assert_eq(memcmp(buf, "hello", 5), 0);
+
+    /* busy: a readable pipe and the peer's bytes in one wait */
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    cr_assert_eq(write(fds[1], "x", 1), 1);
+    int readable = 0;
+    cr_assert_eq(tpio_loop_add_reader(pr->loop, fds[0], note_readable, &readable), 0);
+    th_peer_send(pr, "b", 1);
+    cr_assert_eq(tpio_loop_run_once(pr->loop, 5.0), 0);
+    cr_assert_eq(readable, 1);
+    cr_assert_eq(pr->p->rxlen, 2, "the two completions came apart");
+    cr_assert_eq(tpio_transport_write(pr->t, "world", 5), 0);
+    cr_assert_eq(th_wbuf_size(pr->t), 5, "a busy loop's write waits for the submission");
+    cr_assert_eq(poll(&pf, 1, 0), 0, "sent before the loop ran");
+    bool removed = false;
+    cr_assert_eq(tpio_loop_remove_reader(pr->loop, fds[0], &removed), 0);
+    cr_assert(removed);
+    cr_assert_eq(th_peer_recv_exact(pr, buf, 5), 5);
+    cr_assert_eq(memcmp(buf, "world", 5), 0);
+    for (int i = 0; i < 100 && th_wbuf_size(pr->t); i++) /* the send's completion */
+        tpio_loop_run_once(pr->loop, 0.01);
+    cr_assert_eq(th_wbuf_size(pr->t), 0);
+    close(fds[0]);
+    close(fds[1]);
+    cr_assert_eq(tpio_transport_close(pr->t), 0);
     th_pair_finish(pr);
     set_env(NULL);
 }

@@ -188,6 +188,7 @@ Test(tls, echo_and_extra_info, .timeout = TMO)
 
 Test(tls, buffered_protocol_and_read_size, .timeout = TMO)
 {
+    th_ring_batch(); /* the ring's branch below: its way */
     SSL_CTX *sctx = th_tls_server_ctx(0, 0), *cctx = th_tls_client_ctx(0, 0);
     srv_t sv = {.tmpl.echo = true};
     sv.tmpl.base.ops = &th_buffered_proto_ops;

@@ -120,6 +120,11 @@ struct tpio__backend_ops {
 
 struct tpio__backend {
     const struct tpio__backend_ops *ops;
+    /* Operations: the last wait brought one completion or none, so the
+     * loop is not batching: a send made at once costs no more syscalls
+     * than the ring's (whose completion would end the next wait at once),
+     * and less time. Never set by a readiness backend. */
+    bool unbatched;
 };
 
 /* The backends (tpio_backend_t's values but AUTO). */

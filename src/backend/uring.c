@@ -128,6 +128,7 @@ struct uring_backend {
     uint32_t nslots, free_head;
     /* Operations: whether the kernel has them, and the provided buffers. */
     bool ops_ok, file_ops, waitid_ok;
+    bool batch_always; /* TPIO_URING_BATCH=1: never `unbatched` */
     struct bgroup g[NGROUPS];
     struct msghdr dmsg; /* what a datagram receive asks for: the address */
     /* The batch being dispatched, copied out of the completion queue. */
@@ -353,6 +354,12 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
         b->batch[k].flags = cqes[k]->flags;
     }
     io_uring_cq_advance(&b->ring, n);
+    /* Counted before the callbacks run, which may write: what reaches an
+     * owner (a removal's or a cancel's own completion does not). */
+    unsigned owned = 0;
+    for (unsigned k = 0; k < n; k++)
+        owned += b->batch[k].ud != UD_IGNORE;
+    b->base.unbatched = owned <= 1 && !b->batch_always;
     return dispatched + dispatch(b, loop, b->batch, n, b->g);
 }
 
@@ -1036,6 +1043,10 @@ int tpio__uring_open(struct tpio__backend **out)
     b->ops_ok = !(e && strcmp(e, "0") == 0) && kernel_has_ops() && ops_init(b) == 0;
     b->single = b->flags & IORING_SETUP_SINGLE_ISSUER;
     probe_opcodes(b);
+    /* TPIO_URING_BATCH=1 (tests): small writes wait for the loop's next
+     * submission even when the loop is not batching, deterministically. */
+    e = getenv("TPIO_URING_BATCH");
+    b->batch_always = e && strcmp(e, "1") == 0;
     b->dmsg.msg_namelen = DBUF_NAME;
     b->owner = pthread_self();
     *out = &b->base;
