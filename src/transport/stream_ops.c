@@ -21,7 +21,13 @@
  * reads stay put until then. */
 
 /* One data_received (or get_buffer + buffer_updated) for the first bytes of
- * p; returns how many it took, 0 when the transport failed meanwhile. */
+ * p; returns how many it took, 0 when the transport failed meanwhile.
+ * A BufferedProtocol gets a copy, not a receive into its buffer: that
+ * would lend the buffer to the kernel from get_buffer until the bytes
+ * came, across other connections' callbacks, and one buffer shared by
+ * every connection is a sound BufferedProtocol on asyncio's selector loop,
+ * on uvloop and on epoll (tpio's own TLS layer hands out the loop's read
+ * buffer; tried: TLS in TLS and 64 MiB TLS streams broke at once). */
 static size_t deliver_piece(struct stream *s, const unsigned char *p, size_t n)
 {
     tpio_transport_t *t = &s->base;
