@@ -3,18 +3,52 @@
  * event, send at once when nothing is queued, queue copies otherwise, errors
  * to error_received. On a completion backend (io_uring) the kernel receives
  * (one multishot recvmsg) and sends (one sendmsg in flight, from the
- * queue) instead: datagram_ops.c. */
-#include "transport/datagram.h"
+ * queue) instead: see "operations" below. */
+#include "transport/transport.h"
 
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-void tpio__dgram_update_io(struct dgram *d)
+/* asyncio 3.13 counts a header per queued datagram so that empty datagrams
+ * still weigh on flow control. */
+#define DGRAM_HEADER 8
+
+struct dq {
+    struct dq *next;
+    size_t len;
+    socklen_t alen;
+    int err; /* ops, held: an error met while reading was paused (no data) */
+    struct sockaddr_storage addr;
+    struct msghdr msg; /* ops: what the send in flight names */
+    struct iovec iov;
+    unsigned char data[];
+};
+
+struct dgram {
+    struct tpio_transport base;
+    struct tpio__io io;
+    struct dq *qhead, *qtail; /* base.wsize counts them, headers included */
+    struct sockaddr_storage peer, self;
+    socklen_t peerlen, selflen; /* peerlen 0: not connected */
+    /* ops: the receive and the send in flight (the send reads qhead), and
+     * what came while reading was paused, delivered after resume_reading */
+    bool ops, rstop, held_queued;
+    struct tpio__op rop, wop;
+    struct dq *hhead, *htail;
+    struct tpio__node held_node;
+};
+
+#define D(t) ((struct dgram *)(t))
+
+static void update_ops(struct dgram *d);
+static bool dgram_busy(const tpio_transport_t *t);
+
+static void update_io(struct dgram *d)
 {
     if (d->ops) {
-        tpio__dgram_update_ops(d);
+        update_ops(d);
         return;
     }
     uint32_t want = 0;
@@ -47,8 +81,8 @@ static void queue_clear(struct dgram *d)
     d->base.wsize = 0;
 }
 
-struct dq *tpio__dgram_dq_new(const void *data, size_t len, const struct sockaddr *addr,
-                              socklen_t alen)
+static struct dq *dq_new(const void *data, size_t len, const struct sockaddr *addr,
+                         socklen_t alen)
 {
     struct dq *e = tpio__malloc(sizeof *e + len);
     if (!e)
@@ -64,7 +98,7 @@ struct dq *tpio__dgram_dq_new(const void *data, size_t len, const struct sockadd
     return e;
 }
 
-void tpio__dgram_error(struct dgram *d, int err)
+static void call_error_received(struct dgram *d, int err)
 {
     if (d->base.proto && !d->base.lost_scheduled)
         TPIO__UPCALL(&d->base, error_received, err);
@@ -79,7 +113,7 @@ static void deliver_error(tpio_loop_t *loop, void *arg)
 {
     (void)loop;
     struct deferred_error *e = arg;
-    tpio__dgram_error(e->d, e->err);
+    call_error_received(e->d, e->err);
     tpio__transport_unref(&e->d->base);
     tpio__free(e);
 }
@@ -123,7 +157,7 @@ static void do_read(struct dgram *d)
     ssize_t n = recvfrom(d->io.fd, buf, TPIO__READ_SIZE, 0, (struct sockaddr *)&from, &flen);
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR)
-            tpio__dgram_error(d, -errno);
+            call_error_received(d, -errno);
         return;
     }
     TPIO__UPCALL(&d->base, datagram_received, buf, (size_t)n,
@@ -143,7 +177,7 @@ static void flush(struct dgram *d)
         d->base.wsize -= e->len + DGRAM_HEADER;
         tpio__free(e);
         if (n < 0) {
-            tpio__dgram_error(d, -errno);
+            call_error_received(d, -errno);
             if (d->base.lost_scheduled)
                 return;
             break; /* asyncio stops here and waits for the next event */
@@ -152,7 +186,7 @@ static void flush(struct dgram *d)
     tpio__maybe_resume_protocol(&d->base);
     if (d->base.lost_scheduled)
         return;
-    tpio__dgram_update_io(d);
+    update_io(d);
     if (!d->qhead && d->base.closing)
         tpio__schedule_lost(&d->base, 0);
 }
@@ -166,6 +200,165 @@ static void dgram_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
         do_read(d);
     if ((events & (TPIO__OUT | TPIO__ERR)) && d->qhead && !d->base.lost_scheduled)
         flush(d);
+}
+
+/* ---- operations: the kernel receives and sends (io_uring) ---------------------
+ * A multishot recvmsg stays in the kernel while reading is allowed, and
+ * each completion is one datagram, lent from the backend's buffers. A
+ * datagram is sent at once when nothing is queued, as on epoll; the queue,
+ * once the kernel pushed back, is sent from its head, one sendmsg in flight.
+ * As for streams: what the kernel received after pause_reading is held and
+ * delivered after resume_reading, and connection_lost waits until the
+ * kernel let go of both (dgram_busy). */
+
+static bool ops_reading(const struct dgram *d)
+{
+    return tpio__reading_allowed(&d->base) && !d->base.lost_scheduled && !d->base.closing;
+}
+
+static void hold(struct dgram *d, struct dq *e)
+{
+    if (!e)
+        return; /* out of memory: dropped, as the kernel drops what does not fit */
+    if (d->htail)
+        d->htail->next = e;
+    else
+        d->hhead = e;
+    d->htail = e;
+}
+
+static void deliver(struct dgram *d, const void *data, size_t len, const struct sockaddr *addr,
+                    socklen_t alen, int err)
+{
+    if (err)
+        call_error_received(d, err);
+    else
+        TPIO__UPCALL(&d->base, datagram_received, data, len, alen ? addr : NULL, alen);
+}
+
+static void held_cb(tpio_loop_t *loop, void *arg)
+{
+    (void)loop;
+    struct dgram *d = tpio_container_of(arg, struct dgram, held_node);
+    d->held_queued = false;
+    while (d->hhead && ops_reading(d)) {
+        struct dq *e = d->hhead;
+        d->hhead = e->next;
+        if (!d->hhead)
+            d->htail = NULL;
+        deliver(d, e->data, e->len, (struct sockaddr *)&e->addr, e->alen, e->err);
+        tpio__free(e);
+    }
+    update_io(d);
+    tpio__transport_unref(&d->base);
+}
+
+static void rop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop;
+    struct dgram *d = tpio_container_of(op, struct dgram, rop);
+    const struct tpio__dgram *g = data;
+    if (!more)
+        d->rstop = false;
+    if (res != -ECANCELED && !d->base.lost_scheduled && !d->base.closing) {
+        int err = res < 0 ? res : 0;
+        const void *p = g ? g->data : NULL;
+        size_t len = g ? g->len : 0;
+        const struct sockaddr *a = g ? g->addr : NULL;
+        socklen_t alen = g ? g->alen : 0;
+        if (ops_reading(d) && !d->hhead) {
+            deliver(d, p, len, a, alen, err);
+        } else {
+            struct dq *e = dq_new(p, len, a, alen);
+            if (e)
+                e->err = err;
+            hold(d, e);
+        }
+    }
+    if (!more) {
+        update_io(d);
+        if (d->base.lost_scheduled && !tpio__op_busy(&d->wop))
+            tpio__transport_ops_done(&d->base);
+    }
+}
+
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more);
+
+static void send_head(struct dgram *d)
+{
+    struct dq *e = d->qhead;
+    e->iov = (struct iovec){.iov_base = e->data, .iov_len = e->len};
+    e->msg = (struct msghdr){.msg_iov = &e->iov, .msg_iovlen = 1};
+    if (!d->peerlen && e->alen) {
+        e->msg.msg_name = &e->addr;
+        e->msg.msg_namelen = e->alen;
+    }
+    int rc = tpio__op_sendmsg(d->base.loop->backend, &d->wop, d->io.fd, &e->msg, wop_done);
+    if (rc < 0)
+        tpio__schedule_lost(&d->base, rc);
+}
+
+/* The head went (or failed: asyncio drops it and tells error_received). */
+static void wop_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, const void *data,
+                     bool more)
+{
+    (void)loop, (void)data, (void)more;
+    struct dgram *d = tpio_container_of(op, struct dgram, wop);
+    if (!d->base.lost_scheduled && d->qhead && res != -ECANCELED) {
+        if (res == -EAGAIN || res == -EINTR) {
+            send_head(d);
+            return;
+        }
+        struct dq *e = d->qhead;
+        d->qhead = e->next;
+        if (!d->qhead)
+            d->qtail = NULL;
+        d->base.wsize -= e->len + DGRAM_HEADER;
+        tpio__free(e);
+        if (res < 0)
+            call_error_received(d, res);
+        tpio__maybe_resume_protocol(&d->base);
+        if (!d->base.lost_scheduled && !d->qhead && d->base.closing)
+            tpio__schedule_lost(&d->base, 0);
+        else
+            update_io(d);
+    }
+    if (d->base.lost_scheduled && !dgram_busy(&d->base))
+        tpio__transport_ops_done(&d->base);
+}
+
+static void update_ops(struct dgram *d)
+{
+    tpio_transport_t *t = &d->base;
+    struct tpio__backend *b = t->loop->backend;
+    bool reading = ops_reading(d);
+    if (t->lost_scheduled) {
+        tpio__op_drop(b, &d->rop);
+        tpio__op_drop(b, &d->wop);
+        d->rstop = false;
+        return;
+    }
+    if (reading && d->hhead && !d->held_queued) {
+        d->held_queued = true;
+        d->held_node.cb = held_cb;
+        tpio__transport_ref(t);
+        tpio__call_soon_node(t->loop, &d->held_node);
+    }
+    bool receive = reading && !d->hhead;
+    if (receive && !tpio__op_busy(&d->rop)) {
+        int rc = tpio__op_recvmsg(b, &d->rop, d->io.fd, rop_done);
+        if (rc < 0) {
+            tpio__schedule_lost(t, rc);
+            return;
+        }
+    } else if (!receive && tpio__op_busy(&d->rop) && !d->rstop) {
+        d->rstop = true;
+        tpio__op_cancel(b, &d->rop);
+    }
+    if (d->qhead && !tpio__op_busy(&d->wop))
+        send_head(d);
 }
 
 /* Equal as asyncio compares address tuples: by content, whatever length the
@@ -230,7 +423,7 @@ static int dgram_sendto(tpio_transport_t *t, const void *data, size_t len,
             return 0;
         }
     }
-    struct dq *e = tpio__dgram_dq_new(data, len, addr, alen);
+    struct dq *e = dq_new(data, len, addr, alen);
     if (!e)
         return -ENOMEM;
     if (d->qtail)
@@ -239,7 +432,7 @@ static int dgram_sendto(tpio_transport_t *t, const void *data, size_t len,
         d->qhead = e;
     d->qtail = e;
     t->wsize += len + DGRAM_HEADER;
-    tpio__dgram_update_io(d);
+    update_io(d);
     tpio__maybe_pause_protocol(t);
     return 0;
 }
@@ -250,7 +443,7 @@ static int dgram_close(tpio_transport_t *t)
     if (t->closing)
         return 0;
     t->closing = true;
-    tpio__dgram_update_io(d);
+    update_io(d);
     if (!d->qhead)
         tpio__schedule_lost(t, 0);
     return 0;
@@ -265,7 +458,7 @@ static int dgram_abort(tpio_transport_t *t)
     return 0;
 }
 
-static void dgram_reading_changed(tpio_transport_t *t) { tpio__dgram_update_io(D(t)); }
+static void dgram_reading_changed(tpio_transport_t *t) { update_io(D(t)); }
 
 static int dgram_fd(const tpio_transport_t *t) { return D(t)->io.fd >= 0 ? D(t)->io.fd : -EBADF; }
 
@@ -296,7 +489,7 @@ static int dgram_extra(const tpio_transport_t *t, const char *name, tpio_extra_t
     return 0;
 }
 
-static void dgram_quiesce(tpio_transport_t *t) { tpio__dgram_update_io(D(t)); }
+static void dgram_quiesce(tpio_transport_t *t) { update_io(D(t)); }
 
 static void dgram_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &D(t)->io); }
 
@@ -308,7 +501,7 @@ static void dgram_destroy(tpio_transport_t *t)
     tpio__free(t);
 }
 
-bool tpio__dgram_busy(const tpio_transport_t *t)
+static bool dgram_busy(const tpio_transport_t *t)
 {
     return tpio__op_busy(&D(t)->rop) || tpio__op_busy(&D(t)->wop);
 }
@@ -324,7 +517,7 @@ static const struct tpio__transport_vt dgram_vt = {
     .quiesce = dgram_quiesce,
     .teardown = dgram_teardown,
     .destroy = dgram_destroy,
-    .busy = tpio__dgram_busy,
+    .busy = dgram_busy,
 };
 
 static int dgram_build(const struct tpio__ctor *self, tpio_loop_t *loop, int fd,
