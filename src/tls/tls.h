@@ -85,7 +85,7 @@ struct tpio__tls {
 TPIO__HIDDEN int tpio__tls_new(tpio_loop_t *loop, tpio_transport_t *inner,
                                const struct tpio__tls_cfg *cfg, struct tpio__tls **out);
 
-/* ---- layer.c: the state machine -------------------------------------------------- */
+/* ---- tls.c: the state machine ----------------------------------------------------- */
 /* Encrypt and hand to the transport below; a failure ends the connection
  * (connection_lost tells the protocol). 0 or the error. */
 TPIO__HIDDEN int tpio__tls_write(struct tpio__tls *s, const void *data, size_t len);

@@ -1,7 +1,7 @@
 /* The TLS transport as its user sees it: the transport's table (write,
  * close, abort, reading, flow control, extra info), making one on a
  * transport below, and the typed getter. What happens on the wire is
- * layer.c's. */
+ * tls.c's. */
 #include "tls/tls.h"
 
 #include <arpa/inet.h>

@@ -6,9 +6,11 @@
  * Unlike asyncio, a read that fills the buffer is followed by another in the
  * same readiness event (bounded), as libuv does. On a completion backend
  * (io_uring) a socket's receives and sends are the kernel's operations
- * instead: stream_ops.c; the buffering, the upcalls and the end of a
- * connection are the same code, here. */
-#include "transport/stream.h"
+ * instead. This file is the transport's table, its constructor and the
+ * readiness paths; what both ways share (the state's upkeep, the end of a
+ * connection, the buffering) and the operations' way are stream_core.c,
+ * below it. */
+#include "transport/stream_core.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -18,14 +20,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-
-struct stream_more *tpio__stream_more(struct stream *s)
-{
-    if (!s->more && (s->more = tpio__calloc(1, sizeof *s->more)))
-        s->more->owner = s;
-    return s->more;
-}
 
 static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
 {
@@ -41,27 +35,6 @@ static void set_peer(struct stream *s, const struct sockaddr *a, socklen_t len)
 static const struct sockaddr *peer_addr(const struct stream *s)
 {
     return s->peerlen <= sizeof s->peer ? &s->peer.sa : (const struct sockaddr *)&s->more->peer;
-}
-
-
-void tpio__stream_update_io(struct stream *s)
-{
-    if (s->ops) {
-        tpio__stream_update_ops(s);
-        return;
-    }
-    uint32_t want = 0;
-    if (!s->base.lost_scheduled) {
-        if (tpio__stream_reading_active(s) || (s->watch_reader && s->base.made))
-            want |= TPIO__IN;
-        if (s->base.wsize || (s->wblock & WB_WRITER))
-            want |= TPIO__OUT;
-    }
-    if (want == s->io.registered || __builtin_expect(s->unwatchable, 0))
-        return;
-    int rc = tpio__watch(s->base.loop, &s->io, want);
-    if (rc < 0 && want) /* the kernel refused to watch the fd: it cannot work */
-        tpio__schedule_lost(&s->base, rc);
 }
 
 static void stream_reading_changed(tpio_transport_t *t) { tpio__stream_update_io(S(t)); }
@@ -98,74 +71,7 @@ static void stream_quiesce(tpio_transport_t *t)
 
 static void stream_teardown(tpio_transport_t *t) { tpio__transport_close_fd(t, &S(t)->io); }
 
-/* asyncio's _force_close: drop the buffer, stop everything, connection_lost. */
-void tpio__stream_force_close(struct stream *s, int err)
-{
-    if (s->base.lost_scheduled)
-        return;
-    /* the send in flight reads the head: it outlives the buffer until the
-     * kernel let go of it, which schedule_lost's drop does at once */
-    struct tpio__chunk *head =
-        tpio__op_busy(&s->wop) ? tpio__wbuf_take_head(&s->wbuf, &s->base.wsize) : NULL;
-    tpio__wbuf_clear(&s->wbuf, &s->base.wsize);
-    schedule_lost(s, err);
-    if (head && tpio__op_busy(&s->wop)) {
-        /* It could not: the send's completion frees it. Never freed under
-         * the kernel (kept, if even that cannot be recorded). */
-        struct stream_more *m = tpio__stream_more(s);
-        if (m)
-            m->orphan = head;
-    } else {
-        tpio__free(head);
-    }
-}
-
-/* asyncio reports to the error handler only what is not an OSError (its own
- * errors and the protocol's), plus read-pipe errors other than EIO (a closed
- * terminal); anything else reaches connection_lost alone. */
-void tpio__stream_fatal(struct stream *s, int err, const char *msg)
-{
-    if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM ||
-        (s->mode == MODE_READ_PIPE && err != -EIO))
-        tpio__transport_report(&s->base, msg, err);
-    tpio__stream_force_close(s, err);
-}
-
 /* ---- reading ------------------------------------------------------------------ */
-
-void tpio__stream_eof(struct stream *s)
-{
-    tpio_transport_t *t = &s->base;
-    s->read_eof = true;
-    if (s->mode == MODE_READ_PIPE) {
-        /* A pipe has no half-close: EOF ends it whatever the protocol says. */
-        t->closing = true;
-        tpio__stream_update_io(s);
-        TPIO__UPCALL_VALUE(t, false, eof_received);
-        schedule_lost(s, 0);
-        return;
-    }
-    tpio__stream_update_io(s);
-    if (!TPIO__UPCALL_VALUE(t, false, eof_received))
-        tpio_transport_close(t);
-}
-
-/* A BufferedProtocol's buffer for the next bytes; NULL when the transport
- * closed inside get_buffer or the protocol gave none (the transport has
- * failed then, as asyncio's does). */
-void *tpio__stream_ask_buffer(struct stream *s, size_t *len)
-{
-    tpio_transport_t *t = &s->base;
-    *len = 0;
-    void *buf = TPIO__UPCALL_VALUE(t, (void *)NULL, get_buffer, -1, len);
-    if (t->closing)
-        return NULL;
-    if (!buf || *len == 0) {
-        tpio__stream_fatal(s, TPIO_EPROTOCOL_BUFFER, "Fatal error: protocol.get_buffer() call failed.");
-        return NULL;
-    }
-    return buf;
-}
 
 /* A read that got no bytes: EOF, or an error (none for EAGAIN). Out of
  * line: the read paths keep only their common case. */
@@ -246,33 +152,6 @@ static __attribute__((noinline)) void read_more(struct stream *s, size_t got)
 
 /* ---- writing ------------------------------------------------------------------ */
 
-ssize_t tpio__stream_send(struct stream *s, const struct iovec *iov, int cnt)
-{
-    ssize_t n;
-    do {
-        if (!s->is_socket) {
-            n = writev(s->io.fd, iov, cnt);
-        } else if (cnt == 1) {
-            n = send(s->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
-        } else {
-            struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
-            n = sendmsg(s->io.fd, &m, MSG_NOSIGNAL);
-        }
-    } while (n < 0 && errno == EINTR);
-    return n;
-}
-
-void tpio__stream_drained(struct stream *s)
-{
-    tpio__stream_update_io(s);
-    if (s->base.closing)
-        schedule_lost(s, 0);
-    else if ((s->wblock & WB_EOF) && s->mode == MODE_DUPLEX)
-        shutdown(s->io.fd, SHUT_WR);
-    else if (s->wblock & WB_WRITER) /* its turn: what was written before it went first */
-        s->more->writer->writable(s->more->writer);
-}
-
 /* Out of line: its iovec array would otherwise put a stack-protector check
  * on the read path it is inlined into. */
 static __attribute__((noinline)) void flush(struct stream *s)
@@ -290,80 +169,6 @@ static __attribute__((noinline)) void flush(struct stream *s)
     tpio__maybe_resume_protocol(&s->base);
     if (s->base.wsize == 0 && !s->base.lost_scheduled)
         tpio__stream_drained(s);
-}
-
-/* The rest of a write to a descriptor the loop cannot wait for: written
- * now, as the kernel takes it (a device such as /dev/null takes it all).
- * One that would block or fails ends the transport: nothing can wait. */
-static __attribute__((noinline)) int write_through(struct stream *s, const struct iovec *iov,
-                                                   int cnt, size_t total, ssize_t n)
-{
-    size_t sent = 0;
-    for (;;) {
-        if (n < 0) {
-            tpio__stream_force_close(s, -errno);
-            return 0;
-        }
-        if ((sent += (size_t)n) >= total)
-            return 0;
-        struct iovec rest[IOV_MAX];
-        int k = 0;
-        size_t skip = sent;
-        for (int i = 0; i < cnt && k < IOV_MAX; i++) {
-            if (skip >= iov[i].iov_len) {
-                skip -= iov[i].iov_len;
-                continue;
-            }
-            rest[k].iov_base = (char *)iov[i].iov_base + skip;
-            rest[k++].iov_len = iov[i].iov_len - skip;
-            skip = 0;
-        }
-        n = tpio__stream_send(s, rest, k);
-    }
-}
-
-/* After a direct send of n bytes (or -1 with errno), buffer the rest;
- * `notify`: the protocol hears pause_writing (not for an attached writer's
- * bytes, which the protocol did not write). */
-int tpio__stream_write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t total,
-                            ssize_t n, bool notify)
-{
-    tpio_transport_t *t = &s->base;
-    if (__builtin_expect(s->unwatchable, 0))
-        return write_through(s, iov, cnt, total, n);
-    if (n < 0) {
-        if (errno != EAGAIN) {
-            /* Inside the caller's write: connection_lost tells the protocol,
-             * and the error handler must not run here. */
-            tpio__stream_force_close(s, -errno);
-            return 0;
-        }
-        n = 0;
-    }
-    size_t sent = (size_t)n;
-    if (sent == total)
-        return 0;
-    /* Copy what the kernel did not take. */
-    for (int i = 0; i < cnt; i++) {
-        size_t len = iov[i].iov_len;
-        if (sent >= len) {
-            sent -= len;
-            continue;
-        }
-        if (tpio__wbuf_append(&s->wbuf, &t->wsize, &t->loop->spare_chunk,
-                              (const char *)iov[i].iov_base + sent, len - sent) < 0) {
-            /* Part of the stream is lost: it cannot go on. The caller hears
-             * it from the return value; the error handler is not called,
-             * which would run a callback inside the caller's own call. */
-            tpio__stream_force_close(s, -ENOMEM);
-            return -ENOMEM;
-        }
-        sent = 0;
-    }
-    tpio__stream_update_io(s);
-    if (notify)
-        tpio__maybe_pause_protocol(t);
-    return 0;
 }
 
 static int write_any(struct stream *s, const struct iovec *iov, int cnt, size_t total,
@@ -573,11 +378,6 @@ static const struct tpio__transport_vt write_pipe_vt = {
     .teardown = stream_teardown,
     .destroy = stream_destroy,
 };
-
-bool tpio__stream_busy(const tpio_transport_t *t)
-{
-    return tpio__op_busy(&S(t)->rop) || tpio__op_busy(&S(t)->wop);
-}
 
 static const struct tpio__transport_vt stream_vt = {
     .busy = tpio__stream_busy,

@@ -1,9 +1,10 @@
 /* The stream transport's own header, shared by its two files: stream.c
- * (the transport, and its read and write paths on a readiness backend) and
- * stream_ops.c (the same transport where the backend does the receives and
- * sends itself: io_uring). Nothing outside them sees a struct stream. */
-#ifndef TPIO_STREAM_H
-#define TPIO_STREAM_H
+ * (the transport's table and constructor, and its read and write paths on
+ * a readiness backend) and stream_core.c below it (what both ways of doing
+ * the I/O share, and the kernel's operations: io_uring). Nothing outside
+ * them sees a struct stream. */
+#ifndef TPIO_STREAM_CORE_H
+#define TPIO_STREAM_CORE_H
 
 #include "transport/transport.h"
 
@@ -26,7 +27,7 @@ struct stream {
     bool watch_reader;  /* write pipe: poll for readability to see the reader go */
     bool unwatchable;   /* write pipe on a device epoll refuses (/dev/null): never waits */
     bool read_eof;      /* EOF seen: nothing more to read */
-    bool ops;           /* the backend receives and sends (io_uring): stream_ops.c */
+    bool ops;           /* the backend receives and sends (io_uring): stream_core.c */
     bool rstop;         /* ops: the receive was asked to stop */
     uint8_t wblock;     /* the user's writes are refused: WB_EOF, WB_WRITER */
     uint8_t peerlen;    /* see peer (at most a sockaddr_storage) */
@@ -85,7 +86,7 @@ static inline const char *tpio__stream_read_error_msg(const struct stream *s)
                         : "Fatal read error on pipe transport";
 }
 
-/* stream.c: what both ways of doing the I/O share. */
+/* stream_core.c: what both ways of doing the I/O share. */
 /* `more`, allocated on first use; NULL when out of memory. */
 TPIO__HIDDEN struct stream_more *tpio__stream_more(struct stream *s);
 /* The interest set (readiness) or the operations (ops) that the state
@@ -110,7 +111,7 @@ TPIO__HIDDEN void tpio__stream_drained(struct stream *s);
 /* An operation is in flight (connection_lost waits for it). */
 TPIO__HIDDEN bool tpio__stream_busy(const tpio_transport_t *t);
 
-/* stream_ops.c: the operations' side (s->ops). */
+/* stream_core.c: the operations' side (s->ops). */
 TPIO__HIDDEN int tpio__stream_ops_write(struct stream *s, const struct iovec *iov, int cnt,
                                         size_t total, bool notify);
 TPIO__HIDDEN void tpio__stream_update_ops(struct stream *s);

@@ -1,8 +1,218 @@
-/* The stream transport where the backend does its receives and sends
- * itself (io_uring's operations): stream.h's struct stream with s->ops. */
-#include "transport/stream.h"
+/* The stream transport's core, under stream.c: what both ways of doing its
+ * I/O share — the state's upkeep (the interest set on a readiness backend,
+ * the kernel's operations on io_uring), the end of a connection, sends and
+ * the buffering of what the kernel did not take — and the operations' way
+ * itself. stream.c, above, holds the transport's table, its constructor and
+ * the readiness backend's read and write paths, and calls down here; this
+ * file calls nothing of its. */
+#include "transport/stream_core.h"
 
+#include <limits.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- the state's upkeep, the end of a connection ------------------------------- */
+
+struct stream_more *tpio__stream_more(struct stream *s)
+{
+    if (!s->more && (s->more = tpio__calloc(1, sizeof *s->more)))
+        s->more->owner = s;
+    return s->more;
+}
+
+void tpio__stream_update_io(struct stream *s)
+{
+    if (s->ops) {
+        tpio__stream_update_ops(s);
+        return;
+    }
+    uint32_t want = 0;
+    if (!s->base.lost_scheduled) {
+        if (tpio__stream_reading_active(s) || (s->watch_reader && s->base.made))
+            want |= TPIO__IN;
+        if (s->base.wsize || (s->wblock & WB_WRITER))
+            want |= TPIO__OUT;
+    }
+    if (want == s->io.registered || __builtin_expect(s->unwatchable, 0))
+        return;
+    int rc = tpio__watch(s->base.loop, &s->io, want);
+    if (rc < 0 && want) /* the kernel refused to watch the fd: it cannot work */
+        tpio__schedule_lost(&s->base, rc);
+}
+
+/* asyncio's _force_close: drop the buffer, stop everything, connection_lost. */
+void tpio__stream_force_close(struct stream *s, int err)
+{
+    if (s->base.lost_scheduled)
+        return;
+    /* the send in flight reads the head: it outlives the buffer until the
+     * kernel let go of it, which schedule_lost's drop does at once */
+    struct tpio__chunk *head =
+        tpio__op_busy(&s->wop) ? tpio__wbuf_take_head(&s->wbuf, &s->base.wsize) : NULL;
+    tpio__wbuf_clear(&s->wbuf, &s->base.wsize);
+    tpio__schedule_lost(&s->base, err);
+    if (head && tpio__op_busy(&s->wop)) {
+        /* It could not: the send's completion frees it. Never freed under
+         * the kernel (kept, if even that cannot be recorded). */
+        struct stream_more *m = tpio__stream_more(s);
+        if (m)
+            m->orphan = head;
+    } else {
+        tpio__free(head);
+    }
+}
+
+/* asyncio reports to the error handler only what is not an OSError (its own
+ * errors and the protocol's), plus read-pipe errors other than EIO (a closed
+ * terminal); anything else reaches connection_lost alone. */
+void tpio__stream_fatal(struct stream *s, int err, const char *msg)
+{
+    if (err <= TPIO__OWN_ERROR_BASE || err == -ENOMEM ||
+        (s->mode == MODE_READ_PIPE && err != -EIO))
+        tpio__transport_report(&s->base, msg, err);
+    tpio__stream_force_close(s, err);
+}
+
+void tpio__stream_eof(struct stream *s)
+{
+    tpio_transport_t *t = &s->base;
+    s->read_eof = true;
+    if (s->mode == MODE_READ_PIPE) {
+        /* A pipe has no half-close: EOF ends it whatever the protocol says. */
+        t->closing = true;
+        tpio__stream_update_io(s);
+        TPIO__UPCALL_VALUE(t, false, eof_received);
+        tpio__schedule_lost(&s->base, 0);
+        return;
+    }
+    tpio__stream_update_io(s);
+    if (!TPIO__UPCALL_VALUE(t, false, eof_received))
+        tpio_transport_close(t);
+}
+
+/* A BufferedProtocol's buffer for the next bytes; NULL when the transport
+ * closed inside get_buffer or the protocol gave none (the transport has
+ * failed then, as asyncio's does). */
+void *tpio__stream_ask_buffer(struct stream *s, size_t *len)
+{
+    tpio_transport_t *t = &s->base;
+    *len = 0;
+    void *buf = TPIO__UPCALL_VALUE(t, (void *)NULL, get_buffer, -1, len);
+    if (t->closing)
+        return NULL;
+    if (!buf || *len == 0) {
+        tpio__stream_fatal(s, TPIO_EPROTOCOL_BUFFER, "Fatal error: protocol.get_buffer() call failed.");
+        return NULL;
+    }
+    return buf;
+}
+
+ssize_t tpio__stream_send(struct stream *s, const struct iovec *iov, int cnt)
+{
+    ssize_t n;
+    do {
+        if (!s->is_socket) {
+            n = writev(s->io.fd, iov, cnt);
+        } else if (cnt == 1) {
+            n = send(s->io.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        } else {
+            struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)cnt};
+            n = sendmsg(s->io.fd, &m, MSG_NOSIGNAL);
+        }
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+void tpio__stream_drained(struct stream *s)
+{
+    tpio__stream_update_io(s);
+    if (s->base.closing)
+        tpio__schedule_lost(&s->base, 0);
+    else if ((s->wblock & WB_EOF) && s->mode == MODE_DUPLEX)
+        shutdown(s->io.fd, SHUT_WR);
+    else if (s->wblock & WB_WRITER) /* its turn: what was written before it went first */
+        s->more->writer->writable(s->more->writer);
+}
+
+/* The rest of a write to a descriptor the loop cannot wait for: written
+ * now, as the kernel takes it (a device such as /dev/null takes it all).
+ * One that would block or fails ends the transport: nothing can wait. */
+static __attribute__((noinline)) int write_through(struct stream *s, const struct iovec *iov,
+                                                   int cnt, size_t total, ssize_t n)
+{
+    size_t sent = 0;
+    for (;;) {
+        if (n < 0) {
+            tpio__stream_force_close(s, -errno);
+            return 0;
+        }
+        if ((sent += (size_t)n) >= total)
+            return 0;
+        struct iovec rest[IOV_MAX];
+        int k = 0;
+        size_t skip = sent;
+        for (int i = 0; i < cnt && k < IOV_MAX; i++) {
+            if (skip >= iov[i].iov_len) {
+                skip -= iov[i].iov_len;
+                continue;
+            }
+            rest[k].iov_base = (char *)iov[i].iov_base + skip;
+            rest[k++].iov_len = iov[i].iov_len - skip;
+            skip = 0;
+        }
+        n = tpio__stream_send(s, rest, k);
+    }
+}
+
+/* After a direct send of n bytes (or -1 with errno), buffer the rest;
+ * `notify`: the protocol hears pause_writing (not for an attached writer's
+ * bytes, which the protocol did not write). */
+int tpio__stream_write_rest(struct stream *s, const struct iovec *iov, int cnt, size_t total,
+                            ssize_t n, bool notify)
+{
+    tpio_transport_t *t = &s->base;
+    if (__builtin_expect(s->unwatchable, 0))
+        return write_through(s, iov, cnt, total, n);
+    if (n < 0) {
+        if (errno != EAGAIN) {
+            /* Inside the caller's write: connection_lost tells the protocol,
+             * and the error handler must not run here. */
+            tpio__stream_force_close(s, -errno);
+            return 0;
+        }
+        n = 0;
+    }
+    size_t sent = (size_t)n;
+    if (sent == total)
+        return 0;
+    /* Copy what the kernel did not take. */
+    for (int i = 0; i < cnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        if (tpio__wbuf_append(&s->wbuf, &t->wsize, &t->loop->spare_chunk,
+                              (const char *)iov[i].iov_base + sent, len - sent) < 0) {
+            /* Part of the stream is lost: it cannot go on. The caller hears
+             * it from the return value; the error handler is not called,
+             * which would run a callback inside the caller's own call. */
+            tpio__stream_force_close(s, -ENOMEM);
+            return -ENOMEM;
+        }
+        sent = 0;
+    }
+    tpio__stream_update_io(s);
+    if (notify)
+        tpio__maybe_pause_protocol(t);
+    return 0;
+}
+
+bool tpio__stream_busy(const tpio_transport_t *t)
+{
+    return tpio__op_busy(&S(t)->rop) || tpio__op_busy(&S(t)->wop);
+}
 
 /* ---- operations: the kernel receives and sends (io_uring) ---------------------
  * The same transport on a completion backend. A multishot receive stays in
