@@ -348,17 +348,16 @@ static int uring_poll(struct tpio__backend *base, tpio_loop_t *loop, int timeout
         return rc;
     struct io_uring_cqe *cqes[MAX_BATCH];
     unsigned n = io_uring_peek_batch_cqe(&b->ring, cqes, MAX_BATCH);
+    /* `owned`: what reaches an owner (a removal's or a cancel's own
+     * completion does not), counted before the callbacks, which may write */
+    unsigned owned = 0;
     for (unsigned k = 0; k < n; k++) {
         b->batch[k].ud = io_uring_cqe_get_data64(cqes[k]);
         b->batch[k].res = cqes[k]->res;
         b->batch[k].flags = cqes[k]->flags;
+        owned += b->batch[k].ud != UD_IGNORE;
     }
     io_uring_cq_advance(&b->ring, n);
-    /* Counted before the callbacks run, which may write: what reaches an
-     * owner (a removal's or a cancel's own completion does not). */
-    unsigned owned = 0;
-    for (unsigned k = 0; k < n; k++)
-        owned += b->batch[k].ud != UD_IGNORE;
     b->base.unbatched = owned <= 1 && !b->batch_always;
     return dispatched + dispatch(b, loop, b->batch, n, b->g);
 }
@@ -453,6 +452,23 @@ static int op_slot(struct uring_backend *b, struct tpio__op *op, int kind, int f
     return 0;
 }
 
+/* What every operation's start shares: op idle, a submission entry, and a
+ * slot naming it (the entry becomes a no-op when no slot can be had). */
+static int op_begin(struct uring_backend *b, struct tpio__op *op, int kind, int fd,
+                    tpio__op_cb cb, struct io_uring_sqe **sqe, uint32_t *i)
+{
+    if (op->tag)
+        return -EBUSY;
+    if (!(*sqe = sqe_get(b)))
+        return -ENOMEM;
+    int rc = op_slot(b, op, kind, fd, cb, i);
+    if (rc < 0) {
+        io_uring_prep_nop(*sqe);
+        io_uring_sqe_set_data64(*sqe, UD_IGNORE);
+    }
+    return rc;
+}
+
 static void prep_recv(struct uring_backend *b, uint32_t i, struct io_uring_sqe *sqe)
 {
     b->slots[i].seq = b->ring.sq.sqe_tail - 1;
@@ -480,20 +496,13 @@ static int uring_recv(struct tpio__backend *base, struct tpio__op *op, int fd, b
                       tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
     int rc;
     if (!b->g[G_STREAM].bufs && (rc = bufs_make(b, G_STREAM)) < 0)
         return rc;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    if ((rc = op_slot(b, op, SLOT_RECV, fd, cb, &i)) < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    if ((rc = op_begin(b, op, SLOT_RECV, fd, cb, &sqe, &i)) < 0)
         return rc;
-    }
     b->slots[i].file = file;
     prep_recv(b, i, sqe);
     return 0;
@@ -505,20 +514,13 @@ static int uring_recvmsg(struct tpio__backend *base, struct tpio__op *op, int fd
                          tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
     int rc;
     if (!b->g[G_DGRAM].bufs && (rc = bufs_make(b, G_DGRAM)) < 0)
         return rc;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    if ((rc = op_slot(b, op, SLOT_RECVMSG, fd, cb, &i)) < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    if ((rc = op_begin(b, op, SLOT_RECVMSG, fd, cb, &sqe, &i)) < 0)
         return rc;
-    }
     prep_recvmsg(b, i, sqe);
     return 0;
 }
@@ -549,18 +551,11 @@ static void prep_accept(struct uring_backend *b, uint32_t i, struct io_uring_sqe
 static int uring_accept(struct tpio__backend *base, struct tpio__op *op, int fd, tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    int rc = op_slot(b, op, SLOT_ACCEPT, fd, cb, &i);
-    if (rc < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    int rc = op_begin(b, op, SLOT_ACCEPT, fd, cb, &sqe, &i);
+    if (rc < 0)
         return rc;
-    }
     prep_accept(b, i, sqe);
     return 0;
 }
@@ -579,18 +574,11 @@ static int uring_sendmsg(struct tpio__backend *base, struct tpio__op *op, int fd
                          const struct msghdr *msg, tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    int rc = op_slot(b, op, SLOT_SENDMSG, fd, cb, &i);
-    if (rc < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    int rc = op_begin(b, op, SLOT_SENDMSG, fd, cb, &sqe, &i);
+    if (rc < 0)
         return rc;
-    }
     b->slots[i].sdata = msg;
     prep_sendmsg(b, i, sqe);
     return 0;
@@ -600,18 +588,11 @@ static int uring_connect(struct tpio__backend *base, struct tpio__op *op, int fd
                          const struct sockaddr *addr, socklen_t len, tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    int rc = op_slot(b, op, SLOT_CONNECT, fd, cb, &i);
-    if (rc < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    int rc = op_begin(b, op, SLOT_CONNECT, fd, cb, &sqe, &i);
+    if (rc < 0)
         return rc;
-    }
     b->slots[i].sdata = addr;
     b->slots[i].slen = len;
     b->slots[i].polled = false;
@@ -639,18 +620,11 @@ static int uring_waitid(struct tpio__backend *base, struct tpio__op *op, int pid
     struct uring_backend *b = U(base);
     if (!b->waitid_ok)
         return -ENOTSUP;
-    if (op->tag)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    int rc = op_slot(b, op, SLOT_WAITID, pidfd, cb, &i);
-    if (rc < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    int rc = op_begin(b, op, SLOT_WAITID, pidfd, cb, &sqe, &i);
+    if (rc < 0)
         return rc;
-    }
     b->slots[i].sdata = info;
     prep_waitid(b, i, sqe);
     return 0;
@@ -660,18 +634,11 @@ static int uring_send(struct tpio__backend *base, struct tpio__op *op, int fd, b
                       const void *data, size_t len, tpio__op_cb cb)
 {
     struct uring_backend *b = U(base);
-    if (op->tag)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = sqe_get(b);
-    if (!sqe)
-        return -ENOMEM;
+    struct io_uring_sqe *sqe;
     uint32_t i;
-    int rc = op_slot(b, op, SLOT_SEND, fd, cb, &i);
-    if (rc < 0) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    int rc = op_begin(b, op, SLOT_SEND, fd, cb, &sqe, &i);
+    if (rc < 0)
         return rc;
-    }
     b->slots[i].file = file;
     b->slots[i].sdata = data;
     b->slots[i].slen = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len; /* a send may be partial */
