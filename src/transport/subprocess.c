@@ -118,6 +118,14 @@ static void proc_io(tpio_loop_t *loop, struct tpio__io *io, uint32_t events)
     reap(tpio_container_of(io, struct proc, io), true);
 }
 
+/* The exit could never be seen (err: why): the child is ended now. */
+static void cannot_watch(struct proc *P, int err)
+{
+    tpio__transport_report(&P->base, "Cannot watch the child process: killed", err);
+    pidfd_signal(P, SIGKILL);
+    reap(P, false);
+}
+
 /* The kernel's waitid ended: the child is reaped, or (an error) the
  * pidfd's own waitid finds out why, and watching takes over if the child
  * still runs. Dropped at the end (quiesce), so never a completion after. */
@@ -133,11 +141,9 @@ static void waitid_done(tpio_loop_t *loop, struct tpio__op *op, int32_t res, con
         return;
     }
     reap(P, true);
-    if (!P->exited && tpio__watch(P->base.loop, &P->io, TPIO__IN) < 0) {
-        tpio__transport_report(&P->base, "Cannot watch the child process: killed", res);
-        pidfd_signal(P, SIGKILL);
-        reap(P, false);
-    }
+    int rc;
+    if (!P->exited && (rc = tpio__watch(P->base.loop, &P->io, TPIO__IN)) < 0)
+        cannot_watch(P, rc);
 }
 
 /* The kernel reaps the child where the backend can (io_uring, 6.7), else
@@ -146,7 +152,7 @@ static int watch_exit(struct proc *P)
 {
     struct tpio__backend *b = P->base.loop->backend;
     memset(&P->si, 0, sizeof P->si);
-    if (tpio__backend_has_ops(b) && tpio__op_waitid(b, &P->wop, P->io.fd, &P->si, waitid_done) == 0)
+    if (tpio__op_waitid(b, &P->wop, P->io.fd, &P->si, waitid_done) == 0)
         return 0;
     return tpio__watch(P->base.loop, &P->io, TPIO__IN);
 }
@@ -262,12 +268,8 @@ static void proc_started(tpio_transport_t *t)
 {
     struct proc *P = as_proc(t);
     int rc = watch_exit(P);
-    if (rc < 0 && !P->exited) {
-        /* The exit could never be seen: end the child now. */
-        tpio__transport_report(t, "Cannot watch the child process: killed", rc);
-        pidfd_signal(P, SIGKILL);
-        reap(P, false);
-    }
+    if (rc < 0 && !P->exited)
+        cannot_watch(P, rc);
 }
 
 /* The call fails after the child started: kill and reap it at once, and let
