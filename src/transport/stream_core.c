@@ -14,6 +14,8 @@
 
 /* ---- the state's upkeep, the end of a connection ------------------------------- */
 
+static void update_ops(struct stream *s);
+
 struct stream_more *tpio__stream_more(struct stream *s)
 {
     if (!s->more && (s->more = tpio__calloc(1, sizeof *s->more)))
@@ -24,7 +26,7 @@ struct stream_more *tpio__stream_more(struct stream *s)
 void tpio__stream_update_io(struct stream *s)
 {
     if (s->ops) {
-        tpio__stream_update_ops(s);
+        update_ops(s);
         return;
     }
     uint32_t want = 0;
@@ -94,7 +96,7 @@ void tpio__stream_eof(struct stream *s)
 /* A BufferedProtocol's buffer for the next bytes; NULL when the transport
  * closed inside get_buffer or the protocol gave none (the transport has
  * failed then, as asyncio's does). */
-void *tpio__stream_ask_buffer(struct stream *s, size_t *len)
+static void *ask_buffer(struct stream *s, size_t *len)
 {
     tpio_transport_t *t = &s->base;
     *len = 0;
@@ -243,7 +245,7 @@ static size_t deliver_piece(struct stream *s, const unsigned char *p, size_t n)
     tpio_transport_t *t = &s->base;
     if (t->proto->ops->get_buffer) {
         size_t len;
-        void *buf = tpio__stream_ask_buffer(s, &len);
+        void *buf = ask_buffer(s, &len);
         if (!buf)
             return 0;
         size_t k = n < len ? n : len;
@@ -299,7 +301,7 @@ static void deliver(struct stream *s, const unsigned char *p, size_t n)
 static void ops_eof(struct stream *s)
 {
     size_t len;
-    if (s->base.proto->ops->get_buffer && !tpio__stream_ask_buffer(s, &len))
+    if (s->base.proto->ops->get_buffer && !ask_buffer(s, &len))
         return;
     tpio__stream_eof(s);
 }
@@ -463,7 +465,7 @@ int tpio__stream_ops_write(struct stream *s, const struct iovec *iov, int cnt, s
     return 0;
 }
 
-void tpio__stream_update_ops(struct stream *s)
+static void update_ops(struct stream *s)
 {
     tpio_transport_t *t = &s->base;
     struct tpio__backend *b = t->loop->backend;

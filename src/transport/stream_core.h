@@ -98,9 +98,6 @@ TPIO__HIDDEN void tpio__stream_force_close(struct stream *s, int err);
 TPIO__HIDDEN void tpio__stream_fatal(struct stream *s, int err, const char *msg);
 /* EOF read: eof_received, then a half-close or the end. */
 TPIO__HIDDEN void tpio__stream_eof(struct stream *s);
-/* A BufferedProtocol's next buffer; NULL when the transport closed in
- * get_buffer or failed for want of one. */
-TPIO__HIDDEN void *tpio__stream_ask_buffer(struct stream *s, size_t *len);
 /* One send (writev on a pipe) of iov, EINTR retried: bytes sent, or -1. */
 TPIO__HIDDEN ssize_t tpio__stream_send(struct stream *s, const struct iovec *iov, int cnt);
 /* After a direct send of n bytes (or -1 with errno): the rest buffered. */
@@ -111,9 +108,8 @@ TPIO__HIDDEN void tpio__stream_drained(struct stream *s);
 /* An operation is in flight (connection_lost waits for it). */
 TPIO__HIDDEN bool tpio__stream_busy(const tpio_transport_t *t);
 
-/* stream_core.c: the operations' side (s->ops). */
+/* A write on the operations' side (s->ops): copied, or sent at once. */
 TPIO__HIDDEN int tpio__stream_ops_write(struct stream *s, const struct iovec *iov, int cnt,
                                         size_t total, bool notify);
-TPIO__HIDDEN void tpio__stream_update_ops(struct stream *s);
 
 #endif
