@@ -157,6 +157,9 @@ bool th_ring_pipe_ops(tpio_loop_t *loop);
  * (TPIO_URING_BATCH=1): for the tests of that way, deterministically. The
  * fixture's loop, if any, is made anew. */
 void th_ring_batch(void);
+/* Syscall nr fails with EPERM from here on, in this process only (and the
+ * children it makes after): a seccomp filter, as a container's profile. */
+void th_seccomp_refuse(int nr);
 void th_write_pattern(th_pair_t *pr, size_t n);
 
 /* ---- a loop error handler that counts reports --------------------------- */

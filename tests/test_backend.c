@@ -14,14 +14,11 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/prctl.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -117,19 +114,7 @@ Test(backend, bad_arguments, .timeout = 10)
 }
 
 /* io_uring_setup refused with EPERM from here on, in this process only. */
-static void refuse_io_uring(void)
-{
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = sizeof f / sizeof *f, .filter = f};
-    cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-    cr_assert_eq(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 0,
-                 "seccomp: %s", strerror(errno));
-}
+static void refuse_io_uring(void) { th_seccomp_refuse(SYS_io_uring_setup); }
 
 static void count_cb(tpio_loop_t *loop, void *arg)
 {

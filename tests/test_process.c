@@ -22,10 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -999,19 +995,7 @@ Test(process, sigchld_ignored_reports_255, .timeout = 60)
 
 /* waitid(2) refused with EPERM from here on, in this process only (its
  * children inherit the filter, and none of them calls it). */
-static void refuse_waitid(void)
-{
-    struct sock_filter flt[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_waitid, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = sizeof flt / sizeof *flt, .filter = flt};
-    cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-    cr_assert_eq(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 0,
-                 "seccomp: %s", strerror(errno));
-}
+static void refuse_waitid(void) { th_seccomp_refuse(SYS_waitid); }
 
 /* On io_uring the kernel reaps the child itself (a waitid operation, 6.7):
  * with waitid(2) refused, the exit status still arrives whole, and nothing
